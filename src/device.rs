@@ -1,0 +1,1 @@
+//! Compute device and dtype selection.

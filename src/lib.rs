@@ -1,0 +1,12 @@
+//! bertbench: choose the BERT-family model to ship for extractive question answering by
+//! measuring accuracy, speed, memory and cost on your own hardware.
+//!
+//! The library does the work; `main.rs` is a thin CLI over it. Data flows one way:
+//! model spec -> [`models`] -> measurement / evaluation / training -> results -> reports.
+
+pub mod cli;
+pub mod device;
+pub mod error;
+pub mod hub;
+pub mod models;
+pub mod squad;

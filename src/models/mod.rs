@@ -1,0 +1,1 @@
+//! BERT-family models for extractive question answering.
