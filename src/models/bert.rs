@@ -1,0 +1,147 @@
+//! BERT (Devlin et al., 2019) as transformers' `BertModel` without the pooler, which
+//! `BertForQuestionAnswering` does not build. Post-LayerNorm blocks; tensor names as on the Hub.
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use super::config::ModelConfig;
+use super::layers::{activate, attention, ForwardCtx, LayerNorm, Linear};
+use super::weights::{Init, Params};
+
+/// Word + position + token-type embeddings, then LayerNorm and dropout. SqueezeBERT's
+/// embeddings are the same module, so it reuses this one.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    layer_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl Embeddings {
+    pub fn new(p: &Params, cfg: &ModelConfig) -> Result<Self> {
+        let std = cfg.initializer_range;
+        let h = cfg.hidden_size;
+        Ok(Self {
+            word: p.get(
+                "word_embeddings.weight",
+                &[cfg.vocab_size, h],
+                Init::Embedding {
+                    std,
+                    padding_idx: Some(cfg.pad_token_id),
+                },
+            )?,
+            position: p.get(
+                "position_embeddings.weight",
+                &[cfg.max_position_embeddings, h],
+                Init::Normal { std },
+            )?,
+            token_type: p.get(
+                "token_type_embeddings.weight",
+                &[cfg.type_vocab_size, h],
+                Init::Normal { std },
+            )?,
+            layer_norm: LayerNorm::new(&p.pp("LayerNorm"), h, cfg.embedding_layer_norm_eps)?,
+            dropout: cfg.hidden_dropout,
+        })
+    }
+
+    /// `input_ids`, `token_type_ids`: `(batch, seq)` u32. Positions are `0..seq`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        let h = self.word.dim(1)?;
+        let words = self.word.index_select(&input_ids.flatten_all()?, 0)?;
+        let types = self
+            .token_type
+            .index_select(&token_type_ids.flatten_all()?, 0)?;
+        let positions = self.position.narrow(0, 0, s)?;
+        let x = (words + types)?
+            .reshape((b, s, h))?
+            .broadcast_add(&positions)?;
+        let x = self.layer_norm.forward(&x)?;
+        ctx.dropout(&x, self.dropout)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_output: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+/// The BERT encoder stack with its embeddings: what `BertModel` returns as `last_hidden_state`.
+#[derive(Debug, Clone)]
+pub struct Bert {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    cfg: ModelConfig,
+}
+
+impl Bert {
+    /// `p` points at the base model (`bert.` in a QA checkpoint).
+    pub fn new(p: &Params, cfg: &ModelConfig) -> Result<Self> {
+        let std = cfg.initializer_range;
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let eps = cfg.encoder_layer_norm_eps;
+        let layers = (0..cfg.num_layers)
+            .map(|n| {
+                let l = p.pp("encoder.layer").pp(n);
+                let att = l.pp("attention");
+                Ok(Layer {
+                    query: Linear::new(&att.pp("self.query"), h, h, std)?,
+                    key: Linear::new(&att.pp("self.key"), h, h, std)?,
+                    value: Linear::new(&att.pp("self.value"), h, h, std)?,
+                    attention_output: Linear::new(&att.pp("output.dense"), h, h, std)?,
+                    attention_norm: LayerNorm::new(&att.pp("output.LayerNorm"), h, eps)?,
+                    intermediate: Linear::new(&l.pp("intermediate.dense"), h, i, std)?,
+                    output: Linear::new(&l.pp("output.dense"), i, h, std)?,
+                    output_norm: LayerNorm::new(&l.pp("output.LayerNorm"), h, eps)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings: Embeddings::new(&p.pp("embeddings"), cfg)?,
+            layers,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// `mask` is the additive `(batch, 1, 1, seq)` mask from [`super::layers::additive_mask`].
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        mask: &Tensor,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let mut x = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
+        for layer in &self.layers {
+            let q = layer.query.forward(&x)?;
+            let k = layer.key.forward(&x)?;
+            let v = layer.value.forward(&x)?;
+            let context = attention(&q, &k, &v, mask, cfg.num_heads, cfg.attention_dropout, ctx)?;
+            let attended = ctx.dropout(
+                &layer.attention_output.forward(&context)?,
+                cfg.hidden_dropout,
+            )?;
+            let x1 = layer.attention_norm.forward(&(attended + &x)?)?;
+            let inner = activate(&layer.intermediate.forward(&x1)?, cfg.activation)?;
+            let out = ctx.dropout(&layer.output.forward(&inner)?, cfg.hidden_dropout)?;
+            x = layer.output_norm.forward(&(out + x1)?)?;
+        }
+        Ok(x)
+    }
+}

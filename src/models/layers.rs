@@ -1,0 +1,323 @@
+//! Building blocks shared by the three families: linear layers, LayerNorm, activations,
+//! dropout, scaled-dot-product attention and SqueezeBERT's grouped 1x1 convolution.
+//!
+//! Everything here stays differentiable (the training issue backpropagates through it) and is
+//! written so the model files never touch a kernel directly: this is the one place where
+//! faster kernels get swapped in.
+//!
+//! Two measured pitfalls shape the code (see `../shared/STACK-NOTES.md`): candle's batched CPU
+//! matmul returns wrong values when the left operand is a transposed view and the right one is
+//! broadcast over the batch, so inputs are made contiguous and flattened to 2-D before every
+//! matmul with a weight; and candle's fused LayerNorm records no backward and computes the
+//! variance as E[x²]-mean², so LayerNorm here is the two-pass differentiable form.
+
+use anyhow::Result;
+use candle_core::{DType, Tensor, D};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::config::Activation;
+use super::weights::{Init, Params};
+
+/// Per-forward state: whether dropout is active, and the seeded generator that drives it (so a
+/// resumed training run draws the same masks).
+pub struct ForwardCtx {
+    rng: Option<StdRng>,
+}
+
+impl ForwardCtx {
+    /// Evaluation: dropout off.
+    pub fn inference() -> Self {
+        Self { rng: None }
+    }
+
+    /// Training: dropout on, masks drawn from a generator seeded with `seed`.
+    pub fn training(seed: u64) -> Self {
+        Self {
+            rng: Some(StdRng::seed_from_u64(seed)),
+        }
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.rng.is_some()
+    }
+
+    /// Inverted dropout: zero each element with probability `p`, scale the rest by 1/(1-p).
+    pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        let Some(rng) = self.rng.as_mut() else {
+            return Ok(x.clone());
+        };
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - p;
+        let scale = (1.0 / keep) as f32;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if rng.random::<f64>() < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok(x.mul(&mask)?)
+    }
+}
+
+/// `y = x W^T + b` with the Hub's `[out, in]` weight layout.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Linear {
+    /// A Linear named `p.weight` / `p.bias`, initialised normal(0, std) / zeros.
+    pub fn new(p: &Params, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
+        Ok(Self {
+            weight: p.get("weight", &[out_dim, in_dim], Init::Normal { std })?,
+            bias: p.get("bias", &[out_dim], Init::Zeros)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (last, lead) = dims
+            .split_last()
+            .expect("linear input has at least one dim");
+        let rows: usize = lead.iter().product();
+        let x2 = x.contiguous()?.reshape((rows, *last))?;
+        let y = x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        let mut out_dims = lead.to_vec();
+        out_dims.push(self.bias.dim(0)?);
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// LayerNorm over the last dimension, two-pass (mean, then variance of the centred values).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(p: &Params, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: p.get("weight", &[dim], Init::Ones)?,
+            bias: p.get("bias", &[dim], Init::Zeros)?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        // Half precision accumulates in f32, as PyTorch does.
+        let internal = match dtype {
+            DType::F16 | DType::BF16 => DType::F32,
+            d => d,
+        };
+        let x = x.to_dtype(internal)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(normed
+            .to_dtype(dtype)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)?)
+    }
+}
+
+/// Applies the feed-forward activation.
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Relu => x.relu()?,
+    })
+}
+
+/// The additive attention mask transformers builds: 0 where a key is real, the dtype's most
+/// negative finite value where it is padding, shaped `(batch, 1, 1, seq)` to broadcast over
+/// heads and queries.
+pub fn additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let min = match dtype {
+        DType::F16 => f64::from(half::f16::MIN),
+        DType::BF16 => f64::from(half::bf16::MIN),
+        DType::F64 => f64::MIN,
+        _ => f64::from(f32::MIN),
+    };
+    let (b, s) = attention_mask.dims2()?;
+    let m = attention_mask.to_dtype(DType::F32)?;
+    // (1 - mask) * min, computed in f32 then cast, as transformers does.
+    let masked = m.affine(-1.0, 1.0)?.affine(min, 0.0)?;
+    Ok(masked.to_dtype(dtype)?.reshape((b, 1, 1, s))?)
+}
+
+/// Softmax over the last dimension: candle's fused kernel when no gradient is needed, the
+/// composed (differentiable) form otherwise.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+    }
+}
+
+/// Splits `(batch, seq, heads*dim)` into contiguous `(batch, heads, seq, dim)`.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, s, h) = x.dims3()?;
+    Ok(x.reshape((b, s, heads, h / heads))?
+        .transpose(1, 2)?
+        .contiguous()?)
+}
+
+/// Scaled dot-product attention on `(batch, seq, hidden)` projections: scores scaled by
+/// 1/sqrt(head_dim), padded keys masked additively, softmax, dropout on the probabilities, and
+/// heads merged back to `(batch, seq, hidden)`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    dropout: f64,
+    ctx: &mut ForwardCtx,
+) -> Result<Tensor> {
+    let (b, s, h) = q.dims3()?;
+    let head_dim = h / heads;
+    let q = split_heads(q, heads)?;
+    let k = split_heads(k, heads)?;
+    let v = split_heads(v, heads)?;
+    let kt = k.transpose(2, 3)?.contiguous()?;
+    let scores = (q.matmul(&kt)? * (1.0 / (head_dim as f64).sqrt()))?;
+    let scores = scores.broadcast_add(mask)?;
+    let probs = softmax_last(&scores)?;
+    let probs = ctx.dropout(&probs, dropout)?;
+    let context = probs.matmul(&v)?; // (b, heads, s, head_dim)
+    Ok(context.transpose(1, 2)?.reshape((b, s, h))?)
+}
+
+/// A 1x1 `Conv1d` with groups, applied in `(batch, seq, channels)` layout as a batched matmul
+/// of the per-group blocks (faster than candle's grouped conv, whose backward is wrong for
+/// batch > 1). Weight layout is the Hub's Conv1d `[c_out, c_in/groups, 1]`.
+#[derive(Debug, Clone)]
+pub struct GroupedPointwiseConv {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub groups: usize,
+}
+
+impl GroupedPointwiseConv {
+    pub fn new(p: &Params, c_in: usize, c_out: usize, groups: usize, std: f64) -> Result<Self> {
+        Ok(Self {
+            weight: p.get("weight", &[c_out, c_in / groups, 1], Init::Normal { std })?,
+            bias: p.get("bias", &[c_out], Init::Zeros)?,
+            groups,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, c_in) = x.dims3()?;
+        let (c_out, cin_g, _) = self.weight.dims3()?;
+        let g = self.groups;
+        let cout_g = c_out / g;
+        let n = b * s;
+        let x = x.contiguous()?.reshape((n, c_in))?;
+        let y = if g == 1 {
+            x.matmul(&self.weight.reshape((c_out, cin_g))?.t()?)?
+        } else {
+            // Group i of the output reads input channels i*cin_g .. (i+1)*cin_g.
+            let xg = x.reshape((n, g, cin_g))?.transpose(0, 1)?.contiguous()?; // (g, n, cin_g)
+            let wg = self
+                .weight
+                .reshape((g, cout_g, cin_g))?
+                .transpose(1, 2)?
+                .contiguous()?; // (g, cin_g, cout_g)
+            let yg = xg.matmul(&wg)?; // (g, n, cout_g)
+            yg.transpose(0, 1)?.reshape((n, c_out))?
+        };
+        Ok(y.broadcast_add(&self.bias)?.reshape((b, s, c_out))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::weights::RandomInit;
+    use candle_core::Device;
+
+    /// A grouped 1x1 convolution equals a dense one with a block-diagonal weight.
+    #[test]
+    fn grouped_conv_is_block_diagonal_matmul() -> Result<()> {
+        let dev = Device::Cpu;
+        let src = RandomInit::new(3, DType::F32, &dev);
+        let p = Params::new(&src);
+        let (c_in, c_out, g) = (8, 12, 4);
+        let mut conv = GroupedPointwiseConv::new(&p.pp("c"), c_in, c_out, g, 0.5)?;
+        conv.bias = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, c_in), &dev)?;
+        let y: Vec<f32> = conv.forward(&x)?.flatten_all()?.to_vec1()?;
+        let w: Vec<f32> = conv.weight.flatten_all()?.to_vec1()?;
+        let bias: Vec<f32> = conv.bias.to_vec1()?;
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let (cin_g, cout_g) = (c_in / g, c_out / g);
+        for row in 0..10 {
+            for o in 0..c_out {
+                let grp = o / cout_g;
+                let mut acc = bias[o];
+                for i in 0..cin_g {
+                    acc += w[o * cin_g + i] * xs[row * c_in + grp * cin_g + i];
+                }
+                assert!((acc - y[row * c_out + o]).abs() < 1e-5);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn layer_norm_normalises_and_keeps_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let ln = LayerNorm {
+            weight: Tensor::ones(4, DType::F32, &dev)?,
+            bias: Tensor::zeros(4, DType::F32, &dev)?,
+            eps: 1e-12,
+        };
+        // A large common offset: the E[x^2]-mean^2 form would lose all precision here.
+        let x = Tensor::new(&[[1000.0f32, 1001.0, 1002.0, 1003.0]], &dev)?;
+        let y: Vec<f32> = ln.forward(&x)?.flatten_all()?.to_vec1()?;
+        let expect = [-1.3416408f32, -0.4472136, 0.4472136, 1.3416408];
+        for (a, b) in y.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-5, "{y:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_is_seeded_and_scaled() -> Result<()> {
+        let x = Tensor::ones((1000,), DType::F32, &Device::Cpu)?;
+        let a: Vec<f32> = ForwardCtx::training(1).dropout(&x, 0.25)?.to_vec1()?;
+        let b: Vec<f32> = ForwardCtx::training(1).dropout(&x, 0.25)?.to_vec1()?;
+        assert_eq!(a, b);
+        let zeros = a.iter().filter(|v| **v == 0.0).count();
+        assert!((180..320).contains(&zeros), "{zeros} zeros");
+        assert!(a
+            .iter()
+            .all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6));
+        let c: Vec<f32> = ForwardCtx::inference().dropout(&x, 0.25)?.to_vec1()?;
+        assert!(c.iter().all(|v| *v == 1.0));
+        Ok(())
+    }
+
+    #[test]
+    fn mask_uses_the_dtype_minimum() -> Result<()> {
+        let m = Tensor::new(&[[1u32, 1, 0]], &Device::Cpu)?;
+        let add: Vec<f32> = additive_mask(&m, DType::F32)?.flatten_all()?.to_vec1()?;
+        assert_eq!(add, vec![0.0, 0.0, f32::MIN]);
+        Ok(())
+    }
+}

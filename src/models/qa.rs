@@ -1,0 +1,151 @@
+//! The extractive-QA model: a family's encoder plus `qa_outputs` (hidden -> 2: start, end).
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+
+use super::bert::Bert;
+use super::config::{ModelConfig, ModelType};
+use super::distilbert::DistilBert;
+use super::layers::{additive_mask, ForwardCtx, Linear};
+use super::squeezebert::SqueezeBert;
+use super::weights::{ParamSpec, Params, SpecCollector};
+
+/// Tensor-name prefixes of parameters that a base-model checkpoint lacks and that are then
+/// freshly initialised (with a warning): the QA head, and SqueezeBERT's unused pooler.
+pub const HEAD_PREFIXES: [&str; 2] = ["qa_outputs.", "transformer.pooler."];
+
+#[derive(Debug, Clone)]
+enum Encoder {
+    Bert(Bert),
+    DistilBert(DistilBert),
+    SqueezeBert(SqueezeBert),
+}
+
+/// `BertForQuestionAnswering` / `DistilBertForQuestionAnswering` /
+/// `SqueezeBertForQuestionAnswering`, with the Hub's tensor names.
+#[derive(Debug, Clone)]
+pub struct QaModel {
+    config: ModelConfig,
+    encoder: Encoder,
+    qa_outputs: Linear,
+    dtype: DType,
+    device: Device,
+}
+
+/// A batch of token ids as the tokenizer produced them, on the model's device.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `(batch, seq)` u32.
+    pub input_ids: Tensor,
+    /// `(batch, seq)` u32, 1 for real tokens, 0 for padding.
+    pub attention_mask: Tensor,
+    /// `(batch, seq)` u32; `None` means all zeros (and is what DistilBERT takes).
+    pub token_type_ids: Option<Tensor>,
+}
+
+/// What a forward pass returns.
+#[derive(Debug, Clone)]
+pub struct QaOutput {
+    /// `(batch, seq)`.
+    pub start_logits: Tensor,
+    /// `(batch, seq)`.
+    pub end_logits: Tensor,
+    /// `(batch, seq, hidden)`: the base model's output, which feeds `qa_outputs`.
+    pub last_hidden_state: Tensor,
+}
+
+impl QaModel {
+    /// Builds the model from a parameter source (a checkpoint, a random init, ...).
+    pub fn new(
+        config: &ModelConfig,
+        params: &Params,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let base = params.pp(config.model_type.base_prefix());
+        let encoder = match config.model_type {
+            ModelType::Bert => Encoder::Bert(Bert::new(&base, config)?),
+            ModelType::DistilBert => Encoder::DistilBert(DistilBert::new(&base, config)?),
+            ModelType::SqueezeBert => Encoder::SqueezeBert(SqueezeBert::new(&base, config)?),
+        };
+        let qa_outputs = Linear::new(
+            &params.pp("qa_outputs"),
+            config.hidden_size,
+            2,
+            config.initializer_range,
+        )?;
+        Ok(Self {
+            config: config.clone(),
+            encoder,
+            qa_outputs,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Every parameter the model has, with its Hub name, shape and initialisation, in
+    /// construction order; nothing is allocated.
+    pub fn param_specs(config: &ModelConfig) -> Result<Vec<ParamSpec>> {
+        let collector = SpecCollector::default();
+        Self::new(config, &Params::new(&collector), DType::F32, &Device::Cpu)?;
+        Ok(collector.into_specs())
+    }
+
+    /// Number of parameters, as `sum(p.numel() for p in model.parameters())` counts them.
+    pub fn num_parameters(config: &ModelConfig) -> Result<usize> {
+        Ok(Self::param_specs(config)?
+            .iter()
+            .map(ParamSpec::numel)
+            .sum())
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs the model. `ctx` decides whether dropout is active.
+    pub fn forward(&self, batch: &Batch, ctx: &mut ForwardCtx) -> Result<QaOutput> {
+        let (b, s) = batch.input_ids.dims2()?;
+        if s > self.config.max_position_embeddings {
+            bail!(
+                "sequence length {s} exceeds the model's max_position_embeddings {}",
+                self.config.max_position_embeddings
+            );
+        }
+        if batch.attention_mask.dims2()? != (b, s) {
+            bail!(
+                "attention_mask shape {:?} differs from input_ids ({b}, {s})",
+                batch.attention_mask.dims()
+            );
+        }
+        let mask = additive_mask(&batch.attention_mask, self.dtype)?;
+        let zeros;
+        let token_types = match &batch.token_type_ids {
+            Some(t) => t,
+            None => {
+                zeros = Tensor::zeros((b, s), DType::U32, &self.device)?;
+                &zeros
+            }
+        };
+        let hidden = match &self.encoder {
+            Encoder::Bert(m) => m.forward(&batch.input_ids, token_types, &mask, ctx)?,
+            Encoder::DistilBert(m) => m.forward(&batch.input_ids, &mask, ctx)?,
+            Encoder::SqueezeBert(m) => m.forward(&batch.input_ids, token_types, &mask, ctx)?,
+        };
+        let head_in = ctx.dropout(&hidden, self.config.qa_dropout)?;
+        let logits = self.qa_outputs.forward(&head_in)?; // (b, s, 2)
+        Ok(QaOutput {
+            start_logits: logits.narrow(2, 0, 1)?.squeeze(2)?.contiguous()?,
+            end_logits: logits.narrow(2, 1, 1)?.squeeze(2)?.contiguous()?,
+            last_hidden_state: hidden,
+        })
+    }
+}

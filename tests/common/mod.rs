@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests: where the fixtures are, reading reference outputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// `../shared` beside the checkout: read-only data and fixtures, never copied into the repo.
+pub fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+pub fn parity_dir(family: &str) -> PathBuf {
+    shared().join("fixtures/parity").join(family)
+}
+
+pub const FAMILIES: [&str; 3] = ["bert", "distilbert", "squeezebert"];
+
+/// Reads a JSON file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Flattens a nested JSON array of numbers.
+pub fn flatten(v: &serde_json::Value) -> Vec<f64> {
+    match v {
+        serde_json::Value::Array(items) => items.iter().flat_map(flatten).collect(),
+        serde_json::Value::Number(n) => vec![n.as_f64().unwrap()],
+        other => panic!("expected numbers, found {other}"),
+    }
+}
+
+/// Largest absolute difference between two equally long sequences.
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The bertbench binary built for these tests.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_bertbench"))
+}

@@ -1,0 +1,97 @@
+//! Parity with Hugging Face transformers on the tiny random fixtures: every family, both weight
+//! formats, logits and hidden states within 1e-5.
+
+mod common;
+
+use bertbench::models::weights::WeightFiles;
+use bertbench::models::{self, ForwardCtx, ModelConfig, QaModel, TokenInputs};
+use candle_core::{DType, Device, Tensor};
+use common::*;
+
+const TOL: f64 = 1e-5;
+
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn check(family: &str, model: &QaModel) {
+    let dir = parity_dir(family);
+    let expected = read_json(&dir.join("expected.json"));
+    let inputs = TokenInputs::from_file(&dir.join("expected.json")).unwrap();
+    inputs.validate(model.config(), "expected.json").unwrap();
+    let batch = inputs.to_batch(&Device::Cpu).unwrap();
+    let out = model.forward(&batch, &mut ForwardCtx::inference()).unwrap();
+    for (name, got) in [
+        ("start_logits", &out.start_logits),
+        ("end_logits", &out.end_logits),
+        ("last_hidden_state", &out.last_hidden_state),
+    ] {
+        let want = flatten(&expected["outputs"][name]);
+        let diff = max_abs_diff(&to_f64(got), &want);
+        assert!(
+            diff <= TOL,
+            "{family} {name}: max abs diff {diff:e} > {TOL:e}"
+        );
+    }
+}
+
+#[test]
+fn safetensors_checkpoints_match_transformers() {
+    for family in FAMILIES {
+        let (model, report) =
+            models::load_dir(&parity_dir(family), DType::F32, &Device::Cpu).unwrap();
+        assert!(
+            report.initialised.is_empty(),
+            "{family}: {:?}",
+            report.initialised
+        );
+        assert!(report.unused.is_empty(), "{family}: {:?}", report.unused);
+        check(family, &model);
+    }
+}
+
+#[test]
+fn pytorch_bin_checkpoints_match_transformers() {
+    for family in FAMILIES {
+        let dir = parity_dir(family);
+        let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let files = WeightFiles::Pytorch(vec![dir.join("pytorch_model.bin")]);
+        let (model, report) =
+            models::load_weights(&config, files, DType::F32, &Device::Cpu).unwrap();
+        assert!(
+            report.initialised.is_empty(),
+            "{family}: {:?}",
+            report.initialised
+        );
+        check(family, &model);
+    }
+}
+
+/// The fixture README's parameter counts, from the model's own parameter list.
+#[test]
+fn fixture_parameter_counts() {
+    let index = read_json(&shared().join("fixtures/parity/index.json"));
+    for family in FAMILIES {
+        let config = ModelConfig::from_file(&parity_dir(family).join("config.json")).unwrap();
+        let want = index["models"][family]["params"].as_u64().unwrap() as usize;
+        assert_eq!(QaModel::num_parameters(&config).unwrap(), want, "{family}");
+    }
+}
+
+/// The published parameter counts of the three full-size QA models, from the built-in configs.
+#[test]
+fn builtin_parameter_counts() {
+    for (name, want) in [
+        ("bert-base-uncased", 108_893_186),
+        ("distilbert-base-uncased", 66_364_418),
+        ("squeezebert/squeezebert-uncased", 51_095_810),
+    ] {
+        let config = ModelConfig::builtin(name).unwrap();
+        assert_eq!(QaModel::num_parameters(&config).unwrap(), want, "{name}");
+    }
+}
