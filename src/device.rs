@@ -1,1 +1,96 @@
-//! Compute device and dtype selection.
+//! Compute device and precision as the user names them (`cpu`, `cuda:0`; `f32`, `f16`, `bf16`).
+
+use anyhow::Result;
+use candle_core::{DType, Device};
+
+use crate::error::input;
+
+/// Floating-point precision of weights and activations.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`. CUDA needs a build with `--features cuda`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match spec.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| {
+                input(format!(
+                    "device `{spec}`: expected `cpu`, `cuda` or `cuda:N`"
+                ))
+            })?,
+        None => {
+            return Err(input(format!(
+                "device `{spec}`: expected `cpu`, `cuda` or `cuda:N`"
+            )))
+        }
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(input(format!(
+            "device `{spec}`: this bertbench was built without CUDA support; rebuild with `cargo build --release --features cuda`"
+        )));
+    }
+    Device::new_cuda(ordinal).map_err(|e| {
+        input(format!(
+            "device `{spec}`: cannot open CUDA device {ordinal}: {e}"
+        ))
+    })
+}
+
+/// A short name for a device: `cpu` or `cuda:N`.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_or_explain() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        let bad = parse_device("tpu").unwrap_err().to_string();
+        assert!(bad.contains("expected `cpu`"), "{bad}");
+        let bad = parse_device("cuda:x").unwrap_err().to_string();
+        assert!(bad.contains("cuda:N"), "{bad}");
+        if !cfg!(feature = "cuda") {
+            let err = parse_device("cuda:0").unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
+}

