@@ -95,3 +95,100 @@ fn builtin_parameter_counts() {
         assert_eq!(QaModel::num_parameters(&config).unwrap(), want, "{name}");
     }
 }
+
+/// Half precision runs and stays close to the f32 reference (f16 ~2e-3, bf16 ~2e-2 here).
+#[test]
+fn half_precision_stays_close() {
+    for (dtype, tol) in [(DType::F16, 1e-2), (DType::BF16, 6e-2)] {
+        for family in FAMILIES {
+            let dir = parity_dir(family);
+            let (model, _) = models::load_dir(&dir, dtype, &Device::Cpu).unwrap();
+            let inputs = TokenInputs::from_file(&dir.join("expected.json")).unwrap();
+            let out = model
+                .forward(
+                    &inputs.to_batch(&Device::Cpu).unwrap(),
+                    &mut ForwardCtx::inference(),
+                )
+                .unwrap();
+            let expected = read_json(&dir.join("expected.json"));
+            let diff = max_abs_diff(
+                &to_f64(&out.start_logits),
+                &flatten(&expected["outputs"]["start_logits"]),
+            );
+            assert!(diff <= tol, "{family} {dtype:?}: {diff:e}");
+        }
+    }
+}
+
+/// Every parameter of every family receives a gradient (candle's ready-made BERT leaves all
+/// but the head without one), and dropout changes the output only in training mode.
+#[test]
+fn every_parameter_gets_a_gradient() {
+    use bertbench::models::weights::{ParamSource, ParamSpec, Params, RandomInit};
+    use candle_core::Var;
+    use std::cell::RefCell;
+
+    struct Trainable<'a> {
+        inner: RandomInit,
+        vars: &'a RefCell<Vec<(String, Var)>>,
+    }
+    impl ParamSource for Trainable<'_> {
+        fn get(&self, spec: &ParamSpec) -> anyhow::Result<Tensor> {
+            let var = Var::from_tensor(&self.inner.get(spec)?)?;
+            self.vars
+                .borrow_mut()
+                .push((spec.name.clone(), var.clone()));
+            Ok(var.as_tensor().clone())
+        }
+    }
+
+    for family in FAMILIES {
+        let dir = parity_dir(family);
+        let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let vars = RefCell::new(Vec::new());
+        let source = Trainable {
+            inner: RandomInit::new(5, DType::F32, &Device::Cpu),
+            vars: &vars,
+        };
+        let model = QaModel::new(&config, &Params::new(&source), DType::F32, &Device::Cpu).unwrap();
+        let inputs = TokenInputs::from_file(&dir.join("expected.json")).unwrap();
+        let batch = inputs.to_batch(&Device::Cpu).unwrap();
+        let train = model.forward(&batch, &mut ForwardCtx::training(3)).unwrap();
+        let eval = model.forward(&batch, &mut ForwardCtx::inference()).unwrap();
+        let d = max_abs_diff(&to_f64(&train.start_logits), &to_f64(&eval.start_logits));
+        assert!(d > 0.0, "{family}: dropout had no effect in training mode");
+        let loss = (train.start_logits.sqr().unwrap().sum_all().unwrap()
+            + train.end_logits.sum_all().unwrap())
+        .unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = vars.into_inner();
+        let expected_params = if family == "squeezebert" { 2 } else { 0 }; // the unused pooler
+        let without: Vec<&str> = vars
+            .iter()
+            .filter(|(_, v)| {
+                grads
+                    .get(v.as_tensor())
+                    .map(|g| {
+                        g.abs()
+                            .unwrap()
+                            .sum_all()
+                            .unwrap()
+                            .to_scalar::<f32>()
+                            .unwrap()
+                            == 0.0
+                    })
+                    .unwrap_or(true)
+            })
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(
+            without.len(),
+            expected_params,
+            "{family}: no gradient for {without:?}"
+        );
+        assert!(
+            without.iter().all(|n| n.contains("pooler")),
+            "{family}: {without:?}"
+        );
+    }
+}
