@@ -4,9 +4,11 @@
 //! The library does the work; `main.rs` is a thin CLI over it. Data flows one way:
 //! model spec -> [`models`] -> measurement / evaluation / training -> results -> reports.
 
+pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod error;
 pub mod hub;
 pub mod models;
 pub mod squad;
+pub mod train;

@@ -2,6 +2,10 @@
 
 use clap::Parser;
 
+/// Counts allocated bytes so benchmarks can report the peak a step requested.
+#[global_allocator]
+static ALLOC: bertbench::bench::memory::CountingAlloc = bertbench::bench::memory::CountingAlloc;
+
 fn main() {
     let cli = bertbench::cli::Cli::parse();
     if let Err(err) = bertbench::cli::run(cli) {

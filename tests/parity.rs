@@ -124,33 +124,15 @@ fn half_precision_stays_close() {
 /// but the head without one), and dropout changes the output only in training mode.
 #[test]
 fn every_parameter_gets_a_gradient() {
-    use bertbench::models::weights::{ParamSource, ParamSpec, Params, RandomInit};
-    use candle_core::Var;
-    use std::cell::RefCell;
-
-    struct Trainable<'a> {
-        inner: RandomInit,
-        vars: &'a RefCell<Vec<(String, Var)>>,
-    }
-    impl ParamSource for Trainable<'_> {
-        fn get(&self, spec: &ParamSpec) -> anyhow::Result<Tensor> {
-            let var = Var::from_tensor(&self.inner.get(spec)?)?;
-            self.vars
-                .borrow_mut()
-                .push((spec.name.clone(), var.clone()));
-            Ok(var.as_tensor().clone())
-        }
-    }
+    use bertbench::train::TrainableModel;
 
     for family in FAMILIES {
         let dir = parity_dir(family);
         let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-        let vars = RefCell::new(Vec::new());
-        let source = Trainable {
-            inner: RandomInit::new(5, DType::F32, &Device::Cpu),
-            vars: &vars,
-        };
-        let model = QaModel::new(&config, &Params::new(&source), DType::F32, &Device::Cpu).unwrap();
+        let TrainableModel {
+            model,
+            params: vars,
+        } = TrainableModel::random(&config, 5, DType::F32, &Device::Cpu).unwrap();
         let inputs = TokenInputs::from_file(&dir.join("expected.json")).unwrap();
         let batch = inputs.to_batch(&Device::Cpu).unwrap();
         let train = model.forward(&batch, &mut ForwardCtx::training(3)).unwrap();
@@ -161,7 +143,6 @@ fn every_parameter_gets_a_gradient() {
             + train.end_logits.sum_all().unwrap())
         .unwrap();
         let grads = loss.backward().unwrap();
-        let vars = vars.into_inner();
         let expected_params = if family == "squeezebert" { 2 } else { 0 }; // the unused pooler
         let without: Vec<&str> = vars
             .iter()

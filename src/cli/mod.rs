@@ -3,7 +3,10 @@
 //! Each subcommand's arguments and handler live in a file named for its area; this file only
 //! lists them.
 
+mod bench;
 mod model;
+
+pub use bench::FAULT_ENV;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +24,13 @@ pub enum Command {
     Info(model::InfoArgs),
     /// Run a model on a batch of token ids and print its start/end logits as JSON.
     Logits(model::LogitsArgs),
+    /// Measure speed and memory over models x batch sizes x sequence lengths.
+    Bench(Box<bench::BenchArgs>),
+    /// Measure this machine's practical matrix-multiply rate (GFLOP/s).
+    Peak(bench::PeakArgs),
+    /// Internal: measure one cell described on stdin (bench runs each cell this way).
+    #[command(hide = true)]
+    BenchCell(bench::BenchCellArgs),
 }
 
 /// Run a parsed command line.
@@ -28,5 +38,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(args) => model::info(args),
         Command::Logits(args) => model::logits(args),
+        Command::Bench(args) => bench::bench(*args),
+        Command::Peak(args) => bench::peak(args),
+        Command::BenchCell(args) => bench::bench_cell(args),
     }
 }

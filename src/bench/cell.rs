@@ -1,0 +1,249 @@
+//! Measuring one cell in the current process: build the model, make inputs, take the memory
+//! step, then the timed steps.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::memory::{self, CountingAlloc};
+use super::stats::Summary;
+use super::timer;
+use super::{Cell, CellSettings, Measurement, Memory, Mode, Speed, Status};
+use crate::device::parse_device;
+use crate::hub::HubConfig;
+use crate::models::{self, Batch, ForwardCtx, ModelConfig, ModelType, QaModel};
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::{qa_loss, TrainableModel};
+
+/// What the measurement is doing, for progress reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Building,
+    Memory,
+    Timing,
+}
+
+/// Rough estimate of the memory a cell needs above the process's baseline, in bytes: weights,
+/// plus activations of one layer at a time for inference, of every layer (with gradients and
+/// AdamW moments) for training. On the tiny fixture models it lands within ~10% of the measured
+/// peak. It only decides whether to refuse a cell up front; the measured peak is the answer.
+pub fn estimate_bytes(config: &ModelConfig, cell: &Cell, dtype: DType) -> u64 {
+    let params = QaModel::num_parameters(config).unwrap_or(0) as u64;
+    let el = dtype.size_in_bytes() as u64;
+    let (b, s) = (cell.batch_size as u64, cell.sequence_length as u64);
+    let (h, i, heads) = (
+        config.hidden_size as u64,
+        config.intermediate_size as u64,
+        config.num_heads as u64,
+    );
+    // Per layer: ~8 hidden-sized and 2 intermediate-sized tensors, 3 attention-score-sized ones.
+    let per_layer = b * s * (8 * h + 2 * i) + 3 * b * heads * s * s;
+    let weights = params * el;
+    match cell.mode {
+        Mode::Inference => weights + per_layer * el,
+        // Weights + grads in the model dtype, two f32 moments, a copy during the update, and
+        // every layer's activations kept for the backward pass.
+        Mode::Training => params * (2 * el + 8 + 4) + config.num_layers as u64 * per_layer * el * 2,
+    }
+}
+
+/// Seeded random inputs like the Hugging Face benchmark's: random ids, full attention mask,
+/// and (for models with token types) a question/context split: the first quarter of the
+/// sequence is segment 0, the rest segment 1.
+pub fn random_batch(
+    config: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Batch> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|_| rng.random_range(0..config.vocab_size as u32))
+        .collect();
+    let question = (seq / 4).max(1);
+    let types: Vec<u32> = (0..batch * seq)
+        .map(|k| u32::from(k % seq >= question))
+        .collect();
+    Ok(Batch {
+        input_ids: Tensor::from_vec(ids, (batch, seq), device)?,
+        attention_mask: Tensor::ones((batch, seq), DType::U32, device)?,
+        token_type_ids: match config.model_type {
+            ModelType::DistilBert => None,
+            _ if config.type_vocab_size < 2 => None,
+            _ => Some(Tensor::from_vec(types, (batch, seq), device)?),
+        },
+    })
+}
+
+/// A runnable step for one mode.
+enum Stepper {
+    Inference {
+        model: QaModel,
+        batch: Batch,
+    },
+    Training {
+        model: TrainableModel,
+        batch: Batch,
+        optimizer: AdamW,
+        starts: Tensor,
+        ends: Tensor,
+        step: u64,
+        seed: u64,
+    },
+}
+
+impl Stepper {
+    fn step(&mut self) -> Result<()> {
+        match self {
+            Stepper::Inference { model, batch } => {
+                let out = model.forward(batch, &mut ForwardCtx::inference())?;
+                // Make sure the work happened (asynchronous devices) before the clock stops.
+                out.start_logits.device().synchronize()?;
+            }
+            Stepper::Training {
+                model,
+                batch,
+                optimizer,
+                starts,
+                ends,
+                step,
+                seed,
+            } => {
+                *step += 1;
+                let out = model
+                    .model
+                    .forward(batch, &mut ForwardCtx::training(*seed + *step))?;
+                let loss = qa_loss(&out, starts, ends)?;
+                let grads = loss.backward()?;
+                optimizer.step(&grads, optimizer.config.lr)?;
+                loss.device().synchronize()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Measures `cell` in this process. `progress(phase, runs, elapsed)` is called as it goes.
+pub fn run_cell(
+    cell: &Cell,
+    settings: &CellSettings,
+    progress: &mut dyn FnMut(Phase, usize, Duration),
+) -> Result<Measurement> {
+    let baseline = memory::rss().unwrap_or_default();
+    progress(Phase::Building, 0, Duration::ZERO);
+    let device = parse_device(&settings.device)?;
+    let dtype = settings.dtype.dtype();
+    let hub = HubConfig::from_env(settings.offline);
+    let (config, _) = models::open_config(&cell.model, &hub)?;
+    let flops = match cell.mode {
+        Mode::Inference => {
+            super::flops::forward_flops(&config, cell.batch_size, cell.sequence_length)
+        }
+        Mode::Training => {
+            super::flops::training_step_flops(&config, cell.batch_size, cell.sequence_length)
+        }
+    };
+    let estimated_bytes = estimate_bytes(&config, cell, dtype);
+    let batch = random_batch(
+        &config,
+        cell.batch_size,
+        cell.sequence_length,
+        settings.seed,
+        &device,
+    )?;
+    let mut stepper = match cell.mode {
+        Mode::Inference => {
+            let model = if settings.load_weights {
+                let opts = models::OpenOptions {
+                    random_init: false,
+                    seed: settings.seed,
+                    dtype,
+                    device: device.clone(),
+                    hub: hub.clone(),
+                };
+                models::open(&cell.model, &opts)?.model
+            } else {
+                models::random_model(&config, settings.seed, dtype, &device)?
+            };
+            Stepper::Inference { model, batch }
+        }
+        Mode::Training => {
+            let model = TrainableModel::random(&config, settings.seed, dtype, &device)?;
+            let optimizer = AdamW::new(&model.params, AdamWConfig::default());
+            let mut rng = StdRng::seed_from_u64(settings.seed ^ 0x5eed);
+            let mut positions = |n: usize| -> Vec<u32> {
+                (0..n)
+                    .map(|_| rng.random_range(0..cell.sequence_length as u32))
+                    .collect()
+            };
+            let starts = Tensor::from_vec(positions(cell.batch_size), cell.batch_size, &device)?;
+            let ends = Tensor::from_vec(positions(cell.batch_size), cell.batch_size, &device)?;
+            Stepper::Training {
+                model,
+                batch,
+                optimizer,
+                starts,
+                ends,
+                step: 0,
+                seed: settings.seed,
+            }
+        }
+    };
+    let model_rss = memory::rss().unwrap_or_default();
+
+    let memory = if settings.memory {
+        progress(Phase::Memory, 0, Duration::ZERO);
+        let reset = memory::reset_rss_peak();
+        let alloc_before_step = CountingAlloc::current() as u64;
+        CountingAlloc::reset_peak();
+        stepper.step().context("memory step")?;
+        let rss = memory::rss().unwrap_or_default();
+        Some(Memory {
+            baseline_rss: baseline.current,
+            model_rss: model_rss.current,
+            peak_rss: rss.peak,
+            peak_rss_reset: reset,
+            alloc_before_step,
+            alloc_peak: CountingAlloc::peak() as u64,
+            gpu_process_peak: None,
+            gpu_device_peak: None,
+        })
+    } else {
+        None
+    };
+
+    let mut reason = None;
+    let speed = if settings.speed {
+        let timings = timer::measure(
+            &settings.timing,
+            || stepper.step(),
+            |runs, elapsed| progress(Phase::Timing, runs, elapsed),
+        )?;
+        let summary = Summary::of(&timings.samples).context("no valid timings")?;
+        if summary.is_noisy() {
+            reason = Some(format!(
+                "noisy: median 95% CI is {:.1}% of the median, CV {:.1}%; close other programs or raise --min-time",
+                100.0 * summary.ci_relative_width(),
+                100.0 * summary.cv()
+            ));
+        }
+        Some(Speed { timings, summary })
+    } else {
+        None
+    };
+
+    Ok(Measurement {
+        cell: cell.clone(),
+        status: Status::Ok,
+        reason,
+        speed,
+        memory,
+        flops,
+        estimated_bytes,
+        settings: settings.clone(),
+    })
+}

@@ -1,0 +1,150 @@
+//! The environment file: what machine and software produced a set of numbers.
+//!
+//! Keys include every key Hugging Face's benchmark wrote (so old tooling still finds them),
+//! with bertbench's values, plus what a reader needs to judge the numbers: CPU model, cores,
+//! threads, memory, OS and kernel, versions and the git commit.
+
+use super::memory;
+use super::CellSettings;
+
+/// bertbench's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit the binary was built from (`-dirty` with uncommitted changes).
+pub const GIT_COMMIT: &str = env!("BERTBENCH_GIT_COMMIT");
+/// The candle version linked in.
+pub const CANDLE_VERSION: &str = env!("BERTBENCH_CANDLE_VERSION");
+pub const RUSTC_VERSION: &str = env!("BERTBENCH_RUSTC_VERSION");
+
+/// Ordered key/value pairs.
+pub type EnvInfo = Vec<(String, String)>;
+
+/// The CPU's model name (`/proc/cpuinfo`).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn os_name() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("PRETTY_NAME=")).map(|l| {
+                l.trim_start_matches("PRETTY_NAME=")
+                    .trim_matches('"')
+                    .to_string()
+            })
+        })
+        .unwrap_or_else(|| std::env::consts::OS.to_string())
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Logical CPUs this process may use.
+pub fn logical_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Collects the environment for a run with `settings`; `multiprocess` says whether cells ran in
+/// child processes, `peak_gflops` is the machine's measured matmul rate if known.
+pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<f64>) -> EnvInfo {
+    let now = chrono::Utc::now();
+    let mb = |b: Option<u64>| {
+        b.map(|b| format!("{:.0}", memory::to_mb(b)))
+            .unwrap_or_else(|| "N/A".into())
+    };
+    let use_gpu = settings.device.starts_with("cuda");
+    let mut info: EnvInfo = vec![
+        ("bertbench_version", VERSION.to_string()),
+        ("git_commit", GIT_COMMIT.to_string()),
+        ("transformers_version", "N/A (bertbench)".into()),
+        ("framework", "candle".into()),
+        ("framework_version", CANDLE_VERSION.to_string()),
+        ("candle_version", CANDLE_VERSION.to_string()),
+        ("rustc_version", RUSTC_VERSION.to_string()),
+        ("python_version", "N/A".into()),
+        ("use_torchscript", "False".into()),
+        ("system", os_name()),
+        ("os", std::env::consts::OS.to_string()),
+        ("kernel", kernel()),
+        ("cpu", cpu_model()),
+        ("architecture", std::env::consts::ARCH.to_string()),
+        ("logical_cpus", logical_cpus().to_string()),
+        ("threads", settings.threads.to_string()),
+        ("cpu_ram_mb", mb(memory::total_memory())),
+        ("available_ram_mb_at_start", mb(memory::available_memory())),
+        ("date", now.format("%Y-%m-%d").to_string()),
+        ("time", now.format("%H:%M:%S").to_string()),
+        ("timezone", "UTC".into()),
+        ("dtype", settings.dtype.as_str().to_string()),
+        (
+            "fp16",
+            (settings.dtype == crate::device::Precision::F16).to_string(),
+        ),
+        ("device", settings.device.clone()),
+        (
+            "use_multiprocessing",
+            if multiprocess { "True" } else { "False" }.into(),
+        ),
+        ("only_pretrain_model", "False".into()),
+        (
+            "weights",
+            if settings.load_weights {
+                "checkpoint"
+            } else {
+                "random (seeded)"
+            }
+            .into(),
+        ),
+        ("seed", settings.seed.to_string()),
+        ("use_gpu", if use_gpu { "True" } else { "False" }.into()),
+        ("num_gpus", if use_gpu { "1" } else { "0" }.into()),
+        ("use_tpu", "False".into()),
+        ("min_runs", settings.timing.min_runs.to_string()),
+        (
+            "min_time_s",
+            settings.timing.min_time.as_secs_f64().to_string(),
+        ),
+        ("max_runs", settings.timing.max_runs.to_string()),
+        (
+            "max_time_s",
+            settings.timing.max_time.as_secs_f64().to_string(),
+        ),
+        (
+            "warmup_max_runs",
+            settings.timing.warmup_max_runs.to_string(),
+        ),
+        (
+            "peak_matmul_gflops",
+            peak_gflops
+                .map(|g| format!("{g:.1}"))
+                .unwrap_or_else(|| "N/A".into()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if !use_gpu {
+        for key in [
+            "gpu",
+            "gpu_ram_mb",
+            "gpu_power_watts",
+            "gpu_performance_state",
+        ] {
+            info.push((key.into(), "N/A".into()));
+        }
+    }
+    info
+}

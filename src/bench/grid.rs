@@ -1,0 +1,591 @@
+//! Planning and running a grid of cells: presets, pre-checks that turn impossible cells into
+//! rows, child-process isolation, resume, and the largest-batch search.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::cell::{self, estimate_bytes, Phase};
+use super::flops::{forward_flops, training_step_flops};
+use super::output::{is_finished, ResultsWriter};
+use super::{Cell, CellSettings, Measurement, Mode, Status};
+use crate::hub::HubConfig;
+use crate::models::{self, ModelConfig};
+
+/// The original study's experiments and a quick one sized for a small CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// Memory vs sequence length at batch 32 (seq 32, 128, 512, 1024).
+    SeedMemorySeq,
+    /// Memory vs batch size at sequence 512 (batch 64, 128, 256, 512).
+    SeedMemoryBatch,
+    /// Inference time vs sequence length at batch 256 (seq 8, 32, 128, 512).
+    SeedTime,
+    /// Speed and memory at batch 1 and 8, sequence 32 and 128: a few minutes on 2 cores.
+    CpuQuick,
+}
+
+/// What a preset measures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresetGrid {
+    pub batch_sizes: Vec<usize>,
+    pub sequence_lengths: Vec<usize>,
+    pub speed: bool,
+    pub memory: bool,
+}
+
+/// The study's three models, by Hub name.
+pub const STUDY_MODELS: [&str; 3] = models::config::BUILTIN_MODELS;
+
+impl Preset {
+    pub fn grid(self) -> PresetGrid {
+        let g = |b: &[usize], s: &[usize], speed, memory| PresetGrid {
+            batch_sizes: b.to_vec(),
+            sequence_lengths: s.to_vec(),
+            speed,
+            memory,
+        };
+        match self {
+            Preset::SeedMemorySeq => g(&[32], &[32, 128, 512, 1024], false, true),
+            Preset::SeedMemoryBatch => g(&[64, 128, 256, 512], &[512], false, true),
+            Preset::SeedTime => g(&[256], &[8, 32, 128, 512], true, false),
+            Preset::CpuQuick => g(&[1, 8], &[32, 128], true, true),
+        }
+    }
+}
+
+/// All cells of a grid, in the Hugging Face script's order (mode, model, batch, sequence).
+pub fn plan(
+    models: &[String],
+    modes: &[Mode],
+    batch_sizes: &[usize],
+    sequence_lengths: &[usize],
+) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for &mode in modes {
+        for model in models {
+            for &batch_size in batch_sizes {
+                for &sequence_length in sequence_lengths {
+                    cells.push(Cell {
+                        model: model.clone(),
+                        mode,
+                        batch_size,
+                        sequence_length,
+                    });
+                }
+            }
+        }
+    }
+    cells
+}
+
+/// Where cells run.
+#[derive(Debug, Clone)]
+pub enum Isolation {
+    /// A fresh child process of this binary per cell (`bertbench bench-cell`).
+    Child { exe: PathBuf },
+    /// The current process (quick, but memory of one cell can leak into the next).
+    InProcess,
+}
+
+/// How a grid runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub settings: CellSettings,
+    pub isolation: Isolation,
+    /// Cells whose memory estimate exceeds this are refused (bytes).
+    pub max_memory: u64,
+    /// With `--resume`: run crashed and failed cells again.
+    pub retry_failed: bool,
+}
+
+/// Receives progress while a grid runs.
+pub trait Observer {
+    fn cell_started(&mut self, _index: usize, _total: usize, _cell: &Cell) {}
+    fn cell_progress(&mut self, _phase: Phase, _runs: usize, _elapsed: Duration) {}
+    fn cell_skipped(&mut self, _cell: &Cell) {}
+    fn cell_finished(&mut self, _m: &Measurement) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// Loads each model's config once.
+#[derive(Default)]
+pub struct Configs {
+    cache: HashMap<String, ModelConfig>,
+}
+
+impl Configs {
+    pub fn get(&mut self, model: &str, hub: &HubConfig) -> Result<&ModelConfig> {
+        if !self.cache.contains_key(model) {
+            let (config, _) = models::open_config(model, hub)?;
+            self.cache.insert(model.to_string(), config);
+        }
+        Ok(&self.cache[model])
+    }
+}
+
+fn step_flops(config: &ModelConfig, cell: &Cell) -> u64 {
+    match cell.mode {
+        Mode::Inference => forward_flops(config, cell.batch_size, cell.sequence_length),
+        Mode::Training => training_step_flops(config, cell.batch_size, cell.sequence_length),
+    }
+}
+
+/// The row for a cell that must not run, if it must not.
+pub fn precheck(config: &ModelConfig, cell: &Cell, opts: &RunOptions) -> Option<Measurement> {
+    let flops = step_flops(config, cell);
+    let estimate = estimate_bytes(config, cell, opts.settings.dtype.dtype());
+    if cell.sequence_length > config.max_position_embeddings {
+        return Some(Measurement::failed(
+            cell.clone(),
+            Status::SequenceTooLong,
+            format!(
+                "sequence length {} exceeds the model's max_position_embeddings {}",
+                cell.sequence_length, config.max_position_embeddings
+            ),
+            flops,
+            estimate,
+            &opts.settings,
+        ));
+    }
+    if estimate > opts.max_memory {
+        return Some(Measurement::failed(
+            cell.clone(),
+            Status::TooLarge,
+            format!(
+                "estimated {:.0} MB exceeds the memory limit of {:.0} MB (--max-memory)",
+                super::memory::to_mb(estimate),
+                super::memory::to_mb(opts.max_memory)
+            ),
+            flops,
+            estimate,
+            &opts.settings,
+        ));
+    }
+    None
+}
+
+/// Runs every planned cell not already finished in `writer`, writing each result as it ends.
+pub fn run_grid(
+    plan: &[Cell],
+    opts: &RunOptions,
+    writer: &mut ResultsWriter,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    let hub = HubConfig::from_env(opts.settings.offline);
+    let mut configs = Configs::default();
+    for (index, cell) in plan.iter().enumerate() {
+        if let Some(done) = writer.results.find(cell) {
+            if is_finished(done, opts.retry_failed) {
+                observer.cell_skipped(cell);
+                continue;
+            }
+        }
+        observer.cell_started(index, plan.len(), cell);
+        let config = configs.get(&cell.model, &hub)?.clone();
+        let m = match precheck(&config, cell, opts) {
+            Some(row) => row,
+            None => run_one(cell, &config, opts, observer)?,
+        };
+        observer.cell_finished(&m);
+        writer.push(m)?;
+    }
+    Ok(())
+}
+
+/// Runs one cell where `opts.isolation` says; errors inside the cell become rows.
+pub fn run_one(
+    cell: &Cell,
+    config: &ModelConfig,
+    opts: &RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<Measurement> {
+    let settings = &opts.settings;
+    match &opts.isolation {
+        Isolation::InProcess => {
+            let mut progress = |p, r, e| observer.cell_progress(p, r, e);
+            Ok(match cell::run_cell(cell, settings, &mut progress) {
+                Ok(m) => m,
+                Err(e) => failed_row(cell, config, settings, Status::Failed, format!("{e:#}")),
+            })
+        }
+        Isolation::Child { exe } => run_child(exe, cell, config, settings, observer),
+    }
+}
+
+fn failed_row(
+    cell: &Cell,
+    config: &ModelConfig,
+    settings: &CellSettings,
+    status: Status,
+    reason: String,
+) -> Measurement {
+    Measurement::failed(
+        cell.clone(),
+        status,
+        reason,
+        step_flops(config, cell),
+        estimate_bytes(config, cell, settings.dtype.dtype()),
+        settings,
+    )
+}
+
+/// What the parent sends a child on stdin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChildJob {
+    pub cell: Cell,
+    pub settings: CellSettings,
+}
+
+/// What a child prints as its last stdout line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChildReply {
+    Done(Box<Measurement>),
+    Error { error: String },
+}
+
+/// Prefix of the progress lines a child writes on stderr.
+pub const PROGRESS_PREFIX: &str = "@bertbench-progress";
+
+/// Formats a progress line for the parent.
+pub fn progress_line(phase: Phase, runs: usize, elapsed: Duration) -> String {
+    let phase = match phase {
+        Phase::Building => "building",
+        Phase::Memory => "memory",
+        Phase::Timing => "timing",
+    };
+    format!("{PROGRESS_PREFIX} {phase} {runs} {}", elapsed.as_secs_f64())
+}
+
+fn parse_progress(line: &str) -> Option<(Phase, usize, Duration)> {
+    let mut parts = line.strip_prefix(PROGRESS_PREFIX)?.split_whitespace();
+    let phase = match parts.next()? {
+        "building" => Phase::Building,
+        "memory" => Phase::Memory,
+        _ => Phase::Timing,
+    };
+    let runs = parts.next()?.parse().ok()?;
+    let secs: f64 = parts.next()?.parse().ok()?;
+    Some((phase, runs, Duration::from_secs_f64(secs)))
+}
+
+enum ChildEvent {
+    Progress(Phase, usize, Duration),
+    Line(String),
+}
+
+fn run_child(
+    exe: &PathBuf,
+    cell: &Cell,
+    config: &ModelConfig,
+    settings: &CellSettings,
+    observer: &mut dyn Observer,
+) -> Result<Measurement> {
+    let job = serde_json::to_string(&ChildJob {
+        cell: cell.clone(),
+        settings: settings.clone(),
+    })?;
+    let mut child = Command::new(exe)
+        .arg("bench-cell")
+        .env("RAYON_NUM_THREADS", settings.threads.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(job.as_bytes())?;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let event = match parse_progress(&line) {
+                Some((p, r, e)) => ChildEvent::Progress(p, r, e),
+                None => ChildEvent::Line(line),
+            };
+            if tx.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let stdout_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let mut tail: Vec<String> = Vec::new();
+    for event in rx {
+        match event {
+            ChildEvent::Progress(p, r, e) => observer.cell_progress(p, r, e),
+            ChildEvent::Line(l) => {
+                tail.push(l);
+                if tail.len() > 20 {
+                    tail.remove(0);
+                }
+            }
+        }
+    }
+    let _ = reader.join();
+    let out = stdout_reader.join().unwrap_or_default();
+    let status = child.wait()?;
+    if status.success() {
+        if let Some(last) = out.lines().rev().find(|l| !l.trim().is_empty()) {
+            match serde_json::from_str::<ChildReply>(last) {
+                Ok(ChildReply::Done(m)) => return Ok(*m),
+                Ok(ChildReply::Error { error }) => {
+                    return Ok(failed_row(cell, config, settings, Status::Failed, error))
+                }
+                Err(_) => {}
+            }
+        }
+        let reason = format!(
+            "child process exited without a result; stderr: {}",
+            tail.join(" | ")
+        );
+        return Ok(failed_row(cell, config, settings, Status::Crashed, reason));
+    }
+    let how = describe_exit(&status);
+    let last = tail
+        .iter()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .cloned()
+        .unwrap_or_default();
+    let reason = if last.is_empty() {
+        how
+    } else {
+        format!("{how}; last message: {last}")
+    };
+    Ok(failed_row(cell, config, settings, Status::Crashed, reason))
+}
+
+fn describe_exit(status: &std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            let name = match sig {
+                9 => " (SIGKILL: killed, often by the out-of-memory killer)",
+                6 => " (SIGABRT: aborted, e.g. a failed allocation)",
+                11 => " (SIGSEGV)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            return format!("child process killed by signal {sig}{name}");
+        }
+    }
+    format!(
+        "child process exited with {}",
+        status.code().map_or("no code".into(), |c| c.to_string())
+    )
+}
+
+/// The largest batch that fits at one sequence length.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaxBatch {
+    pub model: String,
+    pub mode: Mode,
+    pub sequence_length: usize,
+    /// `None` when even batch 1 does not fit.
+    pub max_batch_size: Option<usize>,
+    pub peak_rss_at_max: Option<u64>,
+    /// The smallest batch found not to fit, and why.
+    pub first_failing_batch: Option<usize>,
+    pub failure: Option<String>,
+    /// Batch sizes probed, in order.
+    pub probes: Vec<(usize, bool)>,
+}
+
+/// Finds, by doubling then bisection (each probe a memory-only cell in a child process unless
+/// in-process was asked for), the largest batch whose measured peak stays under the limit.
+pub fn find_max_batch(
+    model: &str,
+    mode: Mode,
+    sequence_length: usize,
+    cap: usize,
+    opts: &RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<MaxBatch> {
+    let hub = HubConfig::from_env(opts.settings.offline);
+    let (config, _) = models::open_config(model, &hub)?;
+    // Probes are measured, not estimated: the estimate only stops probes that would clearly
+    // not fit (50% above the limit), so the search never starts a child that exhausts memory.
+    let probe_opts = RunOptions {
+        settings: CellSettings {
+            speed: false,
+            memory: true,
+            ..opts.settings.clone()
+        },
+        max_memory: opts.max_memory.saturating_mul(3) / 2,
+        ..opts.clone()
+    };
+    let mut probes = Vec::new();
+    let mut probe =
+        |b: usize, observer: &mut dyn Observer| -> Result<(bool, Option<u64>, Option<String>)> {
+            let cell = Cell {
+                model: model.to_string(),
+                mode,
+                batch_size: b,
+                sequence_length,
+            };
+            observer.cell_started(probes.len(), 0, &cell);
+            let m = match precheck(&config, &cell, &probe_opts) {
+                Some(row) => row,
+                None => run_one(&cell, &config, &probe_opts, observer)?,
+            };
+            let peak = m.memory.as_ref().map(|mem| mem.peak_rss);
+            let fits = m.status == Status::Ok && peak.is_some_and(|p| p <= opts.max_memory);
+            let why = if fits {
+                None
+            } else if m.status == Status::Ok {
+                Some(format!(
+                    "measured peak {:.0} MB exceeds the limit of {:.0} MB",
+                    super::memory::to_mb(peak.unwrap_or(0)),
+                    super::memory::to_mb(opts.max_memory)
+                ))
+            } else {
+                Some(format!(
+                    "{}: {}",
+                    m.status.as_str(),
+                    m.reason.clone().unwrap_or_default()
+                ))
+            };
+            observer.cell_finished(&m);
+            probes.push((b, fits));
+            Ok((fits, peak, why))
+        };
+    let (mut lo, mut lo_peak) = (0usize, None);
+    let mut hi: Option<(usize, String)> = None;
+    let mut b = 1usize;
+    while b <= cap {
+        let (fits, peak, why) = probe(b, observer)?;
+        if fits {
+            (lo, lo_peak) = (b, peak);
+            b *= 2;
+        } else {
+            hi = Some((b, why.unwrap_or_default()));
+            break;
+        }
+    }
+    if let Some((mut h, mut why_h)) = hi.clone() {
+        while h - lo > 1 {
+            let mid = lo + (h - lo) / 2;
+            let (fits, peak, why) = probe(mid, observer)?;
+            if fits {
+                (lo, lo_peak) = (mid, peak);
+            } else {
+                (h, why_h) = (mid, why.unwrap_or_default());
+            }
+        }
+        hi = Some((h, why_h));
+    }
+    Ok(MaxBatch {
+        model: model.to_string(),
+        mode,
+        sequence_length,
+        max_batch_size: (lo > 0).then_some(lo),
+        peak_rss_at_max: lo_peak,
+        first_failing_batch: hi.as_ref().map(|(h, _)| *h),
+        failure: hi.map(|(_, w)| w),
+        probes,
+    })
+}
+
+/// Writes the largest-batch table as CSV.
+pub fn write_max_batch_csv(rows: &[MaxBatch], limit: u64, path: &std::path::Path) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "model",
+        "mode",
+        "sequence_length",
+        "max_batch_size",
+        "peak_rss_mb_at_max",
+        "first_failing_batch_size",
+        "failure",
+        "memory_limit_mb",
+        "probes",
+    ])?;
+    for r in rows {
+        w.write_record([
+            r.model.clone(),
+            r.mode.as_str().into(),
+            r.sequence_length.to_string(),
+            r.max_batch_size
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "N/A".into()),
+            r.peak_rss_at_max
+                .map(|p| format!("{:.2}", super::memory::to_mb(p)))
+                .unwrap_or_default(),
+            r.first_failing_batch
+                .map(|b| b.to_string())
+                .unwrap_or_default(),
+            r.failure.clone().unwrap_or_default(),
+            format!("{:.0}", super::memory::to_mb(limit)),
+            r.probes
+                .iter()
+                .map(|(b, ok)| format!("{b}:{}", if *ok { "fits" } else { "fails" }))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ])?;
+    }
+    super::output::atomic_write(path, &w.into_inner()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_order_and_presets() {
+        let cells = plan(
+            &["a".into(), "b".into()],
+            &[Mode::Inference],
+            &[1, 8],
+            &[32, 128],
+        );
+        assert_eq!(cells.len(), 8);
+        assert_eq!(
+            cells[0],
+            Cell {
+                model: "a".into(),
+                mode: Mode::Inference,
+                batch_size: 1,
+                sequence_length: 32
+            }
+        );
+        assert_eq!(cells[1].sequence_length, 128);
+        assert_eq!(cells[4].model, "b");
+        assert_eq!(
+            Preset::SeedMemorySeq.grid().sequence_lengths,
+            vec![32, 128, 512, 1024]
+        );
+        assert_eq!(
+            Preset::SeedMemoryBatch.grid().batch_sizes,
+            vec![64, 128, 256, 512]
+        );
+        let t = Preset::SeedTime.grid();
+        assert_eq!((t.batch_sizes, t.speed, t.memory), (vec![256], true, false));
+    }
+
+    #[test]
+    fn progress_lines_round_trip() {
+        let line = progress_line(Phase::Timing, 7, Duration::from_millis(1500));
+        let (p, r, e) = parse_progress(&line).unwrap();
+        assert_eq!((p, r, e), (Phase::Timing, 7, Duration::from_millis(1500)));
+        assert!(parse_progress("warning: something").is_none());
+    }
+}

@@ -1,0 +1,200 @@
+//! The measurement engine: latency, throughput and peak memory of each model over a grid of
+//! batch sizes and sequence lengths, for inference and training.
+//!
+//! A grid is a list of [`Cell`]s; each becomes one [`Measurement`], including the cells that
+//! could not run (their status and reason are data too). [`grid`] runs the cells (each in a
+//! fresh child process by default), [`cell`] measures one cell in the current process,
+//! [`output`] writes the results as they come.
+
+pub mod cell;
+pub mod env;
+pub mod flops;
+pub mod grid;
+pub mod memory;
+pub mod output;
+pub mod peak;
+pub mod stats;
+pub mod timer;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::Precision;
+pub use stats::Summary;
+pub use timer::{TimingPolicy, Timings};
+
+/// What a step of a cell does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One forward pass, no gradients.
+    Inference,
+    /// Forward, QA loss on random start/end positions, backward, AdamW step.
+    Training,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Inference => "inference",
+            Mode::Training => "training",
+        }
+    }
+}
+
+/// One point of the grid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cell {
+    pub model: String,
+    pub mode: Mode,
+    pub batch_size: usize,
+    pub sequence_length: usize,
+}
+
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} b{} s{}",
+            self.model,
+            self.mode.as_str(),
+            self.batch_size,
+            self.sequence_length
+        )
+    }
+}
+
+/// How a cell ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Measured.
+    Ok,
+    /// Not run: the sequence is longer than the model's position table.
+    SequenceTooLong,
+    /// Not run: the memory estimate exceeds `--max-memory`.
+    TooLarge,
+    /// Ran and reported an error (e.g. an allocation failure it could catch).
+    Failed,
+    /// The child process died (killed, out of memory, crashed) before reporting.
+    Crashed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::SequenceTooLong => "sequence_too_long",
+            Status::TooLarge => "too_large",
+            Status::Failed => "failed",
+            Status::Crashed => "crashed",
+        }
+    }
+}
+
+/// Speed of a cell: raw timings (seconds per step) and their summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Speed {
+    pub timings: Timings,
+    pub summary: Summary,
+}
+
+/// Memory of a cell, in bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Resident set before the model was built.
+    pub baseline_rss: u64,
+    /// Resident set once the model and inputs existed.
+    pub model_rss: u64,
+    /// Peak resident set of the process through the measured step.
+    pub peak_rss: u64,
+    /// Whether the peak could be reset before the step (else it covers the whole process life).
+    pub peak_rss_reset: bool,
+    /// Bytes held through the allocator when the step started (weights, inputs, optimizer).
+    pub alloc_before_step: u64,
+    /// Peak bytes held through the allocator during the step.
+    pub alloc_peak: u64,
+    /// CUDA only: device memory used by this process / by the whole device, peak of samples.
+    pub gpu_process_peak: Option<u64>,
+    pub gpu_device_peak: Option<u64>,
+}
+
+impl Memory {
+    /// Peak resident memory above the process's baseline before the model was built.
+    pub fn peak_above_baseline(&self) -> u64 {
+        self.peak_rss.saturating_sub(self.baseline_rss)
+    }
+}
+
+/// Settings every cell of a run shares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellSettings {
+    pub dtype: Precision,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    pub threads: usize,
+    pub seed: u64,
+    pub speed: bool,
+    pub memory: bool,
+    /// Load the checkpoint's weights instead of random ones (speed does not depend on them).
+    pub load_weights: bool,
+    pub offline: bool,
+    pub timing: TimingPolicy,
+}
+
+/// The result of one cell, whatever happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    pub cell: Cell,
+    pub status: Status,
+    /// Why the cell did not end `ok`; warnings (e.g. noise) when it did.
+    pub reason: Option<String>,
+    pub speed: Option<Speed>,
+    pub memory: Option<Memory>,
+    /// Analytic FLOPs of one step.
+    pub flops: u64,
+    /// Memory the engine estimated before running (bytes).
+    pub estimated_bytes: u64,
+    pub settings: CellSettings,
+}
+
+impl Measurement {
+    /// A row for a cell that did not produce numbers.
+    pub fn failed(
+        cell: Cell,
+        status: Status,
+        reason: String,
+        flops: u64,
+        estimated_bytes: u64,
+        settings: &CellSettings,
+    ) -> Self {
+        Self {
+            cell,
+            status,
+            reason: Some(reason),
+            speed: None,
+            memory: None,
+            flops,
+            estimated_bytes,
+            settings: settings.clone(),
+        }
+    }
+
+    /// Median seconds per step.
+    pub fn median_s(&self) -> Option<f64> {
+        self.speed.as_ref().map(|s| s.summary.median)
+    }
+
+    /// Achieved GFLOP/s at the median.
+    pub fn gflops(&self) -> Option<f64> {
+        self.median_s().map(|m| self.flops as f64 / m / 1e9)
+    }
+
+    pub fn samples_per_s(&self) -> Option<f64> {
+        self.median_s().map(|m| self.cell.batch_size as f64 / m)
+    }
+
+    pub fn tokens_per_s(&self) -> Option<f64> {
+        self.median_s()
+            .map(|m| (self.cell.batch_size * self.cell.sequence_length) as f64 / m)
+    }
+}

@@ -1,0 +1,319 @@
+//! Writing results as they come: Hugging Face's four CSVs (`model,batch_size,sequence_length,result`),
+//! the environment file, a tidy `results.csv` with every statistic (units in the column names)
+//! and `results.json` with the raw samples, which is also what `--resume` reads back.
+//!
+//! Every file is rewritten whole after each cell, through a temporary file and a rename, so an
+//! interrupt never leaves a half-written file and never loses a finished cell.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::memory::to_mb;
+use super::peak::PeakShape;
+use super::{Cell, CellSettings, Measurement, Mode, Status};
+use crate::error::input;
+
+/// Where each output goes.
+#[derive(Debug, Clone)]
+pub struct OutputFiles {
+    pub dir: PathBuf,
+    pub inference_time: PathBuf,
+    pub inference_memory: PathBuf,
+    pub train_time: PathBuf,
+    pub train_memory: PathBuf,
+    pub env_info: PathBuf,
+    pub results_csv: PathBuf,
+    pub results_json: PathBuf,
+}
+
+impl OutputFiles {
+    /// Default names inside `dir`; relative overrides are taken inside `dir` too.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            inference_time: dir.join("inference_time.csv"),
+            inference_memory: dir.join("inference_memory.csv"),
+            train_time: dir.join("train_time.csv"),
+            train_memory: dir.join("train_memory.csv"),
+            env_info: dir.join("env.csv"),
+            results_csv: dir.join("results.csv"),
+            results_json: dir.join("results.json"),
+        }
+    }
+}
+
+/// The content of `results.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResultsFile {
+    pub bertbench_version: String,
+    pub environment: Vec<(String, String)>,
+    pub peak_matmul: Vec<PeakShape>,
+    /// Settings shared by every cell of the run.
+    pub settings: Option<CellSettings>,
+    /// The cells planned, in order (so a resumed run knows the whole grid).
+    pub plan: Vec<Cell>,
+    pub measurements: Vec<Measurement>,
+}
+
+impl ResultsFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| {
+            input(format!(
+                "{}: not a bertbench results file: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// The measured peak matmul rate, if measured.
+    pub fn peak_gflops(&self) -> Option<f64> {
+        (!self.peak_matmul.is_empty()).then(|| super::peak::peak_gflops(&self.peak_matmul))
+    }
+
+    /// Measurement of a cell, the latest if several.
+    pub fn find(&self, cell: &Cell) -> Option<&Measurement> {
+        self.measurements.iter().rev().find(|m| &m.cell == cell)
+    }
+}
+
+/// Keeps the results of a run and rewrites the output files after each cell.
+pub struct ResultsWriter {
+    pub files: OutputFiles,
+    pub results: ResultsFile,
+}
+
+impl ResultsWriter {
+    pub fn new(files: OutputFiles, results: ResultsFile) -> Result<Self> {
+        std::fs::create_dir_all(&files.dir).map_err(|e| {
+            input(format!(
+                "cannot create output directory {}: {e}",
+                files.dir.display()
+            ))
+        })?;
+        let w = Self { files, results };
+        w.write_all()?;
+        Ok(w)
+    }
+
+    /// Records a finished cell (replacing an earlier row of the same cell) and rewrites files.
+    pub fn push(&mut self, m: Measurement) -> Result<()> {
+        self.results.measurements.retain(|old| old.cell != m.cell);
+        self.results.measurements.push(m);
+        self.write_all()
+    }
+
+    pub fn write_all(&self) -> Result<()> {
+        let r = &self.results;
+        atomic_write(
+            &self.files.results_json,
+            serde_json::to_string_pretty(r)?.as_bytes(),
+        )?;
+        atomic_write(&self.files.results_csv, &tidy_csv(r)?)?;
+        let mut env = csv::Writer::from_writer(Vec::new());
+        env.write_record(["key", "value"])?;
+        for (k, v) in &r.environment {
+            env.write_record([k, v])?;
+        }
+        atomic_write(&self.files.env_info, &env.into_inner()?)?;
+        let (speed, memory) = r
+            .settings
+            .as_ref()
+            .map(|s| (s.speed, s.memory))
+            .unwrap_or((true, true));
+        for (mode, path_time, path_memory) in [
+            (
+                Mode::Inference,
+                &self.files.inference_time,
+                &self.files.inference_memory,
+            ),
+            (
+                Mode::Training,
+                &self.files.train_time,
+                &self.files.train_memory,
+            ),
+        ] {
+            if !r.plan.iter().any(|c| c.mode == mode) {
+                continue;
+            }
+            if speed {
+                atomic_write(path_time, &hf_csv(r, mode, Metric::Time)?)?;
+            }
+            if memory {
+                atomic_write(path_memory, &hf_csv(r, mode, Metric::Memory)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Metric {
+    Time,
+    Memory,
+}
+
+/// Hugging Face's layout: one row per planned cell of `mode`, `result` = median seconds with 4
+/// decimals (time) or peak resident MB as an integer (memory), `N/A` when there is no number.
+fn hf_csv(r: &ResultsFile, mode: Mode, metric: Metric) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["model", "batch_size", "sequence_length", "result"])?;
+    for cell in r.plan.iter().filter(|c| c.mode == mode) {
+        let m = r.find(cell);
+        let value = match metric {
+            Metric::Time => m.and_then(|m| m.median_s()).map(|s| format!("{s:.4}")),
+            Metric::Memory => m
+                .and_then(|m| m.memory.as_ref())
+                .map(|mem| format!("{}", mem.peak_rss >> 20)),
+        };
+        w.write_record([
+            cell.model.clone(),
+            cell.batch_size.to_string(),
+            cell.sequence_length.to_string(),
+            value.unwrap_or_else(|| "N/A".into()),
+        ])?;
+    }
+    Ok(w.into_inner()?)
+}
+
+/// Column names of the tidy results file.
+pub const TIDY_COLUMNS: [&str; 44] = [
+    "model",
+    "mode",
+    "batch_size",
+    "sequence_length",
+    "status",
+    "reason",
+    "runs",
+    "warmup_runs",
+    "median_s",
+    "mean_s",
+    "std_s",
+    "min_s",
+    "max_s",
+    "q1_s",
+    "q3_s",
+    "iqr_s",
+    "p90_s",
+    "p99_s",
+    "median_ci95_low_s",
+    "median_ci95_high_s",
+    "median_ci_coverage",
+    "outliers_low_severe",
+    "outliers_low_mild",
+    "outliers_high_mild",
+    "outliers_high_severe",
+    "samples_per_s",
+    "tokens_per_s",
+    "flops_per_step",
+    "gflops_per_s",
+    "share_of_peak_matmul",
+    "peak_rss_mb",
+    "peak_rss_above_baseline_mb",
+    "baseline_rss_mb",
+    "model_rss_mb",
+    "alloc_before_step_mb",
+    "alloc_peak_mb",
+    "gpu_process_peak_mb",
+    "gpu_device_peak_mb",
+    "estimated_mb",
+    "dtype",
+    "device",
+    "threads",
+    "weights",
+    "seed",
+];
+
+fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(TIDY_COLUMNS)?;
+    let peak = r.peak_gflops();
+    let f = |x: Option<f64>| x.map(|v| format!("{v}")).unwrap_or_default();
+    let mb = |x: Option<u64>| x.map(|v| format!("{:.2}", to_mb(v))).unwrap_or_default();
+    for cell in &r.plan {
+        let Some(m) = r.find(cell) else { continue };
+        let s = m.speed.as_ref().map(|s| &s.summary);
+        let mem = m.memory.as_ref();
+        let row: Vec<String> = vec![
+            m.cell.model.clone(),
+            m.cell.mode.as_str().into(),
+            m.cell.batch_size.to_string(),
+            m.cell.sequence_length.to_string(),
+            m.status.as_str().into(),
+            m.reason.clone().unwrap_or_default(),
+            s.map(|s| s.n.to_string()).unwrap_or_default(),
+            m.speed
+                .as_ref()
+                .map(|s| s.timings.warmup.len().to_string())
+                .unwrap_or_default(),
+            f(s.map(|s| s.median)),
+            f(s.map(|s| s.mean)),
+            f(s.map(|s| s.std_dev)),
+            f(s.map(|s| s.min)),
+            f(s.map(|s| s.max)),
+            f(s.map(|s| s.q1)),
+            f(s.map(|s| s.q3)),
+            f(s.map(|s| s.iqr)),
+            f(s.map(|s| s.p90)),
+            f(s.map(|s| s.p99)),
+            f(s.map(|s| s.median_ci_low)),
+            f(s.map(|s| s.median_ci_high)),
+            f(s.map(|s| s.median_ci_coverage)),
+            s.map(|s| s.outliers.low_severe.to_string())
+                .unwrap_or_default(),
+            s.map(|s| s.outliers.low_mild.to_string())
+                .unwrap_or_default(),
+            s.map(|s| s.outliers.high_mild.to_string())
+                .unwrap_or_default(),
+            s.map(|s| s.outliers.high_severe.to_string())
+                .unwrap_or_default(),
+            f(m.samples_per_s()),
+            f(m.tokens_per_s()),
+            m.flops.to_string(),
+            f(m.gflops()),
+            f(m.gflops().zip(peak).map(|(g, p)| g / p)),
+            mb(mem.map(|m| m.peak_rss)),
+            mb(mem.map(|m| m.peak_above_baseline())),
+            mb(mem.map(|m| m.baseline_rss)),
+            mb(mem.map(|m| m.model_rss)),
+            mb(mem.map(|m| m.alloc_before_step)),
+            mb(mem.map(|m| m.alloc_peak)),
+            mb(mem.and_then(|m| m.gpu_process_peak)),
+            mb(mem.and_then(|m| m.gpu_device_peak)),
+            format!("{:.2}", to_mb(m.estimated_bytes)),
+            m.settings.dtype.as_str().into(),
+            m.settings.device.clone(),
+            m.settings.threads.to_string(),
+            if m.settings.load_weights {
+                "checkpoint"
+            } else {
+                "random"
+            }
+            .into(),
+            m.settings.seed.to_string(),
+        ];
+        w.write_record(&row)?;
+    }
+    Ok(w.into_inner()?)
+}
+
+/// Whether a recorded measurement counts as finished for `--resume` (crashes are retried only
+/// with `--retry-failed`).
+pub fn is_finished(m: &Measurement, retry_failed: bool) -> bool {
+    !(retry_failed && matches!(m.status, Status::Crashed | Status::Failed))
+}

@@ -1,0 +1,635 @@
+//! `bench`, its hidden per-cell child `bench-cell`, and `peak`.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::bench::cell::{run_cell, Phase};
+use crate::bench::grid::{self, ChildJob, ChildReply, Isolation, Observer, Preset, RunOptions};
+use crate::bench::output::{OutputFiles, ResultsFile, ResultsWriter};
+use crate::bench::{
+    env, memory, peak, Cell, CellSettings, Measurement, Mode, Status, TimingPolicy,
+};
+use crate::device::{parse_device, Precision};
+use crate::error::input;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Models: built-in names, Hub ids or local directories (config only; weights are random
+    /// unless --load-weights). Default: the study's three models.
+    #[arg(long, num_args = 1.., alias = "model")]
+    pub models: Vec<String>,
+    /// Batch sizes (default 8, as Hugging Face's script).
+    #[arg(long, num_args = 1.., alias = "batch_sizes")]
+    pub batch_sizes: Vec<usize>,
+    /// Sequence lengths (default 8 32 128 512, as Hugging Face's script).
+    #[arg(long, num_args = 1.., alias = "sequence_lengths")]
+    pub sequence_lengths: Vec<usize>,
+    /// A ready-made grid: the original study's experiments, or cpu-quick for a small CPU.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Skip timing.
+    #[arg(long, alias = "no_speed")]
+    pub no_speed: bool,
+    /// Skip memory measurement.
+    #[arg(long, alias = "no_memory")]
+    pub no_memory: bool,
+    /// Also measure training steps (forward, QA loss, backward, AdamW).
+    #[arg(long)]
+    pub training: bool,
+    /// Skip inference.
+    #[arg(long, alias = "no_inference")]
+    pub no_inference: bool,
+    /// Accepted for compatibility with Hugging Face's script: CSVs are always written.
+    #[arg(long, alias = "save_to_csv")]
+    pub save_to_csv: bool,
+    #[arg(long, alias = "inference_time_csv_file", value_name = "FILE")]
+    pub inference_time_csv_file: Option<PathBuf>,
+    #[arg(long, alias = "inference_memory_csv_file", value_name = "FILE")]
+    pub inference_memory_csv_file: Option<PathBuf>,
+    #[arg(long, alias = "train_time_csv_file", value_name = "FILE")]
+    pub train_time_csv_file: Option<PathBuf>,
+    #[arg(long, alias = "train_memory_csv_file", value_name = "FILE")]
+    pub train_memory_csv_file: Option<PathBuf>,
+    #[arg(long, alias = "env_info_csv_file", value_name = "FILE")]
+    pub env_info_csv_file: Option<PathBuf>,
+    /// Minimum number of timed runs per cell.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeat: u64,
+    /// Minimum timing time per cell, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub min_time: f64,
+    /// Stop starting timed runs after this many seconds per cell (at least 3 runs are kept).
+    #[arg(long, default_value_t = 60.0)]
+    pub max_time: f64,
+    /// Maximum timed runs per cell.
+    #[arg(long, default_value_t = 1000)]
+    pub max_runs: usize,
+    /// Maximum warm-up runs per cell (warm-up ends earlier once timings settle within 5%).
+    #[arg(long, default_value_t = 10)]
+    pub max_warmup_runs: usize,
+    /// Compute threads (default: every logical CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seed of the random weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Load the models' checkpoint weights instead of random ones (speed does not depend on
+    /// them; this is for checking a specific checkpoint).
+    #[arg(long)]
+    pub load_weights: bool,
+    /// Output directory (default: bench-results/<date-time>).
+    #[arg(long, alias = "output_dir")]
+    pub output_dir: Option<PathBuf>,
+    /// Run cells in this process instead of a fresh child process each.
+    #[arg(long, alias = "no_multi_process")]
+    pub in_process: bool,
+    /// Continue an interrupted run in --output-dir, skipping finished cells.
+    #[arg(long)]
+    pub resume: bool,
+    /// With --resume, run crashed and failed cells again.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Memory limit in MB: cells estimated above it are refused, and --find-max-batch stops at
+    /// it (default: the memory available when the run starts).
+    #[arg(long, value_name = "MB")]
+    pub max_memory: Option<f64>,
+    /// For each model and sequence length, find the largest batch that fits under the limit.
+    #[arg(long)]
+    pub find_max_batch: bool,
+    /// Largest batch size --find-max-batch tries.
+    #[arg(long, default_value_t = 4096)]
+    pub max_batch_cap: usize,
+    /// Do not measure the machine's matmul peak first (cells then report no share of peak).
+    #[arg(long)]
+    pub no_peak: bool,
+    /// Never contact the Hub.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// Turns the arguments into the grid and the shared cell settings.
+fn grid_of(args: &BenchArgs) -> Result<(Vec<Cell>, CellSettings)> {
+    let preset = args.preset.map(Preset::grid);
+    let models: Vec<String> = if args.models.is_empty() {
+        grid::STUDY_MODELS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.models.clone()
+    };
+    let batch_sizes = match (&preset, args.batch_sizes.is_empty()) {
+        (_, false) => args.batch_sizes.clone(),
+        (Some(p), true) => p.batch_sizes.clone(),
+        (None, true) => vec![8],
+    };
+    let sequence_lengths = match (&preset, args.sequence_lengths.is_empty()) {
+        (_, false) => args.sequence_lengths.clone(),
+        (Some(p), true) => p.sequence_lengths.clone(),
+        (None, true) => vec![8, 32, 128, 512],
+    };
+    if batch_sizes.contains(&0) || sequence_lengths.contains(&0) {
+        return Err(input("batch sizes and sequence lengths must be at least 1"));
+    }
+    let mut modes = Vec::new();
+    if !args.no_inference {
+        modes.push(Mode::Inference);
+    }
+    if args.training {
+        modes.push(Mode::Training);
+    }
+    if modes.is_empty() {
+        return Err(input(
+            "nothing to measure: --no-inference without --training",
+        ));
+    }
+    let (speed, memory) = match &preset {
+        Some(p) if !args.no_speed && !args.no_memory => (p.speed, p.memory),
+        _ => (!args.no_speed, !args.no_memory),
+    };
+    if !speed && !memory && !args.find_max_batch {
+        return Err(input("nothing to measure: both --no-speed and --no-memory"));
+    }
+    for (name, v) in [("--min-time", args.min_time), ("--max-time", args.max_time)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(input(format!(
+                "{name} must be a non-negative number of seconds, got {v}"
+            )));
+        }
+    }
+    let threads = args.threads.unwrap_or_else(env::logical_cpus);
+    if threads == 0 {
+        return Err(input("--threads must be at least 1"));
+    }
+    parse_device(&args.device)?;
+    let settings = CellSettings {
+        dtype: args.dtype,
+        device: args.device.clone(),
+        threads,
+        seed: args.seed,
+        speed,
+        memory,
+        load_weights: args.load_weights,
+        offline: args.offline,
+        timing: TimingPolicy {
+            min_runs: args.repeat as usize,
+            min_time: Duration::from_secs_f64(args.min_time),
+            max_time: Duration::from_secs_f64(args.max_time),
+            max_runs: args.max_runs.max(args.repeat as usize),
+            warmup_max_runs: args.max_warmup_runs.max(1),
+            ..TimingPolicy::default()
+        },
+    };
+    let plan = grid::plan(&models, &modes, &batch_sizes, &sequence_lengths);
+    Ok((plan, settings))
+}
+
+fn output_files(args: &BenchArgs, dir: &Path) -> OutputFiles {
+    let mut files = OutputFiles::in_dir(dir);
+    let place = |p: &Option<PathBuf>, default: &mut PathBuf| {
+        if let Some(p) = p {
+            *default = if p.is_absolute() {
+                p.clone()
+            } else {
+                dir.join(p)
+            };
+        }
+    };
+    place(&args.inference_time_csv_file, &mut files.inference_time);
+    place(&args.inference_memory_csv_file, &mut files.inference_memory);
+    place(&args.train_time_csv_file, &mut files.train_time);
+    place(&args.train_memory_csv_file, &mut files.train_memory);
+    place(&args.env_info_csv_file, &mut files.env_info);
+    files
+}
+
+/// A fresh, timestamped directory name under `base`.
+pub fn timestamped_dir(base: &Path) -> PathBuf {
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
+    let mut dir = base.join(&stamp);
+    let mut n = 2;
+    while dir.exists() {
+        dir = base.join(format!("{stamp}-{n}"));
+        n += 1;
+    }
+    dir
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let (plan, settings) = grid_of(&args)?;
+    // Compute threads for in-process work (children get the same through their environment).
+    std::env::set_var("RAYON_NUM_THREADS", settings.threads.to_string());
+    let dir = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| timestamped_dir(Path::new("bench-results")));
+    let files = output_files(&args, &dir);
+    let previous = if files.results_json.exists() {
+        if !args.resume {
+            return Err(input(format!(
+                "{} already holds results; pass --resume to continue that run, or choose another --output-dir",
+                dir.display()
+            )));
+        }
+        Some(ResultsFile::read(&files.results_json)?)
+    } else {
+        None
+    };
+    let max_memory = match args.max_memory {
+        Some(mb) if mb > 0.0 => (mb * 1024.0 * 1024.0) as u64,
+        Some(mb) => return Err(input(format!("--max-memory must be positive, got {mb}"))),
+        None => memory::available_memory().unwrap_or(u64::MAX),
+    };
+    let isolation = if args.in_process {
+        Isolation::InProcess
+    } else {
+        Isolation::Child {
+            exe: std::env::current_exe().context("locating the bertbench binary")?,
+        }
+    };
+    let opts = RunOptions {
+        settings: settings.clone(),
+        isolation,
+        max_memory,
+        retry_failed: args.retry_failed,
+    };
+
+    let peak_matmul = match previous.as_ref().filter(|p| !p.peak_matmul.is_empty()) {
+        Some(p) => p.peak_matmul.clone(),
+        None if args.no_peak => Vec::new(),
+        None => {
+            eprintln!(
+                "measuring this machine's matmul peak ({} threads)...",
+                settings.threads
+            );
+            let policy = TimingPolicy {
+                min_runs: 5,
+                min_time: Duration::from_millis(500),
+                ..TimingPolicy::default()
+            };
+            peak::measure_peak(
+                &parse_device(&settings.device)?,
+                settings.dtype.dtype(),
+                &policy,
+            )?
+        }
+    };
+    let peak_gflops = (!peak_matmul.is_empty()).then(|| peak::peak_gflops(&peak_matmul));
+    let mut results = previous.unwrap_or_default();
+    results.bertbench_version = env::VERSION.into();
+    results.environment = env::collect(&settings, !args.in_process, peak_gflops);
+    results.peak_matmul = peak_matmul;
+    results.settings = Some(settings.clone());
+    for cell in &plan {
+        if !results.plan.contains(cell) {
+            results.plan.push(cell.clone());
+        }
+    }
+    let mut writer = ResultsWriter::new(files, results)?;
+
+    let mut observer = BarObserver::new(plan.len());
+    grid::run_grid(&plan, &opts, &mut writer, &mut observer)?;
+    observer.finish();
+
+    if args.find_max_batch {
+        let mut rows = Vec::new();
+        let models: Vec<String> =
+            plan.iter()
+                .map(|c| c.model.clone())
+                .fold(Vec::new(), |mut v, m| {
+                    if !v.contains(&m) {
+                        v.push(m);
+                    }
+                    v
+                });
+        let modes: Vec<Mode> = plan.iter().map(|c| c.mode).fold(Vec::new(), |mut v, m| {
+            if !v.contains(&m) {
+                v.push(m);
+            }
+            v
+        });
+        let seqs: Vec<usize> =
+            plan.iter()
+                .map(|c| c.sequence_length)
+                .fold(Vec::new(), |mut v, s| {
+                    if !v.contains(&s) {
+                        v.push(s);
+                    }
+                    v
+                });
+        for model in &models {
+            for &mode in &modes {
+                for &seq in &seqs {
+                    eprintln!(
+                        "searching the largest batch for {model} {} at sequence {seq}...",
+                        mode.as_str()
+                    );
+                    let mut quiet = grid::Quiet;
+                    rows.push(grid::find_max_batch(
+                        model,
+                        mode,
+                        seq,
+                        args.max_batch_cap,
+                        &opts,
+                        &mut quiet,
+                    )?);
+                }
+            }
+        }
+        let path = writer.files.dir.join("max_batch.csv");
+        grid::write_max_batch_csv(&rows, max_memory, &path)?;
+        print_max_batch(&rows, max_memory);
+    }
+
+    print_summary(&writer.results, &plan);
+    println!("\nresults in {}", writer.files.dir.display());
+    Ok(())
+}
+
+/// Draws an overall bar (cells, ETA) and a per-cell bar (runs of the current cell).
+struct BarObserver {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    cell: ProgressBar,
+    tty: bool,
+}
+
+impl BarObserver {
+    fn new(total: usize) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let multi = MultiProgress::with_draw_target(if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let overall = multi.add(ProgressBar::new(total as u64));
+        overall.set_style(
+            ProgressStyle::with_template(
+                "cells {bar:30} {pos}/{len}  elapsed {elapsed}  eta {eta}",
+            )
+            .expect("valid template"),
+        );
+        let cell = multi.add(ProgressBar::new(0));
+        cell.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
+        Self {
+            multi,
+            overall,
+            cell,
+            tty,
+        }
+    }
+
+    fn finish(&self) {
+        self.cell.finish_and_clear();
+        self.overall.finish_and_clear();
+        let _ = self.multi.clear();
+    }
+}
+
+impl Observer for BarObserver {
+    fn cell_started(&mut self, _index: usize, _total: usize, cell: &Cell) {
+        self.cell.set_message(format!("{cell}: starting"));
+    }
+
+    fn cell_progress(&mut self, phase: Phase, runs: usize, elapsed: Duration) {
+        let what = match phase {
+            Phase::Building => "building model".to_string(),
+            Phase::Memory => "memory step".to_string(),
+            Phase::Timing => format!("timed run {runs} ({:.1}s)", elapsed.as_secs_f64()),
+        };
+        let msg = self.cell.message();
+        let head = msg.split(':').next().unwrap_or_default().to_string();
+        self.cell.set_message(format!("{head}: {what}"));
+    }
+
+    fn cell_skipped(&mut self, _cell: &Cell) {
+        self.overall.inc(1);
+    }
+
+    fn cell_finished(&mut self, m: &Measurement) {
+        self.overall.inc(1);
+        let line = one_line(m);
+        if self.tty {
+            self.multi.println(line).ok();
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn one_line(m: &Measurement) -> String {
+    let mut parts = vec![format!("{:<40}", m.cell.to_string())];
+    if let Some(s) = &m.speed {
+        parts.push(format!(
+            "{} [{} .. {}] ({} runs)",
+            fmt_time(s.summary.median),
+            fmt_time(s.summary.median_ci_low),
+            fmt_time(s.summary.median_ci_high),
+            s.summary.n
+        ));
+    }
+    if let Some(mem) = &m.memory {
+        parts.push(format!("peak {:.0} MB", memory::to_mb(mem.peak_rss)));
+    }
+    if m.status != Status::Ok {
+        parts.push(format!(
+            "{}: {}",
+            m.status.as_str(),
+            m.reason.clone().unwrap_or_default()
+        ));
+    } else if let Some(r) = &m.reason {
+        parts.push(format!("warning: {r}"));
+    }
+    parts.join("  ")
+}
+
+/// Seconds in a readable unit.
+pub fn fmt_time(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{:.1} µs", s * 1e6)
+    }
+}
+
+fn print_summary(results: &ResultsFile, plan: &[Cell]) {
+    let peak = results.peak_gflops();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "\n{:<32} {:<9} {:>5} {:>5}  {:>11} {:>23}  {:>10} {:>10} {:>8} {:>9}  status",
+        "model",
+        "mode",
+        "batch",
+        "seq",
+        "median",
+        "95% CI of median",
+        "samples/s",
+        "tokens/s",
+        "GFLOP/s",
+        "peak MB"
+    );
+    for cell in plan {
+        let Some(m) = results.find(cell) else {
+            continue;
+        };
+        let s = m.speed.as_ref().map(|s| &s.summary);
+        let opt = |x: Option<String>| x.unwrap_or_else(|| "-".into());
+        let gflops = m.gflops().map(|g| match peak {
+            Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
+            None => format!("{g:.1}"),
+        });
+        let _ = writeln!(
+            out,
+            "{:<32} {:<9} {:>5} {:>5}  {:>11} {:>23}  {:>10} {:>10} {:>8} {:>9}  {}",
+            m.cell.model,
+            m.cell.mode.as_str(),
+            m.cell.batch_size,
+            m.cell.sequence_length,
+            opt(s.map(|s| fmt_time(s.median))),
+            opt(s.map(|s| format!(
+                "[{}, {}]",
+                fmt_time(s.median_ci_low),
+                fmt_time(s.median_ci_high)
+            ))),
+            opt(m.samples_per_s().map(|v| format!("{v:.1}"))),
+            opt(m.tokens_per_s().map(|v| format!("{v:.0}"))),
+            opt(gflops),
+            opt(m
+                .memory
+                .as_ref()
+                .map(|mem| format!("{:.0}", memory::to_mb(mem.peak_rss)))),
+            match (m.status, &m.reason) {
+                (Status::Ok, None) => "ok".to_string(),
+                (Status::Ok, Some(r)) => format!("ok, {}", r.split(';').next().unwrap_or_default()),
+                (st, r) => format!("{}: {}", st.as_str(), r.clone().unwrap_or_default()),
+            }
+        );
+    }
+    let noisy = plan
+        .iter()
+        .filter_map(|c| results.find(c))
+        .filter(|m| m.status == Status::Ok && m.reason.is_some())
+        .count();
+    if noisy > 0 {
+        let _ = writeln!(out, "\nwarning: {noisy} cell(s) were noisy (see `reason` in results.csv): the machine was busy or the cells too short");
+    }
+    if let Some(p) = peak {
+        let _ = writeln!(
+            out,
+            "machine matmul peak: {p:.1} GFLOP/s ({} threads)",
+            results.settings.as_ref().map_or(0, |s| s.threads)
+        );
+    }
+}
+
+fn print_max_batch(rows: &[grid::MaxBatch], limit: u64) {
+    println!("\nlargest batch under {:.0} MB:", memory::to_mb(limit));
+    for r in rows {
+        println!(
+            "  {:<32} {:<9} seq {:>5}: {}{}",
+            r.model,
+            r.mode.as_str(),
+            r.sequence_length,
+            r.max_batch_size
+                .map_or("none fits".to_string(), |b| format!("batch {b}")),
+            r.first_failing_batch
+                .map(|b| format!(
+                    " (batch {b} fails: {})",
+                    r.failure.clone().unwrap_or_default()
+                ))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// Hidden: measures one cell described on stdin and prints the result as JSON (used by `bench`
+/// to isolate cells in child processes).
+#[derive(Debug, Args)]
+pub struct BenchCellArgs {}
+
+/// Test hook: a child whose cell (as `Cell`'s Display prints it) equals this variable aborts,
+/// as a crash or an out-of-memory kill would end it.
+pub const FAULT_ENV: &str = "BERTBENCH_FAULT_CELL";
+
+pub fn bench_cell(_args: BenchCellArgs) -> Result<()> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    let job: ChildJob = serde_json::from_str(&text).context("reading the cell job from stdin")?;
+    if std::env::var(FAULT_ENV).ok().as_deref() == Some(job.cell.to_string().as_str()) {
+        eprintln!("fault injected for {}", job.cell);
+        std::process::abort();
+    }
+    let mut progress =
+        |phase, runs, elapsed| eprintln!("{}", grid::progress_line(phase, runs, elapsed));
+    let reply = match run_cell(&job.cell, &job.settings, &mut progress) {
+        Ok(m) => ChildReply::Done(Box::new(m)),
+        Err(e) => ChildReply::Error {
+            error: format!("{e:#}"),
+        },
+    };
+    println!("{}", serde_json::to_string(&reply)?);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct PeakArgs {
+    /// Compute threads (default: every logical CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn peak(args: PeakArgs) -> Result<()> {
+    let threads = args.threads.unwrap_or_else(env::logical_cpus);
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let device = parse_device(&args.device)?;
+    let policy = TimingPolicy {
+        min_runs: 10,
+        min_time: Duration::from_secs(1),
+        ..TimingPolicy::default()
+    };
+    let shapes = peak::measure_peak(&device, args.dtype.dtype(), &policy)?;
+    let best = peak::peak_gflops(&shapes);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"threads": threads, "dtype": args.dtype.as_str(), "device": args.device, "shapes": shapes, "peak_gflops": best})
+        );
+        return Ok(());
+    }
+    println!(
+        "matmul rate, {} on {}, {threads} threads ({})",
+        args.dtype.as_str(),
+        args.device,
+        env::cpu_model()
+    );
+    for s in &shapes {
+        println!(
+            "  {:>5} x {:>5} x {:>5}: {:>8.1} GFLOP/s  (median {} of {} runs)",
+            s.m,
+            s.k,
+            s.n,
+            s.gflops,
+            fmt_time(s.median_s),
+            s.runs
+        );
+    }
+    println!("peak: {best:.1} GFLOP/s");
+    Ok(())
+}

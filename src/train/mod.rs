@@ -1,0 +1,69 @@
+//! Training: a model whose parameters are variables, the QA loss, and the optimizer.
+
+pub mod optim;
+
+use std::cell::RefCell;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::models::weights::{ParamSource, ParamSpec, Params, RandomInit};
+use crate::models::{ModelConfig, QaModel, QaOutput};
+
+/// Wraps a parameter source so that every parameter becomes a trainable [`Var`], recorded with
+/// its Hub name for the optimizer and for saving.
+pub struct TrainableSource<'a> {
+    inner: &'a dyn ParamSource,
+    vars: RefCell<Vec<(String, Var)>>,
+}
+
+impl<'a> TrainableSource<'a> {
+    pub fn new(inner: &'a dyn ParamSource) -> Self {
+        Self {
+            inner,
+            vars: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn into_vars(self) -> Vec<(String, Var)> {
+        self.vars.into_inner()
+    }
+}
+
+impl ParamSource for TrainableSource<'_> {
+    fn get(&self, spec: &ParamSpec) -> Result<Tensor> {
+        let var = Var::from_tensor(&self.inner.get(spec)?)?;
+        let tensor = var.as_tensor().clone();
+        self.vars.borrow_mut().push((spec.name.clone(), var));
+        Ok(tensor)
+    }
+}
+
+/// A QA model with its trainable parameters.
+pub struct TrainableModel {
+    pub model: QaModel,
+    /// Parameters by Hub name, in construction order.
+    pub params: Vec<(String, Var)>,
+}
+
+impl TrainableModel {
+    /// Builds a model from a config with random weights, every parameter a variable.
+    pub fn random(config: &ModelConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+        let init = RandomInit::new(seed, dtype, device);
+        let source = TrainableSource::new(&init);
+        let model = QaModel::new(config, &Params::new(&source), dtype, device)?;
+        Ok(Self {
+            model,
+            params: source.into_vars(),
+        })
+    }
+}
+
+/// The extractive-QA loss transformers uses: mean of the start and end cross-entropies.
+/// `start_positions`, `end_positions`: `(batch,)` u32 token indices.
+pub fn qa_loss(out: &QaOutput, start_positions: &Tensor, end_positions: &Tensor) -> Result<Tensor> {
+    let start =
+        candle_nn::loss::cross_entropy(&out.start_logits.to_dtype(DType::F32)?, start_positions)?;
+    let end = candle_nn::loss::cross_entropy(&out.end_logits.to_dtype(DType::F32)?, end_positions)?;
+    Ok(((start + end)? / 2.0)?)
+}

@@ -1,0 +1,352 @@
+//! The measurement engine end to end on tiny fixture models: the CSV layouts, failures kept as
+//! rows, crashed children, resume, memory that grows with the batch, and the largest-batch
+//! search. Timing budgets are tiny: these tests check behaviour, not speed.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn bench(out: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = bin();
+    cmd.arg("bench")
+        .arg("--models")
+        .arg(parity_dir("bert"))
+        .arg(parity_dir("distilbert"))
+        .args([
+            "--repeat",
+            "3",
+            "--min-time",
+            "0",
+            "--max-warmup-runs",
+            "2",
+            "--no-peak",
+            "--threads",
+            "1",
+            "--offline",
+        ])
+        .arg("--output-dir")
+        .arg(out)
+        .args(extra)
+        .env_remove(bertbench::cli::FAULT_ENV);
+    cmd
+}
+
+fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
+    let mut rows = vec![header];
+    rows.extend(
+        r.records()
+            .map(|rec| rec.unwrap().iter().map(str::to_string).collect()),
+    );
+    rows
+}
+
+fn results(dir: &Path) -> serde_json::Value {
+    read_json(&dir.join("results.json"))
+}
+
+/// The measurement of one cell in results.json.
+fn find<'a>(
+    res: &'a serde_json::Value,
+    model: &str,
+    batch: u64,
+    seq: u64,
+) -> &'a serde_json::Value {
+    res["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            m["cell"]["model"].as_str().unwrap().ends_with(model)
+                && m["cell"]["batch_size"] == batch
+                && m["cell"]["sequence_length"] == seq
+        })
+        .unwrap_or_else(|| panic!("no measurement for {model} b{batch} s{seq}"))
+}
+
+#[test]
+fn csv_layouts_and_failures_as_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (code, stdout, stderr) = run(&mut bench(
+        &out,
+        &[
+            "--batch-sizes",
+            "1",
+            "2",
+            "--sequence-lengths",
+            "16",
+            "200",
+            "--save-to-csv",
+        ],
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("sequence_too_long"), "{stdout}");
+
+    // Hugging Face's layout: model,batch_size,sequence_length,result; N/A where no number.
+    let time = csv_rows(&out.join("inference_time.csv"));
+    assert_eq!(
+        time[0],
+        ["model", "batch_size", "sequence_length", "result"]
+    );
+    assert_eq!(time.len(), 1 + 2 * 2 * 2);
+    for row in &time[1..] {
+        let seq: usize = row[2].parse().unwrap();
+        if seq == 200 {
+            assert_eq!(row[3], "N/A", "{row:?}");
+        } else {
+            let secs: f64 = row[3].parse().unwrap();
+            assert!(
+                secs >= 0.0 && row[3].split('.').nth(1).unwrap().len() == 4,
+                "{row:?}"
+            );
+        }
+    }
+    let memory = csv_rows(&out.join("inference_memory.csv"));
+    for row in &memory[1..] {
+        if row[2] == "200" {
+            assert_eq!(row[3], "N/A");
+        } else {
+            let mb: u64 = row[3].parse().unwrap();
+            assert!(mb > 1, "{row:?}");
+        }
+    }
+    // No training was asked for: no training CSVs.
+    assert!(!out.join("train_time.csv").exists());
+
+    // The tidy file: units in column names, run counts, status and reason per row.
+    let tidy = csv_rows(&out.join("results.csv"));
+    let col = |name: &str| {
+        tidy[0]
+            .iter()
+            .position(|c| c == name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+    };
+    assert_eq!(tidy.len(), 1 + 8);
+    for row in &tidy[1..] {
+        if row[col("sequence_length")] == "200" {
+            assert_eq!(row[col("status")], "sequence_too_long");
+            assert!(row[col("reason")].contains("max_position_embeddings 128"));
+            assert_eq!(row[col("median_s")], "");
+        } else {
+            assert_eq!(row[col("status")], "ok");
+            assert!(row[col("runs")].parse::<usize>().unwrap() >= 3);
+            let median: f64 = row[col("median_s")].parse().unwrap();
+            let lo: f64 = row[col("median_ci95_low_s")].parse().unwrap();
+            let hi: f64 = row[col("median_ci95_high_s")].parse().unwrap();
+            assert!(lo <= median && median <= hi);
+            let tokens: f64 = row[col("tokens_per_s")].parse().unwrap();
+            let batch: f64 = row[col("batch_size")].parse().unwrap();
+            assert!((tokens - batch * 16.0 / median).abs() / tokens < 1e-9);
+            assert!(row[col("flops_per_step")].parse::<u64>().unwrap() > 0);
+            assert!(row[col("peak_rss_mb")].parse::<f64>().unwrap() > 0.0);
+        }
+    }
+
+    // Raw samples in results.json, and the environment file with Hugging Face's keys and more.
+    let res = results(&out);
+    let m = find(&res, "bert", 2, 16);
+    let samples = m["speed"]["timings"]["samples"].as_array().unwrap();
+    assert_eq!(
+        samples.len() as u64,
+        m["speed"]["summary"]["n"].as_u64().unwrap()
+    );
+    let env = csv_rows(&out.join("env.csv"));
+    let keys: Vec<&str> = env[1..].iter().map(|r| r[0].as_str()).collect();
+    for key in [
+        "framework",
+        "framework_version",
+        "cpu",
+        "cpu_ram_mb",
+        "use_gpu",
+        "date",
+        "time",
+        "threads",
+        "git_commit",
+        "kernel",
+        "use_multiprocessing",
+    ] {
+        assert!(keys.contains(&key), "env.csv lacks {key}");
+    }
+}
+
+#[test]
+fn crashed_child_is_a_row_and_resume_finishes_the_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let victim = format!("{} inference b2 s16", parity_dir("distilbert").display());
+    // First a partial grid (as if interrupted after batch 1), with one crashing cell.
+    let mut first = bench(
+        &out,
+        &["--batch-sizes", "1", "2", "--sequence-lengths", "16"],
+    );
+    first.env(bertbench::cli::FAULT_ENV, &victim);
+    let (code, _, stderr) = run(&mut first);
+    assert_eq!(code, 0, "{stderr}");
+    let before = results(&out);
+    let crashed = find(&before, "distilbert", 2, 16);
+    assert_eq!(crashed["status"], "crashed");
+    assert!(
+        crashed["reason"].as_str().unwrap().contains("signal 6"),
+        "{crashed}"
+    );
+    assert_eq!(find(&before, "bert", 2, 16)["status"], "ok");
+
+    // Without --resume the directory is protected.
+    let (code, _, stderr) = run(&mut bench(
+        &out,
+        &["--batch-sizes", "1", "2", "--sequence-lengths", "16"],
+    ));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+
+    // Resume with a larger grid, retrying the crash: finished cells are not measured again.
+    let (code, _, stderr) = run(&mut bench(
+        &out,
+        &[
+            "--batch-sizes",
+            "1",
+            "2",
+            "--sequence-lengths",
+            "16",
+            "32",
+            "--resume",
+            "--retry-failed",
+        ],
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    let after = results(&out);
+    for (model, b) in [("bert", 1), ("bert", 2), ("distilbert", 1)] {
+        assert_eq!(
+            find(&before, model, b, 16)["speed"]["timings"],
+            find(&after, model, b, 16)["speed"]["timings"],
+            "{model} b{b} was measured again"
+        );
+    }
+    assert_eq!(find(&after, "distilbert", 2, 16)["status"], "ok");
+    for model in ["bert", "distilbert"] {
+        for b in [1, 2] {
+            assert_eq!(find(&after, model, b, 32)["status"], "ok");
+        }
+    }
+    assert_eq!(csv_rows(&out.join("inference_time.csv")).len(), 1 + 8);
+}
+
+#[test]
+fn memory_grows_with_the_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (code, _, stderr) = run(&mut bench(
+        &out,
+        &[
+            "--no-speed",
+            "--batch-sizes",
+            "1",
+            "64",
+            "--sequence-lengths",
+            "128",
+        ],
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    let res = results(&out);
+    for model in ["bert", "distilbert"] {
+        let small = &find(&res, model, 1, 128)["memory"];
+        let big = &find(&res, model, 64, 128)["memory"];
+        assert!(small.is_object() && find(&res, model, 1, 128)["speed"].is_null());
+        let peak = |m: &serde_json::Value| m["peak_rss"].as_u64().unwrap();
+        let alloc = |m: &serde_json::Value| m["alloc_peak"].as_u64().unwrap();
+        assert!(
+            peak(big) > peak(small) + (10 << 20),
+            "{model}: {} vs {}",
+            peak(big),
+            peak(small)
+        );
+        assert!(
+            alloc(big) > alloc(small) + (10 << 20),
+            "{model}: {} vs {}",
+            alloc(big),
+            alloc(small)
+        );
+    }
+}
+
+#[test]
+fn memory_limit_refuses_cells_and_bounds_the_batch_search() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("refused");
+    let (code, _, stderr) = run(&mut bench(
+        &out,
+        &[
+            "--batch-sizes",
+            "1",
+            "--sequence-lengths",
+            "16",
+            "--max-memory",
+            "0.1",
+        ],
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    let res = results(&out);
+    let m = find(&res, "bert", 1, 16);
+    assert_eq!(m["status"], "too_large");
+    assert!(m["reason"].as_str().unwrap().contains("--max-memory"));
+
+    let out = tmp.path().join("search");
+    let mut cmd = bin();
+    cmd.arg("bench")
+        .arg("--models")
+        .arg(parity_dir("distilbert"))
+        .args([
+            "--no-speed",
+            "--batch-sizes",
+            "1",
+            "--sequence-lengths",
+            "128",
+            "--find-max-batch",
+        ])
+        .args([
+            "--max-memory",
+            "120",
+            "--max-batch-cap",
+            "512",
+            "--no-peak",
+            "--threads",
+            "1",
+            "--offline",
+        ])
+        .arg("--output-dir")
+        .arg(&out);
+    let (code, stdout, stderr) = run(&mut cmd);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("largest batch under 120 MB"), "{stdout}");
+    let rows = csv_rows(&out.join("max_batch.csv"));
+    let col = |name: &str| rows[0].iter().position(|c| c == name).unwrap();
+    let row = &rows[1];
+    let best: usize = row[col("max_batch_size")].parse().unwrap();
+    assert!(best >= 1);
+    let peak: f64 = row[col("peak_rss_mb_at_max")].parse().unwrap();
+    assert!(peak <= 120.0, "{row:?}");
+    // Either the cap was reached, or the next batch up failed.
+    if best < 512 {
+        let fail: usize = row[col("first_failing_batch_size")].parse().unwrap();
+        assert_eq!(fail, best + 1, "{row:?}");
+    }
+}
+
+#[test]
+fn bad_arguments_are_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (vec!["--batch-sizes", "0"], "at least 1"),
+        (vec!["--no-inference"], "nothing to measure"),
+        (vec!["--no-speed", "--no-memory"], "nothing to measure"),
+        (vec!["--device", "tpu"], "expected `cpu`"),
+    ] {
+        let (code, _, stderr) = run(&mut bench(&tmp.path().join("x"), &args));
+        assert_eq!(code, 3, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
