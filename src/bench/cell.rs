@@ -199,8 +199,13 @@ pub fn run_cell(
         progress(Phase::Memory, 0, Duration::ZERO);
         let reset = memory::reset_rss_peak();
         let alloc_before_step = CountingAlloc::current() as u64;
+        let sampler = super::gpu::cuda_ordinal(&settings.device)
+            .map(super::gpu::Sampler::start)
+            .transpose()
+            .context("GPU memory sampling")?;
         CountingAlloc::reset_peak();
         stepper.step().context("memory step")?;
+        let gpu = sampler.map(super::gpu::Sampler::finish).transpose()?;
         let rss = memory::rss().unwrap_or_default();
         Some(Memory {
             baseline_rss: baseline.current,
@@ -209,8 +214,8 @@ pub fn run_cell(
             peak_rss_reset: reset,
             alloc_before_step,
             alloc_peak: CountingAlloc::peak() as u64,
-            gpu_process_peak: None,
-            gpu_device_peak: None,
+            gpu_process_peak: gpu.and_then(|g| g.process),
+            gpu_device_peak: gpu.map(|g| g.device),
         })
     } else {
         None

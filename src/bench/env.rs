@@ -136,15 +136,45 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    if !use_gpu {
-        for key in [
+    let gpu = super::gpu::cuda_ordinal(&settings.device).map(super::gpu::info);
+    let gpu_keys: [(&str, String); 5] = match gpu {
+        Some(Ok(g)) => [
+            ("gpu", g.name),
+            ("gpu_driver", g.driver),
+            (
+                "gpu_ram_mb",
+                format!("{:.0}", memory::to_mb(g.memory_total)),
+            ),
+            (
+                "gpu_power_watts",
+                g.power_watts
+                    .map(|w| format!("{w:.0}"))
+                    .unwrap_or_else(|| "N/A".into()),
+            ),
+            (
+                "gpu_performance_state",
+                g.performance_state.unwrap_or_else(|| "N/A".into()),
+            ),
+        ],
+        Some(Err(e)) => {
+            let na = format!("N/A ({e:#})");
+            [
+                ("gpu", na.clone()),
+                ("gpu_driver", na.clone()),
+                ("gpu_ram_mb", na.clone()),
+                ("gpu_power_watts", na.clone()),
+                ("gpu_performance_state", na),
+            ]
+        }
+        None => [
             "gpu",
+            "gpu_driver",
             "gpu_ram_mb",
             "gpu_power_watts",
             "gpu_performance_state",
-        ] {
-            info.push((key.into(), "N/A".into()));
-        }
-    }
+        ]
+        .map(|k| (k, "N/A".to_string())),
+    };
+    info.extend(gpu_keys.into_iter().map(|(k, v)| (k.to_string(), v)));
     info
 }

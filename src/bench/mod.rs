@@ -9,6 +9,7 @@
 pub mod cell;
 pub mod env;
 pub mod flops;
+pub mod gpu;
 pub mod grid;
 pub mod memory;
 pub mod output;
