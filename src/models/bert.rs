@@ -5,7 +5,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::layers::{activate, attention, ForwardCtx, LayerNorm, Linear};
+use super::layers::{EncoderBlock, ForwardCtx, LayerNorm, Linear, Projection};
 use super::weights::{Init, Params};
 
 /// Word + position + token-type embeddings, then LayerNorm and dropout. SqueezeBERT's
@@ -69,24 +69,11 @@ impl Embeddings {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attention_output: Linear,
-    attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    output_norm: LayerNorm,
-}
-
 /// The BERT encoder stack with its embeddings: what `BertModel` returns as `last_hidden_state`.
 #[derive(Debug, Clone)]
 pub struct Bert {
     embeddings: Embeddings,
-    layers: Vec<Layer>,
-    cfg: ModelConfig,
+    layers: Vec<EncoderBlock>,
 }
 
 impl Bert {
@@ -95,26 +82,33 @@ impl Bert {
         let std = cfg.initializer_range;
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let eps = cfg.encoder_layer_norm_eps;
+        let linear = |p: &Params, cin, cout| {
+            Ok::<_, anyhow::Error>(Projection::Linear(Linear::new(p, cin, cout, std)?))
+        };
         let layers = (0..cfg.num_layers)
             .map(|n| {
                 let l = p.pp("encoder.layer").pp(n);
                 let att = l.pp("attention");
-                Ok(Layer {
-                    query: Linear::new(&att.pp("self.query"), h, h, std)?,
-                    key: Linear::new(&att.pp("self.key"), h, h, std)?,
-                    value: Linear::new(&att.pp("self.value"), h, h, std)?,
-                    attention_output: Linear::new(&att.pp("output.dense"), h, h, std)?,
+                Ok(EncoderBlock {
+                    query: linear(&att.pp("self.query"), h, h)?,
+                    key: linear(&att.pp("self.key"), h, h)?,
+                    value: linear(&att.pp("self.value"), h, h)?,
+                    attention_output: linear(&att.pp("output.dense"), h, h)?,
                     attention_norm: LayerNorm::new(&att.pp("output.LayerNorm"), h, eps)?,
-                    intermediate: Linear::new(&l.pp("intermediate.dense"), h, i, std)?,
-                    output: Linear::new(&l.pp("output.dense"), i, h, std)?,
+                    ffn_in: linear(&l.pp("intermediate.dense"), h, i)?,
+                    ffn_out: linear(&l.pp("output.dense"), i, h)?,
                     output_norm: LayerNorm::new(&l.pp("output.LayerNorm"), h, eps)?,
+                    heads: cfg.num_heads,
+                    activation: cfg.activation,
+                    hidden_dropout: cfg.hidden_dropout,
+                    attention_dropout: cfg.attention_dropout,
+                    dropout_on_attention_output: true,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: Embeddings::new(&p.pp("embeddings"), cfg)?,
             layers,
-            cfg: cfg.clone(),
         })
     }
 
@@ -126,21 +120,9 @@ impl Bert {
         mask: &Tensor,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
-        let cfg = &self.cfg;
         let mut x = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
         for layer in &self.layers {
-            let q = layer.query.forward(&x)?;
-            let k = layer.key.forward(&x)?;
-            let v = layer.value.forward(&x)?;
-            let context = attention(&q, &k, &v, mask, cfg.num_heads, cfg.attention_dropout, ctx)?;
-            let attended = ctx.dropout(
-                &layer.attention_output.forward(&context)?,
-                cfg.hidden_dropout,
-            )?;
-            let x1 = layer.attention_norm.forward(&(attended + &x)?)?;
-            let inner = activate(&layer.intermediate.forward(&x1)?, cfg.activation)?;
-            let out = ctx.dropout(&layer.output.forward(&inner)?, cfg.hidden_dropout)?;
-            x = layer.output_norm.forward(&(out + x1)?)?;
+            x = layer.forward(&x, mask, ctx)?;
         }
         Ok(x)
     }

@@ -416,34 +416,11 @@ impl DistilBertRaw {
     }
 }
 
+/// SqueezeBERT's config is BERT's plus the embedding size and the group counts.
 #[derive(Deserialize)]
 struct SqueezeBertRaw {
-    #[serde(default = "d_vocab")]
-    vocab_size: usize,
-    #[serde(default = "d_hidden")]
-    hidden_size: usize,
-    #[serde(default = "d_layers")]
-    num_hidden_layers: usize,
-    #[serde(default = "d_heads")]
-    num_attention_heads: usize,
-    #[serde(default = "d_intermediate")]
-    intermediate_size: usize,
-    #[serde(default = "d_act")]
-    hidden_act: String,
-    #[serde(default = "d_dropout")]
-    hidden_dropout_prob: f64,
-    #[serde(default = "d_dropout")]
-    attention_probs_dropout_prob: f64,
-    #[serde(default = "d_max_pos")]
-    max_position_embeddings: usize,
-    #[serde(default = "d_type_vocab")]
-    type_vocab_size: usize,
-    #[serde(default = "d_init_range")]
-    initializer_range: f64,
-    #[serde(default = "d_ln_eps")]
-    layer_norm_eps: f64,
-    #[serde(default)]
-    pad_token_id: Option<usize>,
+    #[serde(flatten)]
+    bert: BertRaw,
     #[serde(default)]
     embedding_size: Option<usize>,
     #[serde(default = "d_four")]
@@ -463,32 +440,17 @@ struct SqueezeBertRaw {
 impl SqueezeBertRaw {
     fn into_config(self, origin: &str) -> Result<ModelConfig> {
         if let Some(e) = self.embedding_size {
-            if e != self.hidden_size {
+            if e != self.bert.hidden_size {
                 return Err(input(format!(
                     "{origin}: `embedding_size` {e} differs from `hidden_size` {}; SqueezeBERT requires them equal",
-                    self.hidden_size
+                    self.bert.hidden_size
                 )));
             }
         }
         Ok(ModelConfig {
             model_type: ModelType::SqueezeBert,
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            num_layers: self.num_hidden_layers,
-            num_heads: self.num_attention_heads,
-            intermediate_size: self.intermediate_size,
-            activation: activation(&self.hidden_act, "hidden_act", origin)?,
-            max_position_embeddings: self.max_position_embeddings,
-            type_vocab_size: self.type_vocab_size,
-            embedding_layer_norm_eps: self.layer_norm_eps,
             // SqueezeBertLayerNorm in the encoder uses eps=1e-12 from the code.
             encoder_layer_norm_eps: 1e-12,
-            initializer_range: self.initializer_range,
-            pad_token_id: self.pad_token_id.unwrap_or(0),
-            sinusoidal_pos_embds: false,
-            hidden_dropout: self.hidden_dropout_prob,
-            attention_dropout: self.attention_probs_dropout_prob,
-            qa_dropout: 0.0,
             squeeze_groups: Some(SqueezeGroups {
                 q: self.q_groups,
                 k: self.k_groups,
@@ -497,8 +459,7 @@ impl SqueezeBertRaw {
                 intermediate: self.intermediate_groups,
                 output: self.output_groups,
             }),
-            torch_dtype: None,
-            raw: serde_json::Value::Null,
+            ..self.bert.into_config(origin)?
         })
     }
 }

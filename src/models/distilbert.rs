@@ -1,32 +1,21 @@
 //! DistilBERT (Sanh et al., 2019) as transformers' `DistilBertModel`: no token types, learned or
-//! sinusoidal positions, post-LayerNorm blocks with eps fixed at 1e-12.
+//! sinusoidal positions, post-LayerNorm blocks with eps fixed at 1e-12 and no dropout on the
+//! attention output.
 
 use anyhow::Result;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::layers::{activate, attention, ForwardCtx, LayerNorm, Linear};
+use super::layers::{EncoderBlock, ForwardCtx, LayerNorm, Linear, Projection};
 use super::weights::{Init, Params};
-
-#[derive(Debug, Clone)]
-struct Layer {
-    q_lin: Linear,
-    k_lin: Linear,
-    v_lin: Linear,
-    out_lin: Linear,
-    sa_layer_norm: LayerNorm,
-    lin1: Linear,
-    lin2: Linear,
-    output_layer_norm: LayerNorm,
-}
 
 #[derive(Debug, Clone)]
 pub struct DistilBert {
     word: Tensor,
     position: Tensor,
     embedding_norm: LayerNorm,
-    layers: Vec<Layer>,
-    cfg: ModelConfig,
+    dropout: f64,
+    layers: Vec<EncoderBlock>,
 }
 
 impl DistilBert {
@@ -41,18 +30,26 @@ impl DistilBert {
         } else {
             Init::Normal { std }
         };
+        let linear = |p: &Params, cin, cout| {
+            Ok::<_, anyhow::Error>(Projection::Linear(Linear::new(p, cin, cout, std)?))
+        };
         let layers = (0..cfg.num_layers)
             .map(|n| {
                 let l = p.pp("transformer.layer").pp(n);
-                Ok(Layer {
-                    q_lin: Linear::new(&l.pp("attention.q_lin"), h, h, std)?,
-                    k_lin: Linear::new(&l.pp("attention.k_lin"), h, h, std)?,
-                    v_lin: Linear::new(&l.pp("attention.v_lin"), h, h, std)?,
-                    out_lin: Linear::new(&l.pp("attention.out_lin"), h, h, std)?,
-                    sa_layer_norm: LayerNorm::new(&l.pp("sa_layer_norm"), h, eps)?,
-                    lin1: Linear::new(&l.pp("ffn.lin1"), h, i, std)?,
-                    lin2: Linear::new(&l.pp("ffn.lin2"), i, h, std)?,
-                    output_layer_norm: LayerNorm::new(&l.pp("output_layer_norm"), h, eps)?,
+                Ok(EncoderBlock {
+                    query: linear(&l.pp("attention.q_lin"), h, h)?,
+                    key: linear(&l.pp("attention.k_lin"), h, h)?,
+                    value: linear(&l.pp("attention.v_lin"), h, h)?,
+                    attention_output: linear(&l.pp("attention.out_lin"), h, h)?,
+                    attention_norm: LayerNorm::new(&l.pp("sa_layer_norm"), h, eps)?,
+                    ffn_in: linear(&l.pp("ffn.lin1"), h, i)?,
+                    ffn_out: linear(&l.pp("ffn.lin2"), i, h)?,
+                    output_norm: LayerNorm::new(&l.pp("output_layer_norm"), h, eps)?,
+                    heads: cfg.num_heads,
+                    activation: cfg.activation,
+                    hidden_dropout: cfg.hidden_dropout,
+                    attention_dropout: cfg.attention_dropout,
+                    dropout_on_attention_output: false,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -71,8 +68,8 @@ impl DistilBert {
                 position_init,
             )?,
             embedding_norm: LayerNorm::new(&emb.pp("LayerNorm"), h, cfg.embedding_layer_norm_eps)?,
+            dropout: cfg.hidden_dropout,
             layers,
-            cfg: cfg.clone(),
         })
     }
 
@@ -82,24 +79,15 @@ impl DistilBert {
         mask: &Tensor,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
-        let cfg = &self.cfg;
         let (b, s) = input_ids.dims2()?;
+        let h = self.word.dim(1)?;
         let words = self.word.index_select(&input_ids.flatten_all()?, 0)?;
         let x = words
-            .reshape((b, s, cfg.hidden_size))?
+            .reshape((b, s, h))?
             .broadcast_add(&self.position.narrow(0, 0, s)?)?;
-        let mut x = ctx.dropout(&self.embedding_norm.forward(&x)?, cfg.hidden_dropout)?;
+        let mut x = ctx.dropout(&self.embedding_norm.forward(&x)?, self.dropout)?;
         for layer in &self.layers {
-            let q = layer.q_lin.forward(&x)?;
-            let k = layer.k_lin.forward(&x)?;
-            let v = layer.v_lin.forward(&x)?;
-            let context = attention(&q, &k, &v, mask, cfg.num_heads, cfg.attention_dropout, ctx)?;
-            let sa = layer
-                .sa_layer_norm
-                .forward(&(layer.out_lin.forward(&context)? + &x)?)?;
-            let inner = activate(&layer.lin1.forward(&sa)?, cfg.activation)?;
-            let ffn = ctx.dropout(&layer.lin2.forward(&inner)?, cfg.hidden_dropout)?;
-            x = layer.output_layer_norm.forward(&(ffn + sa)?)?;
+            x = layer.forward(&x, mask, ctx)?;
         }
         Ok(x)
     }

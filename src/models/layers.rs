@@ -245,6 +245,60 @@ impl GroupedPointwiseConv {
     }
 }
 
+/// A projection inside an encoder block: a Linear layer, or SqueezeBERT's grouped 1x1 conv.
+#[derive(Debug, Clone)]
+pub enum Projection {
+    Linear(Linear),
+    Grouped(GroupedPointwiseConv),
+}
+
+impl Projection {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Projection::Linear(l) => l.forward(x),
+            Projection::Grouped(c) => c.forward(x),
+        }
+    }
+}
+
+/// The post-LayerNorm transformer block all three families share:
+/// `x1 = LN(x + drop(out(attention(q(x), k(x), v(x)))))`, `y = LN(x1 + drop(ffn_out(act(ffn_in(x1)))))`.
+/// DistilBERT applies no dropout to the attention output; the others do.
+#[derive(Debug, Clone)]
+pub struct EncoderBlock {
+    pub query: Projection,
+    pub key: Projection,
+    pub value: Projection,
+    pub attention_output: Projection,
+    pub attention_norm: LayerNorm,
+    pub ffn_in: Projection,
+    pub ffn_out: Projection,
+    pub output_norm: LayerNorm,
+    pub heads: usize,
+    pub activation: Activation,
+    pub hidden_dropout: f64,
+    pub attention_dropout: f64,
+    pub dropout_on_attention_output: bool,
+}
+
+impl EncoderBlock {
+    /// `mask` is the additive `(batch, 1, 1, seq)` mask from [`additive_mask`].
+    pub fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let q = self.query.forward(x)?;
+        let k = self.key.forward(x)?;
+        let v = self.value.forward(x)?;
+        let context = attention(&q, &k, &v, mask, self.heads, self.attention_dropout, ctx)?;
+        let mut attended = self.attention_output.forward(&context)?;
+        if self.dropout_on_attention_output {
+            attended = ctx.dropout(&attended, self.hidden_dropout)?;
+        }
+        let x1 = self.attention_norm.forward(&(attended + x)?)?;
+        let inner = activate(&self.ffn_in.forward(&x1)?, self.activation)?;
+        let out = ctx.dropout(&self.ffn_out.forward(&inner)?, self.hidden_dropout)?;
+        self.output_norm.forward(&(out + x1)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,29 +8,18 @@ use candle_core::Tensor;
 
 use super::bert::Embeddings;
 use super::config::ModelConfig;
-use super::layers::{activate, attention, ForwardCtx, GroupedPointwiseConv, LayerNorm, Linear};
+use super::layers::{
+    EncoderBlock, ForwardCtx, GroupedPointwiseConv, LayerNorm, Linear, Projection,
+};
 use super::weights::Params;
-
-#[derive(Debug, Clone)]
-struct Layer {
-    query: GroupedPointwiseConv,
-    key: GroupedPointwiseConv,
-    value: GroupedPointwiseConv,
-    post_attention: GroupedPointwiseConv,
-    post_attention_norm: LayerNorm,
-    intermediate: GroupedPointwiseConv,
-    output: GroupedPointwiseConv,
-    output_norm: LayerNorm,
-}
 
 #[derive(Debug, Clone)]
 pub struct SqueezeBert {
     embeddings: Embeddings,
-    layers: Vec<Layer>,
+    layers: Vec<EncoderBlock>,
     /// Part of `SqueezeBertModel` (and of the Hub checkpoints and parameter count); the QA head
     /// does not use its output.
     _pooler: Linear,
-    cfg: ModelConfig,
 }
 
 impl SqueezeBert {
@@ -40,30 +29,28 @@ impl SqueezeBert {
         let std = cfg.initializer_range;
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let eps = cfg.encoder_layer_norm_eps;
+        let conv = |p: &Params, cin, cout, groups| {
+            Ok::<_, anyhow::Error>(Projection::Grouped(GroupedPointwiseConv::new(
+                p, cin, cout, groups, std,
+            )?))
+        };
         let layers = (0..cfg.num_layers)
             .map(|n| {
                 let l = p.pp("encoder.layers").pp(n);
-                Ok(Layer {
-                    query: GroupedPointwiseConv::new(&l.pp("attention.query"), h, h, g.q, std)?,
-                    key: GroupedPointwiseConv::new(&l.pp("attention.key"), h, h, g.k, std)?,
-                    value: GroupedPointwiseConv::new(&l.pp("attention.value"), h, h, g.v, std)?,
-                    post_attention: GroupedPointwiseConv::new(
-                        &l.pp("post_attention.conv1d"),
-                        h,
-                        h,
-                        g.post_attention,
-                        std,
-                    )?,
-                    post_attention_norm: LayerNorm::new(&l.pp("post_attention.layernorm"), h, eps)?,
-                    intermediate: GroupedPointwiseConv::new(
-                        &l.pp("intermediate.conv1d"),
-                        h,
-                        i,
-                        g.intermediate,
-                        std,
-                    )?,
-                    output: GroupedPointwiseConv::new(&l.pp("output.conv1d"), i, h, g.output, std)?,
+                Ok(EncoderBlock {
+                    query: conv(&l.pp("attention.query"), h, h, g.q)?,
+                    key: conv(&l.pp("attention.key"), h, h, g.k)?,
+                    value: conv(&l.pp("attention.value"), h, h, g.v)?,
+                    attention_output: conv(&l.pp("post_attention.conv1d"), h, h, g.post_attention)?,
+                    attention_norm: LayerNorm::new(&l.pp("post_attention.layernorm"), h, eps)?,
+                    ffn_in: conv(&l.pp("intermediate.conv1d"), h, i, g.intermediate)?,
+                    ffn_out: conv(&l.pp("output.conv1d"), i, h, g.output)?,
                     output_norm: LayerNorm::new(&l.pp("output.layernorm"), h, eps)?,
+                    heads: cfg.num_heads,
+                    activation: cfg.activation,
+                    hidden_dropout: cfg.hidden_dropout,
+                    attention_dropout: cfg.attention_dropout,
+                    dropout_on_attention_output: true,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -71,7 +58,6 @@ impl SqueezeBert {
             embeddings: Embeddings::new(&p.pp("embeddings"), cfg)?,
             layers,
             _pooler: Linear::new(&p.pp("pooler.dense"), h, h, std)?,
-            cfg: cfg.clone(),
         })
     }
 
@@ -82,18 +68,9 @@ impl SqueezeBert {
         mask: &Tensor,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
-        let cfg = &self.cfg;
         let mut x = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
         for layer in &self.layers {
-            let q = layer.query.forward(&x)?;
-            let k = layer.key.forward(&x)?;
-            let v = layer.value.forward(&x)?;
-            let context = attention(&q, &k, &v, mask, cfg.num_heads, cfg.attention_dropout, ctx)?;
-            let post = ctx.dropout(&layer.post_attention.forward(&context)?, cfg.hidden_dropout)?;
-            let x1 = layer.post_attention_norm.forward(&(post + &x)?)?;
-            let inner = activate(&layer.intermediate.forward(&x1)?, cfg.activation)?;
-            let out = ctx.dropout(&layer.output.forward(&inner)?, cfg.hidden_dropout)?;
-            x = layer.output_norm.forward(&(out + x1)?)?;
+            x = layer.forward(&x, mask, ctx)?;
         }
         Ok(x)
     }

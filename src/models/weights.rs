@@ -527,36 +527,6 @@ impl ParamSource for CheckpointSource<'_> {
     }
 }
 
-/// Wraps a source and keeps every tensor it hands out, by name: what a checkpoint writer or an
-/// optimizer needs to enumerate the model's parameters.
-pub struct Recorder<'a> {
-    inner: &'a dyn ParamSource,
-    tensors: RefCell<Vec<(String, Tensor)>>,
-}
-
-impl<'a> Recorder<'a> {
-    pub fn new(inner: &'a dyn ParamSource) -> Self {
-        Self {
-            inner,
-            tensors: RefCell::new(Vec::new()),
-        }
-    }
-
-    pub fn into_tensors(self) -> Vec<(String, Tensor)> {
-        self.tensors.into_inner()
-    }
-}
-
-impl ParamSource for Recorder<'_> {
-    fn get(&self, spec: &ParamSpec) -> Result<Tensor> {
-        let t = self.inner.get(spec)?;
-        self.tensors
-            .borrow_mut()
-            .push((spec.name.clone(), t.clone()));
-        Ok(t)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
