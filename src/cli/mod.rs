@@ -5,6 +5,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod squad;
+
 /// bertbench: which BERT-family model to ship for extractive QA, measured on your hardware.
 #[derive(Debug, Parser)]
 #[command(name = "bertbench", version, about, long_about = None)]
@@ -14,9 +16,14 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Score SQuAD v1.1 predictions with the official metric; prints {"exact_match": .., "f1": ..}.
+    Score(squad::ScoreArgs),
+}
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Score(args) => squad::score(args),
+    }
 }
