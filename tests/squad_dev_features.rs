@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use bertbench::squad::data::char_slice;
-use bertbench::squad::{load_tokenizer, normalize_answer, read_dataset, Feature, FeatureConfig};
+use bertbench::squad::{
+    decode_predictions, evaluate, load_tokenizer, normalize_answer, predictions_map, read_dataset,
+    DecodeConfig, Feature, FeatureConfig,
+};
 
 fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
@@ -80,4 +83,53 @@ fn dev_windows_match_python_tokenizers_and_labels_recover_answers() {
     // Token boundaries make a few labelled spans wider than the answer ("1990" in "1990s").
     assert_eq!(labelled, 10612);
     assert_eq!(recovered, 10580);
+
+    // Logits that point at the labels decode back to the labelled spans: features -> decode
+    // -> metric end to end on real windows.
+    let (starts, ends): (Vec<Vec<f32>>, Vec<Vec<f32>>) = features
+        .iter()
+        .map(|f| {
+            let mut s = vec![0.0f32; f.input_ids.len()];
+            let mut e = s.clone();
+            if f.start_position != 0 {
+                s[f.start_position] = 10.0;
+                e[f.end_position] = 10.0;
+            }
+            (s, e)
+        })
+        .unzip();
+    let preds = decode_predictions(
+        &examples,
+        &features,
+        &starts,
+        &ends,
+        &DecodeConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(preds.len(), 10570);
+    assert!(preds.iter().all(|p| (1..=20).contains(&p.nbest.len())));
+    // Each prediction is the labelled span of the question's first window that has one,
+    // unless that span is longer than max_answer_length (30) tokens and so may not be chosen.
+    let mut expected: Vec<Option<String>> = vec![None; examples.len()];
+    let mut too_long = vec![false; examples.len()];
+    for f in &features {
+        if f.start_position != 0 && f.end_position - f.start_position + 1 > 30 {
+            too_long[f.example_index] = true;
+        }
+        if f.start_position != 0 && expected[f.example_index].is_none() {
+            let (s, _) = f.offsets[f.start_position].unwrap();
+            let (_, e) = f.offsets[f.end_position].unwrap();
+            let context = examples[f.example_index].context;
+            expected[f.example_index] = Some(char_slice(context, s, e).unwrap().to_string());
+        }
+    }
+    for ((p, x), long) in preds.iter().zip(&expected).zip(&too_long) {
+        if !long {
+            assert_eq!(Some(&p.text), x.as_ref(), "question {}", p.id);
+        }
+    }
+    assert_eq!(too_long.iter().filter(|l| **l).count(), 9);
+    let score = evaluate(&dev, &predictions_map(&preds));
+    assert_eq!(score.missing, 0);
+    assert!(score.exact_match > 99.6 && score.f1 > 99.7, "{score:?}");
 }
