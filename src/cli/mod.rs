@@ -5,6 +5,7 @@
 
 mod bench;
 mod model;
+mod squad;
 
 pub use bench::FAULT_ENV;
 
@@ -31,6 +32,8 @@ pub enum Command {
     /// Internal: measure one cell described on stdin (bench runs each cell this way).
     #[command(hide = true)]
     BenchCell(bench::BenchCellArgs),
+    /// Score SQuAD v1.1 predictions with the official metric; prints {"exact_match": .., "f1": ..}.
+    Score(squad::ScoreArgs),
 }
 
 /// Run a parsed command line.
@@ -41,5 +44,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::bench(*args),
         Command::Peak(args) => bench::peak(args),
         Command::BenchCell(args) => bench::bench_cell(args),
+        Command::Score(args) => squad::score(args),
     }
 }
