@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod hub;
 pub mod models;
 pub mod squad;

@@ -4,6 +4,7 @@
 //! lists them.
 
 mod bench;
+mod eval;
 mod model;
 mod squad;
 
@@ -32,6 +33,8 @@ pub enum Command {
     /// Internal: measure one cell described on stdin (bench runs each cell this way).
     #[command(hide = true)]
     BenchCell(bench::BenchCellArgs),
+    /// Answer SQuAD questions with a model: EM/F1 and speed from one run.
+    Eval(Box<eval::EvalArgs>),
     /// Score SQuAD v1.1 predictions with the official metric; prints {"exact_match": .., "f1": ..}.
     Score(squad::ScoreArgs),
 }
@@ -44,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::bench(*args),
         Command::Peak(args) => bench::peak(args),
         Command::BenchCell(args) => bench::bench_cell(args),
+        Command::Eval(args) => eval::eval(*args),
         Command::Score(args) => squad::score(args),
     }
 }

@@ -35,11 +35,23 @@ pub struct ModelArgs {
     /// Never contact the Hub (same as HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
+    /// Compute threads (default: every logical CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl ModelArgs {
+    /// The thread count this run uses.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(crate::bench::env::logical_cpus)
+            .max(1)
+    }
+
     /// Opens the model and reports on stderr what loading had to do.
     pub fn open(&self) -> Result<models::OpenedModel> {
+        // candle's CPU kernels and rayon both read this; set it before either starts.
+        std::env::set_var("RAYON_NUM_THREADS", self.threads().to_string());
         let opts = OpenOptions {
             random_init: self.random_init,
             seed: self.seed,

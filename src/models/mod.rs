@@ -11,7 +11,7 @@ pub mod qa;
 pub mod squeezebert;
 pub mod weights;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use candle_core::{DType, Device};
@@ -85,37 +85,43 @@ pub struct OpenedModel {
     pub source: String,
     /// What loading did, for checkpoints (`None` for random weights).
     pub report: Option<LoadReport>,
+    /// The model directory (where tokenizer files live), `None` for a built-in config.
+    pub dir: Option<PathBuf>,
 }
 
 /// Finds a model's config: a local directory or cached snapshot, a built-in config, then the
 /// Hub. Returns the config and where it came from.
 pub fn open_config(arg: &str, hub: &HubConfig) -> Result<(ModelConfig, String)> {
-    if let Some(dir) = hub::find_local(arg, hub, Need::Config)? {
-        return Ok((
-            ModelConfig::from_file(&dir.path.join("config.json"))?,
-            dir.describe(),
-        ));
-    }
-    if let Some(config) = ModelConfig::builtin(arg) {
-        return Ok((config, format!("built-in config for {arg}")));
-    }
-    let dir = hub::download(arg, hub, Need::Config)?;
-    Ok((
-        ModelConfig::from_file(&dir.path.join("config.json"))?,
-        dir.describe(),
-    ))
+    let (config, source, _) = locate_config(arg, hub)?;
+    Ok((config, source))
+}
+
+/// [`open_config`], plus the model directory when there is one (not for built-in configs).
+fn locate_config(arg: &str, hub: &HubConfig) -> Result<(ModelConfig, String, Option<PathBuf>)> {
+    let dir = match hub::find_local(arg, hub, Need::Config)? {
+        Some(dir) => dir,
+        None => {
+            if let Some(config) = ModelConfig::builtin(arg) {
+                return Ok((config, format!("built-in config for {arg}"), None));
+            }
+            hub::download(arg, hub, Need::Config)?
+        }
+    };
+    let config = ModelConfig::from_file(&dir.path.join("config.json"))?;
+    Ok((config, dir.describe(), Some(dir.path)))
 }
 
 /// Opens a model argument: a checkpoint (directory, cache or Hub), or with `random_init` a
 /// config with seeded random weights.
 pub fn open(arg: &str, opts: &OpenOptions) -> Result<OpenedModel> {
     if opts.random_init {
-        let (config, origin) = open_config(arg, &opts.hub)?;
+        let (config, origin, dir) = locate_config(arg, &opts.hub)?;
         let model = random_model(&config, opts.seed, opts.dtype, &opts.device)?;
         return Ok(OpenedModel {
             model,
             source: format!("{origin}, random weights (seed {})", opts.seed),
             report: None,
+            dir,
         });
     }
     let dir = match hub::find_local(arg, &opts.hub, Need::Weights)? {
@@ -135,5 +141,6 @@ pub fn open(arg: &str, opts: &OpenOptions) -> Result<OpenedModel> {
         model,
         source: dir.describe(),
         report: Some(report),
+        dir: Some(dir.path),
     })
 }

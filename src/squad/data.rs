@@ -103,6 +103,39 @@ impl Dataset {
         })
     }
 
+    /// The dataset cut to its first `n` questions in file order (articles and paragraphs
+    /// left without questions are dropped), so that a `--limit`ed evaluation is scored over
+    /// exactly the questions it answered.
+    pub fn first_questions(&self, n: usize) -> Dataset {
+        let mut left = n;
+        let mut articles = Vec::new();
+        for article in &self.articles {
+            if left == 0 {
+                break;
+            }
+            let mut paragraphs = Vec::new();
+            for paragraph in &article.paragraphs {
+                if left == 0 {
+                    break;
+                }
+                let take = paragraph.qas.len().min(left);
+                left -= take;
+                paragraphs.push(Paragraph {
+                    context: paragraph.context.clone(),
+                    qas: paragraph.qas[..take].to_vec(),
+                });
+            }
+            articles.push(Article {
+                title: article.title.clone(),
+                paragraphs,
+            });
+        }
+        Dataset {
+            version: self.version.clone(),
+            articles,
+        }
+    }
+
     /// Number of questions (the denominator of the official averages).
     pub fn num_questions(&self) -> usize {
         self.articles
@@ -430,6 +463,15 @@ fn describe(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_questions_keeps_file_order() {
+        let d = parse_dataset("dev.json", GOOD.as_bytes()).unwrap();
+        let one = d.first_questions(1);
+        assert_eq!(one.num_questions(), 1);
+        assert_eq!(one.examples().next().unwrap().id, "q1");
+        assert_eq!(d.first_questions(99), d);
+    }
 
     fn err(json: &str) -> String {
         let e = parse_dataset("dev.json", json.as_bytes()).unwrap_err();
