@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -31,15 +29,13 @@ struct FakeHub {
 impl FakeHub {
     /// Serves `repos` until the test process exits (at most 500 connections).
     fn start(repos: HashMap<String, Repo>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let log: Log = Arc::default();
-        let repos = Arc::new(repos);
-        let thread_log = log.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().take(500).flatten() {
-                let _ = serve(stream, &repos, &thread_log);
-            }
+        let seen = log.clone();
+        let endpoint = http::serve(500, move |req| {
+            seen.lock()
+                .unwrap()
+                .push((req.path.clone(), req.headers.get("authorization").cloned()));
+            serve(&req, &repos)
         });
         Self { endpoint, log }
     }
@@ -49,69 +45,33 @@ impl FakeHub {
     }
 }
 
-fn serve(stream: TcpStream, repos: &HashMap<String, Repo>, log: &Log) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    log.lock()
-        .unwrap()
-        .push((path.clone(), headers.get("authorization").cloned()));
-    let mut stream = stream;
-    let reply =
-        |stream: &mut TcpStream, status: &str, extra: &str, body: &[u8]| -> std::io::Result<()> {
-            write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
-                body.len()
-            )?;
-            stream.write_all(body)?;
-            stream.flush()
-        };
+fn serve(req: &http::Request, repos: &HashMap<String, Repo>) -> http::Response {
+    let not_found = |code: &str, msg: &str| {
+        http::Response::new("404 Not Found", msg.to_string()).header("X-Error-Code", code)
+    };
     // /{org}/{name}/resolve/{revision}/{file}
-    let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
+    let parts: Vec<&str> = req.path.trim_start_matches('/').splitn(5, '/').collect();
     let [org, name, "resolve", _revision, file] = parts.as_slice() else {
-        return reply(
-            &mut stream,
-            "404 Not Found",
-            "X-Error-Code: RepoNotFound\r\n",
-            b"not found",
-        );
+        return not_found("RepoNotFound", "not found");
     };
     let Some(repo) = repos.get(&format!("{org}/{name}")) else {
-        return reply(
-            &mut stream,
-            "404 Not Found",
-            "X-Error-Code: RepoNotFound\r\n",
-            b"repo not found",
-        );
+        return not_found("RepoNotFound", "repo not found");
     };
     if repo.private
-        && headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {TOKEN}"))
+        && req.headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {TOKEN}"))
     {
-        return reply(&mut stream, "401 Unauthorized", "", b"invalid credentials");
+        return http::Response::new("401 Unauthorized", "invalid credentials");
     }
     let Some(content) = repo.files.get(*file) else {
-        return reply(
-            &mut stream,
-            "404 Not Found",
-            "X-Error-Code: EntryNotFound\r\n",
-            b"entry not found",
-        );
+        return not_found("EntryNotFound", "entry not found");
     };
     let etag = format!("{:016x}{:08x}", fxhash(content), content.len());
     let size = content.len();
-    let (start, end) = match headers.get("range").and_then(|r| r.strip_prefix("bytes=")) {
+    let (start, end) = match req
+        .headers
+        .get("range")
+        .and_then(|r| r.strip_prefix("bytes="))
+    {
         Some(r) => {
             let (a, b) = r.split_once('-').unwrap_or((r, ""));
             let a: usize = a.parse().unwrap_or(0);
@@ -124,15 +84,10 @@ fn serve(stream: TcpStream, repos: &HashMap<String, Repo>, log: &Log) -> std::io
         }
         None => (0, size - 1),
     };
-    let extra = format!(
-        "ETag: \"{etag}\"\r\nX-Repo-Commit: {COMMIT}\r\nContent-Range: bytes {start}-{end}/{size}\r\n"
-    );
-    reply(
-        &mut stream,
-        "206 Partial Content",
-        &extra,
-        &content[start..=end],
-    )
+    http::Response::new("206 Partial Content", content[start..=end].to_vec())
+        .header("ETag", &format!("\"{etag}\""))
+        .header("X-Repo-Commit", COMMIT)
+        .header("Content-Range", &format!("bytes {start}-{end}/{size}"))
 }
 
 /// A content hash for ETags (any stable digest does; the Hub uses sha256 for LFS files).

@@ -15,7 +15,7 @@ use super::{Cell, CellSettings, Measurement, Memory, Mode, Speed, Status};
 use crate::device::parse_device;
 use crate::hub::HubConfig;
 use crate::models::{self, Batch, ForwardCtx, ModelConfig, ModelType, QaModel};
-use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::optim::{grads_of, AdamW, AdamWConfig};
 use crate::train::{qa_loss, TrainableModel};
 
 /// What the measurement is doing, for progress reports.
@@ -118,8 +118,8 @@ impl Stepper {
                     .model
                     .forward(batch, &mut ForwardCtx::training(*seed + *step))?;
                 let loss = qa_loss(&out, starts, ends)?;
-                let grads = loss.backward()?;
-                optimizer.step(&grads, optimizer.config.lr)?;
+                let grads = grads_of(&model.params, &loss.backward()?);
+                optimizer.step(&grads, optimizer.config.lr, 1.0)?;
                 loss.device().synchronize()?;
             }
         }
@@ -173,7 +173,7 @@ pub fn run_cell(
         }
         Mode::Training => {
             let model = TrainableModel::random(&config, settings.seed, dtype, &device)?;
-            let optimizer = AdamW::new(&model.params, AdamWConfig::default());
+            let optimizer = AdamW::new(&model.params, AdamWConfig::default())?;
             let mut rng = StdRng::seed_from_u64(settings.seed ^ 0x5eed);
             let mut positions = |n: usize| -> Vec<u32> {
                 (0..n)

@@ -7,6 +7,7 @@ mod bench;
 mod eval;
 mod model;
 mod squad;
+mod train;
 
 pub use bench::FAULT_ENV;
 
@@ -35,6 +36,10 @@ pub enum Command {
     BenchCell(bench::BenchCellArgs),
     /// Answer SQuAD questions with a model: EM/F1 and speed from one run.
     Eval(Box<eval::EvalArgs>),
+    /// Fine-tune a model on SQuAD (resumable, Hugging Face checkpoint layout).
+    Train(Box<train::TrainArgs>),
+    /// Upload a model directory to the Hugging Face Hub.
+    Push(train::PushArgs),
     /// Score SQuAD v1.1 predictions with the official metric; prints {"exact_match": .., "f1": ..}.
     Score(squad::ScoreArgs),
 }
@@ -49,5 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchCell(args) => bench::bench_cell(args),
         Command::Eval(args) => eval::eval(*args),
         Command::Score(args) => squad::score(args),
+        Command::Train(args) => train::train(*args),
+        Command::Push(args) => train::push(args),
     }
 }

@@ -152,8 +152,14 @@ pub fn additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
         _ => f64::from(f32::MIN),
     };
     let (b, s) = attention_mask.dims2()?;
-    let m = attention_mask.to_dtype(DType::F32)?;
-    // (1 - mask) * min, computed in f32 then cast, as transformers does.
+    // (1 - mask) * min, computed in f32 (f64 for f64 models, whose minimum f32 cannot hold)
+    // then cast, as transformers does.
+    let work = if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let m = attention_mask.to_dtype(work)?;
     let masked = m.affine(-1.0, 1.0)?.affine(min, 0.0)?;
     Ok(masked.to_dtype(dtype)?.reshape((b, 1, 1, s))?)
 }

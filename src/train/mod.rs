@@ -1,14 +1,22 @@
 //! Training: a model whose parameters are variables, the QA loss, and the optimizer.
 
+pub mod checkpoint;
 pub mod optim;
+pub mod push;
+pub mod schedule;
+pub mod trainer;
 
 use std::cell::RefCell;
+use std::path::Path;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::models::weights::{ParamSource, ParamSpec, Params, RandomInit};
-use crate::models::{ModelConfig, QaModel, QaOutput};
+use crate::models::qa::HEAD_PREFIXES;
+use crate::models::weights::{
+    Checkpoint, CheckpointSource, ParamSource, ParamSpec, Params, RandomInit, WeightFiles,
+};
+use crate::models::{LoadReport, ModelConfig, QaModel, QaOutput, HEAD_INIT_SEED};
 
 /// Wraps a parameter source so that every parameter becomes a trainable [`Var`], recorded with
 /// its Hub name for the optimizer and for saving.
@@ -47,6 +55,29 @@ pub struct TrainableModel {
 }
 
 impl TrainableModel {
+    /// Loads a checkpoint directory's weights as trainable variables (a base checkpoint gets a
+    /// freshly initialised QA head, reported in the [`LoadReport`]).
+    pub fn from_dir(
+        dir: &Path,
+        config: &ModelConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let checkpoint = Checkpoint::open(WeightFiles::find(dir)?)?;
+        let source = CheckpointSource::new(
+            &checkpoint,
+            config.model_type.base_prefix(),
+            &HEAD_PREFIXES,
+            HEAD_INIT_SEED,
+            dtype,
+            device,
+        );
+        let trainable = TrainableSource::new(&source);
+        let model = QaModel::new(config, &Params::new(&trainable), dtype, device)?;
+        let params = trainable.into_vars();
+        Ok((Self { model, params }, source.finish()?))
+    }
+
     /// Builds a model from a config with random weights, every parameter a variable.
     pub fn random(config: &ModelConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         let init = RandomInit::new(seed, dtype, device);
@@ -61,9 +92,15 @@ impl TrainableModel {
 
 /// The extractive-QA loss transformers uses: mean of the start and end cross-entropies.
 /// `start_positions`, `end_positions`: `(batch,)` u32 token indices.
+/// Half-precision logits are upcast to f32 first, as autocast does.
 pub fn qa_loss(out: &QaOutput, start_positions: &Tensor, end_positions: &Tensor) -> Result<Tensor> {
-    let start =
-        candle_nn::loss::cross_entropy(&out.start_logits.to_dtype(DType::F32)?, start_positions)?;
-    let end = candle_nn::loss::cross_entropy(&out.end_logits.to_dtype(DType::F32)?, end_positions)?;
+    let upcast = |t: &Tensor| -> Result<Tensor> {
+        Ok(match t.dtype() {
+            DType::F16 | DType::BF16 => t.to_dtype(DType::F32)?,
+            _ => t.clone(),
+        })
+    };
+    let start = candle_nn::loss::cross_entropy(&upcast(&out.start_logits)?, start_positions)?;
+    let end = candle_nn::loss::cross_entropy(&upcast(&out.end_logits)?, end_positions)?;
     Ok(((start + end)? / 2.0)?)
 }

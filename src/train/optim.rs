@@ -45,6 +45,9 @@ struct Slot {
     decay: bool,
     m: Vec<f32>,
     v: Vec<f32>,
+    /// f32 master copy of a half-precision parameter (mixed precision), so small updates are
+    /// not rounded away; `None` for f32 parameters.
+    master: Option<Vec<f32>>,
 }
 
 /// AdamW over named variables; moments are kept in f32 whatever the parameters' dtype.
@@ -55,33 +58,91 @@ pub struct AdamW {
     pub step: u64,
 }
 
+/// Gradients aligned with a parameter list (`None` where a parameter got none).
+pub type Grads = Vec<Option<Tensor>>;
+
+/// The gradients of `params` in a backward pass's store, in parameter order.
+pub fn grads_of(params: &[(String, Var)], store: &GradStore) -> Grads {
+    params
+        .iter()
+        .map(|(_, v)| store.get(v.as_tensor()).cloned())
+        .collect()
+}
+
+/// Adds `more` into `acc` (gradient accumulation over micro-batches).
+pub fn accumulate(acc: &mut Grads, more: Grads) -> Result<()> {
+    if acc.is_empty() {
+        *acc = more;
+        return Ok(());
+    }
+    for (a, m) in acc.iter_mut().zip(more) {
+        *a = match (a.take(), m) {
+            (Some(x), Some(y)) => Some((x + y)?),
+            (x, y) => x.or(y),
+        };
+    }
+    Ok(())
+}
+
+/// The global L2 norm of all gradients (what `clip_grad_norm_` computes).
+pub fn global_norm(grads: &Grads) -> Result<f64> {
+    let mut sum = 0f64;
+    for g in grads.iter().flatten() {
+        sum += g
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
+    }
+    Ok(sum.sqrt())
+}
+
 impl AdamW {
-    pub fn new(params: &[(String, Var)], config: AdamWConfig) -> Self {
+    pub fn new(params: &[(String, Var)], config: AdamWConfig) -> Result<Self> {
         let slots = params
             .iter()
             .map(|(name, var)| {
                 let n = var.elem_count();
-                (
+                let master = if var.dtype() == DType::F32 {
+                    None
+                } else {
+                    Some(
+                        var.as_tensor()
+                            .flatten_all()?
+                            .to_dtype(DType::F32)?
+                            .to_vec1()?,
+                    )
+                };
+                Ok((
                     name.clone(),
                     Slot {
                         var: var.clone(),
                         decay: !no_decay(name),
                         m: vec![0.0; n],
                         v: vec![0.0; n],
+                        master,
                     },
-                )
+                ))
             })
-            .collect();
-        Self {
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
             config,
             slots,
             step: 0,
-        }
+        })
     }
 
-    /// One update at learning rate `lr` (the schedule's current value). Parameters without a
-    /// gradient are left unchanged.
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// One update at learning rate `lr` (the schedule's current value) with gradients `grads`
+    /// (aligned with the parameters given to [`AdamW::new`]) multiplied by `grad_scale` (for
+    /// clipping and accumulation averaging). Parameters without a gradient are left unchanged.
+    pub fn step(&mut self, grads: &Grads, lr: f64, grad_scale: f64) -> Result<()> {
+        if grads.len() != self.slots.len() {
+            anyhow::bail!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.slots.len()
+            );
+        }
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
@@ -93,22 +154,23 @@ impl AdamW {
         // 1 - 0.999f32 is off by 1e-5 relative.
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
         let (one_minus_b1, one_minus_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
-        for (_, slot) in &mut self.slots {
-            let Some(grad) = grads.get(slot.var.as_tensor()) else {
-                continue;
-            };
+        let scale = grad_scale as f32;
+        for ((_, slot), grad) in self.slots.iter_mut().zip(grads) {
+            let Some(grad) = grad else { continue };
             let dtype = slot.var.dtype();
             let decay = if slot.decay {
                 (1.0 - lr * c.weight_decay) as f32
             } else {
                 1.0
             };
-            let mut p: Vec<f32> = slot
-                .var
-                .as_tensor()
-                .flatten_all()?
-                .to_dtype(DType::F32)?
-                .to_vec1()?;
+            let mut owned;
+            let p: &mut Vec<f32> = match slot.master.as_mut() {
+                Some(master) => master,
+                None => {
+                    owned = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                    &mut owned
+                }
+            };
             let g: Vec<f32> = grad.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             const CHUNK: usize = 1 << 14;
             p.par_chunks_mut(CHUNK)
@@ -117,16 +179,71 @@ impl AdamW {
                 .zip(g.par_chunks(CHUNK))
                 .for_each(|(((p, m), v), g)| {
                     for i in 0..p.len() {
-                        m[i] = b1 * m[i] + one_minus_b1 * g[i];
-                        v[i] = b2 * v[i] + one_minus_b2 * g[i] * g[i];
+                        let g = g[i] * scale;
+                        m[i] = b1 * m[i] + one_minus_b1 * g;
+                        v[i] = b2 * v[i] + one_minus_b2 * g * g;
                         let denom = v[i].sqrt() / bc2_sqrt + eps;
                         p[i] = p[i] * decay - step_size * m[i] / denom;
                     }
                 });
             let updated =
-                Tensor::from_vec(p, slot.var.shape(), slot.var.device())?.to_dtype(dtype)?;
+                Tensor::from_slice(p, slot.var.shape(), slot.var.device())?.to_dtype(dtype)?;
             slot.var.set(&updated)?;
         }
+        Ok(())
+    }
+
+    /// The optimizer's state as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`, `master.NAME`
+    /// and `step`), for a checkpoint.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let cpu = candle_core::Device::Cpu;
+        let mut out = vec![("step".to_string(), Tensor::new(&[self.step as f64], &cpu)?)];
+        for (name, slot) in &self.slots {
+            out.push((
+                format!("exp_avg.{name}"),
+                Tensor::from_slice(&slot.m, slot.m.len(), &cpu)?,
+            ));
+            out.push((
+                format!("exp_avg_sq.{name}"),
+                Tensor::from_slice(&slot.v, slot.v.len(), &cpu)?,
+            ));
+            if let Some(master) = &slot.master {
+                out.push((
+                    format!("master.{name}"),
+                    Tensor::from_slice(master, master.len(), &cpu)?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores what [`Self::state_tensors`] saved; every parameter's moments must be there.
+    pub fn load_state(&mut self, state: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let get = |key: &str, n: usize| -> Result<Vec<f32>> {
+            let t = state
+                .get(key)
+                .ok_or_else(|| anyhow::anyhow!("optimizer state lacks `{key}`"))?;
+            let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            if v.len() != n {
+                anyhow::bail!(
+                    "optimizer state `{key}` has {} values, expected {n}",
+                    v.len()
+                );
+            }
+            Ok(v)
+        };
+        for (name, slot) in &mut self.slots {
+            let n = slot.m.len();
+            slot.m = get(&format!("exp_avg.{name}"), n)?;
+            slot.v = get(&format!("exp_avg_sq.{name}"), n)?;
+            if slot.master.is_some() {
+                slot.master = Some(get(&format!("master.{name}"), n)?);
+            }
+        }
+        let step = state
+            .get("step")
+            .ok_or_else(|| anyhow::anyhow!("optimizer state lacks `step`"))?;
+        self.step = step.to_dtype(DType::F64)?.to_vec1::<f64>()?[0] as u64;
         Ok(())
     }
 }
@@ -152,13 +269,13 @@ mod tests {
             weight_decay: 0.5,
             ..Default::default()
         };
-        let mut opt = AdamW::new(&params, cfg);
+        let mut opt = AdamW::new(&params, cfg)?;
         // loss = sum(w^2) + 3 b  ->  grad w = 2w, grad b = 3.
         let (mut rw, mut rb) = ([1.0f64, -2.0, 0.5], 0.3f64);
         let (mut mw, mut vw, mut mb, mut vb) = ([0.0f64; 3], [0.0f64; 3], 0.0f64, 0.0f64);
         for t in 1..=3 {
             let loss = (w.as_tensor().sqr()?.sum_all()? + (b.as_tensor().sum_all()? * 3.0)?)?;
-            opt.step(&loss.backward()?, cfg.lr)?;
+            opt.step(&grads_of(&params, &loss.backward()?), cfg.lr, 1.0)?;
             let (bc1, bc2) = (1.0 - 0.9f64.powi(t), 1.0 - 0.999f64.powi(t));
             for i in 0..3 {
                 let g = 2.0 * rw[i];

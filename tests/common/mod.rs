@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: where the fixtures are, reading reference outputs.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 
 /// `../shared` beside the checkout: read-only data and fixtures, never copied into the repo.

@@ -1,0 +1,454 @@
+//! The fine-tuning loop: SQuAD features with labels, shuffled per epoch from the seed, AdamW
+//! with a linear schedule, gradient accumulation and clipping, dropout drawn from the seed and
+//! the step, periodic checkpoints, evaluation at each epoch end.
+//!
+//! Every random draw derives from the seed and the position in the run (epoch for the data
+//! order, micro-batch for dropout), so a run resumed from a checkpoint replays exactly what the
+//! uninterrupted run would have done.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, LogEntry, TrainerState};
+use super::optim::{accumulate, global_norm, grads_of, AdamW, AdamWConfig, Grads};
+use super::schedule::{linear_with_warmup, warmup_steps};
+use super::{qa_loss, TrainableModel};
+use crate::device::Precision;
+use crate::error::input;
+use crate::eval::{evaluate_model, EvalConfig, EvalReport};
+use crate::models::weights::{ParamSource, ParamSpec, Params};
+use crate::models::{Batch, ForwardCtx, ModelConfig, QaModel};
+use crate::squad::{Dataset, DecodeConfig, Example, Feature, FeatureConfig, QaTokenizer};
+
+/// The run's settings, named as Hugging Face's `TrainingArguments` names them (this is what
+/// `training_args.json` holds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingArgs {
+    pub model: String,
+    pub train_file: PathBuf,
+    pub eval_file: Option<PathBuf>,
+    pub output_dir: PathBuf,
+    pub per_device_train_batch_size: usize,
+    pub per_device_eval_batch_size: usize,
+    pub num_train_epochs: usize,
+    /// Stop after this many optimizer steps (overrides the epochs).
+    pub max_steps: Option<usize>,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub warmup_ratio: f64,
+    pub warmup_steps: usize,
+    pub max_grad_norm: f64,
+    pub gradient_accumulation_steps: usize,
+    pub max_seq_length: usize,
+    pub doc_stride: usize,
+    pub max_query_length: usize,
+    pub seed: u64,
+    /// Train on the first N questions only.
+    pub limit: Option<usize>,
+    /// Evaluate on the first N questions only.
+    pub eval_limit: Option<usize>,
+    /// Save a checkpoint every N optimizer steps (0: only at the end).
+    pub save_steps: usize,
+    /// Log the mean loss every N optimizer steps.
+    pub logging_steps: usize,
+    pub dtype: Precision,
+    pub device: String,
+    pub threads: usize,
+    /// Started from the config with random weights instead of the checkpoint's.
+    pub random_init: bool,
+}
+
+impl TrainingArgs {
+    /// Checks the numbers before anything expensive happens.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("--batch-size", self.per_device_train_batch_size),
+            ("--eval-batch-size", self.per_device_eval_batch_size),
+            (
+                "--gradient-accumulation-steps",
+                self.gradient_accumulation_steps,
+            ),
+            ("--logging-steps", self.logging_steps),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                return Err(input(format!("{flag} must be at least 1")));
+            }
+        }
+        if self.num_train_epochs == 0 && self.max_steps.is_none() {
+            return Err(input("--epochs must be at least 1 (or give --max-steps)"));
+        }
+        if self.max_steps == Some(0) {
+            return Err(input("--max-steps must be at least 1"));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(input(format!(
+                "--learning-rate must be positive, got {}",
+                self.learning_rate
+            )));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err(input(format!(
+                "--warmup-ratio must be in [0, 1), got {}",
+                self.warmup_ratio
+            )));
+        }
+        if self.weight_decay < 0.0 || self.max_grad_norm < 0.0 {
+            return Err(input(
+                "--weight-decay and --max-grad-norm must not be negative",
+            ));
+        }
+        if self.limit == Some(0) || self.eval_limit == Some(0) {
+            return Err(input("--limit and --eval-limit must be at least 1"));
+        }
+        self.features().validate()
+    }
+
+    pub fn features(&self) -> FeatureConfig {
+        FeatureConfig {
+            max_seq_length: self.max_seq_length,
+            doc_stride: self.doc_stride,
+            max_query_length: self.max_query_length,
+        }
+    }
+
+    fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.learning_rate,
+            beta1: self.adam_beta1,
+            beta2: self.adam_beta2,
+            eps: self.adam_epsilon,
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
+/// Progress callbacks.
+pub trait TrainObserver {
+    /// Once, before the first step: total optimizer steps and the step training starts at.
+    fn start(&mut self, _total_steps: usize, _first_step: usize, _windows: usize) {}
+    /// After each optimizer step.
+    fn step(&mut self, _state: &TrainerState, _last_loss: f64, _lr: f64) {}
+    /// After each log row (loss logging or evaluation).
+    fn log(&mut self, _entry: &LogEntry) {}
+    fn message(&mut self, _text: &str) {}
+}
+
+/// What a finished run produced.
+pub struct TrainOutcome {
+    pub state: TrainerState,
+    pub final_eval: Option<EvalReport>,
+}
+
+/// Everything the loop needs besides the args.
+pub struct TrainSetup<'a> {
+    pub config: ModelConfig,
+    /// The model to train (from a checkpoint, random, or a resumed checkpoint).
+    pub model: TrainableModel,
+    pub tokenizer: &'a QaTokenizer,
+    /// Files copied into every saved model directory.
+    pub tokenizer_files: Vec<PathBuf>,
+    pub train: &'a Dataset,
+    pub eval: Option<&'a Dataset>,
+    /// Resume from this checkpoint (trainer state and optimizer).
+    pub resume_from: Option<PathBuf>,
+}
+
+/// A plain (untracked) copy of the trainable model's current weights, for evaluation: no
+/// backward graph is recorded and the fast inference kernels apply.
+pub fn inference_copy(config: &ModelConfig, model: &TrainableModel) -> Result<QaModel> {
+    struct Detached(HashMap<String, Tensor>);
+    impl ParamSource for Detached {
+        fn get(&self, spec: &ParamSpec) -> Result<Tensor> {
+            self.0
+                .get(&spec.name)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no parameter `{}`", spec.name))
+        }
+    }
+    let source = Detached(
+        model
+            .params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect(),
+    );
+    QaModel::new(
+        config,
+        &Params::new(&source),
+        model.model.dtype(),
+        model.model.device(),
+    )
+}
+
+/// Stacks training features into a batch with labels.
+fn batch_of(
+    features: &[&Feature],
+    config: &ModelConfig,
+    device: &Device,
+) -> Result<(Batch, Tensor, Tensor)> {
+    let len = features[0].input_ids.len();
+    let stack = |get: &dyn Fn(&Feature) -> &[u32]| -> Result<Tensor> {
+        let flat: Vec<u32> = features
+            .iter()
+            .flat_map(|f| get(f).iter().copied())
+            .collect();
+        Ok(Tensor::from_vec(flat, (features.len(), len), device)?)
+    };
+    let batch = Batch {
+        input_ids: stack(&|f| &f.input_ids)?,
+        attention_mask: stack(&|f| &f.attention_mask)?,
+        token_type_ids: match config.model_type {
+            crate::models::ModelType::DistilBert => None,
+            _ => Some(stack(&|f| &f.token_type_ids)?),
+        },
+    };
+    let labels = |get: &dyn Fn(&Feature) -> usize| -> Result<Tensor> {
+        let v: Vec<u32> = features.iter().map(|f| get(f) as u32).collect();
+        Ok(Tensor::from_vec(v, features.len(), device)?)
+    };
+    Ok((
+        batch,
+        labels(&|f| f.start_position)?,
+        labels(&|f| f.end_position)?,
+    ))
+}
+
+/// The order of the training features in `epoch`: a permutation drawn from the seed and the
+/// epoch alone.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Evaluates the current weights on `eval` and returns the report.
+fn evaluate_now(
+    config: &ModelConfig,
+    model: &TrainableModel,
+    setup: &TrainSetup,
+    args: &TrainingArgs,
+) -> Result<Option<EvalReport>> {
+    let Some(eval) = setup.eval else {
+        return Ok(None);
+    };
+    let copy = inference_copy(config, model)?;
+    let cfg = EvalConfig {
+        features: args.features(),
+        decode: DecodeConfig::default(),
+        batch_size: args.per_device_eval_batch_size,
+    };
+    let (_, _, report) = evaluate_model(&copy, setup.tokenizer, eval, &cfg, |_, _| {})?;
+    Ok(Some(report))
+}
+
+/// Runs (or resumes) training and saves the final model in `args.output_dir`.
+pub fn train(
+    args: &TrainingArgs,
+    setup: TrainSetup,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainOutcome> {
+    args.validate()?;
+    let config = setup.config.clone();
+    let model = &setup.model;
+    let device = model.model.device().clone();
+    let dtype = model.model.dtype();
+    let args_json = serde_json::to_value(args)?;
+
+    observer.message("tokenising the training set...");
+    let examples: Vec<Example> = setup.train.examples().collect();
+    let features = setup.tokenizer.features(&examples, &args.features())?;
+    if features.is_empty() {
+        bail!("the training set produced no windows");
+    }
+    let bs = args.per_device_train_batch_size;
+    let accum = args.gradient_accumulation_steps;
+    let micro_per_epoch = features.len().div_ceil(bs);
+    let steps_per_epoch = micro_per_epoch.div_ceil(accum);
+    let total_steps = args
+        .max_steps
+        .unwrap_or(args.num_train_epochs * steps_per_epoch);
+    let epochs_needed = total_steps.div_ceil(steps_per_epoch);
+    let warmup = warmup_steps(args.warmup_steps, args.warmup_ratio, total_steps);
+
+    let mut optimizer = AdamW::new(&model.params, args.adamw())?;
+    let mut state = TrainerState {
+        global_step: 0,
+        max_steps: total_steps,
+        num_train_epochs: epochs_needed,
+        epoch: 0.0,
+        elapsed_s: 0.0,
+        log_history: Vec::new(),
+        seed: args.seed,
+    };
+    if let Some(dir) = &setup.resume_from {
+        let (saved, opt_state) = checkpoint::read_checkpoint(dir)?;
+        if saved.seed != args.seed || saved.max_steps != total_steps {
+            return Err(input(format!(
+                "{}: the checkpoint was made with seed {} and {} total steps, this run has seed {} and {} steps; \
+                 resume with the same arguments",
+                dir.display(),
+                saved.seed,
+                saved.max_steps,
+                args.seed,
+                total_steps
+            )));
+        }
+        optimizer.load_state(&opt_state)?;
+        state = saved;
+        observer.message(&format!(
+            "resuming from {} (step {})",
+            dir.display(),
+            state.global_step
+        ));
+    }
+    observer.start(total_steps, state.global_step, features.len());
+
+    let session = Instant::now();
+    let base_elapsed = state.elapsed_s;
+    let mut acc: Grads = Vec::new();
+    let mut in_group = 0usize;
+    let mut losses_since_log: Vec<f64> = Vec::new();
+    let mut samples_since_log = 0usize;
+    // Seconds spent on training steps since the last log row (evaluation excluded).
+    let mut train_secs_since_log = 0f64;
+    let mut last_eval: Option<EvalReport> = None;
+    let log_path = args.output_dir.join("train_log.csv");
+    let files = checkpoint::ModelFiles {
+        config: &config,
+        params: &model.params,
+        dtype,
+        tokenizer_files: &setup.tokenizer_files,
+    };
+
+    'epochs: for epoch in 0..epochs_needed {
+        let order = epoch_order(features.len(), args.seed, epoch);
+        for (micro, chunk) in order.chunks(bs).enumerate() {
+            let step_of_micro = epoch * steps_per_epoch + micro / accum;
+            if step_of_micro < state.global_step {
+                continue; // done before the checkpoint we resumed from
+            }
+            if state.global_step >= total_steps {
+                break 'epochs;
+            }
+            let step_clock = Instant::now();
+            let batch_features: Vec<&Feature> = chunk.iter().map(|&i| &features[i]).collect();
+            let (batch, starts, ends) = batch_of(&batch_features, &config, &device)?;
+            let dropout_seed = args.seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
+                ^ ((epoch * micro_per_epoch + micro) as u64);
+            let out = model
+                .model
+                .forward(&batch, &mut ForwardCtx::training(dropout_seed))?;
+            let loss = qa_loss(&out, &starts, &ends)?;
+            let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !loss_value.is_finite() {
+                bail!(
+                    "the loss became {loss_value} at step {}; lower the learning rate",
+                    state.global_step + 1
+                );
+            }
+            losses_since_log.push(loss_value);
+            samples_since_log += chunk.len();
+            accumulate(&mut acc, grads_of(&model.params, &loss.backward()?))?;
+            in_group += 1;
+            let last_micro = micro + 1 == micro_per_epoch;
+            if in_group < accum && !last_micro {
+                train_secs_since_log += step_clock.elapsed().as_secs_f64();
+                continue;
+            }
+            // As the Trainer: the loss is divided by the accumulation steps, then the global
+            // norm is clipped.
+            let norm = global_norm(&acc)? / accum as f64;
+            let clip = if args.max_grad_norm > 0.0 {
+                (args.max_grad_norm / (norm + 1e-6)).min(1.0)
+            } else {
+                1.0
+            };
+            let lr =
+                args.learning_rate * linear_with_warmup(state.global_step, warmup, total_steps);
+            optimizer.step(&acc, lr, clip / accum as f64)?;
+            acc.clear();
+            in_group = 0;
+            train_secs_since_log += step_clock.elapsed().as_secs_f64();
+            state.global_step += 1;
+            state.epoch = epoch as f64 + (micro + 1) as f64 / micro_per_epoch as f64;
+            state.elapsed_s = base_elapsed + session.elapsed().as_secs_f64();
+            observer.step(&state, loss_value, lr);
+
+            if state.global_step % args.logging_steps == 0 || state.global_step == total_steps {
+                let entry = LogEntry {
+                    step: state.global_step,
+                    epoch: state.epoch,
+                    loss: Some(
+                        losses_since_log.iter().sum::<f64>() / losses_since_log.len().max(1) as f64,
+                    ),
+                    learning_rate: Some(lr),
+                    grad_norm: Some(norm),
+                    samples_per_s: Some(samples_since_log as f64 / train_secs_since_log.max(1e-9)),
+                    elapsed_s: state.elapsed_s,
+                    eval_exact_match: None,
+                    eval_f1: None,
+                    eval_questions: None,
+                };
+                losses_since_log.clear();
+                samples_since_log = 0;
+                train_secs_since_log = 0.0;
+                observer.log(&entry);
+                state.log_history.push(entry);
+                checkpoint::write_log_csv(&log_path, &state.log_history)?;
+            }
+            let epoch_done = last_micro || state.global_step == total_steps;
+            if epoch_done && setup.eval.is_some() {
+                observer.message(&format!("evaluating after epoch {}...", epoch + 1));
+                if let Some(report) = evaluate_now(&config, model, &setup, args)? {
+                    let entry = LogEntry {
+                        step: state.global_step,
+                        epoch: state.epoch,
+                        loss: None,
+                        learning_rate: None,
+                        grad_norm: None,
+                        samples_per_s: None,
+                        elapsed_s: base_elapsed + session.elapsed().as_secs_f64(),
+                        eval_exact_match: Some(report.exact_match),
+                        eval_f1: Some(report.f1),
+                        eval_questions: Some(report.questions),
+                    };
+                    observer.log(&entry);
+                    state.log_history.push(entry);
+                    checkpoint::write_log_csv(&log_path, &state.log_history)?;
+                    last_eval = Some(report);
+                }
+            }
+            if args.save_steps > 0
+                && state.global_step % args.save_steps == 0
+                && state.global_step < total_steps
+            {
+                let dir = checkpoint::checkpoint_dir(&args.output_dir, state.global_step);
+                checkpoint::save_run(&dir, &files, &args_json, &state, Some(&optimizer))?;
+                observer.message(&format!("saved {}", dir.display()));
+            }
+        }
+    }
+
+    state.elapsed_s = base_elapsed + session.elapsed().as_secs_f64();
+    // The final model, as the Trainer's `save_model` leaves it: no optimizer state.
+    checkpoint::save_run(&args.output_dir, &files, &args_json, &state, None)?;
+    checkpoint::write_log_csv(&log_path, &state.log_history)?;
+    Ok(TrainOutcome {
+        state,
+        final_eval: last_eval,
+    })
+}
