@@ -6,6 +6,7 @@
 mod bench;
 mod eval;
 mod model;
+mod report;
 mod squad;
 mod train;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// Upload a model directory to the Hugging Face Hub.
     Push(train::PushArgs),
+    /// Plot a benchmark CSV (Hugging Face's plot script's interface), PNG or SVG.
+    Plot(report::PlotArgs),
     /// Score SQuAD v1.1 predictions with the official metric; prints {"exact_match": .., "f1": ..}.
     Score(squad::ScoreArgs),
 }
@@ -54,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchCell(args) => bench::bench_cell(args),
         Command::Eval(args) => eval::eval(*args),
         Command::Score(args) => squad::score(args),
+        Command::Plot(args) => report::plot(args),
         Command::Train(args) => train::train(*args),
         Command::Push(args) => train::push(args),
     }

@@ -1,0 +1,91 @@
+//! `plot`, `report` and `run`: from results to pictures and sentences.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::bench::Mode;
+use crate::report::plot::{self, Metric};
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A Hugging Face-layout CSV (model,batch_size,sequence_length,result) or bertbench's tidy
+    /// results.csv (which adds 95% CI error bars to time plots).
+    #[arg(long, alias = "csv_file")]
+    pub csv_file: PathBuf,
+    /// Output figure: .png or .svg.
+    #[arg(long, alias = "figure_png_file")]
+    pub figure_png_file: PathBuf,
+    /// Linear axes instead of logarithmic ones.
+    #[arg(long, alias = "no_log_scale")]
+    pub no_log_scale: bool,
+    /// Batch size on the x axis (one series per model and sequence length).
+    #[arg(long, alias = "plot_along_batch")]
+    pub plot_along_batch: bool,
+    /// The CSV holds times (default: memory).
+    #[arg(long, alias = "is_time")]
+    pub is_time: bool,
+    /// The CSV holds training results (default: inference).
+    #[arg(long, alias = "is_train")]
+    pub is_train: bool,
+    /// Names to show instead of the models', in order of first appearance.
+    #[arg(long, alias = "short_model_names", num_args = 1..)]
+    pub short_model_names: Vec<String>,
+    /// Figure size in pixels, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1000x650", value_parser = parse_size)]
+    pub size: (u32, u32),
+}
+
+fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once('x')
+        .ok_or("expected WIDTHxHEIGHT, e.g. 1000x650")?;
+    let parse = |v: &str| v.parse::<u32>().ok().filter(|n| (100..=10000).contains(n));
+    match (parse(w), parse(h)) {
+        (Some(w), Some(h)) => Ok((w, h)),
+        _ => Err("width and height must be whole numbers of pixels between 100 and 10000".into()),
+    }
+}
+
+pub fn plot(args: PlotArgs) -> Result<()> {
+    let metric = if args.is_time {
+        Metric::Time
+    } else {
+        Metric::Memory
+    };
+    let mode = if args.is_train {
+        Mode::Training
+    } else {
+        Mode::Inference
+    };
+    let series = if plot::is_tidy_csv(&args.csv_file)? {
+        plot::series_from_tidy_csv(
+            &args.csv_file,
+            mode,
+            metric,
+            args.plot_along_batch,
+            &args.short_model_names,
+        )?
+    } else {
+        plot::series_from_hf_csv(
+            &args.csv_file,
+            args.plot_along_batch,
+            &args.short_model_names,
+        )?
+    };
+    let chart = plot::hf_chart(
+        series,
+        metric,
+        mode,
+        args.plot_along_batch,
+        !args.no_log_scale,
+    );
+    plot::render(&chart, &args.figure_png_file, args.size)?;
+    println!(
+        "wrote {} ({} series)",
+        args.figure_png_file.display(),
+        chart.series.len()
+    );
+    Ok(())
+}

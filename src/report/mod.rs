@@ -1,0 +1,4 @@
+//! From numbers to answers: plots, computed observations, dollar cost, run comparison and the
+//! generated report.
+
+pub mod plot;
