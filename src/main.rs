@@ -7,6 +7,12 @@ use clap::Parser;
 static ALLOC: bertbench::bench::memory::CountingAlloc = bertbench::bench::memory::CountingAlloc;
 
 fn main() {
+    // Like other Unix command-line tools, end quietly when the reader of our output goes away
+    // (`bertbench report dir | head`) instead of panicking on a broken pipe.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = bertbench::cli::Cli::parse();
     if let Err(err) = bertbench::cli::run(cli) {
         eprintln!("error: {err:#}");

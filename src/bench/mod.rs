@@ -199,3 +199,14 @@ impl Measurement {
             .map(|m| (self.cell.batch_size * self.cell.sequence_length) as f64 / m)
     }
 }
+
+/// Seconds in a readable unit (s, ms or µs).
+pub fn fmt_time(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{:.1} µs", s * 1e6)
+    }
+}

@@ -12,7 +12,7 @@ use crate::bench::cell::{run_cell, Phase};
 use crate::bench::grid::{self, ChildJob, ChildReply, Isolation, Observer, Preset, RunOptions};
 use crate::bench::output::{OutputFiles, ResultsFile, ResultsWriter};
 use crate::bench::{
-    env, memory, peak, Cell, CellSettings, Measurement, Mode, Status, TimingPolicy,
+    env, fmt_time, memory, peak, Cell, CellSettings, Measurement, Mode, Status, TimingPolicy,
 };
 use crate::device::{parse_device, Precision};
 use crate::error::input;
@@ -448,17 +448,6 @@ fn one_line(m: &Measurement) -> String {
         parts.push(format!("warning: {r}"));
     }
     parts.join("  ")
-}
-
-/// Seconds in a readable unit.
-pub fn fmt_time(s: f64) -> String {
-    if s >= 1.0 {
-        format!("{s:.3} s")
-    } else if s >= 1e-3 {
-        format!("{:.2} ms", s * 1e3)
-    } else {
-        format!("{:.1} µs", s * 1e6)
-    }
 }
 
 fn print_summary(results: &ResultsFile, plan: &[Cell]) {

@@ -43,6 +43,8 @@ pub enum Command {
     Push(train::PushArgs),
     /// Plot a benchmark CSV (Hugging Face's plot script's interface), PNG or SVG.
     Plot(report::PlotArgs),
+    /// Write report.md and a self-contained report.html for a bench output directory.
+    Report(report::ReportArgs),
     /// Score SQuAD v1.1 predictions with the official metric; prints {"exact_match": .., "f1": ..}.
     Score(squad::ScoreArgs),
 }
@@ -58,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::eval(*args),
         Command::Score(args) => squad::score(args),
         Command::Plot(args) => report::plot(args),
+        Command::Report(args) => report::report(args),
         Command::Train(args) => train::train(*args),
         Command::Push(args) => train::push(args),
     }

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::bench::Mode;
+use crate::report::build::{write_report, ReportOptions};
 use crate::report::plot::{self, Metric};
 
 #[derive(Debug, Args)]
@@ -86,6 +87,33 @@ pub fn plot(args: PlotArgs) -> Result<()> {
         "wrote {} ({} series)",
         args.figure_png_file.display(),
         chart.series.len()
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A bench output directory (with results.json); eval_results.json files inside it add
+    /// accuracy.
+    pub results_dir: PathBuf,
+    /// Names to show instead of the models', in order of first appearance.
+    #[arg(long, num_args = 1..)]
+    pub short_model_names: Vec<String>,
+}
+
+pub fn report(args: ReportArgs) -> Result<()> {
+    let opts = ReportOptions {
+        short_names: args.short_model_names.clone(),
+    };
+    let files = write_report(&args.results_dir, &opts)?;
+    for o in &files.observations {
+        println!("- {o}");
+    }
+    println!(
+        "\nwrote {} and {} ({} plots)",
+        files.markdown.display(),
+        files.html.display(),
+        files.plots.len()
     );
     Ok(())
 }

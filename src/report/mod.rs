@@ -1,4 +1,7 @@
 //! From numbers to answers: plots, computed observations, dollar cost, run comparison and the
 //! generated report.
 
+pub mod build;
+pub mod observe;
 pub mod plot;
+pub mod render;

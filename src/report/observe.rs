@@ -1,0 +1,339 @@
+//! The observations a person would otherwise write by hand after looking at the plots, computed
+//! with their uncertainty: speed ratios of model pairs, how time and memory grow with sequence
+//! length and batch size, the memory ordering of the models, and what failed.
+
+use serde::Serialize;
+
+use crate::bench::memory::to_mb;
+use crate::bench::output::ResultsFile;
+use crate::bench::stats::ratio_interval;
+use crate::bench::{Measurement, Mode, Status};
+
+/// "`faster` is `ratio`x [lo, hi] faster than `slower`" at one cell.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpeedRatio {
+    pub mode: Mode,
+    pub batch_size: usize,
+    pub sequence_length: usize,
+    pub faster: String,
+    pub slower: String,
+    /// Median time of the slower model over the faster one's (>= 1).
+    pub ratio: f64,
+    /// Conservative 95% interval from the two medians' intervals.
+    pub low: f64,
+    pub high: f64,
+}
+
+impl SpeedRatio {
+    pub fn sentence(&self, names: &dyn Fn(&str) -> String) -> String {
+        format!(
+            "{} is {:.2}x [{:.2}, {:.2}] faster than {} at batch {}, sequence {} ({})",
+            names(&self.faster),
+            self.ratio,
+            self.low,
+            self.high,
+            names(&self.slower),
+            self.batch_size,
+            self.sequence_length,
+            self.mode.as_str()
+        )
+    }
+
+    /// Whether the interval excludes "equally fast".
+    pub fn is_significant(&self) -> bool {
+        self.low > 1.0
+    }
+}
+
+fn ok_cells(results: &ResultsFile) -> Vec<&Measurement> {
+    results
+        .plan
+        .iter()
+        .filter_map(|c| results.find(c))
+        .filter(|m| m.status == Status::Ok)
+        .collect()
+}
+
+/// The models of a run, in plan order.
+pub fn models(results: &ResultsFile) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in &results.plan {
+        if !out.contains(&c.model) {
+            out.push(c.model.clone());
+        }
+    }
+    out
+}
+
+/// Speed ratio of every pair of models at every cell both measured.
+pub fn speed_ratios(results: &ResultsFile) -> Vec<SpeedRatio> {
+    let cells = ok_cells(results);
+    let models = models(results);
+    let mut out = Vec::new();
+    for (i, a) in models.iter().enumerate() {
+        for b in &models[i + 1..] {
+            for ma in cells.iter().filter(|m| &m.cell.model == a) {
+                let Some(mb) = cells.iter().find(|m| {
+                    &m.cell.model == b
+                        && m.cell.mode == ma.cell.mode
+                        && m.cell.batch_size == ma.cell.batch_size
+                        && m.cell.sequence_length == ma.cell.sequence_length
+                }) else {
+                    continue;
+                };
+                let (Some(sa), Some(sb)) = (&ma.speed, &mb.speed) else {
+                    continue;
+                };
+                // ratio of the slower's time over the faster's
+                let (faster, slower, fast, slow) = if sa.summary.median <= sb.summary.median {
+                    (a, b, &sa.summary, &sb.summary)
+                } else {
+                    (b, a, &sb.summary, &sa.summary)
+                };
+                let (ratio, low, high) = ratio_interval(slow, fast);
+                out.push(SpeedRatio {
+                    mode: ma.cell.mode,
+                    batch_size: ma.cell.batch_size,
+                    sequence_length: ma.cell.sequence_length,
+                    faster: faster.clone(),
+                    slower: slower.clone(),
+                    ratio,
+                    low,
+                    high,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Which quantity a growth fit describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Quantity {
+    /// Median seconds per step.
+    Time,
+    /// Peak resident memory above the model's own footprint (activations), bytes.
+    ActivationMemory,
+}
+
+/// How a quantity grows along sequence length (batch fixed) or batch size (sequence fixed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Growth {
+    pub model: String,
+    pub mode: Mode,
+    pub quantity: Quantity,
+    /// `true`: along batch size at a fixed sequence length; `false`: along sequence length.
+    pub along_batch: bool,
+    /// The fixed batch size or sequence length.
+    pub fixed: usize,
+    /// Least-squares slope of the quantity per unit of x (seconds or bytes per token / sample).
+    pub slope: f64,
+    /// Exponent k of a power law y ~ x^k fitted on log-log axes.
+    pub exponent: f64,
+    /// R² of the log-log fit.
+    pub r_squared: f64,
+    pub points: usize,
+}
+
+impl Growth {
+    /// Linear, superlinear (attention's quadratic term shows) or sublinear (fixed costs).
+    pub fn shape(&self) -> &'static str {
+        if self.exponent > 1.15 {
+            "superlinear"
+        } else if self.exponent < 0.85 {
+            "sublinear"
+        } else {
+            "about linear"
+        }
+    }
+
+    pub fn sentence(&self, names: &dyn Fn(&str) -> String) -> String {
+        let (x, unit) = if self.along_batch {
+            ("batch size", "sample")
+        } else {
+            ("sequence length", "token")
+        };
+        let fixed = if self.along_batch {
+            format!("sequence {}", self.fixed)
+        } else {
+            format!("batch {}", self.fixed)
+        };
+        let (what, per) = match self.quantity {
+            Quantity::Time => (
+                "time",
+                format!("{:.3} ms per extra {unit}", self.slope * 1e3),
+            ),
+            Quantity::ActivationMemory => (
+                "activation memory",
+                format!("{:.2} MB per extra {unit}", self.slope / (1024.0 * 1024.0)),
+            ),
+        };
+        let why = match (self.shape(), self.quantity, self.along_batch) {
+            ("superlinear", _, false) => ": attention's quadratic term shows",
+            ("sublinear", Quantity::Time, _) => {
+                ": fixed per-step costs still dominate at these sizes"
+            }
+            _ => "",
+        };
+        // Two points always fit exactly: an R² is only worth printing from three on.
+        let fit = if self.points > 2 {
+            format!("R² {:.3}, {} points", self.r_squared, self.points)
+        } else {
+            "2 points".into()
+        };
+        format!(
+            "{} {} {what} grows as {x}^{:.2} at {fixed} ({fit}; {per}), {}{why}",
+            names(&self.model),
+            self.mode.as_str(),
+            self.exponent,
+            self.shape()
+        )
+    }
+}
+
+/// Least squares y = a + b x; returns (b, R²).
+pub fn linear_fit(points: &[(f64, f64)]) -> (f64, f64) {
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let syy: f64 = points.iter().map(|p| (p.1 - my).powi(2)).sum();
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    let r2 = if sxx > 0.0 && syy > 0.0 {
+        (sxy * sxy) / (sxx * syy)
+    } else {
+        1.0
+    };
+    (b, r2)
+}
+
+/// Growth fits for every model, mode and fixed value with at least 2 points.
+pub fn growth(results: &ResultsFile, quantity: Quantity, along_batch: bool) -> Vec<Growth> {
+    let cells = ok_cells(results);
+    let mut keys: Vec<(String, Mode, usize)> = Vec::new();
+    for m in &cells {
+        let fixed = if along_batch {
+            m.cell.sequence_length
+        } else {
+            m.cell.batch_size
+        };
+        let key = (m.cell.model.clone(), m.cell.mode, fixed);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let mut out = Vec::new();
+    for (model, mode, fixed) in keys {
+        let mut points: Vec<(f64, f64)> = cells
+            .iter()
+            .filter(|m| m.cell.model == model && m.cell.mode == mode)
+            .filter(|m| {
+                if along_batch {
+                    m.cell.sequence_length == fixed
+                } else {
+                    m.cell.batch_size == fixed
+                }
+            })
+            .filter_map(|m| {
+                let x = if along_batch {
+                    m.cell.batch_size
+                } else {
+                    m.cell.sequence_length
+                } as f64;
+                let y = match quantity {
+                    Quantity::Time => m.median_s()?,
+                    Quantity::ActivationMemory => {
+                        let mem = m.memory.as_ref()?;
+                        mem.peak_rss.checked_sub(mem.model_rss).filter(|v| *v > 0)? as f64
+                    }
+                };
+                Some((x, y))
+            })
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points.dedup_by(|a, b| a.0 == b.0);
+        if points.len() < 2 {
+            continue;
+        }
+        let (slope, _) = linear_fit(&points);
+        let logs: Vec<(f64, f64)> = points.iter().map(|(x, y)| (x.ln(), y.ln())).collect();
+        let (exponent, r_squared) = linear_fit(&logs);
+        out.push(Growth {
+            model,
+            mode,
+            quantity,
+            along_batch,
+            fixed,
+            slope,
+            exponent,
+            r_squared,
+            points: points.len(),
+        });
+    }
+    out
+}
+
+/// Models ordered by peak memory at each cell, and whether that order is the same everywhere.
+pub fn memory_order(
+    results: &ResultsFile,
+) -> (
+    Vec<(Mode, usize, usize, Vec<(String, f64)>)>,
+    Option<Vec<String>>,
+) {
+    let cells = ok_cells(results);
+    let mut rows: Vec<(Mode, usize, usize, Vec<(String, f64)>)> = Vec::new();
+    for m in &cells {
+        let Some(mem) = &m.memory else { continue };
+        let key = (m.cell.mode, m.cell.batch_size, m.cell.sequence_length);
+        let mb = to_mb(mem.peak_rss);
+        match rows.iter_mut().find(|r| (r.0, r.1, r.2) == key) {
+            Some(r) => r.3.push((m.cell.model.clone(), mb)),
+            None => rows.push((key.0, key.1, key.2, vec![(m.cell.model.clone(), mb)])),
+        }
+    }
+    for r in &mut rows {
+        r.3.sort_by(|a, b| a.1.total_cmp(&b.1));
+    }
+    let full: Vec<&Vec<(String, f64)>> =
+        rows.iter().map(|r| &r.3).filter(|v| v.len() > 1).collect();
+    let consistent = full.first().and_then(|first| {
+        let order: Vec<String> = first.iter().map(|(m, _)| m.clone()).collect();
+        full.iter()
+            .all(|v| v.iter().map(|(m, _)| m).eq(order.iter()))
+            .then_some(order)
+    });
+    (rows, consistent)
+}
+
+/// Cells that did not end `ok`, with their reason.
+pub fn failures(results: &ResultsFile) -> Vec<&Measurement> {
+    results
+        .plan
+        .iter()
+        .filter_map(|c| results.find(c))
+        .filter(|m| m.status != Status::Ok)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fits_recover_known_laws() {
+        let line: Vec<(f64, f64)> = [1.0, 2.0, 4.0, 8.0]
+            .iter()
+            .map(|x| (*x, 3.0 + 2.0 * x))
+            .collect();
+        let (b, r2) = linear_fit(&line);
+        assert!((b - 2.0).abs() < 1e-12 && (r2 - 1.0).abs() < 1e-12);
+        // y = 5 x^2 on log-log axes has slope 2.
+        let logs: Vec<(f64, f64)> = [8.0f64, 32.0, 128.0]
+            .iter()
+            .map(|x| (x.ln(), (5.0 * x * x).ln()))
+            .collect();
+        let (k, r2) = linear_fit(&logs);
+        assert!((k - 2.0).abs() < 1e-12 && (r2 - 1.0).abs() < 1e-12);
+    }
+}

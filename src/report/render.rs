@@ -1,0 +1,164 @@
+//! A small document model rendered two ways: Markdown (`report.md`, figures as linked PNG files)
+//! and one self-contained HTML page (`report.html`, figures inlined as SVG). One source of
+//! content, so the two reports never disagree.
+
+/// One block of a report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Block {
+    Heading(u8, String),
+    Paragraph(String),
+    Bullets(Vec<String>),
+    Table {
+        header: Vec<String>,
+        rows: Vec<Vec<String>>,
+    },
+    /// A figure: caption, PNG file name (relative to the report) and the SVG markup.
+    Figure {
+        caption: String,
+        png: String,
+        svg: String,
+    },
+}
+
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// Markdown rendering.
+pub fn markdown(blocks: &[Block]) -> String {
+    let mut out = String::new();
+    for b in blocks {
+        match b {
+            Block::Heading(level, text) => {
+                out.push_str(&format!("{} {text}\n\n", "#".repeat(*level as usize)));
+            }
+            Block::Paragraph(text) => out.push_str(&format!("{text}\n\n")),
+            Block::Bullets(items) => {
+                for i in items {
+                    out.push_str(&format!("- {i}\n"));
+                }
+                out.push('\n');
+            }
+            Block::Table { header, rows } => {
+                out.push_str(&format!(
+                    "| {} |\n",
+                    header
+                        .iter()
+                        .map(|h| md_cell(h))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                ));
+                out.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+                for r in rows {
+                    out.push_str(&format!(
+                        "| {} |\n",
+                        r.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | ")
+                    ));
+                }
+                out.push('\n');
+            }
+            Block::Figure { caption, png, .. } => {
+                out.push_str(&format!("![{caption}]({png})\n\n*{caption}*\n\n"))
+            }
+        }
+    }
+    out
+}
+
+/// HTML-escapes text.
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const STYLE: &str = "body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}\
+h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{margin-top:1.8em;border-bottom:1px solid #eee}\
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}\
+th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#fafafa}\
+figure{margin:1.5em 0}figcaption{color:#555;font-style:italic}svg{max-width:100%;height:auto}li{margin:.25em 0}";
+
+/// Self-contained HTML rendering.
+pub fn html(title: &str, blocks: &[Block]) -> String {
+    let mut out = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n",
+        escape(title)
+    );
+    for b in blocks {
+        match b {
+            Block::Heading(level, text) => {
+                out.push_str(&format!("<h{level}>{}</h{level}>\n", escape(text)))
+            }
+            Block::Paragraph(text) => out.push_str(&format!("<p>{}</p>\n", escape(text))),
+            Block::Bullets(items) => {
+                out.push_str("<ul>\n");
+                for i in items {
+                    out.push_str(&format!("<li>{}</li>\n", escape(i)));
+                }
+                out.push_str("</ul>\n");
+            }
+            Block::Table { header, rows } => {
+                out.push_str("<table><thead><tr>");
+                for h in header {
+                    out.push_str(&format!("<th>{}</th>", escape(h)));
+                }
+                out.push_str("</tr></thead><tbody>\n");
+                for r in rows {
+                    out.push_str("<tr>");
+                    for c in r {
+                        out.push_str(&format!("<td>{}</td>", escape(c)));
+                    }
+                    out.push_str("</tr>\n");
+                }
+                out.push_str("</tbody></table>\n");
+            }
+            Block::Figure { caption, svg, .. } => {
+                // The SVG's XML declaration is not allowed inside HTML.
+                let body = svg.find("<svg").map_or(svg.as_str(), |i| &svg[i..]);
+                out.push_str(&format!(
+                    "<figure>{body}<figcaption>{}</figcaption></figure>\n",
+                    escape(caption)
+                ));
+            }
+        }
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_renderings_carry_the_same_content() {
+        let blocks = vec![
+            Block::Heading(1, "R".into()),
+            Block::Bullets(vec!["a < b".into()]),
+            Block::Table {
+                header: vec!["x".into(), "y".into()],
+                rows: vec![vec!["1|2".into(), "3".into()]],
+            },
+            Block::Figure {
+                caption: "c".into(),
+                png: "f.png".into(),
+                svg: "<?xml version=\"1.0\"?><svg></svg>".into(),
+            },
+        ];
+        let md = markdown(&blocks);
+        assert!(
+            md.contains("# R")
+                && md.contains("- a < b")
+                && md.contains("| 1\\|2 | 3 |")
+                && md.contains("![c](f.png)")
+        );
+        let h = html("R", &blocks);
+        assert!(
+            h.contains("<li>a &lt; b</li>")
+                && h.contains("<td>1|2</td>")
+                && h.contains("<figure><svg></svg>")
+        );
+        assert!(!h.contains("<?xml"));
+    }
+}
