@@ -11,5 +11,6 @@ pub mod error;
 pub mod eval;
 pub mod hub;
 pub mod models;
+pub mod report;
 pub mod squad;
 pub mod train;

@@ -1,4 +1,4 @@
-//! The `bertbench` binary: parse the command line, run it, map errors to exit codes.
+//! The `bertbench` binary: parse the command line, run it, exit with its code or its error's.
 
 use clap::Parser;
 
@@ -8,8 +8,12 @@ static ALLOC: bertbench::bench::memory::CountingAlloc = bertbench::bench::memory
 
 fn main() {
     let cli = bertbench::cli::Cli::parse();
-    if let Err(err) = bertbench::cli::run(cli) {
-        eprintln!("error: {err:#}");
-        std::process::exit(bertbench::error::exit_code(&err));
+    match bertbench::cli::run(cli) {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(bertbench::error::exit_code(&err));
+        }
     }
 }

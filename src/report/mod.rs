@@ -1,0 +1,3 @@
+//! Reports over finished runs: comparing two bench runs.
+
+pub mod compare;
