@@ -1,3 +1,4 @@
-//! Reports over finished runs: comparing two bench runs.
+//! Reports over finished runs: comparing two bench runs, dollar costs.
 
 pub mod compare;
+pub mod cost;
