@@ -4,6 +4,8 @@
 //! the user can fix by changing an input carry a [`Error`] somewhere in the chain so that the
 //! CLI can tell them apart from failures of the run itself.
 
+/// Exit code for success.
+pub const EXIT_SUCCESS: i32 = 0;
 /// Exit code for a failure while running (I/O, numerical, internal).
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit code for command-line usage errors (clap uses the same).
@@ -12,6 +14,9 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_BAD_INPUT: i32 = 3;
 /// Exit code for a model that could not be found or fetched (offline, Hub unreachable, 404).
 pub const EXIT_UNAVAILABLE: i32 = 4;
+/// Exit code of `compare` when at least one cell got slower beyond the threshold, significantly.
+/// Not an error: the comparison ran and printed its table; CI uses the code to fail a build.
+pub const EXIT_REGRESSION: i32 = 5;
 
 /// Errors that classify a failure for the exit code; their message is the whole explanation.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! The `bertbench` binary: parse the command line, run it, map errors to exit codes.
+//! The `bertbench` binary: parse the command line, run it, exit with its code or its error's.
 
 use clap::Parser;
 
@@ -14,8 +14,12 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = bertbench::cli::Cli::parse();
-    if let Err(err) = bertbench::cli::run(cli) {
-        eprintln!("error: {err:#}");
-        std::process::exit(bertbench::error::exit_code(&err));
+    match bertbench::cli::run(cli) {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(bertbench::error::exit_code(&err));
+        }
     }
 }

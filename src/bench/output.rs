@@ -58,9 +58,17 @@ pub struct ResultsFile {
 }
 
 impl ResultsFile {
+    /// Reads a `results.json`; a missing or malformed file is an input error naming it.
     pub fn read(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(input(format!(
+                    "{}: no such file (expected the results.json of a bench run)",
+                    path.display()
+                )))
+            }
+            other => other.with_context(|| format!("reading {}", path.display()))?,
+        };
         serde_json::from_str(&text).map_err(|e| {
             input(format!(
                 "{}: not a bertbench results file: {e}",

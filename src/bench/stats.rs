@@ -177,6 +177,81 @@ pub fn ratio_interval(a: &Summary, b: &Summary) -> (f64, f64, f64) {
     )
 }
 
+/// A two-sided Mann-Whitney U test (Wilcoxon rank-sum) of two independent samples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MannWhitney {
+    /// U of the first sample: the number of pairs (a, b) with a > b, ties counting one half
+    /// (scipy's `mannwhitneyu(a, b).statistic`). The second sample's U is `n_a * n_b - u`.
+    pub u: f64,
+    /// Standard score of `u` under the null hypothesis, after the continuity correction; positive
+    /// when the first sample tends to be larger, 0 when every value ties.
+    pub z: f64,
+    /// Two-sided p-value of the normal approximation.
+    pub p_value: f64,
+}
+
+/// Two-sided Mann-Whitney U test of `a` against `b`: are values of one sample systematically
+/// larger than values of the other? Distribution-free, so skewed and multi-modal timings are
+/// fine. `None` for an empty sample or non-finite values.
+///
+/// Uses the normal approximation with tie and continuity corrections, which is what
+/// `scipy.stats.mannwhitneyu(a, b, method="asymptotic")` computes (its default for samples with
+/// ties or larger than 8):
+///
+/// - ranks of the pooled samples, tied values taking the mean of their ranks;
+/// - `U = R_a - n_a (n_a + 1) / 2`, with `R_a` the rank sum of `a`;
+/// - under the null `U` has mean `n_a n_b / 2` and variance
+///   `n_a n_b / 12 * ((n + 1) - sum(t^3 - t) / (n (n - 1)))`, `t` the size of each tie group;
+/// - `z = (|U - mean| - 1/2) / sd` (0 if negative), `p = 2 (1 - Phi(z)) = erfc(z / sqrt 2)`.
+///
+/// With every value tied the variance is 0 and the test says nothing: `p = 1`. The smallest
+/// p-value the approximation can give for tiny samples is large (3 vs 3 runs: 0.081), so a
+/// comparison of few runs can never be significant at 0.05; that is correct, not a bug.
+pub fn mann_whitney_u(a: &[f64], b: &[f64]) -> Option<MannWhitney> {
+    if a.is_empty() || b.is_empty() || a.iter().chain(b).any(|x| !x.is_finite()) {
+        return None;
+    }
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let n = na + nb;
+    // (value, from a) pooled and sorted; ties get the mean of the 1-based ranks they span.
+    let mut pooled: Vec<(f64, bool)> = a
+        .iter()
+        .map(|&x| (x, true))
+        .chain(b.iter().map(|&x| (x, false)))
+        .collect();
+    pooled.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut rank_sum_a = 0.0;
+    let mut tie_term = 0.0;
+    let mut i = 0;
+    while i < pooled.len() {
+        let mut j = i + 1;
+        while j < pooled.len() && pooled[j].0 == pooled[i].0 {
+            j += 1;
+        }
+        // 1-based ranks i+1 ..= j: their mean.
+        let mean_rank = (i + 1 + j) as f64 / 2.0;
+        let in_a = pooled[i..j].iter().filter(|(_, from_a)| *from_a).count();
+        rank_sum_a += mean_rank * in_a as f64;
+        let t = (j - i) as f64;
+        tie_term += t * t * t - t;
+        i = j;
+    }
+    let u = rank_sum_a - na * (na + 1.0) / 2.0;
+    let mean = na * nb / 2.0;
+    let variance = na * nb / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0)));
+    if variance.is_nan() || variance <= 0.0 {
+        return Some(MannWhitney {
+            u,
+            z: 0.0,
+            p_value: 1.0,
+        });
+    }
+    let distance = ((u - mean).abs() - 0.5).max(0.0);
+    let z = (distance / variance.sqrt()).copysign(u - mean);
+    let p_value = libm::erfc(z.abs() / std::f64::consts::SQRT_2).min(1.0);
+    Some(MannWhitney { u, z, p_value })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +341,97 @@ mod tests {
             ),
             (2.0, 0.0, 2.0, 2.0)
         );
+    }
+
+    fn close_rel(a: f64, b: f64, rel: f64) -> bool {
+        (a - b).abs() <= rel * b.abs()
+    }
+
+    #[test]
+    fn mann_whitney_hand_computed() {
+        // Fully separated 3 vs 3: U = 0, mean 4.5, variance 9/12 * 7 = 5.25,
+        // z = -(4.5 - 0.5) / sqrt(5.25) = -1.7457, p = erfc(1.7457 / sqrt 2).
+        let r = mann_whitney_u(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(r.u, 0.0);
+        assert!(close_rel(r.z, -4.0 / 5.25f64.sqrt(), 1e-12), "{}", r.z);
+        // scipy.stats.mannwhitneyu([1,2,3], [4,5,6], method="asymptotic"): 0.08085559837005224
+        assert!(
+            close_rel(r.p_value, 0.08085559837005224, 1e-10),
+            "{}",
+            r.p_value
+        );
+
+        // Ties: a = 1 2 2 3, b = 2 3 3 4 5. Pooled ranks: 1 -> 1, the three 2s -> 3, the three
+        // 3s -> 6, 4 -> 8, 5 -> 9. R_a = 1 + 3 + 3 + 6 = 13, U = 13 - 10 = 3. Tie term
+        // 2 * (27 - 3) = 48, variance 20/12 * (10 - 48/72) = 15.556, z = -6.5 / 3.944.
+        let r = mann_whitney_u(&[1.0, 2.0, 2.0, 3.0], &[2.0, 3.0, 3.0, 4.0, 5.0]).unwrap();
+        assert_eq!(r.u, 3.0);
+        let variance = 20.0 / 12.0 * (10.0 - 48.0 / 72.0);
+        assert!(close_rel(r.z, -6.5 / f64::sqrt(variance), 1e-12), "{}", r.z);
+        // scipy: 0.09934224785346528
+        assert!(
+            close_rel(r.p_value, 0.09934224785346528, 1e-10),
+            "{}",
+            r.p_value
+        );
+    }
+
+    #[test]
+    fn mann_whitney_matches_scipy() {
+        // Values from scipy 1.17.1, mannwhitneyu(a, b, alternative="two-sided",
+        // use_continuity=True, method="asymptotic"), on the same sequences built in Python.
+        let a: Vec<f64> = (0..20)
+            .map(|i| 1.0 + ((i * 7) % 11) as f64 * 0.01)
+            .collect();
+        let b: Vec<f64> = (0..25)
+            .map(|i| 1.03 + ((i * 5) % 13) as f64 * 0.01)
+            .collect();
+        let r = mann_whitney_u(&a, &b).unwrap();
+        assert_eq!(r.u, 114.0);
+        assert!(
+            close_rel(r.p_value, 0.0019175589131618395, 1e-9),
+            "{}",
+            r.p_value
+        );
+        assert!(r.z < 0.0);
+
+        // Timings rounded to the millisecond: many ties.
+        let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+        let a: Vec<f64> = (0..30)
+            .map(|i| round3(0.1 + ((i * 37) % 17) as f64 * 0.001))
+            .collect();
+        let b: Vec<f64> = (0..30)
+            .map(|i| round3(0.104 + ((i * 23) % 19) as f64 * 0.001))
+            .collect();
+        let r = mann_whitney_u(&a, &b).unwrap();
+        assert_eq!(r.u, 246.0);
+        assert!(
+            close_rel(r.p_value, 0.0025922709316531407, 1e-9),
+            "{}",
+            r.p_value
+        );
+    }
+
+    #[test]
+    fn mann_whitney_symmetry_and_degenerate_cases() {
+        let a = [0.3, 0.1, 0.4, 0.15, 0.9, 0.26];
+        let b = [0.5, 0.35, 0.8, 0.97, 0.93, 0.23, 0.84];
+        let ab = mann_whitney_u(&a, &b).unwrap();
+        let ba = mann_whitney_u(&b, &a).unwrap();
+        assert_eq!(ab.u + ba.u, (a.len() * b.len()) as f64);
+        assert!(close_rel(ab.p_value, ba.p_value, 1e-15));
+        assert!(close_rel(ab.z, -ba.z, 1e-15));
+        // Identical samples: U at its mean, p = 1.
+        let same = mann_whitney_u(&a, &a).unwrap();
+        assert_eq!((same.z, same.p_value), (0.0, 1.0));
+        // Every value tied: no information (scipy: p = 1).
+        let tied = mann_whitney_u(&[7.0; 3], &[7.0; 2]).unwrap();
+        assert_eq!((tied.u, tied.z, tied.p_value), (3.0, 0.0, 1.0));
+        assert!(mann_whitney_u(&[], &[1.0]).is_none());
+        assert!(mann_whitney_u(&[1.0], &[f64::NAN]).is_none());
+        // One value each still works (variance 1/12 * 3 = 0.25).
+        let one = mann_whitney_u(&[1.0], &[2.0]).unwrap();
+        assert_eq!(one.u, 0.0);
+        assert_eq!((one.z, one.p_value), (0.0, 1.0));
     }
 }

@@ -4,6 +4,7 @@
 //! lists them.
 
 mod bench;
+mod compare;
 mod eval;
 mod model;
 mod report;
@@ -47,11 +48,15 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Score SQuAD v1.1 predictions with the official metric; prints {"exact_match": .., "f1": ..}.
     Score(squad::ScoreArgs),
+    /// Compare two bench runs cell by cell; exits 5 when a cell regressed beyond the threshold.
+    Compare(compare::CompareArgs),
 }
 
-/// Run a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Run a parsed command line; returns the exit code of a command that finished (0, or a
+/// verdict such as [`crate::error::EXIT_REGRESSION`]).
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Compare(args) => return compare::compare(args),
         Command::Info(args) => model::info(args),
         Command::Logits(args) => model::logits(args),
         Command::Bench(args) => bench::bench(*args),
@@ -63,5 +68,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(args) => report::report(args),
         Command::Train(args) => train::train(*args),
         Command::Push(args) => train::push(args),
-    }
+    }?;
+    Ok(crate::error::EXIT_SUCCESS)
 }

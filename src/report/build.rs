@@ -215,7 +215,7 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
                 .collect::<Vec<_>>()
                 .join(" < ")
         ));
-    } else if order_rows.iter().any(|r| r.3.len() > 1) {
+    } else if order_rows.iter().any(|r| r.models.len() > 1) {
         obs.push(
             "The models' peak-memory order changes between cells (see the memory table).".into(),
         );

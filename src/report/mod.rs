@@ -2,6 +2,8 @@
 //! generated report.
 
 pub mod build;
+pub mod compare;
+pub mod cost;
 pub mod observe;
 pub mod plot;
 pub mod render;

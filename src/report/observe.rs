@@ -274,29 +274,44 @@ pub fn growth(results: &ResultsFile, quantity: Quantity, along_batch: bool) -> V
     out
 }
 
-/// Models ordered by peak memory at each cell, and whether that order is the same everywhere.
-pub fn memory_order(
-    results: &ResultsFile,
-) -> (
-    Vec<(Mode, usize, usize, Vec<(String, f64)>)>,
-    Option<Vec<String>>,
-) {
+/// The models ordered by peak memory at one cell (MB, smallest first).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryRow {
+    pub mode: Mode,
+    pub batch_size: usize,
+    pub sequence_length: usize,
+    pub models: Vec<(String, f64)>,
+}
+
+/// Models ordered by peak memory at each cell, and the order if it is the same everywhere.
+pub fn memory_order(results: &ResultsFile) -> (Vec<MemoryRow>, Option<Vec<String>>) {
     let cells = ok_cells(results);
-    let mut rows: Vec<(Mode, usize, usize, Vec<(String, f64)>)> = Vec::new();
+    let mut rows: Vec<MemoryRow> = Vec::new();
     for m in &cells {
         let Some(mem) = &m.memory else { continue };
-        let key = (m.cell.mode, m.cell.batch_size, m.cell.sequence_length);
         let mb = to_mb(mem.peak_rss);
-        match rows.iter_mut().find(|r| (r.0, r.1, r.2) == key) {
-            Some(r) => r.3.push((m.cell.model.clone(), mb)),
-            None => rows.push((key.0, key.1, key.2, vec![(m.cell.model.clone(), mb)])),
+        let same = |r: &&mut MemoryRow| {
+            (r.mode, r.batch_size, r.sequence_length)
+                == (m.cell.mode, m.cell.batch_size, m.cell.sequence_length)
+        };
+        match rows.iter_mut().find(same) {
+            Some(r) => r.models.push((m.cell.model.clone(), mb)),
+            None => rows.push(MemoryRow {
+                mode: m.cell.mode,
+                batch_size: m.cell.batch_size,
+                sequence_length: m.cell.sequence_length,
+                models: vec![(m.cell.model.clone(), mb)],
+            }),
         }
     }
     for r in &mut rows {
-        r.3.sort_by(|a, b| a.1.total_cmp(&b.1));
+        r.models.sort_by(|a, b| a.1.total_cmp(&b.1));
     }
-    let full: Vec<&Vec<(String, f64)>> =
-        rows.iter().map(|r| &r.3).filter(|v| v.len() > 1).collect();
+    let full: Vec<&Vec<(String, f64)>> = rows
+        .iter()
+        .map(|r| &r.models)
+        .filter(|v| v.len() > 1)
+        .collect();
     let consistent = full.first().and_then(|first| {
         let order: Vec<String> = first.iter().map(|(m, _)| m.clone()).collect();
         full.iter()

@@ -1,0 +1,448 @@
+//! Comparing two bench runs cell by cell: did a change make the model slower or faster?
+//!
+//! For each cell measured in both runs, the change of the median time per step is
+//! `new / base - 1`, with a conservative interval from the two medians' 95% confidence
+//! intervals ([`stats::ratio_interval`]). Whether the two sets of timed samples differ at all is
+//! decided by a two-sided Mann-Whitney U test ([`stats::mann_whitney_u`]), which assumes nothing
+//! about the shape of timing distributions. A cell is a regression only when the difference is
+//! both significant (`p < alpha`) and larger than a practical threshold: with thousands of runs
+//! a 0.5% difference is significant, but nobody should be paged for it.
+
+use serde::Serialize;
+
+use crate::bench::output::ResultsFile;
+use crate::bench::stats::{self, Summary};
+use crate::bench::{Cell, Measurement, Status};
+
+/// What counts as a change.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CompareOptions {
+    /// Smallest relative change of the median that matters (0.05 = 5%).
+    pub threshold: f64,
+    /// Significance level of the Mann-Whitney test.
+    pub alpha: f64,
+}
+
+impl Default for CompareOptions {
+    fn default() -> Self {
+        Self {
+            threshold: 0.05,
+            alpha: 0.05,
+        }
+    }
+}
+
+/// The outcome for one cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Significantly slower, by more than the threshold.
+    Regressed,
+    /// Significantly faster, by more than the threshold.
+    Improved,
+    /// Not significant, or within the threshold.
+    NoChange,
+    OnlyInBase,
+    OnlyInNew,
+    /// In both runs, but at least one has no timings (not `ok`, or run without speed).
+    NotComparable,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Regressed => "regressed",
+            Verdict::Improved => "improved",
+            Verdict::NoChange => "no change",
+            Verdict::OnlyInBase => "only in base",
+            Verdict::OnlyInNew => "only in new",
+            Verdict::NotComparable => "not comparable",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the speed of a cell changed. Times are seconds per step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpeedChange {
+    pub base_median_s: f64,
+    pub new_median_s: f64,
+    pub base_runs: usize,
+    pub new_runs: usize,
+    /// `new_median / base_median - 1`: +0.20 is 20% slower.
+    pub change: f64,
+    /// Conservative interval of `change` from the two medians' 95% CIs.
+    pub change_low: f64,
+    pub change_high: f64,
+    /// Mann-Whitney U of the base samples against the new ones.
+    pub mann_whitney_u: f64,
+    pub p_value: f64,
+}
+
+/// One cell of the comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CellComparison {
+    pub cell: Cell,
+    pub verdict: Verdict,
+    pub base_status: Option<Status>,
+    pub new_status: Option<Status>,
+    pub speed: Option<SpeedChange>,
+    /// Why the cell is not comparable, or a caveat about its verdict.
+    pub note: Option<String>,
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub options: CompareOptions,
+    /// Differences between the two runs' settings that make timings hard to compare.
+    pub warnings: Vec<String>,
+    pub cells: Vec<CellComparison>,
+}
+
+impl Comparison {
+    /// Number of cells with `verdict`.
+    pub fn count(&self, verdict: Verdict) -> usize {
+        self.cells.iter().filter(|c| c.verdict == verdict).count()
+    }
+
+    /// Whether any cell regressed beyond the threshold.
+    pub fn has_regression(&self) -> bool {
+        self.count(Verdict::Regressed) > 0
+    }
+
+    /// One line: how many cells got each verdict.
+    pub fn summary(&self) -> String {
+        let compared = self.count(Verdict::Regressed)
+            + self.count(Verdict::Improved)
+            + self.count(Verdict::NoChange);
+        let mut parts = vec![format!(
+            "{compared} cell(s) compared: {} regressed, {} improved, {} no change",
+            self.count(Verdict::Regressed),
+            self.count(Verdict::Improved),
+            self.count(Verdict::NoChange)
+        )];
+        for v in [
+            Verdict::OnlyInBase,
+            Verdict::OnlyInNew,
+            Verdict::NotComparable,
+        ] {
+            let n = self.count(v);
+            if n > 0 {
+                parts.push(format!("{n} {v}"));
+            }
+        }
+        format!(
+            "{} (threshold {}%, alpha {})",
+            parts.join("; "),
+            100.0 * self.options.threshold,
+            self.options.alpha
+        )
+    }
+}
+
+/// Compares every cell of two runs: cells of `base` in its order, then cells only in `new`.
+pub fn compare(base: &ResultsFile, new: &ResultsFile, opts: &CompareOptions) -> Comparison {
+    let mut cells: Vec<&Cell> = Vec::new();
+    for m in base.measurements.iter().chain(&new.measurements) {
+        if !cells.contains(&&m.cell) {
+            cells.push(&m.cell);
+        }
+    }
+    Comparison {
+        options: *opts,
+        warnings: settings_warnings(base, new),
+        cells: cells
+            .into_iter()
+            .map(|cell| compare_cell(cell, base.find(cell), new.find(cell), opts))
+            .collect(),
+    }
+}
+
+/// Compares one cell's measurements (either may be missing).
+pub fn compare_cell(
+    cell: &Cell,
+    base: Option<&Measurement>,
+    new: Option<&Measurement>,
+    opts: &CompareOptions,
+) -> CellComparison {
+    let row = |verdict, speed, note: Option<String>| CellComparison {
+        cell: cell.clone(),
+        verdict,
+        base_status: base.map(|m| m.status),
+        new_status: new.map(|m| m.status),
+        speed,
+        note,
+    };
+    let (b, n) = match (base, new) {
+        (Some(b), Some(n)) => (b, n),
+        (Some(_), None) => return row(Verdict::OnlyInBase, None, None),
+        (None, Some(_)) => return row(Verdict::OnlyInNew, None, None),
+        (None, None) => return row(Verdict::NotComparable, None, Some("in neither run".into())),
+    };
+    let (bs, ns) = match (timed(b), timed(n)) {
+        (Ok(bs), Ok(ns)) => (bs, ns),
+        (bs, ns) => {
+            let why: Vec<String> = [("base", bs.err()), ("new", ns.err())]
+                .into_iter()
+                .filter_map(|(run, why)| why.map(|w| format!("{run}: {w}")))
+                .collect();
+            return row(Verdict::NotComparable, None, Some(why.join("; ")));
+        }
+    };
+    let (base_samples, base_summary) = bs;
+    let (new_samples, new_summary) = ns;
+    let (ratio, low, high) = stats::ratio_interval(new_summary, base_summary);
+    let Some(test) = stats::mann_whitney_u(base_samples, new_samples) else {
+        return row(
+            Verdict::NotComparable,
+            None,
+            Some("timings are not finite numbers".into()),
+        );
+    };
+    let change = ratio - 1.0;
+    let significant = test.p_value < opts.alpha;
+    let verdict = if significant && change > opts.threshold {
+        Verdict::Regressed
+    } else if significant && change < -opts.threshold {
+        Verdict::Improved
+    } else {
+        Verdict::NoChange
+    };
+    // With few runs even completely separated samples cannot reach alpha: say so, rather than
+    // let "no change" read as evidence of no change.
+    let note = if verdict == Verdict::NoChange {
+        let (nb, nn) = (base_samples.len(), new_samples.len());
+        let separated: Vec<f64> = (0..nb + nn).map(|i| i as f64).collect();
+        let best = stats::mann_whitney_u(&separated[..nb], &separated[nb..]);
+        best.filter(|t| t.p_value >= opts.alpha).map(|t| {
+            format!(
+                "too few runs ({nb} vs {nn}) for any difference to reach p < {}: the smallest \
+                 possible p is {:.3}",
+                opts.alpha, t.p_value
+            )
+        })
+    } else {
+        None
+    };
+    row(
+        verdict,
+        Some(SpeedChange {
+            base_median_s: base_summary.median,
+            new_median_s: new_summary.median,
+            base_runs: base_samples.len(),
+            new_runs: new_samples.len(),
+            change,
+            change_low: low - 1.0,
+            change_high: high - 1.0,
+            mann_whitney_u: test.u,
+            p_value: test.p_value,
+        }),
+        note,
+    )
+}
+
+/// The timed samples and their summary, or why there are none.
+fn timed(m: &Measurement) -> Result<(&[f64], &Summary), String> {
+    if m.status != Status::Ok {
+        return Err(match &m.reason {
+            Some(r) => format!("{} ({r})", m.status.as_str()),
+            None => m.status.as_str().to_string(),
+        });
+    }
+    match &m.speed {
+        Some(s) if !s.timings.samples.is_empty() && s.summary.median > 0.0 => {
+            Ok((&s.timings.samples, &s.summary))
+        }
+        _ => Err("no timings (run without speed measurement?)".into()),
+    }
+}
+
+/// Settings that differ between the runs and change what the timings mean.
+fn settings_warnings(base: &ResultsFile, new: &ResultsFile) -> Vec<String> {
+    let (Some(b), Some(n)) = (&base.settings, &new.settings) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut differ = |what: &str, x: String, y: String| {
+        if x != y {
+            out.push(format!("{what} differs: base {x}, new {y}"));
+        }
+    };
+    differ("dtype", b.dtype.as_str().into(), n.dtype.as_str().into());
+    differ("device", b.device.clone(), n.device.clone());
+    differ("threads", b.threads.to_string(), n.threads.to_string());
+    differ(
+        "weights",
+        weights(b.load_weights).into(),
+        weights(n.load_weights).into(),
+    );
+    out
+}
+
+fn weights(load: bool) -> &'static str {
+    if load {
+        "checkpoint"
+    } else {
+        "random"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{CellSettings, Mode, Speed, TimingPolicy, Timings};
+    use crate::device::Precision;
+
+    fn settings(threads: usize) -> CellSettings {
+        CellSettings {
+            dtype: Precision::F32,
+            device: "cpu".into(),
+            threads,
+            seed: 0,
+            speed: true,
+            memory: false,
+            load_weights: false,
+            offline: true,
+            timing: TimingPolicy::default(),
+        }
+    }
+
+    fn cell(batch: usize) -> Cell {
+        Cell {
+            model: "m".into(),
+            mode: Mode::Inference,
+            batch_size: batch,
+            sequence_length: 128,
+        }
+    }
+
+    fn measured(cell: Cell, samples: Vec<f64>) -> Measurement {
+        let summary = Summary::of(&samples).unwrap();
+        Measurement {
+            cell,
+            status: Status::Ok,
+            reason: None,
+            speed: Some(Speed {
+                timings: Timings {
+                    warmup: vec![],
+                    samples,
+                },
+                summary,
+            }),
+            memory: None,
+            flops: 1,
+            estimated_bytes: 0,
+            settings: settings(2),
+        }
+    }
+
+    /// `n` samples around `center`, spread +-2% in a fixed scrambled order.
+    fn samples(n: usize, center: f64) -> Vec<f64> {
+        (0..n)
+            .map(|i| center * (0.98 + 0.04 * ((i * 7919) % n) as f64 / n as f64))
+            .collect()
+    }
+
+    fn verdict_of(base: Vec<f64>, new: Vec<f64>) -> CellComparison {
+        compare_cell(
+            &cell(1),
+            Some(&measured(cell(1), base)),
+            Some(&measured(cell(1), new)),
+            &CompareOptions::default(),
+        )
+    }
+
+    #[test]
+    fn verdicts_need_significance_and_size() {
+        let slower = verdict_of(samples(20, 0.1), samples(20, 0.12));
+        assert_eq!(slower.verdict, Verdict::Regressed);
+        let s = slower.speed.unwrap();
+        assert!((s.change - 0.2).abs() < 1e-9, "{}", s.change);
+        assert!(s.change_low <= s.change && s.change <= s.change_high);
+        assert!(s.p_value < 1e-6);
+        assert_eq!(s.mann_whitney_u, 0.0, "every base sample is faster");
+
+        let faster = verdict_of(samples(20, 0.1), samples(20, 0.08));
+        assert_eq!(faster.verdict, Verdict::Improved);
+
+        // 3% slower is significant with 20 runs each, but inside the 5% threshold.
+        let small = verdict_of(samples(20, 0.1), samples(20, 0.103));
+        assert!(small.speed.as_ref().unwrap().p_value < 0.05);
+        assert_eq!(small.verdict, Verdict::NoChange);
+        assert_eq!(small.note, None);
+
+        // 3 runs each can never reach p < 0.05, however far apart: no change, with a note.
+        let few = verdict_of(samples(3, 0.1), samples(3, 0.2));
+        assert_eq!(few.verdict, Verdict::NoChange);
+        assert!(few.note.unwrap().contains("too few runs (3 vs 3)"));
+    }
+
+    #[test]
+    fn cells_without_timings_are_not_comparable() {
+        let ok = measured(cell(1), samples(10, 0.1));
+        let mut failed = ok.clone();
+        failed.status = Status::TooLarge;
+        failed.speed = None;
+        failed.reason = Some("estimated 9 GB".into());
+        let c = compare_cell(&cell(1), Some(&ok), Some(&failed), &Default::default());
+        assert_eq!(c.verdict, Verdict::NotComparable);
+        assert_eq!(
+            (c.base_status, c.new_status),
+            (Some(Status::Ok), Some(Status::TooLarge))
+        );
+        assert_eq!(c.note.as_deref(), Some("new: too_large (estimated 9 GB)"));
+
+        let mut no_speed = ok.clone();
+        no_speed.speed = None;
+        let c = compare_cell(&cell(1), Some(&no_speed), Some(&ok), &Default::default());
+        assert_eq!(c.verdict, Verdict::NotComparable);
+        assert!(c.note.unwrap().starts_with("base: no timings"));
+    }
+
+    #[test]
+    fn whole_runs() {
+        let base = ResultsFile {
+            settings: Some(settings(2)),
+            measurements: vec![
+                measured(cell(1), samples(20, 0.1)),
+                measured(cell(2), samples(20, 0.2)),
+            ],
+            ..Default::default()
+        };
+        let new = ResultsFile {
+            settings: Some(settings(4)),
+            measurements: vec![
+                measured(cell(4), samples(20, 0.4)),
+                measured(cell(1), samples(20, 0.13)),
+            ],
+            ..Default::default()
+        };
+        let c = compare(&base, &new, &CompareOptions::default());
+        let order: Vec<(usize, Verdict)> = c
+            .cells
+            .iter()
+            .map(|c| (c.cell.batch_size, c.verdict))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (1, Verdict::Regressed),
+                (2, Verdict::OnlyInBase),
+                (4, Verdict::OnlyInNew)
+            ]
+        );
+        assert!(c.has_regression());
+        assert_eq!(c.warnings, ["threads differs: base 2, new 4"]);
+        assert_eq!(
+            c.summary(),
+            "1 cell(s) compared: 1 regressed, 0 improved, 0 no change; 1 only in base; \
+             1 only in new (threshold 5%, alpha 0.05)"
+        );
+    }
+}

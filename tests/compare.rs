@@ -1,0 +1,268 @@
+//! `bertbench compare` end to end on synthetic runs: results.json files built from seeded
+//! pseudo-random timings, a 20% slowdown, a 20% speedup and two draws of the same distribution.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use bertbench::bench::output::ResultsFile;
+use bertbench::bench::{Cell, CellSettings, Measurement, Mode, Speed, Status, Summary};
+use bertbench::bench::{TimingPolicy, Timings};
+use bertbench::device::Precision;
+use common::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, LogNormal};
+
+/// Runs per cell, as a default bench run of a fast cell gives.
+const RUNS: usize = 30;
+
+fn settings() -> CellSettings {
+    CellSettings {
+        dtype: Precision::F32,
+        device: "cpu".into(),
+        threads: 2,
+        seed: 0,
+        speed: true,
+        memory: false,
+        load_weights: false,
+        offline: true,
+        timing: TimingPolicy::default(),
+    }
+}
+
+fn cell(model: &str, batch: usize) -> Cell {
+    Cell {
+        model: model.into(),
+        mode: Mode::Inference,
+        batch_size: batch,
+        sequence_length: 128,
+    }
+}
+
+/// `RUNS` timings with median about `median_s` and a 4% log-normal spread, from `seed`.
+fn timings(seed: u64, median_s: f64) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dist = LogNormal::new(median_s.ln(), 0.04).unwrap();
+    (0..RUNS).map(|_| dist.sample(&mut rng)).collect()
+}
+
+fn measured(cell: Cell, samples: Vec<f64>) -> Measurement {
+    Measurement {
+        speed: Some(Speed {
+            summary: Summary::of(&samples).unwrap(),
+            timings: Timings {
+                warmup: vec![samples[0] * 1.5],
+                samples,
+            },
+        }),
+        ..failed(cell, Status::Ok)
+    }
+}
+
+fn failed(cell: Cell, status: Status) -> Measurement {
+    Measurement {
+        cell,
+        status,
+        reason: (status != Status::Ok).then(|| "synthetic".to_string()),
+        speed: None,
+        memory: None,
+        flops: 1_000_000,
+        estimated_bytes: 0,
+        settings: settings(),
+    }
+}
+
+/// Writes `dir/results.json` holding `measurements`.
+fn write_run(dir: &Path, measurements: Vec<Measurement>) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let results = ResultsFile {
+        bertbench_version: "test".into(),
+        settings: Some(settings()),
+        plan: measurements.iter().map(|m| m.cell.clone()).collect(),
+        measurements,
+        ..Default::default()
+    };
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&results).unwrap(),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+/// A base run and a new run of one cell whose median is `factor` times the base's.
+fn pair(tmp: &Path, factor: f64) -> (PathBuf, PathBuf) {
+    let base = write_run(
+        &tmp.join("base"),
+        vec![measured(cell("bert", 8), timings(1, 0.100))],
+    );
+    let new = write_run(
+        &tmp.join("new"),
+        vec![measured(cell("bert", 8), timings(2, 0.100 * factor))],
+    );
+    (base, new)
+}
+
+fn compare(base: &Path, new: &Path, extra: &[&str]) -> (i32, String, String) {
+    run(bin().arg("compare").arg(base).arg(new).args(extra))
+}
+
+#[test]
+fn a_20_percent_slowdown_is_a_regression_and_exits_5() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, new) = pair(tmp.path(), 1.2);
+    let (code, out, err) = compare(&base, &new, &[]);
+    assert_eq!(code, 5, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        !err.contains("error"),
+        "a regression is a verdict, not an error: {err}"
+    );
+    let line = out.lines().find(|l| l.starts_with("bert")).unwrap();
+    assert!(line.ends_with("regressed"), "{line}");
+    assert!(
+        line.contains("+2") || line.contains("+1"),
+        "change about +20%: {line}"
+    );
+    assert!(out.contains("1 cell(s) compared: 1 regressed, 0 improved, 0 no change"));
+
+    // The same data with a 25% threshold: significant, but not large enough.
+    let (code, out, _) = compare(&base, &new, &["--threshold", "0.25"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("0 regressed, 0 improved, 1 no change"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_same_distribution_is_no_change_and_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, new) = pair(tmp.path(), 1.0);
+    let (code, out, err) = compare(&base, &new, &[]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let line = out.lines().find(|l| l.starts_with("bert")).unwrap();
+    assert!(line.ends_with("no change"), "{line}");
+}
+
+#[test]
+fn a_20_percent_speedup_is_an_improvement_and_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, new) = pair(tmp.path(), 1.0 / 1.2);
+    let (code, out, err) = compare(&base, &new, &[]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let line = out.lines().find(|l| l.starts_with("bert")).unwrap();
+    assert!(line.ends_with("improved"), "{line}");
+    assert!(
+        out.contains("0 regressed, 1 improved, 0 no change"),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_kind_of_cell_in_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = write_run(
+        &tmp.path().join("base"),
+        vec![
+            measured(cell("bert", 1), timings(10, 0.05)),
+            measured(cell("bert", 2), timings(11, 0.09)),
+            measured(cell("bert", 4), timings(12, 0.17)),
+            measured(cell("distilbert", 1), timings(13, 0.03)),
+            failed(cell("bert", 64), Status::TooLarge),
+        ],
+    );
+    let new = write_run(
+        &tmp.path().join("new"),
+        vec![
+            measured(cell("bert", 1), timings(20, 0.06)),
+            measured(cell("bert", 2), timings(21, 0.09)),
+            measured(cell("bert", 4), timings(22, 0.13)),
+            failed(cell("bert", 64), Status::Crashed),
+            measured(cell("squeezebert", 1), timings(23, 0.04)),
+        ],
+    );
+    let (code, out, err) = compare(&base, &new, &["--json"]);
+    assert_eq!(code, 5, "stdout:\n{out}\nstderr:\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let verdicts: Vec<(String, u64, String)> = v["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["cell"]["model"].as_str().unwrap().to_string(),
+                c["cell"]["batch_size"].as_u64().unwrap(),
+                c["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("bert", 1, "regressed"),
+        ("bert", 2, "no_change"),
+        ("bert", 4, "improved"),
+        ("distilbert", 1, "only_in_base"),
+        ("bert", 64, "not_comparable"),
+        ("squeezebert", 1, "only_in_new"),
+    ];
+    assert_eq!(
+        verdicts,
+        expected.map(|(m, b, v)| (m.to_string(), b, v.to_string()))
+    );
+    let regressed = &v["cells"][0];
+    let change = regressed["speed"]["change"].as_f64().unwrap();
+    assert!((0.1..0.3).contains(&change), "{change}");
+    assert!(regressed["speed"]["p_value"].as_f64().unwrap() < 1e-6);
+    assert_eq!(v["cells"][4]["base_status"], "too_large");
+    assert_eq!(v["cells"][4]["new_status"], "crashed");
+    assert_eq!(
+        v["cells"][4]["note"],
+        "base: too_large (synthetic); new: crashed (synthetic)"
+    );
+    assert_eq!(v["options"]["threshold"], 0.05);
+
+    // The table names the statuses of cells it cannot compare.
+    let (code, out, _) = compare(&base, &new, &[]);
+    assert_eq!(code, 5);
+    assert!(
+        out.contains("not comparable (too_large / crashed)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 only in base; 1 only in new; 1 not comparable"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_inputs_are_input_errors_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, _) = pair(tmp.path(), 1.0);
+    let missing = tmp.path().join("nowhere");
+    let (code, _, err) = compare(&base, &missing, &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("nowhere/results.json") && err.contains("no such file"),
+        "{err}"
+    );
+
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("results.json"), "{\"measurements\": [").unwrap();
+    let (code, _, err) = compare(&broken, &base, &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("broken/results.json") && err.contains("not a bertbench results file"));
+
+    // A results.json path works as well as its directory.
+    let (code, _, err) = compare(&base.join("results.json"), &base, &[]);
+    assert_eq!(code, 0, "{err}");
+
+    for bad in [
+        ["--alpha", "0"],
+        ["--alpha", "1.5"],
+        ["--threshold=-0.1", "--json"],
+    ] {
+        let (code, _, err) = compare(&base, &base, &bad);
+        assert_eq!(code, 3, "{bad:?}: {err}");
+    }
+}
