@@ -8,6 +8,7 @@ mod compare;
 mod eval;
 mod model;
 mod report;
+mod run;
 mod squad;
 mod train;
 
@@ -44,6 +45,8 @@ pub enum Command {
     Push(train::PushArgs),
     /// Plot a benchmark CSV (Hugging Face's plot script's interface), PNG or SVG.
     Plot(report::PlotArgs),
+    /// The main job: bench the study's three models, then plots and the report, in a new folder.
+    Run(run::RunArgs),
     /// Write report.md and a self-contained report.html for a bench output directory.
     Report(report::ReportArgs),
     /// Score SQuAD v1.1 predictions with the official metric; prints {"exact_match": .., "f1": ..}.
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Score(args) => squad::score(args),
         Command::Plot(args) => report::plot(args),
         Command::Report(args) => report::report(args),
+        Command::Run(args) => run::run(args),
         Command::Train(args) => train::train(*args),
         Command::Push(args) => train::push(args),
     }?;

@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::bench::Mode;
 use crate::report::build::{write_report, ReportOptions};
+use crate::report::cost::{resolve_price, Price};
 use crate::report::plot::{self, Metric};
 
 #[derive(Debug, Args)]
@@ -99,11 +100,38 @@ pub struct ReportArgs {
     /// Names to show instead of the models', in order of first appearance.
     #[arg(long, num_args = 1..)]
     pub short_model_names: Vec<String>,
+    #[command(flatten)]
+    pub price: PriceArgs,
+}
+
+/// Where the hourly price for dollar costs comes from.
+#[derive(Debug, Clone, Args)]
+pub struct PriceArgs {
+    /// Hourly price of this machine in USD (takes precedence over --prices).
+    #[arg(long)]
+    pub price_per_hour: Option<f64>,
+    /// A TOML price table, or `builtin` for the built-in one (every entry names its source).
+    #[arg(long)]
+    pub prices: Option<String>,
+    /// The machine to take from the price table (an exact name, or part of one).
+    #[arg(long)]
+    pub machine: Option<String>,
+}
+
+impl PriceArgs {
+    pub fn resolve(&self) -> Result<Option<Price>> {
+        resolve_price(
+            self.price_per_hour,
+            self.prices.as_deref(),
+            self.machine.as_deref(),
+        )
+    }
 }
 
 pub fn report(args: ReportArgs) -> Result<()> {
     let opts = ReportOptions {
         short_names: args.short_model_names.clone(),
+        price: args.price.resolve()?,
     };
     let files = write_report(&args.results_dir, &opts)?;
     for o in &files.observations {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::cost::{usd_per_1000_questions, Price};
 use super::observe::{self, Quantity};
 use super::plot::{self, Chart, Metric, Point, Series};
 use super::render::{self, Block};
@@ -18,6 +19,8 @@ use crate::error::input;
 pub struct ReportOptions {
     /// Names shown instead of the models', in plan order.
     pub short_names: Vec<String>,
+    /// Hourly price of the machine, for dollar costs (none: no cost columns).
+    pub price: Option<Price>,
 }
 
 /// What was written.
@@ -37,6 +40,8 @@ struct Accuracy {
     exact_match: f64,
     questions: u64,
     ms_per_question: f64,
+    windows_per_s: f64,
+    windows_per_question: f64,
     source: PathBuf,
 }
 
@@ -72,6 +77,9 @@ fn find_evaluations(dir: &Path) -> Vec<Accuracy> {
                     exact_match: em,
                     questions: v["questions"].as_u64().unwrap_or(0),
                     ms_per_question: if qps > 0.0 { 1e3 / qps } else { f64::NAN },
+                    windows_per_s: v["windows_per_s"].as_f64().unwrap_or(f64::NAN),
+                    windows_per_question: v["windows"].as_f64().unwrap_or(f64::NAN)
+                        / v["questions"].as_f64().unwrap_or(f64::NAN),
                     source: p,
                 });
             }
@@ -126,6 +134,16 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
         env("candle_version"),
         env("weights"),
     )));
+
+    if let Some(p) = &opts.price {
+        blocks.push(Block::Paragraph(format!(
+            "Dollar costs use {} at {} USD per hour{}{}. A cost per 1000 sequences is the time of 1000 sequences of the cell's shape at its measured throughput; a cost per 1000 questions uses the evaluation's own throughput and windows per question.",
+            p.name,
+            p.usd_per_hour,
+            p.source.as_ref().map(|s| format!(" (source: {s}")).unwrap_or_default(),
+            p.source.as_ref().map(|_| match &p.date { Some(d) => format!(", read {d})"), None => ")".into() }).unwrap_or_default(),
+        )));
+    }
 
     // Observations.
     let mut obs: Vec<String> = Vec::new();
@@ -307,6 +325,13 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
                         .as_ref()
                         .map(|mem| format!("{:.0}", to_mb(mem.alloc_peak)))
                         .unwrap_or_else(dash),
+                    match (&opts.price, m.samples_per_s()) {
+                        // One sequence per question: the cost of 1000 sequences of this shape.
+                        (Some(p), Some(sps)) => {
+                            format!("{:.4}", usd_per_1000_questions(sps, 1.0, p.usd_per_hour))
+                        }
+                        _ => dash(),
+                    },
                     match (m.status, &m.reason) {
                         (Status::Ok, None) => "ok".into(),
                         (st, r) => format!(
@@ -364,6 +389,8 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
                 "F1",
                 "questions",
                 "ms per question (eval run)",
+                "windows per question",
+                "USD per 1000 questions",
                 "source",
             ]
             .map(String::from)
@@ -377,6 +404,20 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
                         format!("{:.2}", a.f1),
                         a.questions.to_string(),
                         format!("{:.1}", a.ms_per_question),
+                        format!("{:.3}", a.windows_per_question),
+                        opts.price
+                            .as_ref()
+                            .map(|p| {
+                                format!(
+                                    "{:.4}",
+                                    usd_per_1000_questions(
+                                        a.windows_per_s,
+                                        a.windows_per_question,
+                                        p.usd_per_hour
+                                    )
+                                )
+                            })
+                            .unwrap_or_else(|| "-".into()),
                         a.source
                             .strip_prefix(dir)
                             .unwrap_or(&a.source)

@@ -1,0 +1,242 @@
+//! Plots and the report on synthetic results whose every number is known: the observations
+//! must recompute to the values put in, every plot option must give a valid picture with the
+//! right number of series.
+
+mod common;
+
+use std::path::Path;
+
+use bertbench::bench::output::ResultsFile;
+use bertbench::bench::Mode;
+use bertbench::report::observe::{self, Quantity};
+use common::synthetic::*;
+use common::*;
+
+const SEQS: [usize; 4] = [32, 64, 128, 256];
+
+/// Model "small" takes 1 ms per token and holds 1 KB x seq² of activations; "big" takes exactly
+/// twice as long and twice the memory. Batch 1 and 4; batch 4 takes 4x the time.
+fn synthetic_run(dir: &Path) -> ResultsFile {
+    let mut ms = Vec::new();
+    for (model, factor) in [("small", 1.0), ("big", 2.0)] {
+        for batch in [1usize, 4] {
+            for seq in SEQS {
+                let t = factor * 1e-3 * seq as f64 * batch as f64;
+                let act = (factor * 1024.0 * (seq * seq) as f64 * batch as f64) as u64;
+                ms.push(exact(
+                    cell_at(model, Mode::Inference, batch, seq),
+                    t,
+                    (factor * 100.0) as u64 * (1 << 20),
+                    act,
+                ));
+            }
+        }
+    }
+    write_run(dir, ms);
+    ResultsFile::read(&dir.join("results.json")).unwrap()
+}
+
+#[test]
+fn observations_recompute_the_known_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = synthetic_run(tmp.path());
+    let ratios = observe::speed_ratios(&results);
+    assert_eq!(ratios.len(), 8);
+    for r in &ratios {
+        assert_eq!((r.faster.as_str(), r.slower.as_str()), ("small", "big"));
+        assert!(
+            (r.ratio - 2.0).abs() < 1e-12
+                && (r.low - 2.0).abs() < 1e-12
+                && (r.high - 2.0).abs() < 1e-12
+        );
+    }
+    let time = observe::growth(&results, Quantity::Time, false);
+    assert_eq!(time.len(), 4);
+    for g in &time {
+        assert!((g.exponent - 1.0).abs() < 1e-9, "{g:?}");
+        assert!((g.r_squared - 1.0).abs() < 1e-9);
+        let per_token = if g.model == "big" { 2e-3 } else { 1e-3 } * g.fixed as f64;
+        assert!((g.slope - per_token).abs() < 1e-12, "{g:?}");
+        assert_eq!(g.shape(), "about linear");
+    }
+    for g in observe::growth(&results, Quantity::ActivationMemory, false) {
+        assert!((g.exponent - 2.0).abs() < 1e-3, "{g:?}");
+        assert!(g
+            .sentence(&|m| m.to_string())
+            .contains("attention's quadratic term shows"));
+    }
+    for g in observe::growth(&results, Quantity::Time, true) {
+        assert!((g.exponent - 1.0).abs() < 1e-9, "{g:?}");
+    }
+    let (_, order) = observe::memory_order(&results);
+    assert_eq!(order, Some(vec!["small".to_string(), "big".to_string()]));
+}
+
+#[test]
+fn report_writes_markdown_html_and_plots() {
+    let tmp = tempfile::tempdir().unwrap();
+    synthetic_run(tmp.path());
+    let (code, stdout, stderr) = run(bin().arg("report").arg(tmp.path()).args([
+        "--price-per-hour",
+        "0.36",
+        "--short-model-names",
+        "Small",
+        "Big",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("Small is 2.00x faster than Big"),
+        "{stdout}"
+    );
+    let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
+    let html = std::fs::read_to_string(tmp.path().join("report.html")).unwrap();
+    for text in [&md, &html] {
+        assert!(text.contains("Small is 2.00x faster than Big"));
+        assert!(text.contains("quadratic term shows"));
+        assert!(text.contains("Small &lt; Big") || text.contains("Small < Big"));
+    }
+    // 0.36 USD/h = 1e-4 USD/s; small at batch 1, seq 32 does 1/0.032 sequences/s, so 1000
+    // sequences cost 32 s = 0.0032 USD.
+    assert!(
+        md.contains("| Small | 1 | 32 |") && md.contains("| 0.0032 |"),
+        "{md}"
+    );
+    // Self-contained: figures inline as SVG, no external references.
+    assert!(html.matches("<svg").count() >= 4 && !html.contains("src=\""));
+    for entry in std::fs::read_dir(tmp.path().join("plots")).unwrap() {
+        let img = image::open(entry.unwrap().path()).unwrap();
+        assert_eq!((img.width(), img.height()), (1000, 650));
+    }
+}
+
+fn hf_csv(path: &Path) {
+    let mut text = String::from("model,batch_size,sequence_length,result\n");
+    for model in ["bert-base-uncased", "distilbert-base-uncased"] {
+        for b in [1, 8] {
+            for s in SEQS {
+                // Sub-second values along the batch axis: the original script drew them as 0.
+                text.push_str(&format!("{model},{b},{s},{:.4}\n", 0.0001 * (b * s) as f64));
+            }
+        }
+    }
+    text.push_str("bert-base-uncased,64,512,N/A\n");
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn every_plot_option_gives_a_valid_picture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("inference_time.csv");
+    hf_csv(&csv);
+    let cases: [(&[&str], usize); 5] = [
+        (&["--is-time"], 4),                       // model x batch
+        (&["--is-time", "--plot-along-batch"], 8), // model x seq
+        (&["--no-log-scale"], 4),
+        (
+            &["--is-time", "--short-model-names", "BERT", "DistilBERT"],
+            4,
+        ),
+        (&["--is-train", "--is-time"], 4),
+    ];
+    for (i, (flags, series)) in cases.iter().enumerate() {
+        for ext in ["png", "svg"] {
+            let out = tmp.path().join(format!("plot{i}.{ext}"));
+            let (code, stdout, stderr) = run(bin()
+                .arg("plot")
+                .arg("--csv-file")
+                .arg(&csv)
+                .arg("--figure-png-file")
+                .arg(&out)
+                .args(*flags));
+            assert_eq!(code, 0, "{flags:?}: {stderr}");
+            assert!(
+                stdout.contains(&format!("({series} series)")),
+                "{flags:?}: {stdout}"
+            );
+            if ext == "png" {
+                let img = image::open(&out).unwrap();
+                assert_eq!((img.width(), img.height()), (1000, 650));
+            } else {
+                let svg = std::fs::read_to_string(&out).unwrap();
+                // One legend entry per series, and one marker per plotted point (the N/A row
+                // has none).
+                let legend = svg.matches(" - bs: ").count() + svg.matches(" - seq_len: ").count();
+                assert_eq!(legend, *series, "{flags:?}");
+                assert_eq!(
+                    svg.matches("<circle").count(),
+                    2 * 2 * SEQS.len(),
+                    "{flags:?}"
+                );
+                if flags.contains(&"--short-model-names") {
+                    assert!(svg.contains("DistilBERT - bs: 8"));
+                }
+            }
+        }
+    }
+    // Bad input is explained.
+    let (code, _, stderr) = run(bin()
+        .args(["plot", "--csv-file"])
+        .arg(&csv)
+        .arg("--figure-png-file")
+        .arg(tmp.path().join("x.jpg")));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains(".png or .svg"));
+    std::fs::write(tmp.path().join("bad.csv"), "a,b\n1,2\n").unwrap();
+    let (code, _, stderr) = run(bin()
+        .args(["plot", "--csv-file"])
+        .arg(tmp.path().join("bad.csv"))
+        .arg("--figure-png-file")
+        .arg(tmp.path().join("x.png")));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("expected the columns"));
+}
+
+/// The main job end to end on tiny models: bench, CSVs, environment, plots, report, accuracy
+/// of a checkpoint and its cost, in one new folder.
+#[test]
+fn run_produces_the_whole_result_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (code, stdout, stderr) = run(bin()
+        .args([
+            "run",
+            "--offline",
+            "--threads",
+            "1",
+            "--price-per-hour",
+            "1.0",
+            "--eval-limit",
+            "4",
+            "--models",
+        ])
+        .arg(parity_dir("bert"))
+        .arg(parity_dir("distilbert"))
+        .arg("--checkpoint")
+        .arg(minilm_dir())
+        .arg("--dataset")
+        .arg(shared().join("data/squad/dev-v1.1.json.gz"))
+        .arg("--output-dir")
+        .arg(&out));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("all results in"), "{stdout}");
+    for f in [
+        "results.json",
+        "results.csv",
+        "inference_time.csv",
+        "inference_memory.csv",
+        "env.csv",
+        "report.md",
+        "report.html",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Accuracy and speed") && md.contains("USD per 1000 questions"),
+        "{md}"
+    );
+    assert!(out.join("plots/pareto_f1_latency.png").is_file());
+    // `run` never reuses a folder.
+    let (code, _, stderr) = run(bin().args(["run", "--offline", "--output-dir"]).arg(&out));
+    assert_eq!(code, 3, "{stderr}");
+}
