@@ -240,3 +240,48 @@ fn run_produces_the_whole_result_folder() {
     let (code, _, stderr) = run(bin().args(["run", "--offline", "--output-dir"]).arg(&out));
     assert_eq!(code, 3, "{stderr}");
 }
+
+/// A fine-tuning run inside the folder adds time and dollars to each evaluated F1.
+#[test]
+fn training_runs_add_time_and_cost_to_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    synthetic_run(tmp.path());
+    let run_dir = tmp.path().join("finetune");
+    std::fs::create_dir_all(run_dir.join("checkpoint-10")).unwrap();
+    std::fs::write(run_dir.join("training_args.json"), r#"{"model": "small"}"#).unwrap();
+    let row = |step: usize, elapsed: f64, f1: Option<f64>| {
+        serde_json::json!({"step": step, "epoch": step as f64 / 20.0, "loss": f1.map_or(Some(1.0), |_| None),
+            "learning_rate": null, "grad_norm": null, "samples_per_s": null, "elapsed_s": elapsed,
+            "eval_exact_match": f1.map(|f| f - 10.0), "eval_f1": f1, "eval_questions": f1.map(|_| 100)})
+    };
+    let state = serde_json::json!({"global_step": 20, "max_steps": 20, "num_train_epochs": 1, "epoch": 1.0,
+        "elapsed_s": 7200.0, "seed": 42,
+        "log_history": [row(10, 1800.0, None), row(10, 3600.0, Some(40.0)), row(20, 7200.0, Some(60.0))]});
+    std::fs::write(run_dir.join("trainer_state.json"), state.to_string()).unwrap();
+    // A checkpoint's state is not a separate run.
+    std::fs::write(
+        run_dir.join("checkpoint-10/trainer_state.json"),
+        state.to_string(),
+    )
+    .unwrap();
+    let (code, _, stderr) = run(bin()
+        .arg("report")
+        .arg(tmp.path())
+        .args(["--price-per-hour", "2.0"]));
+    assert_eq!(code, 0, "{stderr}");
+    let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("## Fine-tuning: time and cost to accuracy"),
+        "{md}"
+    );
+    // Whole run: 2 h at 2 USD/h; F1 40 reached after 1 h (2 USD), F1 60 after 2 h (4 USD).
+    assert!(
+        md.contains("| finetune | small | whole run: 20 steps, 1.00 epochs | - | 7200 | 4.0000 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| 40.00 | 3600 | 2.0000 |") && md.contains("| 60.00 | 7200 | 4.0000 |"),
+        "{md}"
+    );
+    assert_eq!(md.matches("| finetune | small | whole run").count(), 1);
+}

@@ -1,11 +1,9 @@
 //! `bertbench eval`: SQuAD accuracy and speed of a model from one run.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::model::ModelArgs;
@@ -88,16 +86,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         None => full,
     };
     let opened = args.model.open()?;
-    let tokenizer_path = match (&args.tokenizer, &opened.dir) {
-        (Some(t), _) => t.clone(),
-        (None, Some(dir)) => dir.clone(),
-        (None, None) => {
-            return Err(input(format!(
-                "`{}` has no model directory to take a tokenizer from; pass --tokenizer (a vocab.txt or tokenizer.json)",
-                args.model.model
-            )))
-        }
-    };
+    let tokenizer_path = super::tokenizer_path(
+        args.tokenizer.as_deref(),
+        opened.dir.as_deref(),
+        &args.model.model,
+    )?;
     let tokenizer = load_tokenizer(&tokenizer_path)?;
     let model = &opened.model;
     if args.max_seq_length > model.config().max_position_embeddings {
@@ -108,18 +101,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         )));
     }
 
-    let bar = ProgressBar::with_draw_target(
-        None,
-        if std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("windows {bar:30} {pos}/{len}  {per_sec}  eta {eta}")
-            .expect("valid template"),
-    );
+    let bar = super::progress_bar("windows {bar:30} {pos}/{len}  {per_sec}  eta {eta}");
     let (predictions, score, report) =
         evaluate_model(model, &tokenizer, &dataset, &cfg, |done, total| {
             bar.set_length(total as u64);

@@ -75,3 +75,32 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }?;
     Ok(crate::error::EXIT_SUCCESS)
 }
+
+/// A progress bar on stderr with `template`, hidden when stderr is not a terminal (logs and
+/// CI output stay clean).
+pub(crate) fn progress_bar(template: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let target = if std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(None, target);
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template"));
+    bar
+}
+
+/// Where a model's tokenizer comes from: `--tokenizer` if given, else the model's directory.
+pub(crate) fn tokenizer_path(
+    explicit: Option<&std::path::Path>,
+    model_dir: Option<&std::path::Path>,
+    model: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    match (explicit, model_dir) {
+        (Some(t), _) => Ok(t.to_path_buf()),
+        (None, Some(dir)) => Ok(dir.to_path_buf()),
+        (None, None) => Err(crate::error::input(format!(
+            "`{model}` has no model directory to take a tokenizer from; pass --tokenizer (a vocab.txt or tokenizer.json)"
+        ))),
+    }
+}

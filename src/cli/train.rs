@@ -1,11 +1,9 @@
 //! `bertbench train` (fine-tuning on SQuAD) and `bertbench push` (upload to the Hub).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::device::{parse_device, Precision};
 use crate::error::input;
@@ -177,7 +175,7 @@ fn prepare_output_dir(args: &TrainArgs) -> Result<Option<PathBuf>> {
 }
 
 struct BarObserver {
-    bar: ProgressBar,
+    bar: indicatif::ProgressBar,
 }
 
 impl TrainObserver for BarObserver {
@@ -322,33 +320,13 @@ pub fn train(args: TrainArgs) -> Result<()> {
             (config, model, Some(dir.path))
         }
     };
-    let tokenizer_path = match (&args.tokenizer, &model_dir) {
-        (Some(t), _) => t.clone(),
-        (None, Some(d)) => d.clone(),
-        (None, None) => {
-            return Err(input(format!(
-                "`{}` has no model directory to take a tokenizer from; pass --tokenizer (a vocab.txt or tokenizer.json)",
-                args.model
-            )))
-        }
-    };
+    let tokenizer_path =
+        super::tokenizer_path(args.tokenizer.as_deref(), model_dir.as_deref(), &args.model)?;
     let tokenizer = load_tokenizer(&tokenizer_path)?;
     let files = tokenizer_files(&tokenizer_path);
 
-    let bar = ProgressBar::with_draw_target(
-        None,
-        if std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template(
-            "steps {bar:30} {pos}/{len}  {msg}  elapsed {elapsed}  eta {eta}",
-        )
-        .expect("valid template"),
-    );
+    let bar =
+        super::progress_bar("steps {bar:30} {pos}/{len}  {msg}  elapsed {elapsed}  eta {eta}");
     let mut observer = BarObserver { bar };
     let setup = TrainSetup {
         config,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::cost::{usd_per_1000_questions, Price};
+use super::cost::{cost_to_reach_f1, usd_for_seconds, usd_per_1000_questions, Price};
 use super::observe::{self, Quantity};
 use super::plot::{self, Chart, Metric, Point, Series};
 use super::render::{self, Block};
@@ -13,6 +13,7 @@ use crate::bench::memory::to_mb;
 use crate::bench::output::{atomic_write, ResultsFile};
 use crate::bench::{fmt_time, Mode, Status};
 use crate::error::input;
+use crate::train::checkpoint::TrainerState;
 
 /// Options of a report.
 #[derive(Debug, Clone, Default)]
@@ -86,6 +87,49 @@ fn find_evaluations(dir: &Path) -> Vec<Accuracy> {
         }
     }
     out.sort_by(|a, b| a.model.cmp(&b.model));
+    out
+}
+
+/// A fine-tuning run found in the directory: its final `trainer_state.json` (not a checkpoint's).
+struct Training {
+    dir: PathBuf,
+    model: String,
+    state: TrainerState,
+}
+
+fn find_training_runs(dir: &Path) -> Vec<Training> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if p.is_dir() && !name.starts_with("checkpoint-") {
+                stack.push(p);
+            } else if name == "trainer_state.json" {
+                let Ok(state) = std::fs::read_to_string(&p)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|t| Ok(serde_json::from_str::<TrainerState>(&t)?))
+                else {
+                    continue;
+                };
+                let model = std::fs::read_to_string(d.join("training_args.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["model"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "?".into());
+                out.push(Training {
+                    dir: d.clone(),
+                    model,
+                    state,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.dir.cmp(&b.dir));
     out
 }
 
@@ -449,6 +493,77 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
             },
             "pareto_f1_latency".into(),
         ));
+    }
+
+    // Fine-tuning runs, when their output folders sit in the directory: time and cost to each
+    // evaluated F1.
+    let trainings = find_training_runs(dir);
+    if !trainings.is_empty() {
+        blocks.push(Block::Heading(
+            2,
+            "Fine-tuning: time and cost to accuracy".into(),
+        ));
+        let mut rows = Vec::new();
+        for t in &trainings {
+            let run = t
+                .dir
+                .strip_prefix(dir)
+                .unwrap_or(&t.dir)
+                .display()
+                .to_string();
+            let usd = |secs: f64| {
+                opts.price
+                    .as_ref()
+                    .map(|p| format!("{:.4}", usd_for_seconds(secs, p.usd_per_hour)))
+            };
+            rows.push(vec![
+                run.clone(),
+                t.model.clone(),
+                format!(
+                    "whole run: {} steps, {:.2} epochs",
+                    t.state.global_step, t.state.epoch
+                ),
+                "-".into(),
+                format!("{:.0}", t.state.elapsed_s),
+                usd(t.state.elapsed_s).unwrap_or_else(|| "-".into()),
+            ]);
+            for e in t.state.log_history.iter().filter(|e| e.eval_f1.is_some()) {
+                let f1 = e.eval_f1.unwrap_or(0.0);
+                // The first time the run reached this F1 (an earlier evaluation may have).
+                let (secs, cost) = match &opts.price {
+                    Some(p) => cost_to_reach_f1(&t.state.log_history, f1, p.usd_per_hour)
+                        .map(|(s, c)| (s, format!("{c:.4}")))
+                        .unwrap_or((e.elapsed_s, "-".into())),
+                    None => (e.elapsed_s, "-".into()),
+                };
+                rows.push(vec![
+                    run.clone(),
+                    t.model.clone(),
+                    format!(
+                        "step {} (epoch {:.2}), {} questions",
+                        e.step,
+                        e.epoch,
+                        e.eval_questions.unwrap_or(0)
+                    ),
+                    format!("{f1:.2}"),
+                    format!("{secs:.0}"),
+                    cost,
+                ]);
+            }
+        }
+        blocks.push(Block::Table {
+            header: [
+                "run",
+                "model",
+                "point",
+                "eval F1",
+                "training seconds to reach it",
+                "USD",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        });
     }
 
     // Plots of every view with at least two x values.
