@@ -46,6 +46,18 @@ struct Accuracy {
     source: PathBuf,
 }
 
+/// A model argument as a short label: a local path by its last component, a Hub id as is.
+fn display_name(model: &str) -> String {
+    let path = Path::new(model);
+    if path.is_absolute() || model.starts_with('.') {
+        path.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| model.to_string())
+    } else {
+        model.to_string()
+    }
+}
+
 /// Finds `eval_results.json` files (written by `bertbench eval`) in the directory tree.
 fn find_evaluations(dir: &Path) -> Vec<Accuracy> {
     let mut out = Vec::new();
@@ -73,7 +85,7 @@ fn find_evaluations(dir: &Path) -> Vec<Accuracy> {
                     continue;
                 };
                 out.push(Accuracy {
-                    model: v["model"].as_str().unwrap_or("?").to_string(),
+                    model: display_name(v["model"].as_str().unwrap_or("?")),
                     f1,
                     exact_match: em,
                     questions: v["questions"].as_u64().unwrap_or(0),
@@ -490,6 +502,7 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
                 log_x: false,
                 log_y: false,
                 series,
+                label_points: true,
             },
             "pareto_f1_latency".into(),
         ));

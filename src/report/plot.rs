@@ -45,6 +45,9 @@ pub struct Chart {
     pub log_x: bool,
     pub log_y: bool,
     pub series: Vec<Series>,
+    /// Write each series' label next to its points instead of a legend (scatter charts with
+    /// one point per series, where a legend box could hide a point).
+    pub label_points: bool,
 }
 
 /// What a chart measures.
@@ -288,6 +291,7 @@ pub fn hf_chart(
         log_x: log,
         log_y: log,
         series,
+        label_points: false,
     }
 }
 
@@ -352,11 +356,14 @@ fn span(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
         lo = lo.max(f64::MIN_POSITIVE);
         (lo / 1.5, hi * 1.5)
     } else {
+        // Quantities plotted here (times, memory, F1) are positive: start linear axes at 0.
+        if lo >= 0.0 {
+            lo = 0.0;
+        }
         if hi == lo {
             hi = lo + 1.0;
         }
-        let pad = (hi - lo) * 0.08;
-        ((lo - pad).min(0.0f64.max(lo - pad)), hi + pad)
+        (lo, hi + (hi - lo) * 0.08)
     }
 }
 
@@ -381,7 +388,15 @@ where
     let mut keys: Vec<f64> = xs.clone().collect();
     keys.sort_by(|a, b| a.total_cmp(b));
     keys.dedup();
-    let (x0, x1) = span(xs, chart.log_x);
+    let (x0, mut x1) = span(xs, chart.log_x);
+    if chart.label_points {
+        // Room for the labels right of the rightmost point.
+        x1 = if chart.log_x {
+            x1 * 3.0
+        } else {
+            x0 + (x1 - x0) * 1.35
+        };
+    }
     let (y0, y1) = span(ys, chart.log_y);
     match (chart.log_x, chart.log_y) {
         (true, true) => draw(
@@ -461,6 +476,20 @@ where
             })
         }))
         .map_err(err)?;
+    }
+    if chart.label_points {
+        for (i, s) in chart.series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            ctx.draw_series(s.points.iter().map(|p| {
+                Text::new(
+                    format!("  {}", s.label),
+                    (p.x, p.y),
+                    ("sans-serif", 15).into_font().color(&color),
+                )
+            }))
+            .map_err(err)?;
+        }
+        return Ok(());
     }
     ctx.configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
