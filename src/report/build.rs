@@ -15,6 +15,9 @@ use crate::bench::{fmt_time, Mode, Status};
 use crate::error::input;
 use crate::train::checkpoint::TrainerState;
 
+/// Index of the cost column in the result tables.
+const COST_COLUMN: usize = 10;
+
 /// Options of a report.
 #[derive(Debug, Clone, Default)]
 pub struct ReportOptions {
@@ -411,12 +414,22 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
                 "GFLOP/s (of peak)",
                 "peak RSS MB",
                 "alloc peak MB",
+                "USD per 1000 sequences",
                 "status",
             ]
             .map(String::from)
             .to_vec(),
             rows,
         });
+        // Without a price there is no cost column.
+        if opts.price.is_none() {
+            if let Some(Block::Table { header, rows }) = blocks.last_mut() {
+                header.remove(COST_COLUMN);
+                for r in rows {
+                    r.remove(COST_COLUMN);
+                }
+            }
+        }
     }
 
     // Largest batches, when searched.
