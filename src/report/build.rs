@@ -61,8 +61,9 @@ fn display_name(model: &str) -> String {
     }
 }
 
-/// Finds `eval_results.json` files (written by `bertbench eval`) in the directory tree.
-fn find_evaluations(dir: &Path) -> Vec<Accuracy> {
+/// Every file named `name` under `dir`, skipping `checkpoint-*` folders (a training run's
+/// intermediate states are not separate results), in path order.
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -72,35 +73,49 @@ fn find_evaluations(dir: &Path) -> Vec<Accuracy> {
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "eval_results.json") {
-                let Ok(text) = std::fs::read_to_string(&p) else {
-                    continue;
-                };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                    continue;
-                };
-                let (Some(f1), Some(em), Some(qps)) = (
-                    v["f1"].as_f64(),
-                    v["exact_match"].as_f64(),
-                    v["questions_per_s"].as_f64(),
-                ) else {
-                    continue;
-                };
-                out.push(Accuracy {
-                    model: display_name(v["model"].as_str().unwrap_or("?")),
-                    f1,
-                    exact_match: em,
-                    questions: v["questions"].as_u64().unwrap_or(0),
-                    ms_per_question: if qps > 0.0 { 1e3 / qps } else { f64::NAN },
-                    windows_per_s: v["windows_per_s"].as_f64().unwrap_or(f64::NAN),
-                    windows_per_question: v["windows"].as_f64().unwrap_or(f64::NAN)
-                        / v["questions"].as_f64().unwrap_or(f64::NAN),
-                    source: p,
-                });
+                if !e.file_name().to_string_lossy().starts_with("checkpoint-") {
+                    stack.push(p);
+                }
+            } else if e.file_name() == name {
+                out.push(p);
             }
         }
     }
+    out.sort();
+    out
+}
+
+/// Finds `eval_results.json` files (written by `bertbench eval`) in the directory tree.
+fn find_evaluations(dir: &Path) -> Vec<Accuracy> {
+    let mut out: Vec<Accuracy> = files_named(dir, "eval_results.json")
+        .into_iter()
+        .filter_map(|p| {
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                return None;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                return None;
+            };
+            let (Some(f1), Some(em), Some(qps)) = (
+                v["f1"].as_f64(),
+                v["exact_match"].as_f64(),
+                v["questions_per_s"].as_f64(),
+            ) else {
+                return None;
+            };
+            Some(Accuracy {
+                model: display_name(v["model"].as_str().unwrap_or("?")),
+                f1,
+                exact_match: em,
+                questions: v["questions"].as_u64().unwrap_or(0),
+                ms_per_question: if qps > 0.0 { 1e3 / qps } else { f64::NAN },
+                windows_per_s: v["windows_per_s"].as_f64().unwrap_or(f64::NAN),
+                windows_per_question: v["windows"].as_f64().unwrap_or(f64::NAN)
+                    / v["questions"].as_f64().unwrap_or(f64::NAN),
+                source: p,
+            })
+        })
+        .collect();
     out.sort_by(|a, b| a.model.cmp(&b.model));
     out
 }
@@ -113,39 +128,24 @@ struct Training {
 }
 
 fn find_training_runs(dir: &Path) -> Vec<Training> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().to_string();
-            if p.is_dir() && !name.starts_with("checkpoint-") {
-                stack.push(p);
-            } else if name == "trainer_state.json" {
-                let Ok(state) = std::fs::read_to_string(&p)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|t| Ok(serde_json::from_str::<TrainerState>(&t)?))
-                else {
-                    continue;
-                };
-                let model = std::fs::read_to_string(d.join("training_args.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .and_then(|v| v["model"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "?".into());
-                out.push(Training {
-                    dir: d.clone(),
-                    model,
-                    state,
-                });
-            }
-        }
-    }
-    out.sort_by(|a, b| a.dir.cmp(&b.dir));
-    out
+    files_named(dir, "trainer_state.json")
+        .into_iter()
+        .filter_map(|p| {
+            let state: TrainerState =
+                serde_json::from_str(&std::fs::read_to_string(&p).ok()?).ok()?;
+            let run = p.parent()?.to_path_buf();
+            let model = std::fs::read_to_string(run.join("training_args.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["model"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "?".into());
+            Some(Training {
+                dir: run,
+                model,
+                state,
+            })
+        })
+        .collect()
 }
 
 /// Writes `report.md`, `report.html` and `plots/*.png` into `dir`, from `dir/results.json`.
