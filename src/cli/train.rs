@@ -183,7 +183,7 @@ impl TrainObserver for BarObserver {
         self.bar.set_length(total as u64);
         self.bar.set_position(first as u64);
         self.bar.reset_eta();
-        self.bar.println(format!(
+        self.message(&format!(
             "training on {windows} windows for {total} optimizer steps"
         ));
     }

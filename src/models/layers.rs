@@ -216,9 +216,6 @@ pub struct GroupedPointwiseConv {
     pub weight: Tensor,
     pub bias: Tensor,
     pub groups: usize,
-    /// The weight as `(groups, c_in/groups, c_out/groups)` blocks, made once on first use when
-    /// the weight is fixed (inference), instead of a full copy of the weight per forward.
-    packed: std::sync::OnceLock<Tensor>,
 }
 
 impl GroupedPointwiseConv {
@@ -227,30 +224,7 @@ impl GroupedPointwiseConv {
             weight: p.get("weight", &[c_out, c_in / groups, 1], Init::Normal { std })?,
             bias: p.get("bias", &[c_out], Init::Zeros)?,
             groups,
-            packed: std::sync::OnceLock::new(),
         })
-    }
-
-    /// The per-group weight blocks. A trainable weight (a variable the optimizer updates in
-    /// place) is re-packed on every call so the blocks follow its updates and gradients flow.
-    fn blocks(&self) -> Result<Tensor> {
-        let (c_out, cin_g, _) = self.weight.dims3()?;
-        let g = self.groups;
-        let pack = || -> Result<Tensor> {
-            Ok(self
-                .weight
-                .reshape((g, c_out / g, cin_g))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        if self.weight.track_op() {
-            return pack();
-        }
-        if let Some(t) = self.packed.get() {
-            return Ok(t.clone());
-        }
-        let t = pack()?;
-        Ok(self.packed.get_or_init(|| t).clone())
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -264,7 +238,14 @@ impl GroupedPointwiseConv {
         } else {
             // Group i of the output reads input channels i*cin_g .. (i+1)*cin_g.
             let xg = x.reshape((n, g, cin_g))?.transpose(0, 1)?.contiguous()?; // (g, n, cin_g)
-            let yg = xg.matmul(&self.blocks()?)?; // (g, n, cout_g)
+                                                                               // The weight's (g, cout_g, cin_g) blocks, transposed as a view: the matmul reads
+                                                                               // them in place (a contiguous left operand and a real batch stride on the right
+                                                                               // keep clear of candle's strided-matmul bug), so no weight is copied per forward.
+            let blocks = self
+                .weight
+                .reshape((g, c_out / g, cin_g))?
+                .transpose(1, 2)?;
+            let yg = xg.matmul(&blocks)?; // (g, n, cout_g)
             yg.transpose(0, 1)?.reshape((n, c_out))?
         };
         Ok(y.broadcast_add(&self.bias)?.reshape((b, s, c_out))?)
@@ -339,7 +320,6 @@ mod tests {
         let p = Params::new(&src);
         let (c_in, c_out, g) = (8, 12, 4);
         let mut conv = GroupedPointwiseConv::new(&p.pp("c"), c_in, c_out, g, 0.5)?;
-        assert!(conv.packed.get().is_none());
         conv.bias = Tensor::randn(0f32, 1.0, c_out, &dev)?;
         let x = Tensor::randn(0f32, 1.0, (2, 5, c_in), &dev)?;
         let y: Vec<f32> = conv.forward(&x)?.flatten_all()?.to_vec1()?;
