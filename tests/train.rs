@@ -363,6 +363,10 @@ fn bad_inputs_fail_fast() {
             "--batch-size must be at least 1",
         ),
         (
+            vec!["--max-seq-length".into(), "256".into()],
+            "exceeds the model's max_position_embeddings 128",
+        ),
+        (
             vec![
                 "--output-dir".into(),
                 file.join("out").display().to_string(),

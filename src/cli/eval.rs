@@ -12,6 +12,45 @@ use crate::error::input;
 use crate::eval::{evaluate_model, EvalConfig};
 use crate::squad::{load_tokenizer, read_dataset, write_predictions, DecodeConfig, FeatureConfig};
 
+/// How questions and contexts become model windows (`run_qa.py`'s settings); shared by every
+/// command that tokenises SQuAD.
+#[derive(Debug, Clone, Args)]
+pub struct WindowArgs {
+    /// Tokens per window, special tokens included.
+    #[arg(long, default_value_t = 384)]
+    pub max_seq_length: usize,
+    /// Context tokens shared by consecutive windows of a long context.
+    #[arg(long, default_value_t = 128)]
+    pub doc_stride: usize,
+    /// Questions are cut to this many tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_query_length: usize,
+}
+
+impl WindowArgs {
+    /// The windowing, validated.
+    pub fn features(&self) -> Result<FeatureConfig> {
+        let cfg = FeatureConfig {
+            max_seq_length: self.max_seq_length,
+            doc_stride: self.doc_stride,
+            max_query_length: self.max_query_length,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Refuses windows longer than the model's position table, before any work.
+    pub fn check_model(&self, config: &crate::models::ModelConfig) -> Result<()> {
+        if self.max_seq_length > config.max_position_embeddings {
+            return Err(input(format!(
+                "--max-seq-length {} exceeds the model's max_position_embeddings {}",
+                self.max_seq_length, config.max_position_embeddings
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     #[command(flatten)]
@@ -28,12 +67,8 @@ pub struct EvalArgs {
     /// Tokenizer: a model directory, tokenizer.json or vocab.txt (default: the model's own).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    #[arg(long, default_value_t = 384)]
-    pub max_seq_length: usize,
-    #[arg(long, default_value_t = 128)]
-    pub doc_stride: usize,
-    #[arg(long, default_value_t = 64)]
-    pub max_query_length: usize,
+    #[command(flatten)]
+    pub windows: WindowArgs,
     #[arg(long, default_value_t = 30)]
     pub max_answer_length: usize,
     #[arg(long, default_value_t = 20)]
@@ -54,12 +89,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     if args.limit == Some(0) {
         return Err(input("--limit must be at least 1"));
     }
-    let features = FeatureConfig {
-        max_seq_length: args.max_seq_length,
-        doc_stride: args.doc_stride,
-        max_query_length: args.max_query_length,
-    };
-    features.validate()?;
+    let features = args.windows.features()?;
     let cfg = EvalConfig {
         features,
         decode: DecodeConfig {
@@ -93,13 +123,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     )?;
     let tokenizer = load_tokenizer(&tokenizer_path)?;
     let model = &opened.model;
-    if args.max_seq_length > model.config().max_position_embeddings {
-        return Err(input(format!(
-            "--max-seq-length {} exceeds the model's max_position_embeddings {}",
-            args.max_seq_length,
-            model.config().max_position_embeddings
-        )));
-    }
+    args.windows.check_model(model.config())?;
 
     let bar = super::progress_bar("windows {bar:30} {pos}/{len}  {per_sec}  eta {eta}");
     let (predictions, score, report) =
@@ -130,9 +154,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         "device": device_name(model.device()),
         "threads": threads,
         "batch_size": args.batch_size,
-        "max_seq_length": args.max_seq_length,
-        "doc_stride": args.doc_stride,
-        "max_query_length": args.max_query_length,
+        "max_seq_length": args.windows.max_seq_length,
+        "doc_stride": args.windows.doc_stride,
+        "max_query_length": args.windows.max_query_length,
         "max_answer_length": args.max_answer_length,
         "n_best_size": args.n_best_size,
         "bertbench_version": crate::bench::env::VERSION,

@@ -61,12 +61,8 @@ pub struct TrainArgs {
     pub max_grad_norm: f64,
     #[arg(long, default_value_t = 1)]
     pub gradient_accumulation_steps: usize,
-    #[arg(long, default_value_t = 384)]
-    pub max_seq_length: usize,
-    #[arg(long, default_value_t = 128)]
-    pub doc_stride: usize,
-    #[arg(long, default_value_t = 64)]
-    pub max_query_length: usize,
+    #[command(flatten)]
+    pub windows: super::eval::WindowArgs,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Train on the first N questions only.
@@ -256,9 +252,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
         warmup_steps: args.warmup_steps,
         max_grad_norm: args.max_grad_norm,
         gradient_accumulation_steps: args.gradient_accumulation_steps,
-        max_seq_length: args.max_seq_length,
-        doc_stride: args.doc_stride,
-        max_query_length: args.max_query_length,
+        max_seq_length: args.windows.max_seq_length,
+        doc_stride: args.windows.doc_stride,
+        max_query_length: args.windows.max_query_length,
         seed: args.seed,
         limit: args.limit,
         eval_limit: args.eval_limit,
@@ -322,6 +318,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     };
     let tokenizer_path =
         super::tokenizer_path(args.tokenizer.as_deref(), model_dir.as_deref(), &args.model)?;
+    args.windows.check_model(&config)?;
     let tokenizer = load_tokenizer(&tokenizer_path)?;
     let files = tokenizer_files(&tokenizer_path);
 
