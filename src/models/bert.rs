@@ -5,7 +5,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::layers::{EncoderBlock, ForwardCtx, LayerNorm, Linear, Projection};
+use super::layers::{encode, EncoderBlock, ForwardCtx, LayerNorm, Linear, Projection};
 use super::weights::{Init, Params};
 
 /// Word + position + token-type embeddings, then LayerNorm and dropout. SqueezeBERT's
@@ -120,10 +120,7 @@ impl Bert {
         mask: &Tensor,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
-        let mut x = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, mask, ctx)?;
-        }
-        Ok(x)
+        let x = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
+        encode(&self.layers, x, mask, ctx)
     }
 }

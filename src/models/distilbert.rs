@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::layers::{EncoderBlock, ForwardCtx, LayerNorm, Linear, Projection};
+use super::layers::{encode, EncoderBlock, ForwardCtx, LayerNorm, Linear, Projection};
 use super::weights::{Init, Params};
 
 #[derive(Debug, Clone)]
@@ -85,10 +85,7 @@ impl DistilBert {
         let x = words
             .reshape((b, s, h))?
             .broadcast_add(&self.position.narrow(0, 0, s)?)?;
-        let mut x = ctx.dropout(&self.embedding_norm.forward(&x)?, self.dropout)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, mask, ctx)?;
-        }
-        Ok(x)
+        let x = ctx.dropout(&self.embedding_norm.forward(&x)?, self.dropout)?;
+        encode(&self.layers, x, mask, ctx)
     }
 }

@@ -5,6 +5,11 @@
 //! written so the model files never touch a kernel directly: this is the one place where
 //! faster kernels get swapped in.
 //!
+//! Inference (no gradient recorded, f32 on the CPU) takes the fused kernels of
+//! [`super::kernels`] instead: [`encode`] runs the whole stack of blocks on plain buffers with
+//! the attention, GELU, residual and LayerNorm fused, and [`LayerNorm`] uses the fused row
+//! kernel. Everything else (training, half precision, GPUs) takes the composed candle ops.
+//!
 //! Two measured pitfalls shape the code (see `../shared/STACK-NOTES.md`): candle's batched CPU
 //! matmul returns wrong values when the left operand is a transposed view and the right one is
 //! broadcast over the batch, so inputs are made contiguous and flattened to 2-D before every
@@ -12,29 +17,87 @@
 //! variance as E[x²]-mean², so LayerNorm here is the two-pass differentiable form.
 
 use anyhow::Result;
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Storage, StorageRef, Tensor, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::config::Activation;
+use super::kernels::{self, MatMut, MatRef};
 use super::weights::{Init, Params};
+
+/// Read access to the data of a contiguous f32 CPU tensor: what the fused kernels work on.
+struct CpuF32<'a> {
+    storage: StorageRef<'a>,
+    start: usize,
+    len: usize,
+}
+
+impl<'a> CpuF32<'a> {
+    /// `None` when the tensor is not a contiguous f32 tensor on the CPU, or records a gradient.
+    fn of(t: &'a Tensor) -> Option<Self> {
+        if t.dtype() != DType::F32 || !t.device().is_cpu() || t.track_op() {
+            return None;
+        }
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        match &*storage {
+            Storage::Cpu(_) => {}
+            _ => return None,
+        }
+        Some(Self {
+            storage,
+            start,
+            len: end - start,
+        })
+    }
+
+    fn slice(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(cpu) => {
+                let all = cpu.as_slice::<f32>().expect("checked f32 in CpuF32::of");
+                &all[self.start..self.start + self.len]
+            }
+            _ => unreachable!("checked CPU storage in CpuF32::of"),
+        }
+    }
+}
+
+/// Whether this forward may take the fused kernels: `x` is an f32 CPU tensor that records no
+/// gradient.
+fn fused_eligible(x: &Tensor) -> bool {
+    CpuF32::of(x).is_some()
+}
 
 /// Per-forward state: whether dropout is active, and the seeded generator that drives it (so a
 /// resumed training run draws the same masks).
 pub struct ForwardCtx {
     rng: Option<StdRng>,
+    fused: bool,
 }
 
 impl ForwardCtx {
-    /// Evaluation: dropout off.
+    /// Evaluation: dropout off; the fused kernels where the tensors allow them.
     pub fn inference() -> Self {
-        Self { rng: None }
+        Self {
+            rng: None,
+            fused: true,
+        }
+    }
+
+    /// Evaluation through the composed candle ops only: the reference the fused kernels are
+    /// tested against, and the baseline their speed-up is measured from.
+    pub fn inference_composed() -> Self {
+        Self {
+            rng: None,
+            fused: false,
+        }
     }
 
     /// Training: dropout on, masks drawn from a generator seeded with `seed`.
     pub fn training(seed: u64) -> Self {
         Self {
             rng: Some(StdRng::seed_from_u64(seed)),
+            fused: false,
         }
     }
 
@@ -114,6 +177,13 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fused_eligible(x) {
+            if let (Some(g), Some(b)) = (CpuF32::of(&self.weight), CpuF32::of(&self.bias)) {
+                let mut data = CpuF32::of(x).expect("eligible").slice().to_vec();
+                kernels::add_layer_norm(&mut data, None, g.slice(), b.slice(), self.eps as f32);
+                return Ok(Tensor::from_vec(data, x.shape(), &Device::Cpu)?);
+            }
+        }
         let dtype = x.dtype();
         // Half precision accumulates in f32, as PyTorch does.
         let internal = match dtype {
@@ -304,6 +374,196 @@ impl EncoderBlock {
         let out = ctx.dropout(&self.ffn_out.forward(&inner)?, self.hidden_dropout)?;
         self.output_norm.forward(&(out + x1)?)
     }
+}
+
+/// Runs a stack of encoder blocks on `(batch, seq, hidden)` activations: the fused kernels
+/// when this is inference on f32 CPU tensors (and `ctx` allows them), the composed,
+/// differentiable ops otherwise. `mask` is the additive mask from [`additive_mask`].
+pub fn encode(
+    layers: &[EncoderBlock],
+    x: Tensor,
+    mask: &Tensor,
+    ctx: &mut ForwardCtx,
+) -> Result<Tensor> {
+    if ctx.fused && !ctx.is_training() && fused_eligible(&x) {
+        if let Some(y) = encode_fused(layers, &x, mask)? {
+            return Ok(y);
+        }
+    }
+    let mut x = x;
+    for layer in layers {
+        x = layer.forward(&x, mask, ctx)?;
+    }
+    Ok(x)
+}
+
+/// A projection's weights, readable by the kernels.
+enum ProjectionData<'a> {
+    Linear {
+        weight: CpuF32<'a>,
+        bias: CpuF32<'a>,
+    },
+    Grouped {
+        weight: CpuF32<'a>,
+        bias: CpuF32<'a>,
+        groups: usize,
+    },
+}
+
+impl<'a> ProjectionData<'a> {
+    fn of(p: &'a Projection) -> Option<Self> {
+        Some(match p {
+            Projection::Linear(l) => Self::Linear {
+                weight: CpuF32::of(&l.weight)?,
+                bias: CpuF32::of(&l.bias)?,
+            },
+            Projection::Grouped(c) => Self::Grouped {
+                weight: CpuF32::of(&c.weight)?,
+                bias: CpuF32::of(&c.bias)?,
+                groups: c.groups,
+            },
+        })
+    }
+
+    fn out_dim(&self) -> usize {
+        match self {
+            Self::Linear { bias, .. } | Self::Grouped { bias, .. } => bias.len,
+        }
+    }
+
+    /// `out = project(x)`; a grouped projection is one GEMM per group on column blocks of
+    /// `x` and `out`, read and written in place.
+    fn forward(&self, x: MatRef, mut out: MatMut) {
+        let par = kernels::parallelism();
+        match self {
+            Self::Linear { weight, bias } => {
+                let n = bias.len;
+                let w = MatRef::new(weight.slice(), n, x.cols, x.cols);
+                kernels::linear(x, w, Some(bias.slice()), out, par);
+            }
+            Self::Grouped {
+                weight,
+                bias,
+                groups,
+            } => {
+                let (cin, cout) = (x.cols / groups, out.cols / groups);
+                for g in 0..*groups {
+                    let w = &weight.slice()[g * cout * cin..(g + 1) * cout * cin];
+                    kernels::linear(
+                        x.columns(g * cin, cin),
+                        MatRef::new(w, cout, cin, cin),
+                        Some(&bias.slice()[g * cout..(g + 1) * cout]),
+                        out.columns(g * cout, cout),
+                        par,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// One block's parameters, readable by the kernels.
+struct BlockData<'a> {
+    query: ProjectionData<'a>,
+    key: ProjectionData<'a>,
+    value: ProjectionData<'a>,
+    attention_output: ProjectionData<'a>,
+    attention_norm: [CpuF32<'a>; 2],
+    ffn_in: ProjectionData<'a>,
+    ffn_out: ProjectionData<'a>,
+    output_norm: [CpuF32<'a>; 2],
+}
+
+impl<'a> BlockData<'a> {
+    fn of(b: &'a EncoderBlock) -> Option<Self> {
+        Some(Self {
+            query: ProjectionData::of(&b.query)?,
+            key: ProjectionData::of(&b.key)?,
+            value: ProjectionData::of(&b.value)?,
+            attention_output: ProjectionData::of(&b.attention_output)?,
+            attention_norm: [
+                CpuF32::of(&b.attention_norm.weight)?,
+                CpuF32::of(&b.attention_norm.bias)?,
+            ],
+            ffn_in: ProjectionData::of(&b.ffn_in)?,
+            ffn_out: ProjectionData::of(&b.ffn_out)?,
+            output_norm: [
+                CpuF32::of(&b.output_norm.weight)?,
+                CpuF32::of(&b.output_norm.bias)?,
+            ],
+        })
+    }
+}
+
+/// The fused inference path of [`encode`]: the activations live in four buffers reused by
+/// every block (the q/k/v projections side by side, the attention context, one spare hidden
+/// buffer and the feed-forward's inner activations), nothing is transposed or copied between
+/// kernels. `None` when some parameter is not an f32 CPU tensor (then nothing was computed).
+fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Option<Tensor>> {
+    let (b, s, h) = x.dims3()?;
+    let rows = b * s;
+    let (Some(input), Some(mask_data)) = (CpuF32::of(x), CpuF32::of(mask)) else {
+        return Ok(None);
+    };
+    if mask_data.len != rows {
+        return Ok(None);
+    }
+    let Some(blocks) = layers.iter().map(BlockData::of).collect::<Option<Vec<_>>>() else {
+        return Ok(None);
+    };
+    let inner = blocks.iter().map(|d| d.ffn_in.out_dim()).max().unwrap_or(0);
+    let mut hidden = input.slice().to_vec();
+    let mut spare = vec![0f32; rows * h];
+    let mut qkv = vec![0f32; rows * 3 * h];
+    let mut context = vec![0f32; rows * h];
+    let mut ffn = vec![0f32; rows * inner];
+    for (layer, d) in layers.iter().zip(&blocks) {
+        let i = d.ffn_in.out_dim();
+        let x_view = MatRef::new(&hidden, rows, h, h);
+        let mut qkv_view = MatMut::new(&mut qkv, rows, 3 * h, 3 * h);
+        d.query.forward(x_view, qkv_view.columns(0, h));
+        d.key.forward(x_view, qkv_view.columns(h, h));
+        d.value.forward(x_view, qkv_view.columns(2 * h, h));
+        let qkv_ref = MatRef::new(&qkv, rows, 3 * h, 3 * h);
+        kernels::attention(
+            qkv_ref.columns(0, h),
+            qkv_ref.columns(h, h),
+            qkv_ref.columns(2 * h, h),
+            mask_data.slice(),
+            b,
+            s,
+            layer.heads,
+            MatMut::new(&mut context, rows, h, h),
+        );
+        d.attention_output.forward(
+            MatRef::new(&context, rows, h, h),
+            MatMut::new(&mut spare, rows, h, h),
+        );
+        let [g, beta] = &d.attention_norm;
+        let eps = layer.attention_norm.eps as f32;
+        kernels::add_layer_norm(&mut spare, Some(&hidden), g.slice(), beta.slice(), eps);
+        std::mem::swap(&mut hidden, &mut spare);
+
+        let ffn_buf = &mut ffn[..rows * i];
+        d.ffn_in.forward(
+            MatRef::new(&hidden, rows, h, h),
+            MatMut::new(ffn_buf, rows, i, i),
+        );
+        match layer.activation {
+            Activation::Gelu => kernels::gelu_erf(ffn_buf),
+            Activation::GeluTanh => kernels::gelu_tanh(ffn_buf),
+            Activation::Relu => kernels::relu(ffn_buf),
+        }
+        d.ffn_out.forward(
+            MatRef::new(ffn_buf, rows, i, i),
+            MatMut::new(&mut spare, rows, h, h),
+        );
+        let [g, beta] = &d.output_norm;
+        let eps = layer.output_norm.eps as f32;
+        kernels::add_layer_norm(&mut spare, Some(&hidden), g.slice(), beta.slice(), eps);
+        std::mem::swap(&mut hidden, &mut spare);
+    }
+    Ok(Some(Tensor::from_vec(hidden, (b, s, h), &Device::Cpu)?))
 }
 
 #[cfg(test)]

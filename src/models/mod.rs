@@ -6,6 +6,7 @@ pub mod bert;
 pub mod config;
 pub mod distilbert;
 pub mod inputs;
+pub mod kernels;
 pub mod layers;
 pub mod qa;
 pub mod squeezebert;

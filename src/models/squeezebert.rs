@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use super::bert::Embeddings;
 use super::config::ModelConfig;
 use super::layers::{
-    EncoderBlock, ForwardCtx, GroupedPointwiseConv, LayerNorm, Linear, Projection,
+    encode, EncoderBlock, ForwardCtx, GroupedPointwiseConv, LayerNorm, Linear, Projection,
 };
 use super::weights::Params;
 
@@ -68,10 +68,7 @@ impl SqueezeBert {
         mask: &Tensor,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
-        let mut x = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, mask, ctx)?;
-        }
-        Ok(x)
+        let x = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
+        encode(&self.layers, x, mask, ctx)
     }
 }

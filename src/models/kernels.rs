@@ -1,0 +1,936 @@
+//! Fused f32 CPU kernels for inference: the fast path every family's encoder takes when no
+//! gradient is needed (see [`super::layers::EncoderStack`]).
+//!
+//! Why hand-written: measured on the 2-core reference machine, candle's composed element-wise
+//! ops cost as much as the matrix products at BERT shapes (`gelu_erf` runs single-threaded
+//! through libm, LayerNorm takes five passes, softmax and the mask three, every head split and
+//! merge copies a transpose), and its element-wise thread pool spins on the cores the GEMM
+//! needs. No maintained crate offers fused transformer kernels on plain slices, so this module
+//! does, on top of the `gemm` crate (the GEMM candle itself uses, called directly so bias
+//! fuses into the product and strided operands need no copies).
+//!
+//! Element-wise loops are written branch-free over plain slices so the compiler vectorises
+//! them; each has an AVX2+FMA build picked at run time (the binary itself stays portable).
+//! Reductions keep eight independent partial sums, which is what lets them vectorise at all.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Below this many elements an element-wise pass runs on the calling thread: forking costs
+/// more than the work.
+const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// Runs `body` with the AVX2+FMA target features when the CPU has them: the same source,
+/// compiled twice, chosen per call (the check is a cached load).
+macro_rules! dispatch {
+    ($body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: the features were just detected on this CPU.
+                unsafe { wide(|| $body) }
+            } else {
+                $body
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $body
+        }
+    }};
+}
+
+/// The GEMM threading to use for one product: the compute threads configured for the
+/// process (rayon's pool, which `--threads` sizes), or none inside an already parallel task.
+pub fn parallelism() -> Parallelism {
+    let n = rayon::current_num_threads();
+    if n > 1 && rayon::current_thread_index().is_none() {
+        Parallelism::Rayon(n)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// A row-major matrix view: `rows` x `cols`, row `r` starting at `r * stride`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
+        assert!(
+            cols <= stride || rows <= 1,
+            "row stride {stride} < cols {cols}"
+        );
+        assert!(
+            rows == 0 || data.len() >= (rows - 1) * stride + cols,
+            "matrix {rows}x{cols} (stride {stride}) needs more than {} elements",
+            data.len()
+        );
+        Self {
+            data,
+            rows,
+            cols,
+            stride,
+        }
+    }
+
+    /// Columns `start .. start + cols` of every row, without copying.
+    pub fn columns(&self, start: usize, cols: usize) -> MatRef<'a> {
+        assert!(start + cols <= self.cols);
+        MatRef {
+            data: &self.data[start..],
+            rows: self.rows,
+            cols,
+            stride: self.stride,
+        }
+    }
+}
+
+/// A mutable row-major matrix view; see [`MatRef`].
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+impl<'a> MatMut<'a> {
+    pub fn new(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Self {
+        assert!(
+            cols <= stride || rows <= 1,
+            "row stride {stride} < cols {cols}"
+        );
+        assert!(
+            rows == 0 || data.len() >= (rows - 1) * stride + cols,
+            "matrix {rows}x{cols} (stride {stride}) needs more than {} elements",
+            data.len()
+        );
+        Self {
+            data,
+            rows,
+            cols,
+            stride,
+        }
+    }
+
+    /// Columns `start .. start + cols` of every row.
+    pub fn columns(&mut self, start: usize, cols: usize) -> MatMut<'_> {
+        assert!(start + cols <= self.cols);
+        MatMut {
+            data: &mut self.data[start..],
+            rows: self.rows,
+            cols,
+            stride: self.stride,
+        }
+    }
+}
+
+/// The one call into the `gemm` crate: `dst = (read_dst ? dst : 0) + lhs * rhs` with
+/// arbitrary strides (`*_rs` between rows, `*_cs` between columns).
+///
+/// # Safety
+/// Every pointer must be valid for the `m x k`, `k x n` and `m x n` elements its strides
+/// address, and `dst` must not overlap the operands or be written by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize),
+    read_dst: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    par: Parallelism,
+) {
+    let (dst, dst_rs) = dst;
+    let (lhs, lhs_rs, lhs_cs) = lhs;
+    let (rhs, rhs_rs, rhs_cs) = rhs;
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        read_dst,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        if read_dst { 1.0 } else { 0.0 },
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
+/// `out = x W^T + bias`, with `W` in the Hub's `[out, in]` layout (row-major `n x k`): the
+/// weight-streaming product for few rows, the packed GEMM otherwise.
+pub fn linear(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut, par: Parallelism) {
+    if x.rows <= SMALL_M {
+        linear_rows(x, w, bias, out)
+    } else {
+        linear_packed(x, w, bias, out, par)
+    }
+}
+
+/// [`linear`] through the `gemm` crate: `W` read in place as the transposed right operand,
+/// the bias written first and accumulated into by the GEMM (one pass over `out`, not two).
+pub fn linear_packed(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut, par: Parallelism) {
+    let (m, k, n) = (x.rows, x.cols, w.rows);
+    assert_eq!(w.cols, k, "weight has {} inputs, activations {k}", w.cols);
+    assert_eq!((out.rows, out.cols), (m, n), "output shape");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "bias length");
+        for r in 0..m {
+            out.data[r * out.stride..r * out.stride + n].copy_from_slice(b);
+        }
+    }
+    // SAFETY: the views were bounds-checked at construction and the shapes just now; `out`
+    // is exclusively borrowed, so it aliases neither operand.
+    unsafe {
+        gemm_raw(
+            (m, n, k),
+            (out.data.as_mut_ptr(), out.stride),
+            bias.is_some(),
+            (x.data.as_ptr(), x.stride, 1),
+            (w.data.as_ptr(), 1, w.stride),
+            par,
+        )
+    }
+}
+
+/// Up to this many rows, [`linear_rows`] beats the `gemm` crate (measured with
+/// `cargo run --release --example kernels`); above it the packed, cache-blocked GEMM wins.
+pub const SMALL_M: usize = 48;
+
+/// `out = x W^T + bias` for few rows (short sequences, batch 1): every output is a dot product
+/// of an activation row with a weight row, computed in register tiles of 4 rows x 3 weight
+/// rows, so each weight is read from memory exactly once and nothing is packed. At these
+/// shapes the product is bound by reading the weights (BERT-base streams 340 MB of them per
+/// forward), and the `gemm` crate's packing reads and writes each weight twice more.
+/// Weight tiles are split over the compute threads.
+pub fn linear_rows(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut) {
+    let (m, k, n) = (x.rows, x.cols, w.rows);
+    assert_eq!(w.cols, k, "weight has {} inputs, activations {k}", w.cols);
+    assert_eq!((out.rows, out.cols), (m, n), "output shape");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "bias length");
+    }
+    let out_stride = out.stride;
+    let out_ptr = SendPtr(out.data.as_mut_ptr());
+    let tiles = n.div_ceil(TILE_N);
+    let run = |t: usize| {
+        let j0 = t * TILE_N;
+        let nr = (n - j0).min(TILE_N);
+        let mut r0 = 0;
+        while r0 < m {
+            let mr = (m - r0).min(TILE_M);
+            let mut tile = [[0f32; TILE_N]; TILE_M];
+            dot_tile_dispatch(x, w, r0, mr, j0, nr, &mut tile);
+            for (r, row) in tile.iter().enumerate().take(mr) {
+                for (c, v) in row.iter().enumerate().take(nr) {
+                    let b = bias.map_or(0.0, |b| b[j0 + c]);
+                    // SAFETY: (r0 + r, j0 + c) is inside the m x n output, bounds-checked at
+                    // construction; each tile writes only its own columns j0..j0+nr.
+                    unsafe { *out_ptr.get().add((r0 + r) * out_stride + j0 + c) = v + b };
+                }
+            }
+            r0 += mr;
+        }
+    };
+    if n * k * m < 1 << 16 || rayon::current_thread_index().is_some() {
+        (0..tiles).for_each(run);
+    } else {
+        (0..tiles).into_par_iter().with_min_len(8).for_each(run);
+    }
+}
+
+const TILE_M: usize = 4;
+const TILE_N: usize = 3;
+
+/// Dot products of activation rows `r0..r0+mr` with weight rows `j0..j0+nr` into `tile`.
+fn dot_tile_dispatch(
+    x: MatRef,
+    w: MatRef,
+    r0: usize,
+    mr: usize,
+    j0: usize,
+    nr: usize,
+    tile: &mut [[f32; TILE_N]; TILE_M],
+) {
+    let k = x.cols;
+    let xr: [&[f32]; TILE_M] =
+        std::array::from_fn(|r| &x.data[(r0 + r.min(mr - 1)) * x.stride..][..k]);
+    // A partial tile repeats its last weight row (computed, never written).
+    let wr: [&[f32]; TILE_N] =
+        std::array::from_fn(|c| &w.data[(j0 + c.min(nr - 1)) * w.stride..][..k]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: features detected; every row slice holds k elements. Fewer than four
+            // rows get their own kernel: one row is the common case at batch 1.
+            unsafe {
+                match mr {
+                    1 => avx2::dot_tile::<1>(&xr, &wr, k, tile),
+                    2 => avx2::dot_tile::<2>(&xr, &wr, k, tile),
+                    3 => avx2::dot_tile::<3>(&xr, &wr, k, tile),
+                    _ => avx2::dot_tile::<TILE_M>(&xr, &wr, k, tile),
+                }
+            }
+            return;
+        }
+    }
+    for (r, x) in xr.iter().enumerate().take(mr) {
+        for (c, w) in wr.iter().enumerate() {
+            tile[r][c] = dot(x, w);
+        }
+    }
+}
+
+/// Portable dot product with eight partial sums.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{TILE_M, TILE_N};
+    use std::arch::x86_64::*;
+
+    /// `R` x 3 dot products over `k` (the first `R` of `x`): up to twelve 8-wide
+    /// accumulators, each weight and activation vector loaded once per step.
+    ///
+    /// # Safety
+    /// Needs AVX2 and FMA; every slice must hold at least `k` elements.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_tile<const R: usize>(
+        x: &[&[f32]; TILE_M],
+        w: &[&[f32]; TILE_N],
+        k: usize,
+        tile: &mut [[f32; TILE_N]; TILE_M],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); TILE_N]; R];
+        let k8 = k / 8 * 8;
+        let mut i = 0;
+        while i < k8 {
+            let wv: [__m256; TILE_N] =
+                std::array::from_fn(|c| _mm256_loadu_ps(w[c].as_ptr().add(i)));
+            for r in 0..R {
+                let xv = _mm256_loadu_ps(x[r].as_ptr().add(i));
+                for c in 0..TILE_N {
+                    acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+                }
+            }
+            i += 8;
+        }
+        for r in 0..R {
+            for c in 0..TILE_N {
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][c]);
+                let mut s: f32 = lanes.iter().sum();
+                for j in k8..k {
+                    s += x[r][j] * w[c][j];
+                }
+                tile[r][c] = s;
+            }
+        }
+    }
+}
+
+/// `out = a b` for row-major views.
+pub fn matmul(a: MatRef, b: MatRef, out: MatMut, par: Parallelism) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions");
+    assert_eq!((out.rows, out.cols), (m, n), "output shape");
+    // SAFETY: as in `linear`.
+    unsafe {
+        gemm_raw(
+            (m, n, k),
+            (out.data.as_mut_ptr(), out.stride),
+            false,
+            (a.data.as_ptr(), a.stride, 1),
+            (b.data.as_ptr(), b.stride, 1),
+            par,
+        )
+    }
+}
+
+/// `out = a b^T` for row-major views (`b` is `n x k`, read in place).
+pub fn matmul_bt(a: MatRef, b: MatRef, out: MatMut, par: Parallelism) {
+    let (m, k, n) = (a.rows, a.cols, b.rows);
+    assert_eq!(b.cols, k, "inner dimensions");
+    assert_eq!((out.rows, out.cols), (m, n), "output shape");
+    // SAFETY: as in `linear`.
+    unsafe {
+        gemm_raw(
+            (m, n, k),
+            (out.data.as_mut_ptr(), out.stride),
+            false,
+            (a.data.as_ptr(), a.stride, 1),
+            (b.data.as_ptr(), 1, b.stride),
+            par,
+        )
+    }
+}
+
+/// `e^x` for `x <= 0` (softmax after subtracting the maximum, and `e^{-x^2}`), branch-free so
+/// it vectorises: Cody-Waite range reduction `x = n ln2 + r`, a degree-7 Taylor polynomial on
+/// `|r| <= ln2/2` (truncation error < 1e-8 relative), and `2^n` built in the exponent bits.
+/// Below -87.3 (where `2^n` would leave the normal range) it returns exactly 0, as the
+/// softmax of a masked position should be.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n * LN2_HI is exact for |n| < 2^9.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    const LOW: f32 = -87.3;
+    let xc = x.clamp(LOW, 0.0);
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
+    let y = p * scale;
+    if x < LOW {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// `erf(x)`, branch-free: its Maclaurin series (terms through x^21) for `|x| < 1`, where the
+/// series is accurate to ~1e-8 and the rational form below loses digits to cancellation; and
+/// Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7) beyond. Measured against libm in the
+/// tests: < 2.5e-7 absolute everywhere in f32.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A1: f32 = 0.254_829_6;
+    const A2: f32 = -0.284_496_74;
+    const A3: f32 = 1.421_413_7;
+    const A4: f32 = -1.453_152_1;
+    const A5: f32 = 1.061_405_4;
+    let a = x.abs();
+    let t = 1.0 / (1.0 + P * a);
+    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
+    let far = 1.0 - poly * exp_nonpositive(-a * a);
+    // 2/sqrt(pi) * sum (-1)^n x^(2n+1) / (n! (2n+1)), Horner in x^2.
+    let z = a * a;
+    let mut s = SERIES[10];
+    for c in SERIES[..10].iter().rev() {
+        s = s * z + c;
+    }
+    let near = a * s;
+    let y = if a < 1.0 { near } else { far };
+    y.copysign(x)
+}
+
+/// Coefficients of erf's Maclaurin series in x^2 (times x): `2/sqrt(pi) (-1)^n / (n! (2n+1))`.
+const SERIES: [f32; 11] = {
+    const TWO_OVER_SQRT_PI: f64 = std::f64::consts::FRAC_2_SQRT_PI;
+    let mut c = [0f32; 11];
+    let mut n = 0;
+    let mut fact = 1.0f64;
+    while n < 11 {
+        if n > 0 {
+            fact *= n as f64;
+        }
+        let sign = if n % 2 == 0 { 1.0 } else { -1.0 };
+        c[n] = (TWO_OVER_SQRT_PI * sign / (fact * (2 * n + 1) as f64)) as f32;
+        n += 1;
+    }
+    c
+};
+
+/// `tanh(x)` through `e^{-2|x|}` (so only the non-positive exponential is needed).
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    let e = exp_nonpositive(-2.0 * x.abs());
+    ((1.0 - e) / (1.0 + e)).copysign(x)
+}
+
+/// Applies `f` to every element, split over the compute threads when large.
+fn map_inplace(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Copy) {
+    let run = |c: &mut [f32]| dispatch!(c.iter_mut().for_each(|v| *v = f(*v)));
+    if x.len() < PAR_MIN_ELEMS {
+        run(x);
+    } else {
+        x.par_chunks_mut(PAR_MIN_ELEMS / 4).for_each(run);
+    }
+}
+
+/// Exact GELU, `x/2 (1 + erf(x/sqrt 2))`: Hugging Face's `"gelu"`.
+pub fn gelu_erf(x: &mut [f32]) {
+    map_inplace(x, |v| {
+        0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+    });
+}
+
+/// The tanh approximation of GELU: `"gelu_new"` / `"gelu_pytorch_tanh"`.
+pub fn gelu_tanh(x: &mut [f32]) {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    map_inplace(x, |v| {
+        0.5 * v * (1.0 + tanh(C * (v + 0.044_715 * v * v * v)))
+    });
+}
+
+pub fn relu(x: &mut [f32]) {
+    map_inplace(x, |v| v.max(0.0));
+}
+
+/// Sum with eight independent partial sums (vectorisable; also more accurate than one
+/// running sum).
+#[inline(always)]
+fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Sum of squared deviations from `mean`, as [`sum`].
+#[inline(always)]
+fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    for c in chunks {
+        for i in 0..8 {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    acc.iter().fold(tail, |m, v| m.max(*v))
+}
+
+/// One row of LayerNorm, two-pass (mean, then the variance of the centred values, as PyTorch).
+#[inline(always)]
+fn layer_norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let n = row.len() as f32;
+    let mean = sum(row) / n;
+    let var = sum_sq_dev(row, mean) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+        *v = (*v - mean) * inv * g + b;
+    }
+}
+
+/// `x = LayerNorm(x + residual)` over rows of `gamma.len()`, in place: the residual add and
+/// the normalisation in one pass over memory per row.
+pub fn add_layer_norm(
+    x: &mut [f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
+    let h = gamma.len();
+    assert_eq!(beta.len(), h);
+    assert_eq!(x.len() % h, 0, "rows of {h}");
+    if let Some(r) = residual {
+        assert_eq!(r.len(), x.len(), "residual length");
+    }
+    let rows_per_task = (PAR_MIN_ELEMS / 4 / h).max(1);
+    let run = |(i, chunk): (usize, &mut [f32])| {
+        dispatch!({
+            for (j, row) in chunk.chunks_exact_mut(h).enumerate() {
+                if let Some(r) = residual {
+                    let start = (i * rows_per_task + j) * h;
+                    for (v, a) in row.iter_mut().zip(&r[start..start + h]) {
+                        *v += a;
+                    }
+                }
+                layer_norm_row(row, gamma, beta, eps);
+            }
+        })
+    };
+    if x.len() < PAR_MIN_ELEMS {
+        run((0, x));
+    } else {
+        x.par_chunks_mut(rows_per_task * h)
+            .enumerate()
+            .for_each(run);
+    }
+}
+
+/// Softmax of one row of attention scores: `softmax(scores * scale + mask)`, in place.
+#[inline(always)]
+fn softmax_row(row: &mut [f32], scale: f32, mask: &[f32]) {
+    for (v, m) in row.iter_mut().zip(mask) {
+        *v = *v * scale + m;
+    }
+    let top = max(row);
+    for v in row.iter_mut() {
+        *v = exp_nonpositive(*v - top);
+    }
+    let inv = 1.0 / sum(row);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Multi-head scaled dot-product attention straight from the projections, one task per
+/// (sequence, head) over the compute threads: `q`, `k`, `v` are `(batch*seq) x hidden` views
+/// (heads side by side in the columns, as the projections produce them, so no head is ever
+/// split out or transposed into a copy); `mask` is the additive `batch x seq` key mask; the
+/// context is written into `out` (`(batch*seq) x hidden`) with heads merged in place.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: MatRef,
+    k: MatRef,
+    v: MatRef,
+    mask: &[f32],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    out: MatMut,
+) {
+    let hidden = q.cols;
+    assert_eq!(hidden % heads, 0);
+    let d = hidden / heads;
+    assert_eq!(q.rows, batch * seq);
+    assert_eq!(
+        (k.rows, k.cols, v.rows, v.cols),
+        (q.rows, hidden, q.rows, hidden)
+    );
+    assert_eq!((out.rows, out.cols), (q.rows, hidden));
+    assert_eq!(mask.len(), batch * seq);
+    let scale = 1.0 / (d as f32).sqrt();
+    let out_stride = out.stride;
+    // Tasks write disjoint (rows of one sequence) x (columns of one head) blocks of `out`.
+    let out_ptr = SendPtr(out.data.as_mut_ptr());
+    (0..batch * heads).into_par_iter().for_each_init(
+        || vec![0f32; seq * seq],
+        |scores, task| {
+            let (bi, hi) = (task / heads, task % heads);
+            let (qh, kh, vh) = (
+                head(q, bi, hi, seq, d),
+                head(k, bi, hi, seq, d),
+                head(v, bi, hi, seq, d),
+            );
+            let key_mask = &mask[bi * seq..(bi + 1) * seq];
+            matmul_bt(
+                qh,
+                kh,
+                MatMut::new(scores, seq, seq, seq),
+                Parallelism::None,
+            );
+            dispatch!({
+                for row in scores.chunks_exact_mut(seq) {
+                    softmax_row(row, scale, key_mask);
+                }
+            });
+            // SAFETY: `out` was bounds-checked for (batch*seq) x hidden at `out_stride`; each
+            // task writes only its own block (rows of sequence bi, columns of head hi), so
+            // concurrent tasks never touch the same element.
+            unsafe {
+                gemm_raw(
+                    (seq, d, seq),
+                    (
+                        out_ptr.get().add(bi * seq * out_stride + hi * d),
+                        out_stride,
+                    ),
+                    false,
+                    (scores.as_ptr(), seq, 1),
+                    (vh.data.as_ptr(), vh.stride, 1),
+                    Parallelism::None,
+                )
+            }
+        },
+    );
+}
+
+/// The `seq x d` block of head `hi` in sequence `bi` of a `(batch*seq) x hidden` view.
+fn head(m: MatRef<'_>, bi: usize, hi: usize, seq: usize, d: usize) -> MatRef<'_> {
+    MatRef::new(&m.data[bi * seq * m.stride + hi * d..], seq, d, m.stride)
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint output blocks to attention tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+    }
+
+    #[test]
+    fn exp_matches_libm() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0f32 * i as f32 / 200_000.0;
+            let got = exp_nonpositive(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 4e-7, "max relative error {worst}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(-100.0), 0.0);
+        assert_eq!(exp_nonpositive(f32::MIN), 0.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn erf_and_tanh_match_libm() {
+        let (mut erf_err, mut tanh_err) = (0f64, 0f64);
+        for i in -100_000..=100_000 {
+            let x = i as f32 / 10_000.0;
+            erf_err = erf_err.max((erf(x) as f64 - libm::erf(x as f64)).abs());
+            tanh_err = tanh_err.max((tanh(x) as f64 - (x as f64).tanh()).abs());
+        }
+        assert!(erf_err < 2.5e-7, "erf max abs error {erf_err}");
+        assert!(tanh_err < 3e-7, "tanh max abs error {tanh_err}");
+        assert_eq!(erf(0.0), 0.0);
+    }
+
+    #[test]
+    fn gelu_forms_match_their_definitions() {
+        for form in ["erf", "tanh"] {
+            let mut x = random(100_000, 1);
+            let orig = x.clone();
+            if form == "erf" {
+                gelu_erf(&mut x);
+            } else {
+                gelu_tanh(&mut x);
+            }
+            for (g, v) in x.iter().zip(&orig) {
+                let v = *v as f64;
+                let want = if form == "erf" {
+                    0.5 * v * (1.0 + libm::erf(v / 2f64.sqrt()))
+                } else {
+                    let c = (2.0 / std::f64::consts::PI).sqrt();
+                    0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh())
+                };
+                assert!(
+                    (*g as f64 - want).abs() < 1e-6,
+                    "{form} gelu({v}) = {g}, want {want}"
+                );
+            }
+        }
+        let mut x = vec![-1.0, 0.0, 2.5];
+        relu(&mut x);
+        assert_eq!(x, vec![0.0, 0.0, 2.5]);
+    }
+
+    #[test]
+    fn layer_norm_with_residual_matches_two_pass_reference() {
+        for (rows, h) in [(3, 5), (100, 768), (64, 1000)] {
+            let mut x = random(rows * h, 2);
+            let res = random(rows * h, 3);
+            let gamma = random(h, 4);
+            let beta = random(h, 5);
+            let mut want = vec![0f64; rows * h];
+            for r in 0..rows {
+                let row: Vec<f64> = (0..h)
+                    .map(|j| x[r * h + j] as f64 + res[r * h + j] as f64)
+                    .collect();
+                let mean = row.iter().sum::<f64>() / h as f64;
+                let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / h as f64;
+                for j in 0..h {
+                    want[r * h + j] =
+                        (row[j] - mean) / (var + 1e-12).sqrt() * gamma[j] as f64 + beta[j] as f64;
+                }
+            }
+            add_layer_norm(&mut x, Some(&res), &gamma, &beta, 1e-12);
+            for (g, w) in x.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 2e-5, "{g} vs {w} ({rows}x{h})");
+            }
+        }
+        // A large common offset: E[x^2] - mean^2 would lose every digit here.
+        let mut x = vec![1000.0f32, 1001.0, 1002.0, 1003.0];
+        add_layer_norm(&mut x, None, &[1.0; 4], &[0.0; 4], 1e-12);
+        for (a, b) in x
+            .iter()
+            .zip([-1.3416408f32, -0.4472136, 0.4472136, 1.3416408])
+        {
+            assert!((a - b).abs() < 1e-5, "{x:?}");
+        }
+    }
+
+    fn naive_linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, b: &[f32]) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                out[r * n + j] = b[j] as f64
+                    + (0..k)
+                        .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                        .sum::<f64>();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn linear_writes_strided_columns_with_bias() {
+        // Both products: the packed GEMM (many rows) and the weight-streaming one (few rows,
+        // including a row count and widths that leave partial tiles and a k tail).
+        for m in [37, 5, 1, 8] {
+            linear_case(m, 50, 23, linear);
+        }
+        linear_case(7, 50, 23, linear_packed);
+        linear_case(37, 50, 23, |x, w, b, o, _| linear_rows(x, w, b, o));
+    }
+
+    fn linear_case(
+        m: usize,
+        k: usize,
+        n: usize,
+        linear: impl Fn(MatRef, MatRef, Option<&[f32]>, MatMut, Parallelism),
+    ) {
+        let x = random(m * k, 6);
+        let w = random(n * k, 7);
+        let b = random(n, 8);
+        let want = naive_linear(&x, m, k, &w, n, &b);
+        // Into columns 5..5+n of a wider buffer, as the QKV projections do.
+        let stride = n + 9;
+        let mut buf = vec![f32::NAN; m * stride];
+        let mut out = MatMut::new(&mut buf, m, stride, stride);
+        linear(
+            MatRef::new(&x, m, k, k),
+            MatRef::new(&w, n, k, k),
+            Some(&b),
+            out.columns(5, n),
+            parallelism(),
+        );
+        for r in 0..m {
+            for j in 0..stride {
+                let v = buf[r * stride + j];
+                if (5..5 + n).contains(&j) {
+                    assert!((v as f64 - want[r * n + j - 5]).abs() < 1e-4);
+                } else {
+                    assert!(v.is_nan(), "wrote outside its columns");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_matches_a_naive_reference_with_padding() {
+        let (batch, seq, heads, d) = (2, 7, 3, 4);
+        let hidden = heads * d;
+        let rows = batch * seq;
+        // q, k, v side by side in one buffer, as the fused projection writes them.
+        let qkv = random(rows * 3 * hidden, 9);
+        let view = MatRef::new(&qkv, rows, 3 * hidden, 3 * hidden);
+        let mut mask = vec![0f32; rows];
+        mask[seq + 5] = f32::MIN; // the second sequence has two padded keys
+        mask[seq + 6] = f32::MIN;
+        let mut out = vec![0f32; rows * hidden];
+        attention(
+            view.columns(0, hidden),
+            view.columns(hidden, hidden),
+            view.columns(2 * hidden, hidden),
+            &mask,
+            batch,
+            seq,
+            heads,
+            MatMut::new(&mut out, rows, hidden, hidden),
+        );
+        let at = |r: usize, c: usize| qkv[r * 3 * hidden + c] as f64;
+        for b in 0..batch {
+            for h in 0..heads {
+                for i in 0..seq {
+                    let scores: Vec<f64> = (0..seq)
+                        .map(|j| {
+                            let dot: f64 = (0..d)
+                                .map(|c| {
+                                    at(b * seq + i, h * d + c) * at(b * seq + j, hidden + h * d + c)
+                                })
+                                .sum();
+                            dot / (d as f64).sqrt() + mask[b * seq + j] as f64
+                        })
+                        .collect();
+                    let top = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
+                    let total: f64 = e.iter().sum();
+                    for c in 0..d {
+                        let want: f64 = (0..seq)
+                            .map(|j| e[j] / total * at(b * seq + j, 2 * hidden + h * d + c))
+                            .sum();
+                        let got = out[(b * seq + i) * hidden + h * d + c] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "b{b} h{h} i{i} c{c}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
