@@ -12,5 +12,6 @@ pub mod eval;
 pub mod hub;
 pub mod models;
 pub mod report;
+pub mod runtime;
 pub mod squad;
 pub mod train;

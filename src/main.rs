@@ -7,6 +7,7 @@ use clap::Parser;
 static ALLOC: bertbench::bench::memory::CountingAlloc = bertbench::bench::memory::CountingAlloc;
 
 fn main() {
+    bertbench::runtime::init();
     // Like other Unix command-line tools, end quietly when the reader of our output goes away
     // (`bertbench report dir | head`) instead of panicking on a broken pipe.
     #[cfg(unix)]
