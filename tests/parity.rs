@@ -227,3 +227,60 @@ fn fused_kernels_match_composed_ops() {
         }
     }
 }
+
+/// Training through the fused ops (LayerNorm, GELU, masked softmax, each with its own
+/// backward) gives the composed ops' loss and gradients, for every family and activation, on a
+/// padded batch with dropout on (both paths draw the same masks).
+#[test]
+fn fused_training_ops_match_composed_gradients() {
+    use bertbench::models::config::Activation;
+    use bertbench::train::{optim::grads_of, qa_loss, TrainableModel};
+
+    let (b, s) = (3, 21);
+    for family in FAMILIES {
+        let dir = parity_dir(family);
+        for activation in [Activation::Gelu, Activation::GeluTanh, Activation::Relu] {
+            let mut config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+            config.activation = activation;
+            config.initializer_range = 0.2;
+            let model = TrainableModel::random(&config, 5, DType::F32, &Device::Cpu).unwrap();
+            let ids: Vec<u32> = (0..b * s).map(|i| (i * 7919 % 90 + 5) as u32).collect();
+            let mask: Vec<u32> = (0..b * s)
+                .map(|i| u32::from(i % s < s - (i / s) * 5))
+                .collect();
+            let batch = bertbench::models::Batch {
+                input_ids: Tensor::from_vec(ids, (b, s), &Device::Cpu).unwrap(),
+                attention_mask: Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap(),
+                token_type_ids: None,
+            };
+            let starts = Tensor::new(&[1u32, 4, 9], &Device::Cpu).unwrap();
+            let ends = Tensor::new(&[3u32, 4, 12], &Device::Cpu).unwrap();
+            let run = |mut ctx: ForwardCtx| {
+                let out = model.model.forward(&batch, &mut ctx).unwrap();
+                let loss = qa_loss(&out, &starts, &ends).unwrap();
+                let grads = grads_of(&model.params, &loss.backward().unwrap());
+                (loss.to_scalar::<f32>().unwrap(), grads)
+            };
+            let (loss_f, grads_f) = run(ForwardCtx::training(7));
+            let (loss_c, grads_c) = run(ForwardCtx::training_composed(7));
+            assert!(
+                (loss_f - loss_c).abs() <= 1e-5 * loss_c.abs().max(1.0),
+                "{family} {activation:?}: loss {loss_f} vs {loss_c}"
+            );
+            for ((name, _), (gf, gc)) in model.params.iter().zip(grads_f.iter().zip(&grads_c)) {
+                let (gf, gc) = match (gf, gc) {
+                    (Some(f), Some(c)) => (to_f64(f), to_f64(c)),
+                    // SqueezeBERT's pooler is outside the QA graph on both paths.
+                    (None, None) => continue,
+                    _ => panic!("{family} {activation:?} {name}: gradient on one path only"),
+                };
+                let scale = gc.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+                let diff = max_abs_diff(&gf, &gc);
+                assert!(
+                    diff <= 1e-4 * scale,
+                    "{family} {activation:?} {name}: gradient differs by {diff:e} (scale {scale:e})"
+                );
+            }
+        }
+    }
+}

@@ -64,7 +64,7 @@ impl Embeddings {
         let x = (words + types)?
             .reshape((b, s, h))?
             .broadcast_add(&positions)?;
-        let x = self.layer_norm.forward(&x)?;
+        let x = self.layer_norm.forward(&x, ctx.fused())?;
         ctx.dropout(&x, self.dropout)
     }
 }

@@ -85,7 +85,7 @@ impl DistilBert {
         let x = words
             .reshape((b, s, h))?
             .broadcast_add(&self.position.narrow(0, 0, s)?)?;
-        let x = ctx.dropout(&self.embedding_norm.forward(&x)?, self.dropout)?;
+        let x = ctx.dropout(&self.embedding_norm.forward(&x, ctx.fused())?, self.dropout)?;
         encode(&self.layers, x, mask, ctx)
     }
 }

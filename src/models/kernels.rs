@@ -381,6 +381,44 @@ pub fn matmul(a: MatRef, b: MatRef, out: MatMut, par: Parallelism) {
     }
 }
 
+/// `out = a^T b` for row-major views (`a` is `k x m`, read in place as its transpose): a
+/// weight gradient `dy^T x` straight into the Hub's `[out, in]` layout.
+pub fn matmul_at(a: MatRef, b: MatRef, out: MatMut, par: Parallelism) {
+    let (k, m, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions");
+    assert_eq!((out.rows, out.cols), (m, n), "output shape");
+    // SAFETY: as in `linear`.
+    unsafe {
+        gemm_raw(
+            (m, n, k),
+            (out.data.as_mut_ptr(), out.stride),
+            false,
+            (a.data.as_ptr(), 1, a.stride),
+            (b.data.as_ptr(), b.stride, 1),
+            par,
+        )
+    }
+}
+
+/// Column sums of a `rows x cols` matrix (a bias gradient), split over the compute threads.
+pub fn column_sums(x: &[f32], cols: usize) -> Vec<f32> {
+    let rows_per_task = (PAR_MIN_ELEMS / 4 / cols).max(1);
+    let partial = |chunk: &[f32]| {
+        let mut acc = vec![0f32; cols];
+        for row in chunk.chunks_exact(cols) {
+            acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+        }
+        acc
+    };
+    x.par_chunks(rows_per_task * cols).map(partial).reduce(
+        || vec![0f32; cols],
+        |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        },
+    )
+}
+
 /// `out = a b^T` for row-major views (`b` is `n x k`, read in place).
 pub fn matmul_bt(a: MatRef, b: MatRef, out: MatMut, par: Parallelism) {
     let (m, k, n) = (a.rows, a.cols, b.rows);
@@ -612,6 +650,175 @@ pub fn add_layer_norm(
         x.par_chunks_mut(rows_per_task * h)
             .enumerate()
             .for_each(run);
+    }
+}
+
+/// `dx = dy * act'(x)` for the GELU forms, in place over `dy`.
+pub fn gelu_backward(x: &[f32], dy: &mut [f32], tanh_form: bool) {
+    assert_eq!(x.len(), dy.len());
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    let run = |(x, dy): (&[f32], &mut [f32])| {
+        dispatch!({
+            for (g, v) in dy.iter_mut().zip(x) {
+                let v = *v;
+                let d = if tanh_form {
+                    let t = tanh(C * (v + 0.044_715 * v * v * v));
+                    0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * C * (1.0 + 0.134_145 * v * v)
+                } else {
+                    0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+                        + v * INV_SQRT_2PI * exp_nonpositive(-0.5 * v * v)
+                };
+                *g *= d;
+            }
+        })
+    };
+    if x.len() < PAR_MIN_ELEMS {
+        run((x, dy));
+    } else {
+        x.par_chunks(PAR_MIN_ELEMS / 4)
+            .zip(dy.par_chunks_mut(PAR_MIN_ELEMS / 4))
+            .for_each(run);
+    }
+}
+
+/// LayerNorm's backward over rows of `gamma.len()`: returns `dx` in place of `dy`, and
+/// `(dgamma, dbeta)`. The row statistics are recomputed from `x` (cheaper than storing them).
+pub fn layer_norm_backward(
+    x: &[f32],
+    dy: &mut [f32],
+    gamma: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let h = gamma.len();
+    assert_eq!(x.len(), dy.len());
+    let rows_per_task = (PAR_MIN_ELEMS / 4 / h).max(1);
+    let partial = |(x, dy): (&[f32], &mut [f32])| {
+        let mut dgamma = vec![0f32; h];
+        let mut dbeta = vec![0f32; h];
+        dispatch!({
+            for (xr, gr) in x.chunks_exact(h).zip(dy.chunks_exact_mut(h)) {
+                let n = h as f32;
+                let mean = sum(xr) / n;
+                let rstd = 1.0 / (sum_sq_dev(xr, mean) / n + eps).sqrt();
+                // With xhat = (x - mean) rstd and g = dy * gamma:
+                // dx = rstd (g - mean(g) - xhat mean(g xhat)).
+                let (mut sg, mut sgx) = (0f32, 0f32);
+                for j in 0..h {
+                    let xhat = (xr[j] - mean) * rstd;
+                    let g = gr[j] * gamma[j];
+                    dgamma[j] += gr[j] * xhat;
+                    dbeta[j] += gr[j];
+                    sg += g;
+                    sgx += g * xhat;
+                }
+                let (mg, mgx) = (sg / n, sgx / n);
+                for j in 0..h {
+                    let xhat = (xr[j] - mean) * rstd;
+                    gr[j] = rstd * (gr[j] * gamma[j] - mg - xhat * mgx);
+                }
+            }
+        });
+        (dgamma, dbeta)
+    };
+    let add = |(mut a, mut b): (Vec<f32>, Vec<f32>), (c, d): (Vec<f32>, Vec<f32>)| {
+        a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
+        b.iter_mut().zip(&d).for_each(|(b, d)| *b += d);
+        (a, b)
+    };
+    if x.len() < PAR_MIN_ELEMS {
+        partial((x, dy))
+    } else {
+        x.par_chunks(rows_per_task * h)
+            .zip(dy.par_chunks_mut(rows_per_task * h))
+            .map(partial)
+            .reduce(|| (vec![0f32; h], vec![0f32; h]), add)
+    }
+}
+
+/// `softmax(x * scale + mask)` over the last dimension of `x` (`rows x cols`), in place;
+/// `mask_row(r)` is the additive mask of row `r` (`cols` long).
+pub fn masked_softmax<'m>(
+    x: &mut [f32],
+    cols: usize,
+    scale: f32,
+    mask_row: impl Fn(usize) -> &'m [f32] + Sync,
+) {
+    let rows_per_task = (PAR_MIN_ELEMS / 4 / cols).max(1);
+    let run = |(i, chunk): (usize, &mut [f32])| {
+        dispatch!({
+            for (j, row) in chunk.chunks_exact_mut(cols).enumerate() {
+                softmax_row(row, scale, mask_row(i * rows_per_task + j));
+            }
+        })
+    };
+    if x.len() < PAR_MIN_ELEMS {
+        run((0, x));
+    } else {
+        x.par_chunks_mut(rows_per_task * cols)
+            .enumerate()
+            .for_each(run);
+    }
+}
+
+/// The softmax's backward: `dx = scale * y (dy - sum(dy y))` per row, in place over `dy`.
+pub fn softmax_backward(y: &[f32], dy: &mut [f32], cols: usize, scale: f32) {
+    assert_eq!(y.len(), dy.len());
+    let run = |(y, dy): (&[f32], &mut [f32])| {
+        dispatch!({
+            for (yr, gr) in y.chunks_exact(cols).zip(dy.chunks_exact_mut(cols)) {
+                let mut acc = [0f32; 8];
+                let (cy, cg) = (yr.chunks_exact(8), gr.chunks_exact(8));
+                let tail: f32 = cy
+                    .remainder()
+                    .iter()
+                    .zip(cg.remainder())
+                    .map(|(a, b)| a * b)
+                    .sum();
+                for (a, b) in cy.zip(cg) {
+                    for i in 0..8 {
+                        acc[i] += a[i] * b[i];
+                    }
+                }
+                let dot = acc.iter().sum::<f32>() + tail;
+                for (g, v) in gr.iter_mut().zip(yr) {
+                    *g = scale * v * (*g - dot);
+                }
+            }
+        })
+    };
+    let chunk = (PAR_MIN_ELEMS / 4 / cols).max(1) * cols;
+    if y.len() < PAR_MIN_ELEMS {
+        run((y, dy));
+    } else {
+        y.par_chunks(chunk)
+            .zip(dy.par_chunks_mut(chunk))
+            .for_each(run);
+    }
+}
+
+/// Inverted-dropout mask: each element `scale` with probability `keep`, else 0, drawn from a
+/// counter-based generator (SplitMix64's mixer of `key + index`), so the mask is a pure
+/// function of `(key, index)`: reproducible, and computed in parallel.
+pub fn dropout_mask(key: u64, keep: f64, scale: f32, out: &mut [f32]) {
+    // keep probability as a 24-bit threshold.
+    let threshold = (keep * (1u64 << 24) as f64).round() as u64;
+    let fill = |(i, chunk): (usize, &mut [f32])| {
+        let base = (i * (PAR_MIN_ELEMS / 4)) as u64;
+        for (j, v) in chunk.iter_mut().enumerate() {
+            let mut z = key.wrapping_add((base + j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            *v = if (z >> 40) < threshold { scale } else { 0.0 };
+        }
+    };
+    if out.len() < PAR_MIN_ELEMS {
+        out.chunks_mut(PAR_MIN_ELEMS / 4).enumerate().for_each(fill);
+    } else {
+        out.par_chunks_mut(PAR_MIN_ELEMS / 4)
+            .enumerate()
+            .for_each(fill);
     }
 }
 

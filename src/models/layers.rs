@@ -23,6 +23,7 @@ use rand::{Rng, SeedableRng};
 
 use super::config::Activation;
 use super::kernels::{self, MatMut, MatRef};
+use super::ops;
 use super::weights::{Init, Params};
 
 /// Read access to the data of a contiguous f32 CPU tensor: what the fused kernels work on.
@@ -93,12 +94,27 @@ impl ForwardCtx {
         }
     }
 
-    /// Training: dropout on, masks drawn from a generator seeded with `seed`.
+    /// Training: dropout on, masks drawn from a generator seeded with `seed`; the fused ops
+    /// (with their backward passes) where the tensors allow them.
     pub fn training(seed: u64) -> Self {
+        Self {
+            rng: Some(StdRng::seed_from_u64(seed)),
+            fused: true,
+        }
+    }
+
+    /// Training through the composed candle ops only (same dropout masks as [`Self::training`]
+    /// with the same seed): the reference the fused ops' gradients are tested against.
+    pub fn training_composed(seed: u64) -> Self {
         Self {
             rng: Some(StdRng::seed_from_u64(seed)),
             fused: false,
         }
+    }
+
+    /// Whether the fused kernels and ops may be used.
+    pub fn fused(&self) -> bool {
+        self.fused
     }
 
     pub fn is_training(&self) -> bool {
@@ -115,15 +131,10 @@ impl ForwardCtx {
         }
         let keep = 1.0 - p;
         let scale = (1.0 / keep) as f32;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if rng.random::<f64>() < keep {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        // One draw per call keys a counter-based generator: the mask is filled in parallel
+        // and still depends only on the seed and the call order.
+        let mut mask = vec![0f32; x.elem_count()];
+        kernels::dropout_mask(rng.random::<u64>(), keep, scale, &mut mask);
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok(x.mul(&mask)?)
     }
@@ -145,14 +156,19 @@ impl Linear {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `fused`: one op with its own backward (f32 CPU tensors), as [`ForwardCtx::fused`] says.
+    pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (last, lead) = dims
             .split_last()
             .expect("linear input has at least one dim");
         let rows: usize = lead.iter().product();
         let x2 = x.contiguous()?.reshape((rows, *last))?;
-        let y = x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        let y = if fused && ops::supported(&x2) && ops::supported(&self.weight) {
+            x2.apply_op3(&self.weight, &self.bias, ops::Linear)?
+        } else {
+            x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?
+        };
         let mut out_dims = lead.to_vec();
         out_dims.push(self.bias.dim(0)?);
         Ok(y.reshape(out_dims)?)
@@ -176,13 +192,20 @@ impl LayerNorm {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if fused_eligible(x) {
+    /// `fused`: take the fused kernel (f32 CPU tensors only), as [`ForwardCtx::fused`] says.
+    pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused && fused_eligible(x) {
             if let (Some(g), Some(b)) = (CpuF32::of(&self.weight), CpuF32::of(&self.bias)) {
                 let mut data = CpuF32::of(x).expect("eligible").slice().to_vec();
                 kernels::add_layer_norm(&mut data, None, g.slice(), b.slice(), self.eps as f32);
                 return Ok(Tensor::from_vec(data, x.shape(), &Device::Cpu)?);
             }
+        }
+        if fused && ops::supported(x) && ops::supported(&self.weight) {
+            let op = ops::LayerNorm {
+                eps: self.eps as f32,
+            };
+            return Ok(x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?);
         }
         let dtype = x.dtype();
         // Half precision accumulates in f32, as PyTorch does.
@@ -202,8 +225,15 @@ impl LayerNorm {
     }
 }
 
-/// Applies the feed-forward activation.
-pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+/// Applies the feed-forward activation (GELU through the fused op when `fused` allows and
+/// the tensor is f32 on the CPU).
+pub fn activate(x: &Tensor, act: Activation, fused: bool) -> Result<Tensor> {
+    if fused && ops::supported(x) && act != Activation::Relu {
+        let op = ops::Gelu {
+            tanh: act == Activation::GeluTanh,
+        };
+        return Ok(x.contiguous()?.apply_op1(op)?);
+    }
     Ok(match act {
         Activation::Gelu => x.gelu_erf()?,
         Activation::GeluTanh => x.gelu()?,
@@ -270,9 +300,16 @@ pub fn attention(
     let k = split_heads(k, heads)?;
     let v = split_heads(v, heads)?;
     let kt = k.transpose(2, 3)?.contiguous()?;
-    let scores = (q.matmul(&kt)? * (1.0 / (head_dim as f64).sqrt()))?;
-    let scores = scores.broadcast_add(mask)?;
-    let probs = softmax_last(&scores)?;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let raw = q.matmul(&kt)?;
+    let probs = if ctx.fused() && ops::supported(&raw) {
+        let op = ops::MaskedSoftmax {
+            scale: scale as f32,
+        };
+        raw.apply_op2(&mask.contiguous()?, op)?
+    } else {
+        softmax_last(&raw.affine(scale, 0.0)?.broadcast_add(mask)?)?
+    };
     let probs = ctx.dropout(&probs, dropout)?;
     let context = probs.matmul(&v)?; // (b, heads, s, head_dim)
     Ok(context.transpose(1, 2)?.reshape((b, s, h))?)
@@ -330,9 +367,9 @@ pub enum Projection {
 }
 
 impl Projection {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         match self {
-            Projection::Linear(l) => l.forward(x),
+            Projection::Linear(l) => l.forward(x, fused),
             Projection::Grouped(c) => c.forward(x),
         }
     }
@@ -361,18 +398,19 @@ pub struct EncoderBlock {
 impl EncoderBlock {
     /// `mask` is the additive `(batch, 1, 1, seq)` mask from [`additive_mask`].
     pub fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let q = self.query.forward(x)?;
-        let k = self.key.forward(x)?;
-        let v = self.value.forward(x)?;
+        let fused = ctx.fused();
+        let q = self.query.forward(x, fused)?;
+        let k = self.key.forward(x, fused)?;
+        let v = self.value.forward(x, fused)?;
         let context = attention(&q, &k, &v, mask, self.heads, self.attention_dropout, ctx)?;
-        let mut attended = self.attention_output.forward(&context)?;
+        let mut attended = self.attention_output.forward(&context, fused)?;
         if self.dropout_on_attention_output {
             attended = ctx.dropout(&attended, self.hidden_dropout)?;
         }
-        let x1 = self.attention_norm.forward(&(attended + x)?)?;
-        let inner = activate(&self.ffn_in.forward(&x1)?, self.activation)?;
-        let out = ctx.dropout(&self.ffn_out.forward(&inner)?, self.hidden_dropout)?;
-        self.output_norm.forward(&(out + x1)?)
+        let x1 = self.attention_norm.forward(&(attended + x)?, fused)?;
+        let inner = activate(&self.ffn_in.forward(&x1, fused)?, self.activation, fused)?;
+        let out = ctx.dropout(&self.ffn_out.forward(&inner, fused)?, self.hidden_dropout)?;
+        self.output_norm.forward(&(out + x1)?, fused)
     }
 }
 
@@ -385,7 +423,7 @@ pub fn encode(
     mask: &Tensor,
     ctx: &mut ForwardCtx,
 ) -> Result<Tensor> {
-    if ctx.fused && !ctx.is_training() && fused_eligible(&x) {
+    if ctx.fused() && !ctx.is_training() && fused_eligible(&x) {
         if let Some(y) = encode_fused(layers, &x, mask)? {
             return Ok(y);
         }
@@ -610,7 +648,7 @@ mod tests {
         };
         // A large common offset: the E[x^2]-mean^2 form would lose all precision here.
         let x = Tensor::new(&[[1000.0f32, 1001.0, 1002.0, 1003.0]], &dev)?;
-        let y: Vec<f32> = ln.forward(&x)?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = ln.forward(&x, false)?.flatten_all()?.to_vec1()?;
         let expect = [-1.3416408f32, -0.4472136, 0.4472136, 1.3416408];
         for (a, b) in y.iter().zip(expect) {
             assert!((a - b).abs() < 1e-5, "{y:?}");

@@ -8,6 +8,7 @@ pub mod distilbert;
 pub mod inputs;
 pub mod kernels;
 pub mod layers;
+pub mod ops;
 pub mod qa;
 pub mod squeezebert;
 pub mod weights;

@@ -141,7 +141,7 @@ impl QaModel {
             Encoder::SqueezeBert(m) => m.forward(&batch.input_ids, token_types, &mask, ctx)?,
         };
         let head_in = ctx.dropout(&hidden, self.config.qa_dropout)?;
-        let logits = self.qa_outputs.forward(&head_in)?; // (b, s, 2)
+        let logits = self.qa_outputs.forward(&head_in, ctx.fused())?; // (b, s, 2)
         Ok(QaOutput {
             start_logits: logits.narrow(2, 0, 1)?.squeeze(2)?.contiguous()?,
             end_logits: logits.narrow(2, 1, 1)?.squeeze(2)?.contiguous()?,

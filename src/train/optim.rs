@@ -8,7 +8,9 @@
 
 use anyhow::Result;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +40,75 @@ impl Default for AdamWConfig {
 pub fn no_decay(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     name.ends_with("bias") || lower.contains("layernorm") || lower.contains("layer_norm")
+}
+
+/// One step's constants of the AdamW update.
+#[derive(Clone, Copy)]
+struct Coefficients {
+    b1: f32,
+    b2: f32,
+    one_minus_b1: f32,
+    one_minus_b2: f32,
+    eps: f32,
+    /// Multiplies the gradient (clipping, accumulation averaging).
+    scale: f32,
+    /// `lr / (1 - beta1^t)`.
+    step_size: f32,
+    /// `sqrt(1 - beta2^t)`.
+    bc2_sqrt: f32,
+    /// `1 - lr * weight_decay`, or 1 for parameters without decay.
+    decay: f32,
+}
+
+/// The AdamW update (PyTorch's formulation) of `p`, `m`, `v` by gradient `g`, split over the
+/// compute threads.
+fn update(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: Coefficients) {
+    const CHUNK: usize = 1 << 14;
+    p.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|(((p, m), v), g)| {
+            for i in 0..p.len() {
+                let g = g[i] * k.scale;
+                m[i] = k.b1 * m[i] + k.one_minus_b1 * g;
+                v[i] = k.b2 * v[i] + k.one_minus_b2 * g * g;
+                let denom = v[i].sqrt() / k.bc2_sqrt + k.eps;
+                p[i] = p[i] * k.decay - k.step_size * m[i] / denom;
+            }
+        });
+}
+
+/// [`update`] applied to a parameter's own storage (candle's in-place op hook).
+struct InPlace<'a> {
+    m: Mutex<&'a mut Vec<f32>>,
+    v: Mutex<&'a mut Vec<f32>>,
+    g: &'a [f32],
+    k: Coefficients,
+}
+
+impl InplaceOp1 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "bertbench-adamw"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (a, b) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("adamw: non-contiguous parameter".into()))?;
+        let CpuStorage::F32(p) = storage else {
+            return Err(candle_core::Error::Msg("adamw: f32 parameters only".into()));
+        };
+        let (mut m, mut v) = (self.m.lock().unwrap(), self.v.lock().unwrap());
+        update(
+            &mut p[a..b],
+            m.as_mut_slice(),
+            v.as_mut_slice(),
+            self.g,
+            self.k,
+        );
+        Ok(())
+    }
 }
 
 struct Slot {
@@ -155,40 +226,62 @@ impl AdamW {
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
         let (one_minus_b1, one_minus_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
         let scale = grad_scale as f32;
+        let k = Coefficients {
+            b1,
+            b2,
+            one_minus_b1,
+            one_minus_b2,
+            eps,
+            scale,
+            step_size,
+            bc2_sqrt,
+            decay: 1.0,
+        };
         for ((_, slot), grad) in self.slots.iter_mut().zip(grads) {
             let Some(grad) = grad else { continue };
             let dtype = slot.var.dtype();
-            let decay = if slot.decay {
-                (1.0 - lr * c.weight_decay) as f32
-            } else {
-                1.0
+            let k = Coefficients {
+                decay: if slot.decay {
+                    (1.0 - lr * c.weight_decay) as f32
+                } else {
+                    1.0
+                },
+                ..k
             };
-            let mut owned;
-            let p: &mut Vec<f32> = match slot.master.as_mut() {
-                Some(master) => master,
-                None => {
-                    owned = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-                    &mut owned
+            let grad = grad.to_dtype(DType::F32)?.contiguous()?;
+            let (g_storage, g_layout) = grad.storage_and_layout();
+            let g = match (&*g_storage, g_layout.contiguous_offsets()) {
+                (Storage::Cpu(cpu), Some((a, b))) => Some(&cpu.as_slice::<f32>()?[a..b]),
+                _ => None,
+            };
+            match (slot.master.as_mut(), g) {
+                // f32 parameters on the CPU: one pass over parameter, moments and gradient,
+                // writing the parameter in place (no copies of the weights).
+                (None, Some(g)) if slot.var.device().is_cpu() => {
+                    let op = InPlace {
+                        m: Mutex::new(&mut slot.m),
+                        v: Mutex::new(&mut slot.v),
+                        g,
+                        k,
+                    };
+                    slot.var.as_tensor().inplace_op1(&op)?;
                 }
-            };
-            let g: Vec<f32> = grad.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-            const CHUNK: usize = 1 << 14;
-            p.par_chunks_mut(CHUNK)
-                .zip(slot.m.par_chunks_mut(CHUNK))
-                .zip(slot.v.par_chunks_mut(CHUNK))
-                .zip(g.par_chunks(CHUNK))
-                .for_each(|(((p, m), v), g)| {
-                    for i in 0..p.len() {
-                        let g = g[i] * scale;
-                        m[i] = b1 * m[i] + one_minus_b1 * g;
-                        v[i] = b2 * v[i] + one_minus_b2 * g * g;
-                        let denom = v[i].sqrt() / bc2_sqrt + eps;
-                        p[i] = p[i] * decay - step_size * m[i] / denom;
-                    }
-                });
-            let updated =
-                Tensor::from_slice(p, slot.var.shape(), slot.var.device())?.to_dtype(dtype)?;
-            slot.var.set(&updated)?;
+                (master, _) => {
+                    let mut owned;
+                    let p: &mut Vec<f32> = match master {
+                        Some(master) => master,
+                        None => {
+                            owned = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                            &mut owned
+                        }
+                    };
+                    let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
+                    update(p, &mut slot.m, &mut slot.v, &g, k);
+                    let updated = Tensor::from_slice(p, slot.var.shape(), slot.var.device())?
+                        .to_dtype(dtype)?;
+                    slot.var.set(&updated)?;
+                }
+            }
         }
         Ok(())
     }

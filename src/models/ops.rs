@@ -1,0 +1,263 @@
+//! candle ops backed by the fused kernels of [`super::kernels`], each with its backward pass:
+//! what a forward that records gradients (training) uses on f32 CPU tensors instead of the
+//! composed ops. Measured on the 2-core reference machine, the composed LayerNorm (seven ops
+//! forward, more backward), libm's single-threaded `gelu_erf` and the three-op softmax took
+//! about a third of a BERT-base training step.
+//!
+//! The backward passes are themselves fused kernels (they record no graph: second derivatives
+//! are not needed). `tests/train.rs` checks every gradient against the composed ops.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
+};
+
+use super::kernels::{self, MatMut, MatRef};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Whether `t` can go through these ops: f32 on the CPU.
+pub fn supported(t: &Tensor) -> bool {
+    t.dtype() == DType::F32 && t.device().is_cpu()
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: needs a contiguous input")))?;
+    Ok(&data[start..end])
+}
+
+/// Runs `f` on a tensor's f32 data (copied to a contiguous layout first if it is not one).
+fn read<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(contiguous(cpu, layout, op)?)),
+        _ => Err(candle_core::Error::Msg(format!("{op}: CPU tensors only"))),
+    }
+}
+
+/// A gradient as an owned, contiguous f32 vector: the buffer the backward kernels write into.
+fn owned(grad: &Tensor) -> CResult<Vec<f32>> {
+    grad.flatten_all()?.to_vec1::<f32>()
+}
+
+/// GELU, exact (`tanh: false`) or the tanh form.
+pub struct Gelu {
+    pub tanh: bool,
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "bertbench-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let mut y = contiguous(s, l, self.name())?.to_vec();
+        if self.tanh {
+            kernels::gelu_tanh(&mut y);
+        } else {
+            kernels::gelu_erf(&mut y);
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let mut dx = owned(grad)?;
+        read(arg, self.name(), |x| {
+            kernels::gelu_backward(x, &mut dx, self.tanh)
+        })?;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// LayerNorm over the last dimension of `x`, with `gamma` and `beta` (two-pass statistics).
+pub struct LayerNorm {
+    pub eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "bertbench-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let mut y = contiguous(s1, l1, self.name())?.to_vec();
+        let gamma = contiguous(s2, l2, self.name())?;
+        let beta = contiguous(s3, l3, self.name())?;
+        kernels::add_layer_norm(&mut y, None, gamma, beta, self.eps);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut dx = owned(grad)?;
+        let (dgamma, dbeta) = read(x, self.name(), |x| {
+            read(gamma, self.name(), |g| {
+                kernels::layer_norm_backward(x, &mut dx, g, self.eps)
+            })
+        })??;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dgamma, gamma.shape(), dev)?),
+            Some(Tensor::from_vec(dbeta, beta.shape(), dev)?),
+        ))
+    }
+}
+
+/// Attention probabilities: `softmax(scores * scale + mask)` over the keys, for scores
+/// `(batch, heads, queries, keys)` and the additive mask `(batch, 1, 1, keys)`.
+pub struct MaskedSoftmax {
+    pub scale: f32,
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "bertbench-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (b, h, q, k) = l1.shape().dims4()?;
+        if l2.shape().dims() != [b, 1, 1, k] {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: mask shape {:?}, expected [{b}, 1, 1, {k}]",
+                self.name(),
+                l2.shape().dims()
+            )));
+        }
+        let mut y = contiguous(s1, l1, self.name())?.to_vec();
+        let mask = contiguous(s2, l2, self.name())?;
+        kernels::masked_softmax(&mut y, k, self.scale, |row| {
+            let bi = row / (h * q);
+            &mask[bi * k..(bi + 1) * k]
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        scores: &Tensor,
+        _mask: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let k = scores.dim(3)?;
+        let mut dx = owned(grad)?;
+        read(res, self.name(), |y| {
+            kernels::softmax_backward(y, &mut dx, k, self.scale)
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, scores.shape(), scores.device())?),
+            None,
+        ))
+    }
+}
+
+/// A linear layer `y = x W^T + b` on 2-D `x` (`rows x in`), `W` in the Hub's `[out, in]`
+/// layout. Its backward produces `dW` directly in that layout and `db` as column sums, where
+/// the composed form (matmul with a transposed view, then a broadcast add) had candle
+/// transpose, copy and add the weight gradient through strided element-wise ops.
+pub struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "bertbench-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (rows, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 || l3.shape().dims() != [n] {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: shapes {:?} x {:?}^T + {:?}",
+                self.name(),
+                l1.shape().dims(),
+                l2.shape().dims(),
+                l3.shape().dims()
+            )));
+        }
+        let x = contiguous(s1, l1, self.name())?;
+        let w = contiguous(s2, l2, self.name())?;
+        let b = contiguous(s3, l3, self.name())?;
+        let mut y = vec![0f32; rows * n];
+        kernels::linear(
+            MatRef::new(x, rows, k, k),
+            MatRef::new(w, n, k, k),
+            Some(b),
+            MatMut::new(&mut y, rows, n, n),
+            kernels::parallelism(),
+        );
+        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, k) = x.dims2()?;
+        let n = w.dim(0)?;
+        let par = kernels::parallelism();
+        let (dx, dw, db) = read(grad, self.name(), |dy| {
+            let dy_m = MatRef::new(dy, rows, n, n);
+            let mut dx = vec![0f32; rows * k];
+            let mut dw = vec![0f32; n * k];
+            read(w, self.name(), |w| {
+                kernels::matmul(
+                    dy_m,
+                    MatRef::new(w, n, k, k),
+                    MatMut::new(&mut dx, rows, k, k),
+                    par,
+                )
+            })?;
+            read(x, self.name(), |x| {
+                kernels::matmul_at(
+                    dy_m,
+                    MatRef::new(x, rows, k, k),
+                    MatMut::new(&mut dw, n, k, k),
+                    par,
+                )
+            })?;
+            Ok::<_, candle_core::Error>((dx, dw, kernels::column_sums(dy, n)))
+        })??;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (rows, k), dev)?),
+            Some(Tensor::from_vec(dw, (n, k), dev)?),
+            Some(Tensor::from_vec(db, n, dev)?),
+        ))
+    }
+}
