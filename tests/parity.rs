@@ -180,6 +180,21 @@ fn every_parameter_gets_a_gradient() {
     }
 }
 
+/// A batch of `b` sequences of `s` token ids where row `r` keeps its first `s - r*s/4` tokens
+/// (row 0 is unpadded), with token types 0 then 1 when `types`.
+fn padded_batch(b: usize, s: usize, types: bool) -> bertbench::models::Batch {
+    let ids: Vec<u32> = (0..b * s).map(|i| (i * 7919 % 90 + 5) as u32).collect();
+    let mask: Vec<u32> = (0..b * s)
+        .map(|i| u32::from(i % s < s - (i / s) * s / 4))
+        .collect();
+    let token_types: Vec<u32> = (0..b * s).map(|i| u32::from(i % s >= s / 2)).collect();
+    bertbench::models::Batch {
+        input_ids: Tensor::from_vec(ids, (b, s), &Device::Cpu).unwrap(),
+        attention_mask: Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap(),
+        token_type_ids: types.then(|| Tensor::from_vec(token_types, (b, s), &Device::Cpu).unwrap()),
+    }
+}
+
 /// The fused inference kernels agree with the composed candle ops on random models of every
 /// family, every activation, padded batches and sequence lengths that are not multiples of
 /// any SIMD width (the fixtures above cover only `gelu` at one shape).
@@ -199,18 +214,7 @@ fn fused_kernels_match_composed_ops() {
             config.max_position_embeddings = config.max_position_embeddings.max(256);
             let model = models::random_model(&config, 11, DType::F32, &Device::Cpu).unwrap();
             for (b, s) in shapes {
-                let ids: Vec<u32> = (0..b * s).map(|i| (i * 7919 % 90 + 5) as u32).collect();
-                // Row r keeps its first s - r*s/4 tokens (row 0 is unpadded).
-                let mask: Vec<u32> = (0..b * s)
-                    .map(|i| u32::from(i % s < s - (i / s) * s / 4))
-                    .collect();
-                let types: Vec<u32> = (0..b * s).map(|i| u32::from(i % s >= s / 2)).collect();
-                let batch = bertbench::models::Batch {
-                    input_ids: Tensor::from_vec(ids, (b, s), &Device::Cpu).unwrap(),
-                    attention_mask: Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap(),
-                    token_type_ids: (config.type_vocab_size > 0)
-                        .then(|| Tensor::from_vec(types, (b, s), &Device::Cpu).unwrap()),
-                };
+                let batch = padded_batch(b, s, config.type_vocab_size > 0);
                 let fused = model.forward(&batch, &mut ForwardCtx::inference()).unwrap();
                 let composed = model
                     .forward(&batch, &mut ForwardCtx::inference_composed())
@@ -244,15 +248,7 @@ fn fused_training_ops_match_composed_gradients() {
             config.activation = activation;
             config.initializer_range = 0.2;
             let model = TrainableModel::random(&config, 5, DType::F32, &Device::Cpu).unwrap();
-            let ids: Vec<u32> = (0..b * s).map(|i| (i * 7919 % 90 + 5) as u32).collect();
-            let mask: Vec<u32> = (0..b * s)
-                .map(|i| u32::from(i % s < s - (i / s) * 5))
-                .collect();
-            let batch = bertbench::models::Batch {
-                input_ids: Tensor::from_vec(ids, (b, s), &Device::Cpu).unwrap(),
-                attention_mask: Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap(),
-                token_type_ids: None,
-            };
+            let batch = padded_batch(b, s, false);
             let starts = Tensor::new(&[1u32, 4, 9], &Device::Cpu).unwrap();
             let ends = Tensor::new(&[3u32, 4, 12], &Device::Cpu).unwrap();
             let run = |mut ctx: ForwardCtx| {

@@ -55,6 +55,19 @@ pub fn parallelism() -> Parallelism {
     }
 }
 
+/// Panics unless a `rows x cols` view at row stride `stride` fits in `len` elements: the one
+/// check that makes the raw-pointer GEMM calls below sound.
+fn check_view(len: usize, rows: usize, cols: usize, stride: usize) {
+    assert!(
+        cols <= stride || rows <= 1,
+        "row stride {stride} < cols {cols}"
+    );
+    assert!(
+        rows == 0 || len >= (rows - 1) * stride + cols,
+        "matrix {rows}x{cols} (stride {stride}) needs more than {len} elements"
+    );
+}
+
 /// A row-major matrix view: `rows` x `cols`, row `r` starting at `r * stride`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
@@ -66,15 +79,7 @@ pub struct MatRef<'a> {
 
 impl<'a> MatRef<'a> {
     pub fn new(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
-        assert!(
-            cols <= stride || rows <= 1,
-            "row stride {stride} < cols {cols}"
-        );
-        assert!(
-            rows == 0 || data.len() >= (rows - 1) * stride + cols,
-            "matrix {rows}x{cols} (stride {stride}) needs more than {} elements",
-            data.len()
-        );
+        check_view(data.len(), rows, cols, stride);
         Self {
             data,
             rows,
@@ -106,15 +111,7 @@ pub struct MatMut<'a> {
 
 impl<'a> MatMut<'a> {
     pub fn new(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Self {
-        assert!(
-            cols <= stride || rows <= 1,
-            "row stride {stride} < cols {cols}"
-        );
-        assert!(
-            rows == 0 || data.len() >= (rows - 1) * stride + cols,
-            "matrix {rows}x{cols} (stride {stride}) needs more than {} elements",
-            data.len()
-        );
+        check_view(data.len(), rows, cols, stride);
         Self {
             data,
             rows,
@@ -251,13 +248,20 @@ pub fn linear_rows(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut) {
             r0 += mr;
         }
     };
-    if n * k * m < 1 << 16 || rayon::current_thread_index().is_some() {
+    let threads = rayon::current_num_threads();
+    if n * k * m < 1 << 16 || threads == 1 || rayon::current_thread_index().is_some() {
         (0..tiles).for_each(run);
     } else {
-        (0..tiles).into_par_iter().with_min_len(8).for_each(run);
+        // One contiguous run of tiles per thread: each streams its own part of the weights,
+        // and there is one fork per product, not one per handful of tiles.
+        let per = tiles.div_ceil(threads);
+        (0..threads).into_par_iter().for_each(|t| {
+            (t * per..((t + 1) * per).min(tiles)).for_each(run);
+        });
     }
 }
 
+/// Register tile of [`linear_rows`]: activation rows x weight rows per inner loop.
 const TILE_M: usize = 4;
 const TILE_N: usize = 3;
 
@@ -280,8 +284,8 @@ fn dot_tile_dispatch(
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: features detected; every row slice holds k elements. Fewer than four
-            // rows get their own kernel: one row is the common case at batch 1.
+            // SAFETY: features detected; every row slice holds k elements. Partial row
+            // blocks get their own kernel: one row is the common case at batch 1.
             unsafe {
                 match mr {
                     1 => avx2::dot_tile::<1>(&xr, &wr, k, tile),
