@@ -304,7 +304,9 @@ fn dot_tile_dispatch(
     }
 }
 
-/// Portable dot product with eight partial sums.
+/// Portable dot product with eight partial sums (inlined, so it vectorises with its caller's
+/// target features).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -771,22 +773,9 @@ pub fn softmax_backward(y: &[f32], dy: &mut [f32], cols: usize, scale: f32) {
     let run = |(y, dy): (&[f32], &mut [f32])| {
         dispatch!({
             for (yr, gr) in y.chunks_exact(cols).zip(dy.chunks_exact_mut(cols)) {
-                let mut acc = [0f32; 8];
-                let (cy, cg) = (yr.chunks_exact(8), gr.chunks_exact(8));
-                let tail: f32 = cy
-                    .remainder()
-                    .iter()
-                    .zip(cg.remainder())
-                    .map(|(a, b)| a * b)
-                    .sum();
-                for (a, b) in cy.zip(cg) {
-                    for i in 0..8 {
-                        acc[i] += a[i] * b[i];
-                    }
-                }
-                let dot = acc.iter().sum::<f32>() + tail;
+                let d = dot(yr, gr);
                 for (g, v) in gr.iter_mut().zip(yr) {
-                    *g = scale * v * (*g - dot);
+                    *g = scale * v * (*g - d);
                 }
             }
         })
