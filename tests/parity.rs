@@ -180,6 +180,25 @@ fn every_parameter_gets_a_gradient() {
     }
 }
 
+/// Every fixture family with every activation, weights initialised wide (so activations reach
+/// the ranges where the kernels' approximations of erf, exp and tanh, and the masking, would
+/// show a difference) and room for 256 positions.
+fn kernel_test_configs() -> Vec<(&'static str, bertbench::models::Activation, ModelConfig)> {
+    use bertbench::models::Activation;
+    let mut out = Vec::new();
+    for family in FAMILIES {
+        for activation in [Activation::Gelu, Activation::GeluTanh, Activation::Relu] {
+            let mut config =
+                ModelConfig::from_file(&parity_dir(family).join("config.json")).unwrap();
+            config.activation = activation;
+            config.initializer_range = 0.2;
+            config.max_position_embeddings = config.max_position_embeddings.max(256);
+            out.push((family, activation, config));
+        }
+    }
+    out
+}
+
 /// A batch of `b` sequences of `s` token ids where row `r` keeps its first `s - r*s/4` tokens
 /// (row 0 is unpadded), with token types 0 then 1 when `types`.
 fn padded_batch(b: usize, s: usize, types: bool) -> bertbench::models::Batch {
@@ -200,83 +219,65 @@ fn padded_batch(b: usize, s: usize, types: bool) -> bertbench::models::Batch {
 /// any SIMD width (the fixtures above cover only `gelu` at one shape).
 #[test]
 fn fused_kernels_match_composed_ops() {
-    use bertbench::models::config::Activation;
-
     let shapes = [(1, 1), (1, 8), (3, 37), (2, 130)];
-    for family in FAMILIES {
-        let dir = parity_dir(family);
-        for activation in [Activation::Gelu, Activation::GeluTanh, Activation::Relu] {
-            let mut config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-            config.activation = activation;
-            // Wide weights, so activations reach the ranges where the kernels' approximations
-            // (erf, exp, tanh) and the masking would show a difference.
-            config.initializer_range = 0.2;
-            config.max_position_embeddings = config.max_position_embeddings.max(256);
-            let model = models::random_model(&config, 11, DType::F32, &Device::Cpu).unwrap();
-            for (b, s) in shapes {
-                let batch = padded_batch(b, s, config.type_vocab_size > 0);
-                let fused = model.forward(&batch, &mut ForwardCtx::inference()).unwrap();
-                let composed = model
-                    .forward(&batch, &mut ForwardCtx::inference_composed())
-                    .unwrap();
-                let diff = max_abs_diff(
-                    &to_f64(&fused.last_hidden_state),
-                    &to_f64(&composed.last_hidden_state),
-                );
-                assert!(
-                    diff <= TOL,
-                    "{family} {activation:?} {b}x{s}: max abs diff {diff:e}"
-                );
-            }
+    for (family, activation, config) in kernel_test_configs() {
+        let model = models::random_model(&config, 11, DType::F32, &Device::Cpu).unwrap();
+        for (b, s) in shapes {
+            let batch = padded_batch(b, s, config.type_vocab_size > 0);
+            let fused = model.forward(&batch, &mut ForwardCtx::inference()).unwrap();
+            let composed = model
+                .forward(&batch, &mut ForwardCtx::inference_composed())
+                .unwrap();
+            let diff = max_abs_diff(
+                &to_f64(&fused.last_hidden_state),
+                &to_f64(&composed.last_hidden_state),
+            );
+            assert!(
+                diff <= TOL,
+                "{family} {activation:?} {b}x{s}: max abs diff {diff:e}"
+            );
         }
     }
 }
 
-/// Training through the fused ops (LayerNorm, GELU, masked softmax, each with its own
+/// Training through the fused ops (linear, LayerNorm, GELU, masked softmax, each with its own
 /// backward) gives the composed ops' loss and gradients, for every family and activation, on a
 /// padded batch with dropout on (both paths draw the same masks).
 #[test]
 fn fused_training_ops_match_composed_gradients() {
-    use bertbench::models::config::Activation;
     use bertbench::train::{optim::grads_of, qa_loss, TrainableModel};
 
     let (b, s) = (3, 21);
-    for family in FAMILIES {
-        let dir = parity_dir(family);
-        for activation in [Activation::Gelu, Activation::GeluTanh, Activation::Relu] {
-            let mut config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-            config.activation = activation;
-            config.initializer_range = 0.2;
-            let model = TrainableModel::random(&config, 5, DType::F32, &Device::Cpu).unwrap();
-            let batch = padded_batch(b, s, false);
-            let starts = Tensor::new(&[1u32, 4, 9], &Device::Cpu).unwrap();
-            let ends = Tensor::new(&[3u32, 4, 12], &Device::Cpu).unwrap();
-            let run = |mut ctx: ForwardCtx| {
-                let out = model.model.forward(&batch, &mut ctx).unwrap();
-                let loss = qa_loss(&out, &starts, &ends).unwrap();
-                let grads = grads_of(&model.params, &loss.backward().unwrap());
-                (loss.to_scalar::<f32>().unwrap(), grads)
+    for (family, activation, config) in kernel_test_configs() {
+        let model = TrainableModel::random(&config, 5, DType::F32, &Device::Cpu).unwrap();
+        let batch = padded_batch(b, s, config.type_vocab_size > 0);
+        let starts = Tensor::new(&[1u32, 4, 9], &Device::Cpu).unwrap();
+        let ends = Tensor::new(&[3u32, 4, 12], &Device::Cpu).unwrap();
+        let run = |mut ctx: ForwardCtx| {
+            let out = model.model.forward(&batch, &mut ctx).unwrap();
+            let loss = qa_loss(&out, &starts, &ends).unwrap();
+            let grads = grads_of(&model.params, &loss.backward().unwrap());
+            (loss.to_scalar::<f32>().unwrap(), grads)
+        };
+        let (loss_f, grads_f) = run(ForwardCtx::training(7));
+        let (loss_c, grads_c) = run(ForwardCtx::training_composed(7));
+        assert!(
+            (loss_f - loss_c).abs() <= 1e-5 * loss_c.abs().max(1.0),
+            "{family} {activation:?}: loss {loss_f} vs {loss_c}"
+        );
+        for ((name, _), (gf, gc)) in model.params.iter().zip(grads_f.iter().zip(&grads_c)) {
+            let (gf, gc) = match (gf, gc) {
+                (Some(f), Some(c)) => (to_f64(f), to_f64(c)),
+                // SqueezeBERT's pooler is outside the QA graph on both paths.
+                (None, None) => continue,
+                _ => panic!("{family} {activation:?} {name}: gradient on one path only"),
             };
-            let (loss_f, grads_f) = run(ForwardCtx::training(7));
-            let (loss_c, grads_c) = run(ForwardCtx::training_composed(7));
+            let scale = gc.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+            let diff = max_abs_diff(&gf, &gc);
             assert!(
-                (loss_f - loss_c).abs() <= 1e-5 * loss_c.abs().max(1.0),
-                "{family} {activation:?}: loss {loss_f} vs {loss_c}"
+                diff <= 1e-4 * scale,
+                "{family} {activation:?} {name}: gradient differs by {diff:e} (scale {scale:e})"
             );
-            for ((name, _), (gf, gc)) in model.params.iter().zip(grads_f.iter().zip(&grads_c)) {
-                let (gf, gc) = match (gf, gc) {
-                    (Some(f), Some(c)) => (to_f64(f), to_f64(c)),
-                    // SqueezeBERT's pooler is outside the QA graph on both paths.
-                    (None, None) => continue,
-                    _ => panic!("{family} {activation:?} {name}: gradient on one path only"),
-                };
-                let scale = gc.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-                let diff = max_abs_diff(&gf, &gc);
-                assert!(
-                    diff <= 1e-4 * scale,
-                    "{family} {activation:?} {name}: gradient differs by {diff:e} (scale {scale:e})"
-                );
-            }
         }
     }
 }

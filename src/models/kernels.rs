@@ -55,36 +55,52 @@ pub fn parallelism() -> Parallelism {
     }
 }
 
-/// Panics unless a `rows x cols` view at row stride `stride` fits in `len` elements: the one
-/// check that makes the raw-pointer GEMM calls below sound.
-fn check_view(len: usize, rows: usize, cols: usize, stride: usize) {
+/// Panics unless a `rows x cols` view with strides `rs` (between rows) and `cs` (between
+/// columns) fits in `len` elements: the one check that makes the raw-pointer GEMM calls below
+/// sound.
+fn check_view(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) {
     assert!(
-        cols <= stride || rows <= 1,
-        "row stride {stride} < cols {cols}"
-    );
-    assert!(
-        rows == 0 || len >= (rows - 1) * stride + cols,
-        "matrix {rows}x{cols} (stride {stride}) needs more than {len} elements"
+        rows == 0 || cols == 0 || len > (rows - 1) * rs + (cols - 1) * cs,
+        "matrix {rows}x{cols} (strides {rs}, {cs}) needs more than {len} elements"
     );
 }
 
-/// A row-major matrix view: `rows` x `cols`, row `r` starting at `r * stride`.
+/// A matrix view: element `(r, c)` at `data[r * stride + c * col_stride]`; row-major
+/// (`col_stride` 1) unless it is the transpose of one ([`MatRef::t`]).
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
     pub data: &'a [f32],
     pub rows: usize,
     pub cols: usize,
     pub stride: usize,
+    pub col_stride: usize,
 }
 
 impl<'a> MatRef<'a> {
+    /// A row-major view, rows `stride` apart.
     pub fn new(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
-        check_view(data.len(), rows, cols, stride);
+        assert!(
+            cols <= stride || rows <= 1,
+            "row stride {stride} < cols {cols}"
+        );
+        check_view(data.len(), rows, cols, stride, 1);
         Self {
             data,
             rows,
             cols,
             stride,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose, as a view of the same data.
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            stride: self.col_stride,
+            col_stride: self.stride,
+            ..self
         }
     }
 
@@ -92,11 +108,14 @@ impl<'a> MatRef<'a> {
     pub fn columns(&self, start: usize, cols: usize) -> MatRef<'a> {
         assert!(start + cols <= self.cols);
         MatRef {
-            data: &self.data[start..],
-            rows: self.rows,
+            data: &self.data[start * self.col_stride..],
             cols,
-            stride: self.stride,
+            ..*self
         }
+    }
+
+    fn is_row_major(&self) -> bool {
+        self.col_stride == 1
     }
 }
 
@@ -111,7 +130,12 @@ pub struct MatMut<'a> {
 
 impl<'a> MatMut<'a> {
     pub fn new(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Self {
-        check_view(data.len(), rows, cols, stride);
+        // Rows must not overlap: this view is written.
+        assert!(
+            cols <= stride || rows <= 1,
+            "row stride {stride} < cols {cols}"
+        );
+        check_view(data.len(), rows, cols, stride, 1);
         Self {
             data,
             rows,
@@ -132,45 +156,50 @@ impl<'a> MatMut<'a> {
     }
 }
 
-/// The one call into the `gemm` crate: `dst = (read_dst ? dst : 0) + lhs * rhs` with
-/// arbitrary strides (`*_rs` between rows, `*_cs` between columns).
+/// The one call into the `gemm` crate: `dst = (accumulate ? dst : 0) + a b`, with `dst`
+/// row-major at row stride `dst_rs` and the operands at their views' strides.
 ///
 /// # Safety
-/// Every pointer must be valid for the `m x k`, `k x n` and `m x n` elements its strides
-/// address, and `dst` must not overlap the operands or be written by anyone else meanwhile.
-#[allow(clippy::too_many_arguments)]
+/// `dst` must be valid for `a.rows x b.cols` elements at row stride `dst_rs`, and must not
+/// overlap the operands or be written by anyone else meanwhile.
 unsafe fn gemm_raw(
-    (m, n, k): (usize, usize, usize),
-    dst: (*mut f32, usize),
-    read_dst: bool,
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: MatRef,
+    b: MatRef,
     par: Parallelism,
 ) {
-    let (dst, dst_rs) = dst;
-    let (lhs, lhs_rs, lhs_cs) = lhs;
-    let (rhs, rhs_rs, rhs_cs) = rhs;
+    assert_eq!(a.cols, b.rows, "inner dimensions");
     gemm::gemm(
-        m,
-        n,
-        k,
+        a.rows,
+        b.cols,
+        a.cols,
         dst,
         1,
         dst_rs as isize,
-        read_dst,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        if read_dst { 1.0 } else { 0.0 },
+        accumulate,
+        a.data.as_ptr(),
+        a.col_stride as isize,
+        a.stride as isize,
+        b.data.as_ptr(),
+        b.col_stride as isize,
+        b.stride as isize,
+        if accumulate { 1.0 } else { 0.0 },
         1.0,
         false,
         false,
         false,
         par,
     );
+}
+
+/// `out = a b` for any views (pass `x.t()` for a transposed operand: read in place).
+pub fn matmul(a: MatRef, b: MatRef, out: MatMut, par: Parallelism) {
+    assert_eq!((out.rows, out.cols), (a.rows, b.cols), "output shape");
+    // SAFETY: the views were bounds-checked at construction and the shape just now; `out` is
+    // exclusively borrowed, so it aliases neither operand.
+    unsafe { gemm_raw(out.data.as_mut_ptr(), out.stride, false, a, b, par) }
 }
 
 /// `out = x W^T + bias`, with `W` in the Hub's `[out, in]` layout (row-major `n x k`): the
@@ -186,8 +215,7 @@ pub fn linear(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut, par: Para
 /// [`linear`] through the `gemm` crate: `W` read in place as the transposed right operand,
 /// the bias written first and accumulated into by the GEMM (one pass over `out`, not two).
 pub fn linear_packed(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut, par: Parallelism) {
-    let (m, k, n) = (x.rows, x.cols, w.rows);
-    assert_eq!(w.cols, k, "weight has {} inputs, activations {k}", w.cols);
+    let (m, n) = (x.rows, w.rows);
     assert_eq!((out.rows, out.cols), (m, n), "output shape");
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "bias length");
@@ -195,15 +223,14 @@ pub fn linear_packed(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut, pa
             out.data[r * out.stride..r * out.stride + n].copy_from_slice(b);
         }
     }
-    // SAFETY: the views were bounds-checked at construction and the shapes just now; `out`
-    // is exclusively borrowed, so it aliases neither operand.
+    // SAFETY: as in `matmul`.
     unsafe {
         gemm_raw(
-            (m, n, k),
-            (out.data.as_mut_ptr(), out.stride),
+            out.data.as_mut_ptr(),
+            out.stride,
             bias.is_some(),
-            (x.data.as_ptr(), x.stride, 1),
-            (w.data.as_ptr(), 1, w.stride),
+            x,
+            w.t(),
             par,
         )
     }
@@ -221,6 +248,7 @@ pub const SMALL_M: usize = 48;
 /// Weight tiles are split over the compute threads.
 pub fn linear_rows(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut) {
     let (m, k, n) = (x.rows, x.cols, w.rows);
+    assert!(x.is_row_major() && w.is_row_major(), "row-major operands");
     assert_eq!(w.cols, k, "weight has {} inputs, activations {k}", w.cols);
     assert_eq!((out.rows, out.cols), (m, n), "output shape");
     if let Some(b) = bias {
@@ -369,43 +397,6 @@ mod avx2 {
     }
 }
 
-/// `out = a b` for row-major views.
-pub fn matmul(a: MatRef, b: MatRef, out: MatMut, par: Parallelism) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "inner dimensions");
-    assert_eq!((out.rows, out.cols), (m, n), "output shape");
-    // SAFETY: as in `linear`.
-    unsafe {
-        gemm_raw(
-            (m, n, k),
-            (out.data.as_mut_ptr(), out.stride),
-            false,
-            (a.data.as_ptr(), a.stride, 1),
-            (b.data.as_ptr(), b.stride, 1),
-            par,
-        )
-    }
-}
-
-/// `out = a^T b` for row-major views (`a` is `k x m`, read in place as its transpose): a
-/// weight gradient `dy^T x` straight into the Hub's `[out, in]` layout.
-pub fn matmul_at(a: MatRef, b: MatRef, out: MatMut, par: Parallelism) {
-    let (k, m, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "inner dimensions");
-    assert_eq!((out.rows, out.cols), (m, n), "output shape");
-    // SAFETY: as in `linear`.
-    unsafe {
-        gemm_raw(
-            (m, n, k),
-            (out.data.as_mut_ptr(), out.stride),
-            false,
-            (a.data.as_ptr(), 1, a.stride),
-            (b.data.as_ptr(), b.stride, 1),
-            par,
-        )
-    }
-}
-
 /// Column sums of a `rows x cols` matrix (a bias gradient), split over the compute threads.
 pub fn column_sums(x: &[f32], cols: usize) -> Vec<f32> {
     let rows_per_task = (PAR_MIN_ELEMS / 4 / cols).max(1);
@@ -423,24 +414,6 @@ pub fn column_sums(x: &[f32], cols: usize) -> Vec<f32> {
             a
         },
     )
-}
-
-/// `out = a b^T` for row-major views (`b` is `n x k`, read in place).
-pub fn matmul_bt(a: MatRef, b: MatRef, out: MatMut, par: Parallelism) {
-    let (m, k, n) = (a.rows, a.cols, b.rows);
-    assert_eq!(b.cols, k, "inner dimensions");
-    assert_eq!((out.rows, out.cols), (m, n), "output shape");
-    // SAFETY: as in `linear`.
-    unsafe {
-        gemm_raw(
-            (m, n, k),
-            (out.data.as_mut_ptr(), out.stride),
-            false,
-            (a.data.as_ptr(), a.stride, 1),
-            (b.data.as_ptr(), 1, b.stride),
-            par,
-        )
-    }
 }
 
 /// `e^x` for `x <= 0` (softmax after subtracting the maximum, and `e^{-x^2}`), branch-free so
@@ -831,11 +804,13 @@ fn softmax_row(row: &mut [f32], scale: f32, mask: &[f32]) {
     }
 }
 
-/// Multi-head scaled dot-product attention straight from the projections, one task per
-/// (sequence, head) over the compute threads: `q`, `k`, `v` are `(batch*seq) x hidden` views
-/// (heads side by side in the columns, as the projections produce them, so no head is ever
-/// split out or transposed into a copy); `mask` is the additive `batch x seq` key mask; the
-/// context is written into `out` (`(batch*seq) x hidden`) with heads merged in place.
+/// Multi-head scaled dot-product attention straight from the projections, the (sequence,
+/// head) pairs split evenly over the compute threads: `q`, `k`, `v` are row-major
+/// `(batch*seq) x hidden` views (heads side by side in the columns, as the projections produce
+/// them, so no head is ever split out or transposed into a copy); `mask` is the additive
+/// `batch x seq` key mask; the context is written into `out` (`(batch*seq) x hidden`) with
+/// heads merged in place. `scores` is scratch space for one `seq x seq` block per thread,
+/// grown here if needed: a caller running several layers passes the same one each time.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: MatRef,
@@ -846,6 +821,7 @@ pub fn attention(
     seq: usize,
     heads: usize,
     out: MatMut,
+    scores: &mut Vec<f32>,
 ) {
     let hidden = q.cols;
     assert_eq!(hidden % heads, 0);
@@ -855,25 +831,29 @@ pub fn attention(
         (k.rows, k.cols, v.rows, v.cols),
         (q.rows, hidden, q.rows, hidden)
     );
+    assert!(q.is_row_major() && k.is_row_major() && v.is_row_major());
     assert_eq!((out.rows, out.cols), (q.rows, hidden));
     assert_eq!(mask.len(), batch * seq);
     let scale = 1.0 / (d as f32).sqrt();
     let out_stride = out.stride;
     // Tasks write disjoint (rows of one sequence) x (columns of one head) blocks of `out`.
     let out_ptr = SendPtr(out.data.as_mut_ptr());
-    (0..batch * heads).into_par_iter().for_each_init(
-        || vec![0f32; seq * seq],
-        |scores, task| {
+    let tasks = batch * heads;
+    let slots = rayon::current_num_threads().min(tasks).max(1);
+    let per_slot = tasks.div_ceil(slots);
+    let block = seq * seq;
+    if scores.len() < slots * block {
+        scores.resize(slots * block, 0.0);
+    }
+    let run = |(slot, scores): (usize, &mut [f32])| {
+        for task in slot * per_slot..((slot + 1) * per_slot).min(tasks) {
             let (bi, hi) = (task / heads, task % heads);
-            let (qh, kh, vh) = (
-                head(q, bi, hi, seq, d),
-                head(k, bi, hi, seq, d),
-                head(v, bi, hi, seq, d),
-            );
+            let kh = head(k, bi, hi, seq, d);
+            let vh = head(v, bi, hi, seq, d);
             let key_mask = &mask[bi * seq..(bi + 1) * seq];
-            matmul_bt(
-                qh,
-                kh,
+            matmul(
+                head(q, bi, hi, seq, d),
+                kh.t(),
                 MatMut::new(scores, seq, seq, seq),
                 Parallelism::None,
             );
@@ -887,19 +867,22 @@ pub fn attention(
             // concurrent tasks never touch the same element.
             unsafe {
                 gemm_raw(
-                    (seq, d, seq),
-                    (
-                        out_ptr.get().add(bi * seq * out_stride + hi * d),
-                        out_stride,
-                    ),
+                    out_ptr.get().add(bi * seq * out_stride + hi * d),
+                    out_stride,
                     false,
-                    (scores.as_ptr(), seq, 1),
-                    (vh.data.as_ptr(), vh.stride, 1),
+                    MatRef::new(scores, seq, seq, seq),
+                    vh,
                     Parallelism::None,
                 )
             }
-        },
-    );
+        }
+    };
+    let scores = &mut scores[..slots * block];
+    if slots == 1 || rayon::current_thread_index().is_some() {
+        scores.chunks_mut(block).enumerate().for_each(run);
+    } else {
+        scores.par_chunks_mut(block).enumerate().for_each(run);
+    }
 }
 
 /// The `seq x d` block of head `hi` in sequence `bi` of a `(batch*seq) x hidden` view.
@@ -1081,6 +1064,55 @@ mod tests {
     }
 
     #[test]
+    fn matmul_reads_transposed_views_in_place() {
+        let (m, k, n) = (9, 13, 7);
+        let a = random(m * k, 10); // m x k
+        let at = random(k * m, 11); // stored k x m, used transposed
+        let b = random(k * n, 12); // k x n
+        let bt = random(n * k, 13); // stored n x k, used transposed
+        let get = |x: &[f32], stride: usize, r: usize, c: usize| x[r * stride + c] as f64;
+        for (name, lhs, rhs) in [
+            ("a b", MatRef::new(&a, m, k, k), MatRef::new(&b, k, n, n)),
+            (
+                "a bt^T",
+                MatRef::new(&a, m, k, k),
+                MatRef::new(&bt, n, k, k).t(),
+            ),
+            (
+                "at^T b",
+                MatRef::new(&at, k, m, m).t(),
+                MatRef::new(&b, k, n, n),
+            ),
+        ] {
+            let mut out = vec![0f32; m * n];
+            matmul(lhs, rhs, MatMut::new(&mut out, m, n, n), parallelism());
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|i| {
+                            let l = if name.starts_with("at") {
+                                get(&at, m, i, r)
+                            } else {
+                                get(&a, k, r, i)
+                            };
+                            let x = if name.contains("bt") {
+                                get(&bt, k, c, i)
+                            } else {
+                                get(&b, n, i, c)
+                            };
+                            l * x
+                        })
+                        .sum();
+                    assert!(
+                        (out[r * n + c] as f64 - want).abs() < 1e-4,
+                        "{name} ({r}, {c})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn attention_matches_a_naive_reference_with_padding() {
         let (batch, seq, heads, d) = (2, 7, 3, 4);
         let hidden = heads * d;
@@ -1101,6 +1133,7 @@ mod tests {
             seq,
             heads,
             MatMut::new(&mut out, rows, hidden, hidden),
+            &mut Vec::new(),
         );
         let at = |r: usize, c: usize| qkv[r * 3 * hidden + c] as f64;
         for b in 0..batch {

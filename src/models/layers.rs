@@ -17,51 +17,14 @@
 //! variance as E[x²]-mean², so LayerNorm here is the two-pass differentiable form.
 
 use anyhow::Result;
-use candle_core::{DType, Device, Storage, StorageRef, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::config::Activation;
 use super::kernels::{self, MatMut, MatRef};
-use super::ops;
+use super::ops::{self, CpuF32};
 use super::weights::{Init, Params};
-
-/// Read access to the data of a contiguous f32 CPU tensor: what the fused kernels work on.
-struct CpuF32<'a> {
-    storage: StorageRef<'a>,
-    start: usize,
-    len: usize,
-}
-
-impl<'a> CpuF32<'a> {
-    /// `None` when the tensor is not a contiguous f32 tensor on the CPU, or records a gradient.
-    fn of(t: &'a Tensor) -> Option<Self> {
-        if t.dtype() != DType::F32 || !t.device().is_cpu() || t.track_op() {
-            return None;
-        }
-        let (storage, layout) = t.storage_and_layout();
-        let (start, end) = layout.contiguous_offsets()?;
-        match &*storage {
-            Storage::Cpu(_) => {}
-            _ => return None,
-        }
-        Some(Self {
-            storage,
-            start,
-            len: end - start,
-        })
-    }
-
-    fn slice(&self) -> &[f32] {
-        match &*self.storage {
-            Storage::Cpu(cpu) => {
-                let all = cpu.as_slice::<f32>().expect("checked f32 in CpuF32::of");
-                &all[self.start..self.start + self.len]
-            }
-            _ => unreachable!("checked CPU storage in CpuF32::of"),
-        }
-    }
-}
 
 /// Whether this forward may take the fused kernels: `x` is an f32 CPU tensor that records no
 /// gradient.
@@ -533,10 +496,10 @@ impl<'a> BlockData<'a> {
     }
 }
 
-/// The fused inference path of [`encode`]: the activations live in four buffers reused by
-/// every block (the q/k/v projections side by side, the attention context, one spare hidden
-/// buffer and the feed-forward's inner activations), nothing is transposed or copied between
-/// kernels. `None` when some parameter is not an f32 CPU tensor (then nothing was computed).
+/// The fused inference path of [`encode`]: the activations live in buffers allocated once and
+/// reused by every block (the hidden state and a spare, the q/k/v projections side by side,
+/// the attention context and scores, the feed-forward's inner activations); nothing is
+/// transposed or copied between kernels. `None` when some parameter is not an f32 CPU tensor (then nothing was computed).
 fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Option<Tensor>> {
     let (b, s, h) = x.dims3()?;
     let rows = b * s;
@@ -555,6 +518,7 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
     let mut qkv = vec![0f32; rows * 3 * h];
     let mut context = vec![0f32; rows * h];
     let mut ffn = vec![0f32; rows * inner];
+    let mut scores = Vec::new();
     for (layer, d) in layers.iter().zip(&blocks) {
         let i = d.ffn_in.out_dim();
         let x_view = MatRef::new(&hidden, rows, h, h);
@@ -572,6 +536,7 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
             s,
             layer.heads,
             MatMut::new(&mut context, rows, h, h),
+            &mut scores,
         );
         d.attention_output.forward(
             MatRef::new(&context, rows, h, h),

@@ -8,7 +8,7 @@
 //! are not needed). `tests/train.rs` checks every gradient against the composed ops.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, StorageRef, Tensor,
 };
 
 use super::kernels::{self, MatMut, MatRef};
@@ -28,14 +28,55 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]>
     Ok(&data[start..end])
 }
 
+/// Read access to the data of a contiguous f32 CPU tensor, without copying: what the kernels
+/// work on.
+pub(crate) struct CpuF32<'a> {
+    storage: StorageRef<'a>,
+    start: usize,
+    pub len: usize,
+}
+
+impl<'a> CpuF32<'a> {
+    /// `None` when the tensor is not a contiguous f32 tensor on the CPU.
+    pub fn data(t: &'a Tensor) -> Option<Self> {
+        if !supported(t) {
+            return None;
+        }
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        matches!(&*storage, Storage::Cpu(_)).then_some(Self {
+            storage,
+            start,
+            len: end - start,
+        })
+    }
+
+    /// As [`Self::data`], and `None` too when the tensor records a gradient (the fused
+    /// inference path must not silently cut a graph).
+    pub fn of(t: &'a Tensor) -> Option<Self> {
+        if t.track_op() {
+            return None;
+        }
+        Self::data(t)
+    }
+
+    pub fn slice(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(cpu) => {
+                let all = cpu.as_slice::<f32>().expect("checked f32 in CpuF32::data");
+                &all[self.start..self.start + self.len]
+            }
+            _ => unreachable!("checked CPU storage in CpuF32::data"),
+        }
+    }
+}
+
 /// Runs `f` on a tensor's f32 data (copied to a contiguous layout first if it is not one).
 fn read<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
     let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => Ok(f(contiguous(cpu, layout, op)?)),
-        _ => Err(candle_core::Error::Msg(format!("{op}: CPU tensors only"))),
-    }
+    let data = CpuF32::data(&t)
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: f32 CPU tensors only")))?;
+    Ok(f(data.slice()))
 }
 
 /// A gradient as an owned, contiguous f32 vector: the buffer the backward kernels write into.
@@ -244,8 +285,8 @@ impl CustomOp3 for Linear {
                 )
             })?;
             read(x, self.name(), |x| {
-                kernels::matmul_at(
-                    dy_m,
+                kernels::matmul(
+                    dy_m.t(),
                     MatRef::new(x, rows, k, k),
                     MatMut::new(&mut dw, n, k, k),
                     par,

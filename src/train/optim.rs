@@ -8,9 +8,11 @@
 
 use anyhow::Result;
 use candle_core::backprop::GradStore;
-use std::sync::Mutex;
+use std::cell::RefCell;
 
-use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, Var};
+
+use crate::models::ops::CpuF32;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -81,8 +83,8 @@ fn update(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: Coefficient
 
 /// [`update`] applied to a parameter's own storage (candle's in-place op hook).
 struct InPlace<'a> {
-    m: Mutex<&'a mut Vec<f32>>,
-    v: Mutex<&'a mut Vec<f32>>,
+    /// The moments `(m, v)`; a cell because candle hands the op over by shared reference.
+    moments: RefCell<(&'a mut [f32], &'a mut [f32])>,
     g: &'a [f32],
     k: Coefficients,
 }
@@ -99,14 +101,9 @@ impl InplaceOp1 for InPlace<'_> {
         let CpuStorage::F32(p) = storage else {
             return Err(candle_core::Error::Msg("adamw: f32 parameters only".into()));
         };
-        let (mut m, mut v) = (self.m.lock().unwrap(), self.v.lock().unwrap());
-        update(
-            &mut p[a..b],
-            m.as_mut_slice(),
-            v.as_mut_slice(),
-            self.g,
-            self.k,
-        );
+        let mut moments = self.moments.borrow_mut();
+        let (m, v) = &mut *moments;
+        update(&mut p[a..b], m, v, self.g, self.k);
         Ok(())
     }
 }
@@ -249,18 +246,13 @@ impl AdamW {
                 ..k
             };
             let grad = grad.to_dtype(DType::F32)?.contiguous()?;
-            let (g_storage, g_layout) = grad.storage_and_layout();
-            let g = match (&*g_storage, g_layout.contiguous_offsets()) {
-                (Storage::Cpu(cpu), Some((a, b))) => Some(&cpu.as_slice::<f32>()?[a..b]),
-                _ => None,
-            };
-            match (slot.master.as_mut(), g) {
+            let g_data = CpuF32::data(&grad);
+            match (slot.master.as_mut(), g_data.as_ref().map(CpuF32::slice)) {
                 // f32 parameters on the CPU: one pass over parameter, moments and gradient,
                 // writing the parameter in place (no copies of the weights).
                 (None, Some(g)) if slot.var.device().is_cpu() => {
                     let op = InPlace {
-                        m: Mutex::new(&mut slot.m),
-                        v: Mutex::new(&mut slot.v),
+                        moments: RefCell::new((&mut slot.m, &mut slot.v)),
                         g,
                         k,
                     };
