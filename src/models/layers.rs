@@ -155,15 +155,8 @@ impl LayerNorm {
         })
     }
 
-    /// `fused`: take the fused kernel (f32 CPU tensors only), as [`ForwardCtx::fused`] says.
+    /// `fused`: one op with its own backward (f32 CPU tensors), as [`ForwardCtx::fused`] says.
     pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        if fused && fused_eligible(x) {
-            if let (Some(g), Some(b)) = (CpuF32::of(&self.weight), CpuF32::of(&self.bias)) {
-                let mut data = CpuF32::of(x).expect("eligible").slice().to_vec();
-                kernels::add_layer_norm(&mut data, None, g.slice(), b.slice(), self.eps as f32);
-                return Ok(Tensor::from_vec(data, x.shape(), &Device::Cpu)?);
-            }
-        }
         if fused && ops::supported(x) && ops::supported(&self.weight) {
             let op = ops::LayerNorm {
                 eps: self.eps as f32,
