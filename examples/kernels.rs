@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use bertbench::models::gemm::{self, PackedWeight};
 use bertbench::models::kernels::{self, MatMut, MatRef};
 
 fn main() {
@@ -16,43 +17,55 @@ fn main() {
         .num_threads(threads)
         .build_global()
         .expect("thread pool");
-    println!("| m | k x n | packed ms | GFLOP/s | streaming ms | GFLOP/s |");
-    println!("|---|---|---|---|---|---|");
+    println!("| m | k x n | gemm crate ms | GFLOP/s | streaming ms | GFLOP/s | pre-packed ms | GFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (k, n) in [(768, 768), (768, 3072), (3072, 768)] {
         // Distinct weights per repetition so the weights come from memory, as in a forward.
         let copies = (256 << 20) / (4 * k * n);
         let weights: Vec<Vec<f32>> = (0..copies)
             .map(|c| (0..k * n).map(|i| ((i + c) % 13) as f32 * 0.01).collect())
             .collect();
+        let packed: Vec<PackedWeight> = weights
+            .iter()
+            .map(|w| PackedWeight::pack(w, 1, n, k))
+            .collect();
         let bias = vec![0.1f32; n];
-        for m in [1, 8, 16, 32, 48, 64, 128] {
+        for m in [1, 8, 16, 32, 48, 64, 128, 384, 1024, 3072] {
             let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
             let mut out = vec![0f32; m * n];
-            let mut time = |packed: bool| {
+            let mut time = |kind: usize| {
                 let mut best = f64::MAX;
                 for _round in 0..3 {
                     let start = Instant::now();
-                    for w in &weights {
+                    for (w, pw) in weights.iter().zip(&packed) {
                         let (xv, wv) = (MatRef::new(&x, m, k, k), MatRef::new(w, n, k, k));
                         let ov = MatMut::new(&mut out, m, n, n);
-                        if packed {
-                            kernels::linear_packed(xv, wv, Some(&bias), ov, kernels::parallelism());
-                        } else {
-                            kernels::linear_rows(xv, wv, Some(&bias), ov);
+                        match kind {
+                            0 => kernels::linear_packed(
+                                xv,
+                                wv,
+                                Some(&bias),
+                                ov,
+                                kernels::parallelism(),
+                            ),
+                            1 => kernels::linear_rows(xv, wv, Some(&bias), ov),
+                            _ => gemm::linear(xv, pw, Some(&bias), ov, threads),
                         }
                     }
                     best = best.min(start.elapsed().as_secs_f64() / copies as f64);
                 }
                 best
             };
-            let (p, s) = (time(true), time(false));
+            let (p, s, q) = (time(0), time(1), time(2));
             let gf = |t: f64| 2.0 * (m * k * n) as f64 / t / 1e9;
             println!(
-                "| {m} | {k}x{n} | {:.3} | {:.1} | {:.3} | {:.1} |",
+                "| {m} | {k}x{n} | {:.3} | {:.1} | {:.3} | {:.1} | {:.3} | {:.1} |",
                 p * 1e3,
                 gf(p),
                 s * 1e3,
-                gf(s)
+                gf(s),
+                q * 1e3,
+                gf(q)
             );
         }
     }

@@ -19,16 +19,25 @@ fn to_f64(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
+/// Every inference path against the fixture: the fused kernels and the composed candle ops,
+/// each on the weights as loaded and on the model prepared for inference (packed weights).
 fn check(family: &str, model: &QaModel) {
     let dir = parity_dir(family);
     let expected = read_json(&dir.join("expected.json"));
     let inputs = TokenInputs::from_file(&dir.join("expected.json")).unwrap();
     inputs.validate(model.config(), "expected.json").unwrap();
     let batch = inputs.to_batch(&Device::Cpu).unwrap();
-    // Both inference paths: the fused kernels and the composed candle ops.
-    for (path, mut ctx) in [
-        ("fused", ForwardCtx::inference()),
-        ("composed", ForwardCtx::inference_composed()),
+    let mut prepared = model.clone();
+    prepared.prepare_for_inference();
+    for (path, model, mut ctx) in [
+        ("fused", model, ForwardCtx::inference()),
+        ("composed", model, ForwardCtx::inference_composed()),
+        ("fused, packed", &prepared, ForwardCtx::inference()),
+        (
+            "composed, packed",
+            &prepared,
+            ForwardCtx::inference_composed(),
+        ),
     ] {
         let out = model.forward(&batch, &mut ctx).unwrap();
         for (name, got) in [
@@ -222,20 +231,30 @@ fn fused_kernels_match_composed_ops() {
     let shapes = [(1, 1), (1, 8), (3, 37), (2, 130)];
     for (family, activation, config) in kernel_test_configs() {
         let model = models::random_model(&config, 11, DType::F32, &Device::Cpu).unwrap();
+        let mut prepared = model.clone();
+        prepared.prepare_for_inference();
         for (b, s) in shapes {
             let batch = padded_batch(b, s, config.type_vocab_size > 0);
-            let fused = model.forward(&batch, &mut ForwardCtx::inference()).unwrap();
             let composed = model
                 .forward(&batch, &mut ForwardCtx::inference_composed())
                 .unwrap();
-            let diff = max_abs_diff(
-                &to_f64(&fused.last_hidden_state),
-                &to_f64(&composed.last_hidden_state),
-            );
-            assert!(
-                diff <= TOL,
-                "{family} {activation:?} {b}x{s}: max abs diff {diff:e}"
-            );
+            for (path, model) in [("dense", &model), ("packed", &prepared)] {
+                let fused = model.forward(&batch, &mut ForwardCtx::inference()).unwrap();
+                for (name, got, want) in [
+                    (
+                        "hidden",
+                        &fused.last_hidden_state,
+                        &composed.last_hidden_state,
+                    ),
+                    ("start", &fused.start_logits, &composed.start_logits),
+                ] {
+                    let diff = max_abs_diff(&to_f64(got), &to_f64(want));
+                    assert!(
+                        diff <= TOL,
+                        "{family} {activation:?} {b}x{s} {path} {name}: max abs diff {diff:e}"
+                    );
+                }
+            }
         }
     }
 }

@@ -157,7 +157,7 @@ pub fn run_cell(
     )?;
     let mut stepper = match cell.mode {
         Mode::Inference => {
-            let model = if settings.load_weights {
+            let mut model = if settings.load_weights {
                 let opts = models::OpenOptions {
                     random_init: false,
                     seed: settings.seed,
@@ -169,6 +169,7 @@ pub fn run_cell(
             } else {
                 models::random_model(&config, settings.seed, dtype, &device)?
             };
+            model.prepare_for_inference();
             Stepper::Inference { model, batch }
         }
         Mode::Training => {

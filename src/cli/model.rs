@@ -48,7 +48,8 @@ impl ModelArgs {
             .max(1)
     }
 
-    /// Opens the model and reports on stderr what loading had to do.
+    /// Opens the model for inference (its weights packed for the fast kernels, see
+    /// [`QaModel::prepare_for_inference`]) and reports on stderr what loading had to do.
     pub fn open(&self) -> Result<models::OpenedModel> {
         // candle's CPU kernels and rayon both read this; set it before either starts.
         std::env::set_var("RAYON_NUM_THREADS", self.threads().to_string());
@@ -59,7 +60,8 @@ impl ModelArgs {
             device: parse_device(&self.device)?,
             hub: HubConfig::from_env(self.offline),
         };
-        let opened = models::open(&self.model, &opts)?;
+        let mut opened = models::open(&self.model, &opts)?;
+        opened.model.prepare_for_inference();
         if let Some(report) = &opened.report {
             warn_about_load(report);
         }
@@ -203,7 +205,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -77,6 +77,11 @@ pub struct Bert {
 }
 
 impl Bert {
+    /// The encoder blocks, for [`crate::models::QaModel::prepare_for_inference`].
+    pub fn blocks_mut(&mut self) -> &mut [EncoderBlock] {
+        &mut self.layers
+    }
+
     /// `p` points at the base model (`bert.` in a QA checkpoint).
     pub fn new(p: &Params, cfg: &ModelConfig) -> Result<Self> {
         let std = cfg.initializer_range;

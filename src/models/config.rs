@@ -194,7 +194,7 @@ impl ModelConfig {
                 )));
             }
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(input(format!(
                 "{origin}: hidden size {} is not a multiple of the number of attention heads {}",
                 self.hidden_size, self.num_heads

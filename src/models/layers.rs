@@ -16,12 +16,16 @@
 //! matmul with a weight; and candle's fused LayerNorm records no backward and computes the
 //! variance as E[x²]-mean², so LayerNorm here is the two-pass differentiable form.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::config::Activation;
+use super::gemm::{self, PackedWeight};
 use super::kernels::{self, MatMut, MatRef};
 use super::ops::{self, CpuF32};
 use super::weights::{Init, Params};
@@ -103,10 +107,50 @@ impl ForwardCtx {
     }
 }
 
+/// A projection's weight: as loaded (the Hub's layout, any device and dtype), or packed once
+/// for [`gemm::linear`] by [`crate::models::QaModel::prepare_for_inference`]. A packed weight
+/// replaces the tensor (the model holds its weights once); the composed ops still work on it,
+/// through a tensor unpacked afresh on each use.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    Dense(Tensor),
+    Packed(Arc<PackedWeight>),
+}
+
+impl Weight {
+    /// The weight as a tensor in the Hub's layout (a packed one as `[groups * out, in]`).
+    pub fn tensor(&self) -> Result<Cow<'_, Tensor>> {
+        Ok(match self {
+            Self::Dense(t) => Cow::Borrowed(t),
+            Self::Packed(p) => Cow::Owned(Tensor::from_vec(
+                p.unpack(),
+                (p.groups() * p.n(), p.k()),
+                &Device::Cpu,
+            )?),
+        })
+    }
+
+    /// Packs a dense f32 CPU weight that records no gradient (`groups` blocks of `n` rows);
+    /// anything else stays as it is.
+    fn pack(&mut self, groups: usize, n: usize) {
+        let Self::Dense(t) = self else { return };
+        if groups * n == 0 {
+            return;
+        }
+        let packed = CpuF32::of(t).map(|data| {
+            let k = data.len / (groups * n);
+            PackedWeight::pack(data.slice(), groups, n, k)
+        });
+        if let Some(packed) = packed {
+            *self = Self::Packed(Arc::new(packed));
+        }
+    }
+}
+
 /// `y = x W^T + b` with the Hub's `[out, in]` weight layout.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Tensor,
 }
 
@@ -114,9 +158,14 @@ impl Linear {
     /// A Linear named `p.weight` / `p.bias`, initialised normal(0, std) / zeros.
     pub fn new(p: &Params, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
         Ok(Self {
-            weight: p.get("weight", &[out_dim, in_dim], Init::Normal { std })?,
+            weight: Weight::Dense(p.get("weight", &[out_dim, in_dim], Init::Normal { std })?),
             bias: p.get("bias", &[out_dim], Init::Zeros)?,
         })
+    }
+
+    /// Packs the weight for inference (see [`Weight`]).
+    pub fn pack(&mut self) {
+        self.weight.pack(1, self.bias.dim(0).unwrap_or(0));
     }
 
     /// `fused`: one op with its own backward (f32 CPU tensors), as [`ForwardCtx::fused`] says.
@@ -127,10 +176,25 @@ impl Linear {
             .expect("linear input has at least one dim");
         let rows: usize = lead.iter().product();
         let x2 = x.contiguous()?.reshape((rows, *last))?;
-        let y = if fused && ops::supported(&x2) && ops::supported(&self.weight) {
-            x2.apply_op3(&self.weight, &self.bias, ops::Linear)?
+        let packed = match &self.weight {
+            Weight::Packed(w) if fused => ProjectionData::of_packed(w, &self.bias),
+            _ => None,
+        };
+        let y = if let (Some(w), Some(xd)) = (packed, CpuF32::of(&x2)) {
+            let n = w.out_dim();
+            let mut y = vec![0f32; rows * n];
+            w.forward(
+                MatRef::new(xd.slice(), rows, *last, *last),
+                MatMut::new(&mut y, rows, n, n),
+            );
+            Tensor::from_vec(y, (rows, n), &Device::Cpu)?
         } else {
-            x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?
+            match &self.weight {
+                Weight::Dense(w) if fused && ops::supported(&x2) && ops::supported(w) => {
+                    x2.apply_op3(w, &self.bias, ops::Linear)?
+                }
+                w => x2.matmul(&w.tensor()?.t()?)?.broadcast_add(&self.bias)?,
+            }
         };
         let mut out_dims = lead.to_vec();
         out_dims.push(self.bias.dim(0)?);
@@ -276,38 +340,44 @@ pub fn attention(
 /// batch > 1). Weight layout is the Hub's Conv1d `[c_out, c_in/groups, 1]`.
 #[derive(Debug, Clone)]
 pub struct GroupedPointwiseConv {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Tensor,
     pub groups: usize,
 }
 
 impl GroupedPointwiseConv {
     pub fn new(p: &Params, c_in: usize, c_out: usize, groups: usize, std: f64) -> Result<Self> {
+        let weight = p.get("weight", &[c_out, c_in / groups, 1], Init::Normal { std })?;
         Ok(Self {
-            weight: p.get("weight", &[c_out, c_in / groups, 1], Init::Normal { std })?,
+            weight: Weight::Dense(weight),
             bias: p.get("bias", &[c_out], Init::Zeros)?,
             groups,
         })
     }
 
+    /// Packs the weight for inference (see [`Weight`]), one block per group.
+    pub fn pack(&mut self) {
+        let c_out = self.bias.dim(0).unwrap_or(0);
+        self.weight.pack(self.groups, c_out / self.groups);
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, s, c_in) = x.dims3()?;
-        let (c_out, cin_g, _) = self.weight.dims3()?;
+        let c_out = self.bias.dim(0)?;
         let g = self.groups;
+        let cin_g = c_in / g;
         let n = b * s;
         let x = x.contiguous()?.reshape((n, c_in))?;
+        let weight = self.weight.tensor()?;
         let y = if g == 1 {
-            x.matmul(&self.weight.reshape((c_out, cin_g))?.t()?)?
+            x.matmul(&weight.reshape((c_out, cin_g))?.t()?)?
         } else {
             // Group i of the output reads input channels i*cin_g .. (i+1)*cin_g.
             let xg = x.reshape((n, g, cin_g))?.transpose(0, 1)?.contiguous()?; // (g, n, cin_g)
                                                                                // The weight's (g, cout_g, cin_g) blocks, transposed as a view: the matmul reads
                                                                                // them in place (a contiguous left operand and a real batch stride on the right
                                                                                // keep clear of candle's strided-matmul bug), so no weight is copied per forward.
-            let blocks = self
-                .weight
-                .reshape((g, c_out / g, cin_g))?
-                .transpose(1, 2)?;
+            let blocks = weight.reshape((g, c_out / g, cin_g))?.transpose(1, 2)?;
             let yg = xg.matmul(&blocks)?; // (g, n, cout_g)
             yg.transpose(0, 1)?.reshape((n, c_out))?
         };
@@ -323,6 +393,14 @@ pub enum Projection {
 }
 
 impl Projection {
+    /// Packs the weight for inference (see [`Weight`]).
+    pub fn pack(&mut self) {
+        match self {
+            Projection::Linear(l) => l.pack(),
+            Projection::Grouped(c) => c.pack(),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         match self {
             Projection::Linear(l) => l.forward(x, fused),
@@ -352,6 +430,20 @@ pub struct EncoderBlock {
 }
 
 impl EncoderBlock {
+    /// Packs every projection's weight for inference (see [`Weight`]).
+    pub fn pack(&mut self) {
+        for p in [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.attention_output,
+            &mut self.ffn_in,
+            &mut self.ffn_out,
+        ] {
+            p.pack();
+        }
+    }
+
     /// `mask` is the additive `(batch, 1, 1, seq)` mask from [`additive_mask`].
     pub fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let fused = ctx.fused();
@@ -391,13 +483,16 @@ pub fn encode(
     Ok(x)
 }
 
-/// A projection's weights, readable by the kernels.
+/// A projection's weights, readable by the kernels: `groups` blocks (1 for a linear layer)
+/// of `out / groups` outputs, each reading its own `in / groups` columns.
 enum ProjectionData<'a> {
-    Linear {
-        weight: CpuF32<'a>,
+    /// Packed for [`gemm::linear`] (see [`Weight`]).
+    Packed {
+        weight: &'a PackedWeight,
         bias: CpuF32<'a>,
     },
-    Grouped {
+    /// As loaded (a model not prepared for inference).
+    Dense {
         weight: CpuF32<'a>,
         bias: CpuF32<'a>,
         groups: usize,
@@ -406,36 +501,45 @@ enum ProjectionData<'a> {
 
 impl<'a> ProjectionData<'a> {
     fn of(p: &'a Projection) -> Option<Self> {
-        Some(match p {
-            Projection::Linear(l) => Self::Linear {
-                weight: CpuF32::of(&l.weight)?,
-                bias: CpuF32::of(&l.bias)?,
-            },
-            Projection::Grouped(c) => Self::Grouped {
-                weight: CpuF32::of(&c.weight)?,
-                bias: CpuF32::of(&c.bias)?,
-                groups: c.groups,
-            },
+        let (weight, bias, groups) = match p {
+            Projection::Linear(l) => (&l.weight, &l.bias, 1),
+            Projection::Grouped(c) => (&c.weight, &c.bias, c.groups),
+        };
+        match weight {
+            Weight::Packed(w) => Self::of_packed(w, bias),
+            Weight::Dense(w) => Some(Self::Dense {
+                weight: CpuF32::of(w)?,
+                bias: CpuF32::of(bias)?,
+                groups,
+            }),
+        }
+    }
+
+    fn of_packed(weight: &'a PackedWeight, bias: &'a Tensor) -> Option<Self> {
+        Some(Self::Packed {
+            weight,
+            bias: CpuF32::of(bias)?,
         })
     }
 
     fn out_dim(&self) -> usize {
         match self {
-            Self::Linear { bias, .. } | Self::Grouped { bias, .. } => bias.len,
+            Self::Packed { bias, .. } | Self::Dense { bias, .. } => bias.len,
         }
     }
 
-    /// `out = project(x)`; a grouped projection is one GEMM per group on column blocks of
+    /// `out = project(x)`; a grouped projection is one product per group on column blocks of
     /// `x` and `out`, read and written in place.
     fn forward(&self, x: MatRef, mut out: MatMut) {
-        let par = kernels::parallelism();
         match self {
-            Self::Linear { weight, bias } => {
-                let n = bias.len;
-                let w = MatRef::new(weight.slice(), n, x.cols, x.cols);
-                kernels::linear(x, w, Some(bias.slice()), out, par);
-            }
-            Self::Grouped {
+            Self::Packed { weight, bias } => gemm::linear(
+                x,
+                weight,
+                Some(bias.slice()),
+                out,
+                rayon::current_num_threads(),
+            ),
+            Self::Dense {
                 weight,
                 bias,
                 groups,
@@ -448,7 +552,7 @@ impl<'a> ProjectionData<'a> {
                         MatRef::new(w, cout, cin, cin),
                         Some(&bias.slice()[g * cout..(g + 1) * cout]),
                         out.columns(g * cout, cout),
-                        par,
+                        kernels::parallelism(),
                     );
                 }
             }
@@ -579,7 +683,7 @@ mod tests {
         conv.bias = Tensor::randn(0f32, 1.0, c_out, &dev)?;
         let x = Tensor::randn(0f32, 1.0, (2, 5, c_in), &dev)?;
         let y: Vec<f32> = conv.forward(&x)?.flatten_all()?.to_vec1()?;
-        let w: Vec<f32> = conv.weight.flatten_all()?.to_vec1()?;
+        let w: Vec<f32> = conv.weight.tensor()?.flatten_all()?.to_vec1()?;
         let bias: Vec<f32> = conv.bias.to_vec1()?;
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let (cin_g, cout_g) = (c_in / g, c_out / g);

@@ -5,6 +5,7 @@
 pub mod bert;
 pub mod config;
 pub mod distilbert;
+pub mod gemm;
 pub mod inputs;
 pub mod kernels;
 pub mod layers;

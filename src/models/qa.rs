@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use super::bert::Bert;
 use super::config::{ModelConfig, ModelType};
 use super::distilbert::DistilBert;
-use super::layers::{additive_mask, ForwardCtx, Linear};
+use super::layers::{additive_mask, EncoderBlock, ForwardCtx, Linear};
 use super::squeezebert::SqueezeBert;
 use super::weights::{ParamSpec, Params, SpecCollector};
 
@@ -97,6 +97,22 @@ impl QaModel {
             .iter()
             .map(ParamSpec::numel)
             .sum())
+    }
+
+    /// Readies the model for inference only, on f32 CPU weights: every projection's weight is
+    /// packed once for the fused kernels' GEMM and the loaded tensor dropped, so the model
+    /// still holds its weights once (see [`super::layers::Weight`]). A model that will be
+    /// trained must not be prepared (its trainable weights are left alone anyway: they record
+    /// gradients). Other dtypes and devices are left as they are.
+    pub fn prepare_for_inference(&mut self) {
+        let blocks = match &mut self.encoder {
+            Encoder::Bert(m) => m.blocks_mut(),
+            Encoder::DistilBert(m) => m.blocks_mut(),
+            Encoder::SqueezeBert(m) => m.blocks_mut(),
+        };
+        blocks.iter_mut().for_each(EncoderBlock::pack);
+        self.qa_outputs.pack();
+        crate::runtime::release_free_memory();
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -23,6 +23,11 @@ pub struct SqueezeBert {
 }
 
 impl SqueezeBert {
+    /// The encoder blocks, for [`crate::models::QaModel::prepare_for_inference`].
+    pub fn blocks_mut(&mut self) -> &mut [EncoderBlock] {
+        &mut self.layers
+    }
+
     /// `p` points at the base model (`transformer.` in a QA checkpoint).
     pub fn new(p: &Params, cfg: &ModelConfig) -> Result<Self> {
         let g = cfg.squeeze_groups.expect("squeezebert config has groups");

@@ -165,7 +165,8 @@ pub struct TrainSetup<'a> {
 }
 
 /// A plain (untracked) copy of the trainable model's current weights, for evaluation: no
-/// backward graph is recorded and the fast inference kernels apply.
+/// backward graph is recorded and the fast inference kernels apply (its weights are packed
+/// for them, a second copy held while evaluation runs).
 pub fn inference_copy(config: &ModelConfig, model: &TrainableModel) -> Result<QaModel> {
     struct Detached(HashMap<String, Tensor>);
     impl ParamSource for Detached {
@@ -183,12 +184,14 @@ pub fn inference_copy(config: &ModelConfig, model: &TrainableModel) -> Result<Qa
             .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
             .collect(),
     );
-    QaModel::new(
+    let mut copy = QaModel::new(
         config,
         &Params::new(&source),
         model.model.dtype(),
         model.model.device(),
-    )
+    )?;
+    copy.prepare_for_inference();
+    Ok(copy)
 }
 
 /// Stacks training features into a batch with labels.
@@ -388,7 +391,9 @@ pub fn train(
             state.elapsed_s = base_elapsed + session.elapsed().as_secs_f64();
             observer.step(&state, loss_value, lr);
 
-            if state.global_step % args.logging_steps == 0 || state.global_step == total_steps {
+            if state.global_step.is_multiple_of(args.logging_steps)
+                || state.global_step == total_steps
+            {
                 let entry = LogEntry {
                     step: state.global_step,
                     epoch: state.epoch,
@@ -433,7 +438,7 @@ pub fn train(
                 }
             }
             if args.save_steps > 0
-                && state.global_step % args.save_steps == 0
+                && state.global_step.is_multiple_of(args.save_steps)
                 && state.global_step < total_steps
             {
                 let dir = checkpoint::checkpoint_dir(&args.output_dir, state.global_step);
