@@ -190,11 +190,7 @@ pub fn linear_with(
     let np = isa.np();
     let tiles = w.panels().div_ceil(np);
     let flops = m * n * k * groups;
-    let threads = if flops < 1 << 17 || rayon::current_thread_index().is_some() {
-        1
-    } else {
-        threads.max(1)
-    };
+    let threads = if flops < 1 << 17 { 1 } else { threads.max(1) };
     let per_group = threads.div_ceil(groups).min(tiles).max(1);
     let out_ptr = SendPtr(out.data.as_mut_ptr());
     let out_stride = out.stride;

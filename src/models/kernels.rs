@@ -45,13 +45,12 @@ macro_rules! dispatch {
 }
 
 /// The GEMM threading to use for one product: the compute threads configured for the
-/// process (rayon's pool, which `--threads` sizes), or none inside an already parallel task.
+/// process (rayon's pool, which `--threads` sizes). Called from inside a pool task (the fused
+/// forward runs on the pool, see [`super::layers::encode`]) it still splits: rayon nests.
 pub fn parallelism() -> Parallelism {
-    let n = rayon::current_num_threads();
-    if n > 1 && rayon::current_thread_index().is_none() {
-        Parallelism::Rayon(n)
-    } else {
-        Parallelism::None
+    match rayon::current_num_threads() {
+        1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
     }
 }
 
@@ -202,19 +201,12 @@ pub fn matmul(a: MatRef, b: MatRef, out: MatMut, par: Parallelism) {
     unsafe { gemm_raw(out.data.as_mut_ptr(), out.stride, false, a, b, par) }
 }
 
-/// `out = x W^T + bias`, with `W` in the Hub's `[out, in]` layout (row-major `n x k`): the
-/// weight-streaming product for few rows, the packed GEMM otherwise.
+/// `out = x W^T + bias`, with `W` in the Hub's `[out, in]` layout (row-major `n x k`), read in
+/// place as the transposed right operand of the `gemm` crate's product; the bias is written
+/// first and accumulated into (one pass over `out`, not two). This is the product on weights as
+/// loaded (training, whose weights change every step); inference on a prepared model reads
+/// weights packed once ([`super::gemm`]).
 pub fn linear(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut, par: Parallelism) {
-    if x.rows <= SMALL_M {
-        linear_rows(x, w, bias, out)
-    } else {
-        linear_packed(x, w, bias, out, par)
-    }
-}
-
-/// [`linear`] through the `gemm` crate: `W` read in place as the transposed right operand,
-/// the bias written first and accumulated into by the GEMM (one pass over `out`, not two).
-pub fn linear_packed(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut, par: Parallelism) {
     let (m, n) = (x.rows, w.rows);
     assert_eq!((out.rows, out.cols), (m, n), "output shape");
     if let Some(b) = bias {
@@ -236,104 +228,8 @@ pub fn linear_packed(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut, pa
     }
 }
 
-/// Up to this many rows, [`linear_rows`] beats the `gemm` crate (measured with
-/// `cargo run --release --example kernels`); above it the packed, cache-blocked GEMM wins.
-pub const SMALL_M: usize = 48;
-
-/// `out = x W^T + bias` for few rows (short sequences, batch 1): every output is a dot product
-/// of an activation row with a weight row, computed in register tiles of 4 rows x 3 weight
-/// rows, so each weight is read from memory exactly once and nothing is packed. At these
-/// shapes the product is bound by reading the weights (BERT-base streams 340 MB of them per
-/// forward), and the `gemm` crate's packing reads and writes each weight twice more.
-/// Weight tiles are split over the compute threads.
-pub fn linear_rows(x: MatRef, w: MatRef, bias: Option<&[f32]>, out: MatMut) {
-    let (m, k, n) = (x.rows, x.cols, w.rows);
-    assert!(x.is_row_major() && w.is_row_major(), "row-major operands");
-    assert_eq!(w.cols, k, "weight has {} inputs, activations {k}", w.cols);
-    assert_eq!((out.rows, out.cols), (m, n), "output shape");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "bias length");
-    }
-    let out_stride = out.stride;
-    let out_ptr = SendPtr(out.data.as_mut_ptr());
-    let tiles = n.div_ceil(TILE_N);
-    let run = |t: usize| {
-        let j0 = t * TILE_N;
-        let nr = (n - j0).min(TILE_N);
-        let mut r0 = 0;
-        while r0 < m {
-            let mr = (m - r0).min(TILE_M);
-            let mut tile = [[0f32; TILE_N]; TILE_M];
-            dot_tile_dispatch(x, w, r0, mr, j0, nr, &mut tile);
-            for (r, row) in tile.iter().enumerate().take(mr) {
-                for (c, v) in row.iter().enumerate().take(nr) {
-                    let b = bias.map_or(0.0, |b| b[j0 + c]);
-                    // SAFETY: (r0 + r, j0 + c) is inside the m x n output, bounds-checked at
-                    // construction; each tile writes only its own columns j0..j0+nr.
-                    unsafe { *out_ptr.get().add((r0 + r) * out_stride + j0 + c) = v + b };
-                }
-            }
-            r0 += mr;
-        }
-    };
-    let threads = rayon::current_num_threads();
-    if n * k * m < 1 << 16 || threads == 1 || rayon::current_thread_index().is_some() {
-        (0..tiles).for_each(run);
-    } else {
-        // One contiguous run of tiles per thread: each streams its own part of the weights,
-        // and there is one fork per product, not one per handful of tiles.
-        let per = tiles.div_ceil(threads);
-        (0..threads).into_par_iter().for_each(|t| {
-            (t * per..((t + 1) * per).min(tiles)).for_each(run);
-        });
-    }
-}
-
-/// Register tile of [`linear_rows`]: activation rows x weight rows per inner loop.
-const TILE_M: usize = 4;
-const TILE_N: usize = 3;
-
-/// Dot products of activation rows `r0..r0+mr` with weight rows `j0..j0+nr` into `tile`.
-fn dot_tile_dispatch(
-    x: MatRef,
-    w: MatRef,
-    r0: usize,
-    mr: usize,
-    j0: usize,
-    nr: usize,
-    tile: &mut [[f32; TILE_N]; TILE_M],
-) {
-    let k = x.cols;
-    let xr: [&[f32]; TILE_M] =
-        std::array::from_fn(|r| &x.data[(r0 + r.min(mr - 1)) * x.stride..][..k]);
-    // A partial tile repeats its last weight row (computed, never written).
-    let wr: [&[f32]; TILE_N] =
-        std::array::from_fn(|c| &w.data[(j0 + c.min(nr - 1)) * w.stride..][..k]);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: features detected; every row slice holds k elements. Partial row
-            // blocks get their own kernel: one row is the common case at batch 1.
-            unsafe {
-                match mr {
-                    1 => avx2::dot_tile::<1>(&xr, &wr, k, tile),
-                    2 => avx2::dot_tile::<2>(&xr, &wr, k, tile),
-                    3 => avx2::dot_tile::<3>(&xr, &wr, k, tile),
-                    _ => avx2::dot_tile::<TILE_M>(&xr, &wr, k, tile),
-                }
-            }
-            return;
-        }
-    }
-    for (r, x) in xr.iter().enumerate().take(mr) {
-        for (c, w) in wr.iter().enumerate() {
-            tile[r][c] = dot(x, w);
-        }
-    }
-}
-
-/// Portable dot product with eight partial sums (inlined, so it vectorises with its caller's
-/// target features).
+/// Dot product with eight partial sums (inlined, so it vectorises with its caller's target
+/// features).
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -350,51 +246,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{TILE_M, TILE_N};
-    use std::arch::x86_64::*;
-
-    /// `R` x 3 dot products over `k` (the first `R` of `x`): up to twelve 8-wide
-    /// accumulators, each weight and activation vector loaded once per step.
-    ///
-    /// # Safety
-    /// Needs AVX2 and FMA; every slice must hold at least `k` elements.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_tile<const R: usize>(
-        x: &[&[f32]; TILE_M],
-        w: &[&[f32]; TILE_N],
-        k: usize,
-        tile: &mut [[f32; TILE_N]; TILE_M],
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); TILE_N]; R];
-        let k8 = k / 8 * 8;
-        let mut i = 0;
-        while i < k8 {
-            let wv: [__m256; TILE_N] =
-                std::array::from_fn(|c| _mm256_loadu_ps(w[c].as_ptr().add(i)));
-            for r in 0..R {
-                let xv = _mm256_loadu_ps(x[r].as_ptr().add(i));
-                for c in 0..TILE_N {
-                    acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
-                }
-            }
-            i += 8;
-        }
-        for r in 0..R {
-            for c in 0..TILE_N {
-                let mut lanes = [0f32; 8];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][c]);
-                let mut s: f32 = lanes.iter().sum();
-                for j in k8..k {
-                    s += x[r][j] * w[c][j];
-                }
-                tile[r][c] = s;
-            }
-        }
-    }
 }
 
 /// Column sums of a `rows x cols` matrix (a bias gradient), split over the compute threads.
@@ -878,7 +729,7 @@ pub fn attention(
         }
     };
     let scores = &mut scores[..slots * block];
-    if slots == 1 || rayon::current_thread_index().is_some() {
+    if slots == 1 {
         scores.chunks_mut(block).enumerate().for_each(run);
     } else {
         scores.par_chunks_mut(block).enumerate().for_each(run);
@@ -1021,13 +872,9 @@ mod tests {
 
     #[test]
     fn linear_writes_strided_columns_with_bias() {
-        // Both products: the packed GEMM (many rows) and the weight-streaming one (few rows,
-        // including a row count and widths that leave partial tiles and a k tail).
         for m in [37, 5, 1, 8] {
             linear_case(m, 50, 23, linear);
         }
-        linear_case(7, 50, 23, linear_packed);
-        linear_case(37, 50, 23, |x, w, b, o, _| linear_rows(x, w, b, o));
     }
 
     fn linear_case(

@@ -472,7 +472,10 @@ pub fn encode(
     ctx: &mut ForwardCtx,
 ) -> Result<Tensor> {
     if ctx.fused() && !ctx.is_training() && fused_eligible(&x) {
-        if let Some(y) = encode_fused(layers, &x, mask)? {
+        // The whole forward runs as one task on the compute pool: each product then forks
+        // from a pool thread, which the other threads pick up while still spinning, instead
+        // of this thread handing every product to sleeping workers and waiting for it.
+        if let Some(y) = rayon::scope(|_| encode_fused(layers, &x, mask))? {
             return Ok(y);
         }
     }
