@@ -32,25 +32,29 @@ fn main() -> anyhow::Result<()> {
     let pos = Tensor::from_vec(pos, b, &dev)?;
     println!("{name} training step, batch {b} x {s}");
     for step in 0..steps {
-        let t0 = Instant::now();
-        let out = model
-            .model
-            .forward(&batch, &mut ForwardCtx::training(step as u64))?;
-        let t1 = Instant::now();
-        let loss = qa_loss(&out, &pos, &pos)?;
-        let store = loss.backward()?;
-        let t2 = Instant::now();
-        let grads = grads_of(&model.params, &store);
-        drop(store);
-        opt.step(&grads, 1e-5, 1.0)?;
-        let t3 = Instant::now();
-        println!(
+        // As `TrainableModel::loss_and_grads` does, with the phases timed.
+        bertbench::runtime::on_compute_pool(|| -> anyhow::Result<()> {
+            let t0 = Instant::now();
+            let out = model
+                .model
+                .forward(&batch, &mut ForwardCtx::training(step as u64))?;
+            let t1 = Instant::now();
+            let loss = qa_loss(&out, &pos, &pos)?;
+            let store = loss.backward()?;
+            let t2 = Instant::now();
+            let grads = grads_of(&model.params, &store);
+            drop(store);
+            opt.step(&grads, 1e-5, 1.0)?;
+            let t3 = Instant::now();
+            println!(
             "step {step}: forward {:.0} ms, loss+backward {:.0} ms, AdamW {:.0} ms, total {:.0} ms",
             (t1 - t0).as_secs_f64() * 1e3,
             (t2 - t1).as_secs_f64() * 1e3,
             (t3 - t2).as_secs_f64() * 1e3,
             (t3 - t0).as_secs_f64() * 1e3
         );
+            Ok(())
+        })?;
     }
     Ok(())
 }

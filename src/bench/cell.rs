@@ -15,8 +15,8 @@ use super::{Cell, CellSettings, Measurement, Memory, Mode, Speed, Status};
 use crate::device::parse_device;
 use crate::hub::HubConfig;
 use crate::models::{self, Batch, ForwardCtx, ModelConfig, ModelType, QaModel};
-use crate::train::optim::{grads_of, AdamW, AdamWConfig};
-use crate::train::{qa_loss, TrainableModel};
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::TrainableModel;
 
 /// What the measurement is doing, for progress reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,11 +114,7 @@ impl Stepper {
                 seed,
             } => {
                 *step += 1;
-                let out = model
-                    .model
-                    .forward(batch, &mut ForwardCtx::training(*seed + *step))?;
-                let loss = qa_loss(&out, starts, ends)?;
-                let grads = grads_of(&model.params, &loss.backward()?);
+                let (loss, grads) = model.loss_and_grads(batch, starts, ends, *seed + *step)?;
                 optimizer.step(&grads, optimizer.config.lr, 1.0)?;
                 loss.device().synchronize()?;
             }

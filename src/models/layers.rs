@@ -472,10 +472,7 @@ pub fn encode(
     ctx: &mut ForwardCtx,
 ) -> Result<Tensor> {
     if ctx.fused() && !ctx.is_training() && fused_eligible(&x) {
-        // The whole forward runs as one task on the compute pool: each product then forks
-        // from a pool thread, which the other threads pick up while still spinning, instead
-        // of this thread handing every product to sleeping workers and waiting for it.
-        if let Some(y) = rayon::scope(|_| encode_fused(layers, &x, mask))? {
+        if let Some(y) = crate::runtime::on_compute_pool(|| encode_fused(layers, &x, mask))? {
             return Ok(y);
         }
     }

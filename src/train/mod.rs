@@ -16,7 +16,10 @@ use crate::models::qa::HEAD_PREFIXES;
 use crate::models::weights::{
     Checkpoint, CheckpointSource, ParamSource, ParamSpec, Params, RandomInit, WeightFiles,
 };
-use crate::models::{LoadReport, ModelConfig, QaModel, QaOutput, HEAD_INIT_SEED};
+use crate::models::{
+    Batch, ForwardCtx, LoadReport, ModelConfig, QaModel, QaOutput, HEAD_INIT_SEED,
+};
+use optim::{grads_of, Grads};
 
 /// Wraps a parameter source so that every parameter becomes a trainable [`Var`], recorded with
 /// its Hub name for the optimizer and for saving.
@@ -86,6 +89,28 @@ impl TrainableModel {
         Ok(Self {
             model,
             params: source.into_vars(),
+        })
+    }
+}
+
+impl TrainableModel {
+    /// One training forward (dropout masks drawn from `dropout_seed`), the QA loss and the
+    /// backward pass: the loss and every parameter's gradient, in parameter order. Runs as one
+    /// task on the compute pool (see [`crate::runtime::on_compute_pool`]).
+    pub fn loss_and_grads(
+        &self,
+        batch: &Batch,
+        start_positions: &Tensor,
+        end_positions: &Tensor,
+        dropout_seed: u64,
+    ) -> Result<(Tensor, Grads)> {
+        crate::runtime::on_compute_pool(|| {
+            let out = self
+                .model
+                .forward(batch, &mut ForwardCtx::training(dropout_seed))?;
+            let loss = qa_loss(&out, start_positions, end_positions)?;
+            let grads = grads_of(&self.params, &loss.backward()?);
+            Ok((loss, grads))
         })
     }
 }

@@ -17,14 +17,14 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, LogEntry, TrainerState};
-use super::optim::{accumulate, global_norm, grads_of, AdamW, AdamWConfig, Grads};
+use super::optim::{accumulate, global_norm, AdamW, AdamWConfig, Grads};
 use super::schedule::{linear_with_warmup, warmup_steps};
-use super::{qa_loss, TrainableModel};
+use super::TrainableModel;
 use crate::device::Precision;
 use crate::error::input;
 use crate::eval::{evaluate_model, EvalConfig, EvalReport};
 use crate::models::weights::{ParamSource, ParamSpec, Params};
-use crate::models::{Batch, ForwardCtx, ModelConfig, QaModel};
+use crate::models::{Batch, ModelConfig, QaModel};
 use crate::squad::{Dataset, DecodeConfig, Example, Feature, FeatureConfig, QaTokenizer};
 
 /// The run's settings, named as Hugging Face's `TrainingArguments` names them (this is what
@@ -352,10 +352,7 @@ pub fn train(
             let (batch, starts, ends) = batch_of(&batch_features, &config, &device)?;
             let dropout_seed = args.seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
                 ^ ((epoch * micro_per_epoch + micro) as u64);
-            let out = model
-                .model
-                .forward(&batch, &mut ForwardCtx::training(dropout_seed))?;
-            let loss = qa_loss(&out, &starts, &ends)?;
+            let (loss, grads) = model.loss_and_grads(&batch, &starts, &ends, dropout_seed)?;
             let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !loss_value.is_finite() {
                 bail!(
@@ -365,7 +362,7 @@ pub fn train(
             }
             losses_since_log.push(loss_value);
             samples_since_log += chunk.len();
-            accumulate(&mut acc, grads_of(&model.params, &loss.backward()?))?;
+            accumulate(&mut acc, grads)?;
             in_group += 1;
             let last_micro = micro + 1 == micro_per_epoch;
             if in_group < accum && !last_micro {
