@@ -43,7 +43,7 @@ fn main() {
                         let xv = MatRef::new(&x, m, k, k);
                         let ov = MatMut::new(&mut out, m, n, n);
                         if prepacked {
-                            gemm::linear(xv, pw, Some(&bias), ov, threads);
+                            gemm::linear(xv, pw, Some(&bias), None, ov, threads);
                         } else {
                             let wv = MatRef::new(w, n, k, k);
                             kernels::linear(xv, wv, Some(&bias), ov, kernels::parallelism());

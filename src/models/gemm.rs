@@ -156,10 +156,21 @@ impl Isa {
     }
 }
 
-/// `out = x W^T + bias` for every group `g`: columns `g*k..` of `x` times group `g` of `w` into
-/// columns `g*n..` of `out`, split over `threads` (1: on the calling thread).
-pub fn linear(x: MatRef, w: &PackedWeight, bias: Option<&[f32]>, out: MatMut, threads: usize) {
-    linear_with(Isa::detect(), x, w, bias, out, threads)
+/// An element-wise function applied to finished outputs (an activation), fused into the
+/// product: each register tile's rows are passed while they are still in L1.
+pub type Epilogue = fn(&mut [f32]);
+
+/// `out = act(x W^T + bias)` for every group `g`: columns `g*k..` of `x` times group `g` of `w`
+/// into columns `g*n..` of `out`, split over `threads` (1: on the calling thread).
+pub fn linear(
+    x: MatRef,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    act: Option<Epilogue>,
+    out: MatMut,
+    threads: usize,
+) {
+    linear_with(Isa::detect(), x, w, bias, act, out, threads)
 }
 
 /// [`linear`] with a chosen kernel (which must be one of [`Isa::available`]).
@@ -168,6 +179,7 @@ pub fn linear_with(
     x: MatRef,
     w: &PackedWeight,
     bias: Option<&[f32]>,
+    act: Option<Epilogue>,
     out: MatMut,
     threads: usize,
 ) {
@@ -208,6 +220,7 @@ pub fn linear_with(
             w,
             g,
             bias: bias.map(|b| &b[g * n..(g + 1) * n]),
+            act,
             // SAFETY: the output was bounds-checked as m x (groups*n) at `out_stride`; this
             // item's columns start at g*n.
             out: unsafe { out_ptr.get().add(g * n) },
@@ -230,6 +243,7 @@ struct Job<'a> {
     w: &'a PackedWeight,
     g: usize,
     bias: Option<&'a [f32]>,
+    act: Option<Epilogue>,
     out: *mut f32,
     out_stride: usize,
 }
@@ -243,6 +257,7 @@ impl Job<'_> {
         while pc < k {
             let kc = KC.min(k - pc);
             let accumulate = pc > 0;
+            let act = if pc + kc == k { self.act } else { None };
             let mut ic = 0;
             while ic < m {
                 let mc = MC.min(m - ic);
@@ -273,6 +288,7 @@ impl Job<'_> {
                             cols,
                             accumulate,
                             bias,
+                            act,
                         };
                         // SAFETY: the packed panels hold `k` rows from `pc`; `a` has `rows`
                         // rows of `kc` values from `pc`; `c` covers rows x cols.
@@ -292,7 +308,7 @@ impl Job<'_> {
 /// rows at `a` (row stride `lda`, `kc` values each, read in place: each value is broadcast
 /// once per tile, so packing them would cost more than it saves) and `np` weight panels from
 /// `b` (`kc` rows of 16 each, panels `b_panel_stride` apart). Starts from the output
-/// (`accumulate`), the bias or zero.
+/// (`accumulate`), the bias or zero; `act` is applied to the finished rows.
 struct Tile<'a> {
     a: *const f32,
     lda: usize,
@@ -305,6 +321,7 @@ struct Tile<'a> {
     cols: usize,
     accumulate: bool,
     bias: Option<&'a [f32]>,
+    act: Option<Epilogue>,
 }
 
 impl Tile<'_> {
@@ -348,6 +365,14 @@ impl Tile<'_> {
                 _ => avx2::tile::<6>(self),
             },
             _ => self.portable(),
+        }
+        if let Some(act) = self.act {
+            for r in 0..self.rows {
+                act(std::slice::from_raw_parts_mut(
+                    self.c.add(r * self.ldc),
+                    self.cols,
+                ));
+            }
         }
     }
 
@@ -501,6 +526,10 @@ impl SendPtr {
 mod tests {
     use super::*;
 
+    fn square(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v *= *v);
+    }
+
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32)
@@ -527,7 +556,11 @@ mod tests {
         for isa in Isa::available() {
             for &(m, k, n, groups) in &shapes {
                 for threads in [1, 3] {
-                    for with_bias in [true, false] {
+                    for (with_bias, act) in [
+                        (true, None),
+                        (false, None),
+                        (true, Some(square as Epilogue)),
+                    ] {
                         let stride = groups * k + 3;
                         let x = values(m * stride, 1);
                         let w = values(groups * n * k, 2);
@@ -540,6 +573,7 @@ mod tests {
                             MatRef::new(&x, m, groups * k, stride),
                             &packed,
                             with_bias.then_some(&bias[..]),
+                            act,
                             MatMut::new(&mut out, m, groups * n, groups * n),
                             threads,
                         );
@@ -554,6 +588,9 @@ mod tests {
                                     for i in 0..k {
                                         want += x[r * stride + g * k + i] as f64
                                             * w[(g * n + o) * k + i] as f64;
+                                    }
+                                    if act.is_some() {
+                                        want *= want;
                                     }
                                     let got = out[r * groups * n + g * n + o] as f64;
                                     assert!(

@@ -186,6 +186,7 @@ impl Linear {
             w.forward(
                 MatRef::new(xd.slice(), rows, *last, *last),
                 MatMut::new(&mut y, rows, n, n),
+                None,
             );
             Tensor::from_vec(y, (rows, n), &Device::Cpu)?
         } else {
@@ -528,14 +529,16 @@ impl<'a> ProjectionData<'a> {
         }
     }
 
-    /// `out = project(x)`; a grouped projection is one product per group on column blocks of
-    /// `x` and `out`, read and written in place.
-    fn forward(&self, x: MatRef, mut out: MatMut) {
+    /// `out = act(project(x))`; a grouped projection is one product per group on column
+    /// blocks of `x` and `out`, read and written in place. Packed weights apply `act` inside
+    /// the product (see [`gemm::Epilogue`]).
+    fn forward(&self, x: MatRef, mut out: MatMut, act: Option<gemm::Epilogue>) {
         match self {
             Self::Packed { weight, bias } => gemm::linear(
                 x,
                 weight,
                 Some(bias.slice()),
+                act,
                 out,
                 rayon::current_num_threads(),
             ),
@@ -554,6 +557,15 @@ impl<'a> ProjectionData<'a> {
                         out.columns(g * cout, cout),
                         kernels::parallelism(),
                     );
+                }
+                if let Some(act) = act {
+                    if out.stride == out.cols {
+                        act(&mut out.data[..out.rows * out.cols]);
+                    } else {
+                        for r in 0..out.rows {
+                            act(&mut out.data[r * out.stride..][..out.cols]);
+                        }
+                    }
                 }
             }
         }
@@ -620,9 +632,9 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
         let i = d.ffn_in.out_dim();
         let x_view = MatRef::new(&hidden, rows, h, h);
         let mut qkv_view = MatMut::new(&mut qkv, rows, 3 * h, 3 * h);
-        d.query.forward(x_view, qkv_view.columns(0, h));
-        d.key.forward(x_view, qkv_view.columns(h, h));
-        d.value.forward(x_view, qkv_view.columns(2 * h, h));
+        d.query.forward(x_view, qkv_view.columns(0, h), None);
+        d.key.forward(x_view, qkv_view.columns(h, h), None);
+        d.value.forward(x_view, qkv_view.columns(2 * h, h), None);
         let qkv_ref = MatRef::new(&qkv, rows, 3 * h, 3 * h);
         kernels::attention(
             qkv_ref.columns(0, h),
@@ -638,6 +650,7 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
         d.attention_output.forward(
             MatRef::new(&context, rows, h, h),
             MatMut::new(&mut spare, rows, h, h),
+            None,
         );
         let [g, beta] = &d.attention_norm;
         let eps = layer.attention_norm.eps as f32;
@@ -645,18 +658,20 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
         std::mem::swap(&mut hidden, &mut spare);
 
         let ffn_buf = &mut ffn[..rows * i];
+        let act: gemm::Epilogue = match layer.activation {
+            Activation::Gelu => kernels::gelu_erf,
+            Activation::GeluTanh => kernels::gelu_tanh,
+            Activation::Relu => kernels::relu,
+        };
         d.ffn_in.forward(
             MatRef::new(&hidden, rows, h, h),
             MatMut::new(ffn_buf, rows, i, i),
+            Some(act),
         );
-        match layer.activation {
-            Activation::Gelu => kernels::gelu_erf(ffn_buf),
-            Activation::GeluTanh => kernels::gelu_tanh(ffn_buf),
-            Activation::Relu => kernels::relu(ffn_buf),
-        }
         d.ffn_out.forward(
             MatRef::new(ffn_buf, rows, i, i),
             MatMut::new(&mut spare, rows, h, h),
+            None,
         );
         let [g, beta] = &d.output_norm;
         let eps = layer.output_norm.eps as f32;
