@@ -15,6 +15,8 @@
 //! activations stay in L2 while every panel of the thread's columns passes over them), `KC`
 //! inputs at a time; the output columns are split over the compute threads.
 
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
 use super::kernels::MatMut;
@@ -52,21 +54,50 @@ impl PackedWeight {
     /// another as a grouped convolution stores them).
     pub fn pack(w: &[f32], groups: usize, n: usize, k: usize) -> Self {
         assert_eq!(w.len(), groups * n * k, "weight of {groups} x {n} x {k}");
-        let panels = n.div_ceil(PANEL);
-        let mut rows = vec![PanelRow::default(); groups * panels * k];
+        let mut packed = Self::empty();
+        packed.resize(groups, n, k);
         for g in 0..groups {
-            let wg = &w[g * n * k..(g + 1) * n * k];
-            for p in 0..panels {
-                let dst = &mut rows[(g * panels + p) * k..][..k];
+            packed.fill(g, MatRef::new(&w[g * n * k..(g + 1) * n * k], n, k, k));
+        }
+        packed
+    }
+
+    /// Nothing packed yet (a buffer for [`Self::repack`]).
+    pub fn empty() -> Self {
+        Self {
+            rows: Vec::new(),
+            n: 0,
+            k: 0,
+            groups: 1,
+        }
+    }
+
+    /// Packs the view `w` (`n` output rows of `k` inputs, any strides: a transposed view
+    /// packs the transpose) as one group, reusing this buffer's memory: the attention packs
+    /// each head's keys and values this way.
+    pub fn repack(&mut self, w: MatRef) {
+        self.resize(1, w.rows, w.cols);
+        self.fill(0, w);
+    }
+
+    fn resize(&mut self, groups: usize, n: usize, k: usize) {
+        (self.groups, self.n, self.k) = (groups, n, k);
+        self.rows.clear();
+        self.rows
+            .resize(groups * n.div_ceil(PANEL) * k, PanelRow::default());
+    }
+
+    /// Packs `w` (`n x k`) as group `g`.
+    fn fill(&mut self, g: usize, w: MatRef) {
+        let (n, k, panels) = (self.n, self.k, self.panels());
+        for p in 0..panels {
+            let dst = &mut self.rows[(g * panels + p) * k..][..k];
+            for (i, row) in dst.iter_mut().enumerate() {
                 for c in 0..PANEL.min(n - p * PANEL) {
-                    let src = &wg[(p * PANEL + c) * k..][..k];
-                    for (row, v) in dst.iter_mut().zip(src) {
-                        row.0[c] = *v;
-                    }
+                    row.0[c] = w.data[(p * PANEL + c) * w.stride + i * w.col_stride];
                 }
             }
         }
-        Self { rows, n, k, groups }
     }
 
     /// The weight in the Hub's layout again: `groups * n` rows of `k`.
@@ -122,8 +153,13 @@ impl Isa {
         Self::available()[0]
     }
 
-    /// Every kernel this CPU can run, best first (tests run them all).
-    pub fn available() -> Vec<Self> {
+    /// Every kernel this CPU can run, best first (tests run them all); detected once.
+    pub fn available() -> &'static [Self] {
+        static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
+        AVAILABLE.get_or_init(Self::detect_all)
+    }
+
+    fn detect_all() -> Vec<Self> {
         let mut isas = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
@@ -234,6 +270,29 @@ pub fn linear_with(
     } else {
         (0..items).into_par_iter().for_each(run);
     }
+}
+
+/// `out = x W^T` on the calling thread into `out` (row stride `out_stride`), with the best
+/// kernel: for tasks that are already one of many in parallel (attention heads), which write
+/// disjoint blocks of one buffer.
+///
+/// # Safety
+/// `out` must be valid for `x.rows` rows of `w.n()` values at `out_stride`, and no one else
+/// may access them meanwhile.
+pub unsafe fn linear_serial_raw(x: MatRef, w: &PackedWeight, out: *mut f32, out_stride: usize) {
+    let isa = Isa::detect();
+    assert_eq!((w.groups, x.cols, x.col_stride), (1, w.k, 1), "operands");
+    let job = Job {
+        isa,
+        x,
+        w,
+        g: 0,
+        bias: None,
+        act: None,
+        out,
+        out_stride,
+    };
+    job.run(0, w.panels());
 }
 
 /// One thread's share of a product: panels `p0..p1` of group `g`.
@@ -553,7 +612,7 @@ mod tests {
             // More inputs than one block (KC): later blocks accumulate into the output.
             (14, KC + 37, 35, 1),
         ];
-        for isa in Isa::available() {
+        for &isa in Isa::available() {
             for &(m, k, n, groups) in &shapes {
                 for threads in [1, 3] {
                     for (with_bias, act) in [

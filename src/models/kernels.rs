@@ -16,6 +16,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::gemm::{self as packed, PackedWeight};
+
 /// Below this many elements an element-wise pass runs on the calling thread: forking costs
 /// more than the work.
 const PAR_MIN_ELEMS: usize = 1 << 15;
@@ -655,13 +657,28 @@ fn softmax_row(row: &mut [f32], scale: f32, mask: &[f32]) {
     }
 }
 
+/// Per-thread scratch space of [`attention`]: one `seq x seq` block of scores and one head's
+/// keys and values packed for the GEMM. A caller running several layers keeps one and passes
+/// it each time, so nothing is allocated per layer.
+#[derive(Default)]
+pub struct AttentionScratch {
+    slots: Vec<Slot>,
+}
+
+struct Slot {
+    scores: Vec<f32>,
+    keys: PackedWeight,
+    values: PackedWeight,
+}
+
 /// Multi-head scaled dot-product attention straight from the projections, the (sequence,
 /// head) pairs split evenly over the compute threads: `q`, `k`, `v` are row-major
 /// `(batch*seq) x hidden` views (heads side by side in the columns, as the projections produce
-/// them, so no head is ever split out or transposed into a copy); `mask` is the additive
+/// them, so no head is ever split out into a copy of its queries); `mask` is the additive
 /// `batch x seq` key mask; the context is written into `out` (`(batch*seq) x hidden`) with
-/// heads merged in place. `scores` is scratch space for one `seq x seq` block per thread,
-/// grown here if needed: a caller running several layers passes the same one each time.
+/// heads merged in place. Both products take the packed-weight GEMM ([`super::gemm`]): each
+/// head's keys (for `q k^T`) and values (for `p v`) are packed into the thread's scratch, a
+/// copy of `seq x d` values against `2 seq^2 d` multiply-adds.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: MatRef,
@@ -672,7 +689,7 @@ pub fn attention(
     seq: usize,
     heads: usize,
     out: MatMut,
-    scores: &mut Vec<f32>,
+    scratch: &mut AttentionScratch,
 ) {
     let hidden = q.cols;
     assert_eq!(hidden % heads, 0);
@@ -690,49 +707,52 @@ pub fn attention(
     // Tasks write disjoint (rows of one sequence) x (columns of one head) blocks of `out`.
     let out_ptr = SendPtr(out.data.as_mut_ptr());
     let tasks = batch * heads;
-    let slots = rayon::current_num_threads().min(tasks).max(1);
-    let per_slot = tasks.div_ceil(slots);
-    let block = seq * seq;
-    if scores.len() < slots * block {
-        scores.resize(slots * block, 0.0);
-    }
-    let run = |(slot, scores): (usize, &mut [f32])| {
-        for task in slot * per_slot..((slot + 1) * per_slot).min(tasks) {
+    let n_slots = rayon::current_num_threads().min(tasks).max(1);
+    let per_slot = tasks.div_ceil(n_slots);
+    scratch.slots.resize_with(n_slots, || Slot {
+        scores: Vec::new(),
+        keys: PackedWeight::empty(),
+        values: PackedWeight::empty(),
+    });
+    let run = |(index, slot): (usize, &mut Slot)| {
+        slot.scores.resize(seq * seq, 0.0);
+        for task in index * per_slot..((index + 1) * per_slot).min(tasks) {
             let (bi, hi) = (task / heads, task % heads);
-            let kh = head(k, bi, hi, seq, d);
-            let vh = head(v, bi, hi, seq, d);
             let key_mask = &mask[bi * seq..(bi + 1) * seq];
-            matmul(
-                head(q, bi, hi, seq, d),
-                kh.t(),
-                MatMut::new(scores, seq, seq, seq),
-                Parallelism::None,
-            );
+            slot.keys.repack(head(k, bi, hi, seq, d));
+            // SAFETY: the scores buffer holds seq x seq values and is this slot's own.
+            unsafe {
+                packed::linear_serial_raw(
+                    head(q, bi, hi, seq, d),
+                    &slot.keys,
+                    slot.scores.as_mut_ptr(),
+                    seq,
+                )
+            };
             dispatch!({
-                for row in scores.chunks_exact_mut(seq) {
+                for row in slot.scores.chunks_exact_mut(seq) {
                     softmax_row(row, scale, key_mask);
                 }
             });
+            slot.values.repack(head(v, bi, hi, seq, d).t());
             // SAFETY: `out` was bounds-checked for (batch*seq) x hidden at `out_stride`; each
             // task writes only its own block (rows of sequence bi, columns of head hi), so
             // concurrent tasks never touch the same element.
             unsafe {
-                gemm_raw(
+                packed::linear_serial_raw(
+                    MatRef::new(&slot.scores, seq, seq, seq),
+                    &slot.values,
                     out_ptr.get().add(bi * seq * out_stride + hi * d),
                     out_stride,
-                    false,
-                    MatRef::new(scores, seq, seq, seq),
-                    vh,
-                    Parallelism::None,
                 )
             }
         }
     };
-    let scores = &mut scores[..slots * block];
-    if slots == 1 {
-        scores.chunks_mut(block).enumerate().for_each(run);
+    let slots = &mut scratch.slots[..n_slots];
+    if n_slots == 1 {
+        slots.iter_mut().enumerate().for_each(run);
     } else {
-        scores.par_chunks_mut(block).enumerate().for_each(run);
+        slots.par_iter_mut().enumerate().for_each(run);
     }
 }
 
@@ -980,7 +1000,7 @@ mod tests {
             seq,
             heads,
             MatMut::new(&mut out, rows, hidden, hidden),
-            &mut Vec::new(),
+            &mut AttentionScratch::default(),
         );
         let at = |r: usize, c: usize| qkv[r * 3 * hidden + c] as f64;
         for b in 0..batch {

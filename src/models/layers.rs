@@ -627,7 +627,7 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
     let mut qkv = vec![0f32; rows * 3 * h];
     let mut context = vec![0f32; rows * h];
     let mut ffn = vec![0f32; rows * inner];
-    let mut scores = Vec::new();
+    let mut scratch = kernels::AttentionScratch::default();
     for (layer, d) in layers.iter().zip(&blocks) {
         let i = d.ffn_in.out_dim();
         let x_view = MatRef::new(&hidden, rows, h, h);
@@ -645,7 +645,7 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
             s,
             layer.heads,
             MatMut::new(&mut context, rows, h, h),
-            &mut scores,
+            &mut scratch,
         );
         d.attention_output.forward(
             MatRef::new(&context, rows, h, h),
