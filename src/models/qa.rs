@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use super::bert::Bert;
 use super::config::{ModelConfig, ModelType};
 use super::distilbert::DistilBert;
-use super::layers::{additive_mask, EncoderBlock, ForwardCtx, Linear};
+use super::layers::{additive_mask, ForwardCtx, Linear};
 use super::squeezebert::SqueezeBert;
 use super::weights::{ParamSpec, Params, SpecCollector};
 
@@ -110,9 +110,13 @@ impl QaModel {
             Encoder::DistilBert(m) => m.blocks_mut(),
             Encoder::SqueezeBert(m) => m.blocks_mut(),
         };
-        blocks.iter_mut().for_each(EncoderBlock::pack);
+        // Freed pages go back block by block: the heap cannot always reuse a freed weight's
+        // space for the next packed one (sizes differ), and the peak would grow by the gaps.
+        for block in blocks.iter_mut() {
+            block.pack();
+            crate::runtime::release_free_memory();
+        }
         self.qa_outputs.pack();
-        crate::runtime::release_free_memory();
     }
 
     pub fn config(&self) -> &ModelConfig {
