@@ -194,7 +194,7 @@ impl Isa {
 }
 
 /// An element-wise function applied to finished outputs (an activation), fused into the
-/// product: each register tile's rows are passed while they are still in L1.
+/// product: each block of rows is passed while it is still in L2.
 pub type Epilogue = fn(&mut [f32]);
 
 /// `out = act(x W^T + bias)` for every group `g`: columns `g*k..` of `x` times group `g` of `w`
@@ -348,7 +348,6 @@ impl Job<'_> {
                             cols,
                             accumulate,
                             bias,
-                            act,
                         };
                         // SAFETY: the packed panels hold `k` rows from `pc`; `a` has `rows`
                         // rows of `kc` values from `pc`; `c` covers rows x cols.
@@ -356,6 +355,20 @@ impl Job<'_> {
                         ir += mr;
                     }
                     p += nps;
+                }
+                // The activation on this block's finished rows of the job's columns, while
+                // they are in L2 (per tile, the calls cost more than the work).
+                if let Some(act) = act {
+                    let (c0, c1) = (p0 * PANEL, (p1 * PANEL).min(n));
+                    for r in ic..ic + mc {
+                        // SAFETY: row r, columns c0..c1 are this job's own outputs.
+                        act(unsafe {
+                            std::slice::from_raw_parts_mut(
+                                self.out.add(r * self.out_stride + c0),
+                                c1 - c0,
+                            )
+                        });
+                    }
                 }
                 ic += mc;
             }
@@ -368,7 +381,7 @@ impl Job<'_> {
 /// rows at `a` (row stride `lda`, `kc` values each, read in place: each value is broadcast
 /// once per tile, so packing them would cost more than it saves) and `np` weight panels from
 /// `b` (`kc` rows of 16 each, panels `b_panel_stride` apart). Starts from the output
-/// (`accumulate`), the bias or zero; `act` is applied to the finished rows.
+/// (`accumulate`), the bias or zero.
 struct Tile<'a> {
     a: *const f32,
     lda: usize,
@@ -381,7 +394,6 @@ struct Tile<'a> {
     cols: usize,
     accumulate: bool,
     bias: Option<&'a [f32]>,
-    act: Option<Epilogue>,
 }
 
 impl Tile<'_> {
@@ -425,14 +437,6 @@ impl Tile<'_> {
                 _ => avx2::tile::<6>(self),
             },
             _ => self.portable(),
-        }
-        if let Some(act) = self.act {
-            for r in 0..self.rows {
-                act(std::slice::from_raw_parts_mut(
-                    self.c.add(r * self.ldc),
-                    self.cols,
-                ));
-            }
         }
     }
 
