@@ -20,8 +20,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::kernels::MatMut;
-use super::kernels::MatRef;
+use super::kernels::{MatMut, MatRef, SendPtr};
 
 /// Output columns per weight panel: one AVX-512 vector, two AVX2 vectors.
 pub const PANEL: usize = 16;
@@ -571,18 +570,6 @@ mod avx2 {
                 _mm256_maskstore_ps(t.c.add(r * t.ldc + h * 8), masks[h], *v);
             }
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each work item writes only its own output columns.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

@@ -761,14 +761,16 @@ fn head(m: MatRef<'_>, bi: usize, hi: usize, seq: usize, d: usize) -> MatRef<'_>
     MatRef::new(&m.data[bi * seq * m.stride + hi * d..], seq, d, m.stride)
 }
 
+/// An output pointer handed to parallel tasks that each write their own disjoint block of it
+/// (attention heads here, column ranges in [`super::gemm`]).
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint output blocks to attention tasks.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: only ever used for tasks that write disjoint elements.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
