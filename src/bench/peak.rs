@@ -1,5 +1,7 @@
 //! The machine's practical matrix-multiply rate, so each cell can say what share of it the
-//! model reached. Measured with the same candle matmul the models use, on BERT-like shapes.
+//! model reached. Measured on BERT-like shapes with the products the models use: candle's
+//! matmul (training, other dtypes and devices) and, for f32 on the CPU, the packed-weight GEMM
+//! of inference ([`crate::models::gemm`]); the peak is the best of them.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -7,10 +9,15 @@ use serde::{Deserialize, Serialize};
 
 use super::stats::Summary;
 use super::timer::{measure, TimingPolicy};
+use crate::models::gemm::{self, PackedWeight};
+use crate::models::kernels::{MatMut, MatRef};
 
 /// One measured shape: `(m x k) @ (k x n)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeakShape {
+    /// Which product: `candle` (its matmul) or `packed` (the inference GEMM).
+    #[serde(default = "candle_kernel")]
+    pub kernel: String,
     pub m: usize,
     pub k: usize,
     pub n: usize,
@@ -23,41 +30,101 @@ pub struct PeakShape {
 pub const SHAPES: [(usize, usize, usize); 3] =
     [(1024, 768, 3072), (1024, 3072, 768), (2048, 2048, 2048)];
 
-/// Measures each shape; the peak is the best median rate.
+fn candle_kernel() -> String {
+    "candle".into()
+}
+
+/// Measures each shape with each product; the peak is the best median rate.
 pub fn measure_peak(
     device: &Device,
     dtype: DType,
     policy: &TimingPolicy,
 ) -> Result<Vec<PeakShape>> {
-    SHAPES
-        .iter()
-        .map(|&(m, k, n)| {
-            let a = Tensor::randn(0f32, 1.0, (m, k), device)?.to_dtype(dtype)?;
-            let b = Tensor::randn(0f32, 1.0, (k, n), device)?.to_dtype(dtype)?;
+    let packed = device.is_cpu() && dtype == DType::F32;
+    let mut shapes = Vec::new();
+    for &(m, k, n) in &SHAPES {
+        let a = Tensor::randn(0f32, 1.0, (m, k), device)?.to_dtype(dtype)?;
+        let b = Tensor::randn(0f32, 1.0, (k, n), device)?.to_dtype(dtype)?;
+        let t = measure(
+            policy,
+            || {
+                let c = a.matmul(&b)?;
+                c.device().synchronize()?;
+                Ok(())
+            },
+            |_, _| {},
+        )?;
+        shapes.push(shape("candle", m, k, n, &t.samples));
+        if packed {
+            // The weight in the Hub's `[out, in]` layout is b's transpose.
+            let w: Vec<f32> = b.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+            let x: Vec<f32> = a.flatten_all()?.to_vec1()?;
+            let w = PackedWeight::pack(&w, 1, n, k);
+            let mut out = vec![0f32; m * n];
+            let threads = rayon::current_num_threads();
             let t = measure(
                 policy,
                 || {
-                    let c = a.matmul(&b)?;
-                    c.device().synchronize()?;
+                    gemm::linear(
+                        MatRef::new(&x, m, k, k),
+                        &w,
+                        None,
+                        None,
+                        MatMut::new(&mut out, m, n, n),
+                        threads,
+                    );
                     Ok(())
                 },
                 |_, _| {},
             )?;
-            let s = Summary::of(&t.samples).expect("timings");
-            let flops = 2.0 * (m * k * n) as f64;
-            Ok(PeakShape {
-                m,
-                k,
-                n,
-                median_s: s.median,
-                gflops: flops / s.median / 1e9,
-                runs: s.n,
-            })
-        })
-        .collect()
+            shapes.push(shape("packed", m, k, n, &t.samples));
+        }
+    }
+    Ok(shapes)
+}
+
+fn shape(kernel: &str, m: usize, k: usize, n: usize, samples: &[f64]) -> PeakShape {
+    let s = Summary::of(samples).expect("timings");
+    let flops = 2.0 * (m * k * n) as f64;
+    PeakShape {
+        kernel: kernel.into(),
+        m,
+        k,
+        n,
+        median_s: s.median,
+        gflops: flops / s.median / 1e9,
+        runs: s.n,
+    }
 }
 
 /// The best median rate among measured shapes.
 pub fn peak_gflops(shapes: &[PeakShape]) -> f64 {
     shapes.iter().map(|s| s.gflops).fold(0.0, f64::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// On f32 CPU both products are measured on every shape, and the peak is the best rate.
+    #[test]
+    fn peak_measures_both_products() {
+        let policy = TimingPolicy {
+            warmup_max_runs: 1,
+            min_runs: 1,
+            min_time: Duration::ZERO,
+            max_runs: 1,
+            ..TimingPolicy::default()
+        };
+        let shapes = measure_peak(&Device::Cpu, DType::F32, &policy).unwrap();
+        assert_eq!(shapes.len(), 2 * SHAPES.len());
+        for kernel in ["candle", "packed"] {
+            let of_kernel: Vec<_> = shapes.iter().filter(|s| s.kernel == kernel).collect();
+            assert_eq!(of_kernel.len(), SHAPES.len(), "{kernel}");
+            assert!(of_kernel.iter().all(|s| s.gflops > 0.0 && s.runs == 1));
+        }
+        let best = shapes.iter().map(|s| s.gflops).fold(0.0, f64::max);
+        assert_eq!(peak_gflops(&shapes), best);
+    }
 }

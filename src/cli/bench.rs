@@ -610,7 +610,8 @@ pub fn peak(args: PeakArgs) -> Result<()> {
     );
     for s in &shapes {
         println!(
-            "  {:>5} x {:>5} x {:>5}: {:>8.1} GFLOP/s  (median {} of {} runs)",
+            "  {:<7} {:>5} x {:>5} x {:>5}: {:>8.1} GFLOP/s  (median {} of {} runs)",
+            s.kernel,
             s.m,
             s.k,
             s.n,
