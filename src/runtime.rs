@@ -43,9 +43,9 @@ fn quiet_idle_workers() {
 }
 
 /// Hands memory the allocator holds but no longer uses back to the kernel, wherever it lies in
-/// the heap. Called once a model is prepared for inference: packing frees each loaded weight
-/// after its packed copy is made, and the heap (never trimmed, see above) would otherwise keep
-/// the freed pages resident beside the packed ones.
+/// the heap. Called while a model is prepared for inference, after each block: packing frees
+/// each loaded weight after its packed copy is made, and the heap (never trimmed, see above)
+/// would otherwise keep the freed pages resident beside the packed ones.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages to the kernel; it is thread-safe.

@@ -176,26 +176,11 @@ impl Linear {
             .expect("linear input has at least one dim");
         let rows: usize = lead.iter().product();
         let x2 = x.contiguous()?.reshape((rows, *last))?;
-        let packed = match &self.weight {
-            Weight::Packed(w) if fused => ProjectionData::of_packed(w, &self.bias),
-            _ => None,
-        };
-        let y = if let (Some(w), Some(xd)) = (packed, CpuF32::of(&x2)) {
-            let n = w.out_dim();
-            let mut y = vec![0f32; rows * n];
-            w.forward(
-                MatRef::new(xd.slice(), rows, *last, *last),
-                MatMut::new(&mut y, rows, n, n),
-                None,
-            );
-            Tensor::from_vec(y, (rows, n), &Device::Cpu)?
-        } else {
-            match &self.weight {
-                Weight::Dense(w) if fused && ops::supported(&x2) && ops::supported(w) => {
-                    x2.apply_op3(w, &self.bias, ops::Linear)?
-                }
-                w => x2.matmul(&w.tensor()?.t()?)?.broadcast_add(&self.bias)?,
+        let y = match &self.weight {
+            Weight::Dense(w) if fused && ops::supported(&x2) && ops::supported(w) => {
+                x2.apply_op3(w, &self.bias, ops::Linear)?
             }
+            w => x2.matmul(&w.tensor()?.t()?)?.broadcast_add(&self.bias)?,
         };
         let mut out_dims = lead.to_vec();
         out_dims.push(self.bias.dim(0)?);
@@ -506,20 +491,14 @@ impl<'a> ProjectionData<'a> {
             Projection::Linear(l) => (&l.weight, &l.bias, 1),
             Projection::Grouped(c) => (&c.weight, &c.bias, c.groups),
         };
-        match weight {
-            Weight::Packed(w) => Self::of_packed(w, bias),
-            Weight::Dense(w) => Some(Self::Dense {
+        let bias = CpuF32::of(bias)?;
+        Some(match weight {
+            Weight::Packed(weight) => Self::Packed { weight, bias },
+            Weight::Dense(w) => Self::Dense {
                 weight: CpuF32::of(w)?,
-                bias: CpuF32::of(bias)?,
+                bias,
                 groups,
-            }),
-        }
-    }
-
-    fn of_packed(weight: &'a PackedWeight, bias: &'a Tensor) -> Option<Self> {
-        Some(Self::Packed {
-            weight,
-            bias: CpuF32::of(bias)?,
+            },
         })
     }
 

@@ -99,7 +99,7 @@ impl QaModel {
             .sum())
     }
 
-    /// Readies the model for inference only, on f32 CPU weights: every projection's weight is
+    /// Readies the model for inference only, on f32 CPU weights: every encoder projection's weight is
     /// packed once for the fused kernels' GEMM and the loaded tensor dropped, so the model
     /// still holds its weights once (see [`super::layers::Weight`]). A model that will be
     /// trained must not be prepared (its trainable weights are left alone anyway: they record
@@ -112,11 +112,11 @@ impl QaModel {
         };
         // Freed pages go back block by block: the heap cannot always reuse a freed weight's
         // space for the next packed one (sizes differ), and the peak would grow by the gaps.
+        // The QA head (hidden -> 2) stays as it is: too small to matter.
         for block in blocks.iter_mut() {
             block.pack();
             crate::runtime::release_free_memory();
         }
-        self.qa_outputs.pack();
     }
 
     pub fn config(&self) -> &ModelConfig {

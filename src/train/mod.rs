@@ -91,9 +91,7 @@ impl TrainableModel {
             params: source.into_vars(),
         })
     }
-}
 
-impl TrainableModel {
     /// One training forward (dropout masks drawn from `dropout_seed`), the QA loss and the
     /// backward pass: the loss and every parameter's gradient, in parameter order. Runs as one
     /// task on the compute pool (see [`crate::runtime::on_compute_pool`]).
