@@ -225,7 +225,7 @@ pub fn linear_with(
     );
     let (m, n, k, groups) = (x.rows, w.n, w.k, w.groups);
     assert_eq!(x.cols, groups * k, "activations have {} columns", x.cols);
-    assert_eq!(x.col_stride, 1, "row-major activations");
+    assert!(x.is_row_major(), "row-major activations");
     assert_eq!((out.rows, out.cols), (m, groups * n), "output shape");
     if let Some(b) = bias {
         assert_eq!(b.len(), groups * n, "bias length");
@@ -281,7 +281,10 @@ pub fn linear_with(
 /// may access them meanwhile.
 pub unsafe fn linear_serial_raw(x: MatRef, w: &PackedWeight, out: *mut f32, out_stride: usize) {
     let isa = Isa::detect();
-    assert_eq!((w.groups, x.cols, x.col_stride), (1, w.k, 1), "operands");
+    assert!(
+        w.groups == 1 && x.cols == w.k && x.is_row_major(),
+        "operands"
+    );
     let job = Job {
         isa,
         x,

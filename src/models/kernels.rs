@@ -66,6 +66,16 @@ fn check_view(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) {
     );
 }
 
+/// [`check_view`] for a row-major view, whose rows must not overlap (a written view's rows
+/// would alias each other).
+fn check_rows(len: usize, rows: usize, cols: usize, stride: usize) {
+    assert!(
+        cols <= stride || rows <= 1,
+        "row stride {stride} < cols {cols}"
+    );
+    check_view(len, rows, cols, stride, 1);
+}
+
 /// A matrix view: element `(r, c)` at `data[r * stride + c * col_stride]`; row-major
 /// (`col_stride` 1) unless it is the transpose of one ([`MatRef::t`]).
 #[derive(Clone, Copy, Debug)]
@@ -80,11 +90,7 @@ pub struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// A row-major view, rows `stride` apart.
     pub fn new(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
-        assert!(
-            cols <= stride || rows <= 1,
-            "row stride {stride} < cols {cols}"
-        );
-        check_view(data.len(), rows, cols, stride, 1);
+        check_rows(data.len(), rows, cols, stride);
         Self {
             data,
             rows,
@@ -115,7 +121,7 @@ impl<'a> MatRef<'a> {
         }
     }
 
-    fn is_row_major(&self) -> bool {
+    pub(crate) fn is_row_major(&self) -> bool {
         self.col_stride == 1
     }
 }
@@ -131,12 +137,7 @@ pub struct MatMut<'a> {
 
 impl<'a> MatMut<'a> {
     pub fn new(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Self {
-        // Rows must not overlap: this view is written.
-        assert!(
-            cols <= stride || rows <= 1,
-            "row stride {stride} < cols {cols}"
-        );
-        check_view(data.len(), rows, cols, stride, 1);
+        check_rows(data.len(), rows, cols, stride);
         Self {
             data,
             rows,
