@@ -28,8 +28,10 @@ pub const PANEL: usize = 16;
 /// panel pair stays in L2). 384-3072 measured alike at BERT-base shapes on the 2-core
 /// reference machine.
 const KC: usize = 3072;
-/// Rows per block (a multiple of every kernel's `MR`): 48-288 measured alike.
-const MC: usize = 48;
+/// Rows per block (a multiple of every kernel's `MR`): 144 holds a 128-token input in one
+/// block, so each weight panel is read from memory once per product; measured 3-4% faster
+/// than 48 at 128 rows, alike at 384-1024 rows.
+const MC: usize = 144;
 /// The most rows of any kernel's register tile (AVX-512).
 const MR_MAX: usize = 12;
 
@@ -503,6 +505,13 @@ mod avx512 {
                 for row in acc.iter_mut() {
                     row[j] = b;
                 }
+            }
+        }
+        // The output lines are written once, at the end: fetch them for writing now, so the
+        // final stores do not stall on them (measured 1-5% of a forward at 1x128).
+        for r in 0..R {
+            for j in 0..NP {
+                _mm_prefetch::<_MM_HINT_ET0>(t.c.add(r * t.ldc + j * PANEL) as *const i8);
             }
         }
         let (mut a, mut b) = (t.a, t.b);

@@ -285,18 +285,21 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     const LOW: f32 = -87.3;
     let xc = x.clamp(LOW, 0.0);
-    let t = xc * LOG2E + ROUND;
+    let t = xc.mul_add(LOG2E, ROUND);
     let n = t - ROUND;
     let n_int = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
-    let r = (xc - n * LN2_HI) - n * LN2_LO;
-    let mut p = 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, xc));
+    let p = [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ]
+    .iter()
+    .fold(1.0 / 5040.0, |acc: f32, &c| acc.mul_add(r, c));
     let scale = f32::from_bits(((n_int + 127) as u32) << 23);
     let y = p * scale;
     if x < LOW {
@@ -306,49 +309,31 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     }
 }
 
-/// `erf(x)`, branch-free: its Maclaurin series (terms through x^21) for `|x| < 1`, where the
-/// series is accurate to ~1e-8 and the rational form below loses digits to cancellation; and
-/// Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7) beyond. Measured against libm in the
-/// tests: < 2.5e-7 absolute everywhere in f32.
+/// `erf(x)` as the rational function `x P(x^2) / Q(x^2)` on `|x| <= 3.8` (erf(3.8) is
+/// 1 - 7.7e-8; beyond, `x` is clamped): 11 fused multiply-adds and one division, branch-free,
+/// so GELU vectorises at a few instructions per value. (It replaced a series + exponential
+/// form that took ~45 operations and made GELU 9% of a SqueezeBERT forward.) The coefficients
+/// come from `scripts/fit_erf.py` (a minimax fit); the tests measure < 3.5e-7 absolute error
+/// against libm in f32, which is the rounding of the evaluation, not of the fit.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
-    const P: f32 = 0.327_591_1;
-    const A1: f32 = 0.254_829_6;
-    const A2: f32 = -0.284_496_74;
-    const A3: f32 = 1.421_413_7;
-    const A4: f32 = -1.453_152_1;
-    const A5: f32 = 1.061_405_4;
-    let a = x.abs();
-    let t = 1.0 / (1.0 + P * a);
-    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
-    let far = 1.0 - poly * exp_nonpositive(-a * a);
-    // 2/sqrt(pi) * sum (-1)^n x^(2n+1) / (n! (2n+1)), Horner in x^2.
-    let z = a * a;
-    let mut s = SERIES[10];
-    for c in SERIES[..10].iter().rev() {
-        s = s * z + c;
-    }
-    let near = a * s;
-    let y = if a < 1.0 { near } else { far };
-    y.copysign(x)
+    const X_MAX: f32 = 3.8;
+    const P: [f32; 7] = [
+        1.1283789,
+        0.19514577,
+        0.049965892,
+        0.0035319563,
+        0.00014062815,
+        -2.019959e-06,
+        2.1241272e-08,
+    ];
+    const Q: [f32; 5] = [1.0, 0.5062735, 0.11305153, 0.013973817, 0.00092429935];
+    let x = x.clamp(-X_MAX, X_MAX);
+    let t = x * x;
+    let num = P[..6].iter().rev().fold(P[6], |acc, &c| acc.mul_add(t, c));
+    let den = Q[..4].iter().rev().fold(Q[4], |acc, &c| acc.mul_add(t, c));
+    x * num / den
 }
-
-/// Coefficients of erf's Maclaurin series in x^2 (times x): `2/sqrt(pi) (-1)^n / (n! (2n+1))`.
-const SERIES: [f32; 11] = {
-    const TWO_OVER_SQRT_PI: f64 = std::f64::consts::FRAC_2_SQRT_PI;
-    let mut c = [0f32; 11];
-    let mut n = 0;
-    let mut fact = 1.0f64;
-    while n < 11 {
-        if n > 0 {
-            fact *= n as f64;
-        }
-        let sign = if n % 2 == 0 { 1.0 } else { -1.0 };
-        c[n] = (TWO_OVER_SQRT_PI * sign / (fact * (2 * n + 1) as f64)) as f32;
-        n += 1;
-    }
-    c
-};
 
 /// `tanh(x)` through `e^{-2|x|}` (so only the non-positive exponential is needed).
 #[inline(always)]
@@ -370,7 +355,8 @@ fn map_inplace(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Copy) {
 /// Exact GELU, `x/2 (1 + erf(x/sqrt 2))`: Hugging Face's `"gelu"`.
 pub fn gelu_erf(x: &mut [f32]) {
     map_inplace(x, |v| {
-        0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+        let half = 0.5 * v;
+        half.mul_add(erf(v * std::f32::consts::FRAC_1_SQRT_2), half)
     });
 }
 
@@ -811,7 +797,7 @@ mod tests {
             erf_err = erf_err.max((erf(x) as f64 - libm::erf(x as f64)).abs());
             tanh_err = tanh_err.max((tanh(x) as f64 - (x as f64).tanh()).abs());
         }
-        assert!(erf_err < 2.5e-7, "erf max abs error {erf_err}");
+        assert!(erf_err < 3.5e-7, "erf max abs error {erf_err}");
         assert!(tanh_err < 3e-7, "tanh max abs error {tanh_err}");
         assert_eq!(erf(0.0), 0.0);
     }
