@@ -82,21 +82,46 @@ impl PackedWeight {
         self.fill(0, w);
     }
 
+    /// Sizes the buffer for `groups` blocks of `n x k`; the contents are left for
+    /// [`Self::fill`], which writes every value (padding included), so a repack per attention
+    /// head clears nothing.
     fn resize(&mut self, groups: usize, n: usize, k: usize) {
         (self.groups, self.n, self.k) = (groups, n, k);
-        self.rows.clear();
         self.rows
             .resize(groups * n.div_ceil(PANEL) * k, PanelRow::default());
     }
 
-    /// Packs `w` (`n x k`) as group `g`.
+    /// Packs `w` (`n x k`) as group `g`, the last panel's missing columns as zeros.
     fn fill(&mut self, g: usize, w: MatRef) {
         let (n, k, panels) = (self.n, self.k, self.panels());
         for p in 0..panels {
             let dst = &mut self.rows[(g * panels + p) * k..][..k];
-            for (i, row) in dst.iter_mut().enumerate() {
-                for c in 0..PANEL.min(n - p * PANEL) {
-                    row.0[c] = w.data[(p * PANEL + c) * w.stride + i * w.col_stride];
+            let cols = PANEL.min(n - p * PANEL);
+            if w.stride == 1 && k > 0 {
+                // The panel's outputs are adjacent: each panel row is one contiguous run (a
+                // transposed row-major view: the attention's values).
+                let src = &w.data[p * PANEL..];
+                for (i, row) in dst.iter_mut().enumerate() {
+                    let run = &src[i * w.col_stride..];
+                    if cols == PANEL {
+                        // A fixed-size copy: one vector move, not a call to memmove.
+                        row.0.copy_from_slice(&run[..PANEL]);
+                    } else {
+                        row.0[..cols].copy_from_slice(&run[..cols]);
+                        row.0[cols..].fill(0.0);
+                    }
+                }
+            } else {
+                // A transpose, one output's inputs at a time (contiguous for a row-major
+                // view: weights as loaded, the attention's keys).
+                for c in 0..cols {
+                    let src = &w.data[(p * PANEL + c) * w.stride..];
+                    for (row, v) in dst.iter_mut().zip(src.iter().step_by(w.col_stride.max(1))) {
+                        row.0[c] = *v;
+                    }
+                }
+                for row in dst.iter_mut() {
+                    row.0[cols..].fill(0.0);
                 }
             }
         }
@@ -630,6 +655,38 @@ mod tests {
 
     /// Every kernel, every edge (partial row tiles, partial and odd panel counts, several row
     /// and input blocks, groups, strided activations, no bias) against an f64 reference.
+    #[test]
+    fn repack_reads_transposed_and_strided_views_into_a_used_buffer() {
+        // A used buffer (larger, NaN) is overwritten entirely, padding included.
+        let mut packed = PackedWeight::pack(&[f32::NAN; 40 * 50], 1, 40, 50);
+        let (rows, cols, stride) = (21, 19, 30);
+        let data = values(rows * stride, 4);
+        let view = MatRef::new(&data, rows, cols, stride);
+        let dense = |n: usize, k: usize, at: &dyn Fn(usize, usize) -> f32| {
+            (0..n * k).map(|i| at(i / k, i % k)).collect::<Vec<_>>()
+        };
+        // Row-major with a row stride (weights, keys): a transpose into panels.
+        packed.repack(view);
+        assert_eq!(
+            packed.unpack(),
+            dense(rows, cols, &|o, i| data[o * stride + i])
+        );
+        let finite = |p: &PackedWeight| p.rows.iter().all(|r| r.0.iter().all(|v| v.is_finite()));
+        assert!(finite(&packed));
+        // Transposed (values): contiguous runs.
+        packed.repack(view.t());
+        assert_eq!(
+            packed.unpack(),
+            dense(cols, rows, &|o, i| data[i * stride + o])
+        );
+        let pad = cols.div_ceil(PANEL) * PANEL - cols;
+        let last = &packed.rows[(cols / PANEL) * rows..];
+        assert!(last
+            .iter()
+            .all(|r| r.0[PANEL - pad..] == [0.0; PANEL][..pad]));
+        assert!(finite(&packed));
+    }
+
     #[test]
     fn packed_linear_matches_reference() {
         let shapes = [
