@@ -259,7 +259,7 @@ fn fused_kernels_match_composed_ops() {
     }
 }
 
-/// Training through the fused ops (linear, LayerNorm, GELU, masked softmax, each with its own
+/// Training through the fused ops (linear, LayerNorm, GELU, attention, each with its own
 /// backward) gives the composed ops' loss and gradients, for every family and activation, on a
 /// padded batch with dropout on (both paths draw the same masks).
 #[test]

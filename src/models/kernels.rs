@@ -607,17 +607,8 @@ pub fn softmax_backward(y: &[f32], dy: &mut [f32], cols: usize, scale: f32) {
 /// counter-based generator (SplitMix64's mixer of `key + index`), so the mask is a pure
 /// function of `(key, index)`: reproducible, and computed in parallel.
 pub fn dropout_mask(key: u64, keep: f64, scale: f32, out: &mut [f32]) {
-    // keep probability as a 24-bit threshold.
-    let threshold = (keep * (1u64 << 24) as f64).round() as u64;
     let fill = |(i, chunk): (usize, &mut [f32])| {
-        let base = (i * (PAR_MIN_ELEMS / 4)) as u64;
-        for (j, v) in chunk.iter_mut().enumerate() {
-            let mut z = key.wrapping_add((base + j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            *v = if (z >> 40) < threshold { scale } else { 0.0 };
-        }
+        dropout_mask_at(key, keep, scale, (i * (PAR_MIN_ELEMS / 4)) as u64, chunk)
     };
     if out.len() < PAR_MIN_ELEMS {
         out.chunks_mut(PAR_MIN_ELEMS / 4).enumerate().for_each(fill);
@@ -625,6 +616,20 @@ pub fn dropout_mask(key: u64, keep: f64, scale: f32, out: &mut [f32]) {
         out.par_chunks_mut(PAR_MIN_ELEMS / 4)
             .enumerate()
             .for_each(fill);
+    }
+}
+
+/// Elements `start..start + out.len()` of [`dropout_mask`]'s mask for `key` (the training
+/// attention draws each head's block of the probabilities' mask this way).
+pub fn dropout_mask_at(key: u64, keep: f64, scale: f32, start: u64, out: &mut [f32]) {
+    // keep probability as a 24-bit threshold.
+    let threshold = (keep * (1u64 << 24) as f64).round() as u64;
+    for (j, v) in out.iter_mut().enumerate() {
+        let mut z = key.wrapping_add((start + j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        *v = if (z >> 40) < threshold { scale } else { 0.0 };
     }
 }
 
@@ -741,6 +746,199 @@ pub fn attention(
     } else {
         slots.par_iter_mut().enumerate().for_each(run);
     }
+}
+
+/// Sizes of the training attention ([`attention_train_forward`]).
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionDims {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// Inverted dropout on the attention probabilities: the mask of [`dropout_mask`] for `key`
+/// over the `(batch, heads, seq, seq)` probabilities, drawn block by block.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbsDropout {
+    pub key: u64,
+    pub keep: f64,
+    pub scale: f32,
+}
+
+/// Multi-head attention for training, one (sequence, head) pair per task: `q`, `k`, `v` are
+/// row-major `(batch*seq) x hidden` (heads side by side), read in place; writes the softmax
+/// probabilities (`(batch, heads, seq, seq)`, kept for the backward) and the context
+/// `(batch*seq) x hidden`. The probabilities are scaled by 1/sqrt(head_dim) and masked by the
+/// additive `batch x seq` key mask before the softmax; `dropout` applies to them before
+/// they meet the values. As composed candle ops this was ~16 graph nodes per layer, each with
+/// a gradient buffer zero-filled and accumulated into by candle's backward.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_train_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    dims: AttentionDims,
+    dropout: Option<ProbsDropout>,
+    probs: &mut [f32],
+    out: &mut [f32],
+) {
+    let AttentionDims {
+        batch,
+        seq,
+        heads,
+        head_dim: d,
+    } = dims;
+    let (h, rows) = (heads * d, batch * seq);
+    let (q, k, v) = (
+        MatRef::new(q, rows, h, h),
+        MatRef::new(k, rows, h, h),
+        MatRef::new(v, rows, h, h),
+    );
+    assert_eq!(mask.len(), rows);
+    assert_eq!(probs.len(), batch * heads * seq * seq);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut context = vec![0f32; rows * h];
+    probs
+        .par_chunks_mut(seq * seq)
+        .zip(context.par_chunks_mut(seq * d))
+        .enumerate()
+        .for_each(|(task, (p, c))| {
+            let (bi, hi) = (task / heads, task % heads);
+            let p_view = MatMut::new(p, seq, seq, seq);
+            matmul(
+                head(q, bi, hi, seq, d),
+                head(k, bi, hi, seq, d).t(),
+                p_view,
+                Parallelism::None,
+            );
+            let key_mask = &mask[bi * seq..(bi + 1) * seq];
+            dispatch!({
+                for row in p.chunks_exact_mut(seq) {
+                    softmax_row(row, scale, key_mask);
+                }
+            });
+            let c_view = MatMut::new(c, seq, d, d);
+            let v_head = head(v, bi, hi, seq, d);
+            match dropout {
+                Some(drop) => {
+                    let mut dropped = vec![0f32; seq * seq];
+                    let start = (task * seq * seq) as u64;
+                    dropout_mask_at(drop.key, drop.keep, drop.scale, start, &mut dropped);
+                    dropped.iter_mut().zip(p.iter()).for_each(|(m, p)| *m *= p);
+                    let dropped = MatRef::new(&dropped, seq, seq, seq);
+                    matmul(dropped, v_head, c_view, Parallelism::None);
+                }
+                None => matmul(
+                    MatRef::new(p, seq, seq, seq),
+                    v_head,
+                    c_view,
+                    Parallelism::None,
+                ),
+            }
+        });
+    merge_heads(&context, dims, out);
+}
+
+/// The gradients of [`attention_train_forward`] with respect to `q`, `k` and `v`
+/// (`(batch*seq) x hidden` each) from the context's gradient `grad`, with the probabilities it
+/// kept and the same dropout (the mask is drawn again from its key).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_train_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[f32],
+    dims: AttentionDims,
+    dropout: Option<ProbsDropout>,
+    grad: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let AttentionDims {
+        batch,
+        seq,
+        heads,
+        head_dim: d,
+    } = dims;
+    let (h, rows) = (heads * d, batch * seq);
+    let view = |x| MatRef::new(x, rows, h, h);
+    let (q, k, v, grad) = (view(q), view(k), view(v), view(grad));
+    assert_eq!(probs.len(), batch * heads * seq * seq);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut by_head = vec![0f32; 3 * rows * h];
+    let (dq_h, rest) = by_head.split_at_mut(rows * h);
+    let (dk_h, dv_h) = rest.split_at_mut(rows * h);
+    dq_h.par_chunks_mut(seq * d)
+        .zip(dk_h.par_chunks_mut(seq * d))
+        .zip(dv_h.par_chunks_mut(seq * d))
+        .enumerate()
+        .for_each(|(task, ((dq_t, dk_t), dv_t))| {
+            let (bi, hi) = (task / heads, task % heads);
+            let p = &probs[task * seq * seq..(task + 1) * seq * seq];
+            let d_context = head(grad, bi, hi, seq, d);
+            // dV = P_dropped^T dC; dP = (dC V^T) * mask.
+            let mut mask = Vec::new();
+            let mut dropped = Vec::new();
+            if let Some(drop) = dropout {
+                mask = vec![0f32; seq * seq];
+                let start = (task * seq * seq) as u64;
+                dropout_mask_at(drop.key, drop.keep, drop.scale, start, &mut mask);
+                dropped = mask.iter().zip(p).map(|(m, p)| m * p).collect();
+            }
+            let p_used = if dropout.is_some() { &dropped[..] } else { p };
+            let dv_view = MatMut::new(dv_t, seq, d, d);
+            matmul(
+                MatRef::new(p_used, seq, seq, seq).t(),
+                d_context,
+                dv_view,
+                Parallelism::None,
+            );
+            let mut dp = vec![0f32; seq * seq];
+            let v_head = head(v, bi, hi, seq, d);
+            matmul(
+                d_context,
+                v_head.t(),
+                MatMut::new(&mut dp, seq, seq, seq),
+                Parallelism::None,
+            );
+            if dropout.is_some() {
+                dp.iter_mut().zip(&mask).for_each(|(g, m)| *g *= m);
+            }
+            // dS = scale * P * (dP - rowsum(P * dP)).
+            softmax_backward(p, &mut dp, seq, scale);
+            let ds = MatRef::new(&dp, seq, seq, seq);
+            let dq_view = MatMut::new(dq_t, seq, d, d);
+            matmul(ds, head(k, bi, hi, seq, d), dq_view, Parallelism::None);
+            let dk_view = MatMut::new(dk_t, seq, d, d);
+            matmul(ds.t(), head(q, bi, hi, seq, d), dk_view, Parallelism::None);
+        });
+    merge_heads(dq_h, dims, dq);
+    merge_heads(dk_h, dims, dk);
+    merge_heads(dv_h, dims, dv);
+}
+
+/// `(batch, heads, seq, head_dim)` blocks into `(batch*seq) x hidden` rows, heads side by side.
+fn merge_heads(by_head: &[f32], dims: AttentionDims, out: &mut [f32]) {
+    let AttentionDims {
+        seq,
+        heads,
+        head_dim: d,
+        ..
+    } = dims;
+    let h = heads * d;
+    assert_eq!(out.len(), by_head.len());
+    out.par_chunks_mut(seq * h)
+        .zip(by_head.par_chunks(seq * h))
+        .for_each(|(out, blocks)| {
+            for (hi, block) in blocks.chunks_exact(seq * d).enumerate() {
+                for (r, row) in block.chunks_exact(d).enumerate() {
+                    out[r * h + hi * d..][..d].copy_from_slice(row);
+                }
+            }
+        });
 }
 
 /// The `seq x d` block of head `hi` in sequence `bi` of a `(batch*seq) x hidden` view.

@@ -90,20 +90,30 @@ impl ForwardCtx {
 
     /// Inverted dropout: zero each element with probability `p`, scale the rest by 1/(1-p).
     pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
-        let Some(rng) = self.rng.as_mut() else {
+        let Some(drop) = self.draw_dropout(p) else {
             return Ok(x.clone());
         };
-        if p <= 0.0 {
-            return Ok(x.clone());
-        }
-        let keep = 1.0 - p;
-        let scale = (1.0 / keep) as f32;
-        // One draw per call keys a counter-based generator: the mask is filled in parallel
-        // and still depends only on the seed and the call order.
         let mut mask = vec![0f32; x.elem_count()];
-        kernels::dropout_mask(rng.random::<u64>(), keep, scale, &mut mask);
+        kernels::dropout_mask(drop.key, drop.keep, drop.scale, &mut mask);
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok(x.mul(&mask)?)
+    }
+
+    /// The next dropout mask's parameters, `None` when dropout is off (evaluation, or `p`
+    /// 0). One draw per mask keys a counter-based generator: the mask is filled in parallel
+    /// (or block by block, as the training attention does) and still depends only on the seed
+    /// and the call order.
+    fn draw_dropout(&mut self, p: f64) -> Option<kernels::ProbsDropout> {
+        let rng = self.rng.as_mut()?;
+        if p <= 0.0 {
+            return None;
+        }
+        let keep = 1.0 - p;
+        Some(kernels::ProbsDropout {
+            key: rng.random::<u64>(),
+            keep,
+            scale: (1.0 / keep) as f32,
+        })
     }
 }
 
@@ -302,6 +312,19 @@ pub fn attention(
 ) -> Result<Tensor> {
     let (b, s, h) = q.dims3()?;
     let head_dim = h / heads;
+    if ctx.fused() && ops::supported(q) && ops::supported(k) && ops::supported(v) {
+        let dims = kernels::AttentionDims {
+            batch: b,
+            seq: s,
+            heads,
+            head_dim,
+        };
+        let mask = mask.flatten_all()?.to_vec1::<f32>()?;
+        let op = ops::Attention::new(dims, mask, ctx.draw_dropout(dropout));
+        return Ok(q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?);
+    }
     let q = split_heads(q, heads)?;
     let k = split_heads(k, heads)?;
     let v = split_heads(v, heads)?;

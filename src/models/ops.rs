@@ -11,7 +11,9 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, StorageRef, Tensor,
 };
 
-use super::kernels::{self, MatMut, MatRef};
+use std::sync::Mutex;
+
+use super::kernels::{self, AttentionDims, MatMut, MatRef, ProbsDropout};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -300,5 +302,128 @@ impl CustomOp3 for Linear {
             Some(Tensor::from_vec(dw, (n, k), dev)?),
             Some(Tensor::from_vec(db, n, dev)?),
         ))
+    }
+}
+
+/// Multi-head attention on the `(batch, seq, hidden)` query, key and value projections, as one
+/// graph node ([`kernels::attention_train_forward`]): scaled scores, the additive key mask
+/// (`batch x seq`), softmax, dropout on the probabilities (the mask drawn again from its key in
+/// the backward) and heads merged. The forward keeps the probabilities for the backward.
+pub struct Attention {
+    dims: AttentionDims,
+    mask: Vec<f32>,
+    dropout: Option<ProbsDropout>,
+    probs: Mutex<Vec<f32>>,
+}
+
+impl Attention {
+    pub fn new(dims: AttentionDims, mask: Vec<f32>, dropout: Option<ProbsDropout>) -> Self {
+        Self {
+            dims,
+            mask,
+            dropout,
+            probs: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn check(&self, l: &Layout) -> CResult<()> {
+        let AttentionDims {
+            batch,
+            seq,
+            heads,
+            head_dim,
+        } = self.dims;
+        let want = [batch, seq, heads * head_dim];
+        if l.shape().dims() != want || self.mask.len() != batch * seq {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: input shape {:?} and mask of {}, expected {want:?} and {}",
+                self.name(),
+                l.shape().dims(),
+                self.mask.len(),
+                batch * seq
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "bertbench-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        for l in [l1, l2, l3] {
+            self.check(l)?;
+        }
+        let (q, k, v) = (
+            contiguous(s1, l1, self.name())?,
+            contiguous(s2, l2, self.name())?,
+            contiguous(s3, l3, self.name())?,
+        );
+        let d = self.dims;
+        let mut probs = vec![0f32; d.batch * d.heads * d.seq * d.seq];
+        let mut out = vec![0f32; q.len()];
+        kernels::attention_train_forward(
+            q,
+            k,
+            v,
+            &self.mask,
+            d,
+            self.dropout,
+            &mut probs,
+            &mut out,
+        );
+        *self.probs.lock().expect("attention probabilities lock") = probs;
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let probs = self.probs.lock().expect("attention probabilities lock");
+        if probs.is_empty() {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: backward before forward",
+                self.name()
+            )));
+        }
+        let n = q.elem_count();
+        let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        read(q, self.name(), |q| {
+            read(k, self.name(), |k| {
+                read(v, self.name(), |v| {
+                    read(grad, self.name(), |g| {
+                        kernels::attention_train_backward(
+                            q,
+                            k,
+                            v,
+                            &probs,
+                            self.dims,
+                            self.dropout,
+                            g,
+                            &mut dq,
+                            &mut dk,
+                            &mut dv,
+                        )
+                    })
+                })
+            })
+        })????;
+        let tensor = |data| Tensor::from_vec(data, q.shape(), q.device());
+        Ok((Some(tensor(dq)?), Some(tensor(dk)?), Some(tensor(dv)?)))
     }
 }
