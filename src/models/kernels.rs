@@ -555,31 +555,6 @@ pub fn layer_norm_backward(
     }
 }
 
-/// `softmax(x * scale + mask)` over the last dimension of `x` (`rows x cols`), in place;
-/// `mask_row(r)` is the additive mask of row `r` (`cols` long).
-pub fn masked_softmax<'m>(
-    x: &mut [f32],
-    cols: usize,
-    scale: f32,
-    mask_row: impl Fn(usize) -> &'m [f32] + Sync,
-) {
-    let rows_per_task = (PAR_MIN_ELEMS / 4 / cols).max(1);
-    let run = |(i, chunk): (usize, &mut [f32])| {
-        dispatch!({
-            for (j, row) in chunk.chunks_exact_mut(cols).enumerate() {
-                softmax_row(row, scale, mask_row(i * rows_per_task + j));
-            }
-        })
-    };
-    if x.len() < PAR_MIN_ELEMS {
-        run((0, x));
-    } else {
-        x.par_chunks_mut(rows_per_task * cols)
-            .enumerate()
-            .for_each(run);
-    }
-}
-
 /// The softmax's backward: `dx = scale * y (dy - sum(dy y))` per row, in place over `dy`.
 pub fn softmax_backward(y: &[f32], dy: &mut [f32], cols: usize, scale: f32) {
     assert_eq!(y.len(), dy.len());

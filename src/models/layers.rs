@@ -331,14 +331,7 @@ pub fn attention(
     let kt = k.transpose(2, 3)?.contiguous()?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let raw = q.matmul(&kt)?;
-    let probs = if ctx.fused() && ops::supported(&raw) {
-        let op = ops::MaskedSoftmax {
-            scale: scale as f32,
-        };
-        raw.apply_op2(&mask.contiguous()?, op)?
-    } else {
-        softmax_last(&raw.affine(scale, 0.0)?.broadcast_add(mask)?)?
-    };
+    let probs = softmax_last(&raw.affine(scale, 0.0)?.broadcast_add(mask)?)?;
     let probs = ctx.dropout(&probs, dropout)?;
     let context = probs.matmul(&v)?; // (b, heads, s, head_dim)
     Ok(context.transpose(1, 2)?.reshape((b, s, h))?)

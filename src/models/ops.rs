@@ -8,7 +8,7 @@
 //! are not needed). `tests/train.rs` checks every gradient against the composed ops.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, StorageRef, Tensor,
+    CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, StorageRef, Tensor,
 };
 
 use std::sync::Mutex;
@@ -160,60 +160,6 @@ impl CustomOp3 for LayerNorm {
             Some(Tensor::from_vec(dx, x.shape(), dev)?),
             Some(Tensor::from_vec(dgamma, gamma.shape(), dev)?),
             Some(Tensor::from_vec(dbeta, beta.shape(), dev)?),
-        ))
-    }
-}
-
-/// Attention probabilities: `softmax(scores * scale + mask)` over the keys, for scores
-/// `(batch, heads, queries, keys)` and the additive mask `(batch, 1, 1, keys)`.
-pub struct MaskedSoftmax {
-    pub scale: f32,
-}
-
-impl CustomOp2 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "bertbench-masked-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        let (b, h, q, k) = l1.shape().dims4()?;
-        if l2.shape().dims() != [b, 1, 1, k] {
-            return Err(candle_core::Error::Msg(format!(
-                "{}: mask shape {:?}, expected [{b}, 1, 1, {k}]",
-                self.name(),
-                l2.shape().dims()
-            )));
-        }
-        let mut y = contiguous(s1, l1, self.name())?.to_vec();
-        let mask = contiguous(s2, l2, self.name())?;
-        kernels::masked_softmax(&mut y, k, self.scale, |row| {
-            let bi = row / (h * q);
-            &mask[bi * k..(bi + 1) * k]
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        scores: &Tensor,
-        _mask: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let k = scores.dim(3)?;
-        let mut dx = owned(grad)?;
-        read(res, self.name(), |y| {
-            kernels::softmax_backward(y, &mut dx, k, self.scale)
-        })?;
-        Ok((
-            Some(Tensor::from_vec(dx, scores.shape(), scores.device())?),
-            None,
         ))
     }
 }
