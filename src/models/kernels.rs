@@ -732,6 +732,19 @@ pub struct AttentionDims {
     pub head_dim: usize,
 }
 
+impl AttentionDims {
+    /// `x` as the `(batch*seq) x hidden` row-major view the projections produce.
+    fn view(self, x: &[f32]) -> MatRef<'_> {
+        let h = self.heads * self.head_dim;
+        MatRef::new(x, self.batch * self.seq, h, h)
+    }
+
+    /// Elements of one (sequence, head) pair's probabilities.
+    fn block(self) -> usize {
+        self.seq * self.seq
+    }
+}
+
 /// Inverted dropout on the attention probabilities: the mask of [`dropout_mask`] for `key`
 /// over the `(batch, heads, seq, seq)` probabilities, drawn block by block.
 #[derive(Clone, Copy, Debug)]
@@ -765,18 +778,13 @@ pub fn attention_train_forward(
         heads,
         head_dim: d,
     } = dims;
-    let (h, rows) = (heads * d, batch * seq);
-    let (q, k, v) = (
-        MatRef::new(q, rows, h, h),
-        MatRef::new(k, rows, h, h),
-        MatRef::new(v, rows, h, h),
-    );
-    assert_eq!(mask.len(), rows);
+    let (q, k, v) = (dims.view(q), dims.view(k), dims.view(v));
+    assert_eq!(mask.len(), batch * seq);
     assert_eq!(probs.len(), batch * heads * seq * seq);
-    let scale = 1.0 / (d as f32).sqrt();
-    let mut context = vec![0f32; rows * h];
+    let (scale, block) = (1.0 / (d as f32).sqrt(), dims.block());
+    let mut context = vec![0f32; out.len()];
     probs
-        .par_chunks_mut(seq * seq)
+        .par_chunks_mut(block)
         .zip(context.par_chunks_mut(seq * d))
         .enumerate()
         .for_each(|(task, (p, c))| {
@@ -798,8 +806,8 @@ pub fn attention_train_forward(
             let v_head = head(v, bi, hi, seq, d);
             match dropout {
                 Some(drop) => {
-                    let mut dropped = vec![0f32; seq * seq];
-                    let start = (task * seq * seq) as u64;
+                    let mut dropped = vec![0f32; block];
+                    let start = (task * block) as u64;
                     dropout_mask_at(drop.key, drop.keep, drop.scale, start, &mut dropped);
                     dropped.iter_mut().zip(p.iter()).for_each(|(m, p)| *m *= p);
                     let dropped = MatRef::new(&dropped, seq, seq, seq);
@@ -838,28 +846,27 @@ pub fn attention_train_backward(
         heads,
         head_dim: d,
     } = dims;
-    let (h, rows) = (heads * d, batch * seq);
-    let view = |x| MatRef::new(x, rows, h, h);
-    let (q, k, v, grad) = (view(q), view(k), view(v), view(grad));
+    let (q, k, v, grad) = (dims.view(q), dims.view(k), dims.view(v), dims.view(grad));
     assert_eq!(probs.len(), batch * heads * seq * seq);
-    let scale = 1.0 / (d as f32).sqrt();
-    let mut by_head = vec![0f32; 3 * rows * h];
-    let (dq_h, rest) = by_head.split_at_mut(rows * h);
-    let (dk_h, dv_h) = rest.split_at_mut(rows * h);
+    let (scale, block) = (1.0 / (d as f32).sqrt(), dims.block());
+    let n = batch * seq * heads * d;
+    let mut by_head = vec![0f32; 3 * n];
+    let (dq_h, rest) = by_head.split_at_mut(n);
+    let (dk_h, dv_h) = rest.split_at_mut(n);
     dq_h.par_chunks_mut(seq * d)
         .zip(dk_h.par_chunks_mut(seq * d))
         .zip(dv_h.par_chunks_mut(seq * d))
         .enumerate()
         .for_each(|(task, ((dq_t, dk_t), dv_t))| {
             let (bi, hi) = (task / heads, task % heads);
-            let p = &probs[task * seq * seq..(task + 1) * seq * seq];
+            let p = &probs[task * block..(task + 1) * block];
             let d_context = head(grad, bi, hi, seq, d);
             // dV = P_dropped^T dC; dP = (dC V^T) * mask.
             let mut mask = Vec::new();
             let mut dropped = Vec::new();
             if let Some(drop) = dropout {
-                mask = vec![0f32; seq * seq];
-                let start = (task * seq * seq) as u64;
+                mask = vec![0f32; block];
+                let start = (task * block) as u64;
                 dropout_mask_at(drop.key, drop.keep, drop.scale, start, &mut mask);
                 dropped = mask.iter().zip(p).map(|(m, p)| m * p).collect();
             }
@@ -871,7 +878,7 @@ pub fn attention_train_backward(
                 dv_view,
                 Parallelism::None,
             );
-            let mut dp = vec![0f32; seq * seq];
+            let mut dp = vec![0f32; block];
             let v_head = head(v, bi, hi, seq, d);
             matmul(
                 d_context,
