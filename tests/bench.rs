@@ -349,4 +349,11 @@ fn bad_arguments_are_explained() {
         assert_eq!(code, 3, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+    // Caught while parsing the command line (a usage error), as for every command that
+    // computes (the flag is declared once, in `ComputeArgs`).
+    for command in ["bench", "peak", "train", "logits", "eval", "run"] {
+        let (code, _, stderr) = run(bin().args([command, "--threads", "0"]));
+        assert_eq!(code, 2, "{command}: {stderr}");
+        assert!(stderr.contains("at least 1"), "{command}: {stderr}");
+    }
 }

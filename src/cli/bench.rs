@@ -14,7 +14,8 @@ use crate::bench::output::{OutputFiles, ResultsFile, ResultsWriter};
 use crate::bench::{
     env, fmt_time, memory, peak, Cell, CellSettings, Measurement, Mode, Status, TimingPolicy,
 };
-use crate::device::{parse_device, Precision};
+use crate::cli::model::ComputeArgs;
+use crate::device::parse_device;
 use crate::error::input;
 
 #[derive(Debug, Args)]
@@ -72,14 +73,8 @@ pub struct BenchArgs {
     /// Maximum warm-up runs per cell (warm-up ends earlier once timings settle within 5%).
     #[arg(long, default_value_t = 10)]
     pub max_warmup_runs: usize,
-    /// Compute threads (default: every logical CPU).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub dtype: Precision,
-    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Seed of the random weights and inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -164,15 +159,11 @@ fn grid_of(args: &BenchArgs) -> Result<(Vec<Cell>, CellSettings)> {
             )));
         }
     }
-    let threads = args.threads.unwrap_or_else(env::logical_cpus);
-    if threads == 0 {
-        return Err(input("--threads must be at least 1"));
-    }
-    parse_device(&args.device)?;
+    parse_device(&args.compute.device)?;
     let settings = CellSettings {
-        dtype: args.dtype,
-        device: args.device.clone(),
-        threads,
+        dtype: args.compute.dtype,
+        device: args.compute.device.clone(),
+        threads: args.compute.threads(),
         seed: args.seed,
         speed,
         memory,
@@ -225,7 +216,7 @@ pub fn timestamped_dir(base: &Path) -> PathBuf {
 pub fn bench(args: BenchArgs) -> Result<()> {
     let (plan, settings) = grid_of(&args)?;
     // Compute threads for in-process work (children get the same through their environment).
-    std::env::set_var("RAYON_NUM_THREADS", settings.threads.to_string());
+    args.compute.use_threads();
     let dir = args
         .output_dir
         .clone()
@@ -572,40 +563,34 @@ pub fn bench_cell(_args: BenchCellArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct PeakArgs {
-    /// Compute threads (default: every logical CPU).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub dtype: Precision,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn peak(args: PeakArgs) -> Result<()> {
-    let threads = args.threads.unwrap_or_else(env::logical_cpus);
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    let device = parse_device(&args.device)?;
+    let threads = args.compute.use_threads();
+    let device = parse_device(&args.compute.device)?;
     let policy = TimingPolicy {
         min_runs: 10,
         min_time: Duration::from_secs(1),
         ..TimingPolicy::default()
     };
-    let shapes = peak::measure_peak(&device, args.dtype.dtype(), &policy)?;
+    let shapes = peak::measure_peak(&device, args.compute.dtype.dtype(), &policy)?;
     let best = peak::peak_gflops(&shapes);
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"threads": threads, "dtype": args.dtype.as_str(), "device": args.device, "shapes": shapes, "peak_gflops": best})
+            serde_json::json!({"threads": threads, "dtype": args.compute.dtype.as_str(), "device": args.compute.device, "shapes": shapes, "peak_gflops": best})
         );
         return Ok(());
     }
     println!(
         "matmul rate, {} on {}, {threads} threads ({})",
-        args.dtype.as_str(),
-        args.device,
+        args.compute.dtype.as_str(),
+        args.compute.device,
         env::cpu_model()
     );
     for s in &shapes {

@@ -134,7 +134,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     bar.finish_and_clear();
 
     let (preds_path, nbest_path) = write_predictions(&out_dir, &predictions, args.overwrite)?;
-    let threads = args.model.threads();
+    let threads = args.model.compute.threads();
     let results = json!({
         "exact_match": report.exact_match,
         "f1": report.f1,
@@ -150,7 +150,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         "model_source": opened.source,
         "dataset": args.dataset.display().to_string(),
         "limit": args.limit,
-        "dtype": args.model.dtype.as_str(),
+        "dtype": args.model.compute.dtype.as_str(),
         "device": device_name(model.device()),
         "threads": threads,
         "batch_size": args.batch_size,
@@ -184,7 +184,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         report.windows,
         args.batch_size,
         threads,
-        args.model.dtype.as_str(),
+        args.model.compute.dtype.as_str(),
         device_name(model.device())
     );
     println!(

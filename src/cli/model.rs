@@ -26,21 +26,40 @@ pub struct ModelArgs {
     /// Seed for --random-init.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Precision of weights and activations.
+    /// Never contact the Hub (same as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+/// Where and how a command computes; shared by every command that runs a model (and by
+/// `run`, which passes them on to the commands it starts).
+#[derive(Debug, Clone, Args)]
+pub struct ComputeArgs {
+    /// Precision of weights and activations (f16 and bf16 are for GPUs; training keeps f32
+    /// master weights in the optimizer).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub dtype: Precision,
     /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Never contact the Hub (same as HF_HUB_OFFLINE=1).
-    #[arg(long)]
-    pub offline: bool,
-    /// Compute threads (default: every logical CPU).
-    #[arg(long)]
+    /// Compute threads, at least 1 (default: every logical CPU).
+    #[arg(long, value_parser = thread_count)]
     pub threads: Option<usize>,
 }
 
-impl ModelArgs {
+/// `--threads`: a whole number, at least 1.
+fn thread_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "expected a whole number of threads, at least 1, got {s:?}"
+        )),
+    }
+}
+
+impl ComputeArgs {
     /// The thread count this run uses.
     pub fn threads(&self) -> usize {
         self.threads
@@ -48,16 +67,39 @@ impl ModelArgs {
             .max(1)
     }
 
+    /// Sizes this process's compute pool and returns the thread count: rayon and candle's
+    /// CPU kernels read `RAYON_NUM_THREADS` when they start, so call this before either.
+    pub fn use_threads(&self) -> usize {
+        let threads = self.threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        threads
+    }
+
+    /// These settings as command-line arguments, for a command this one starts.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--dtype".to_string(),
+            self.dtype.as_str().to_string(),
+            "--device".to_string(),
+            self.device.clone(),
+        ];
+        if let Some(t) = self.threads {
+            args.extend(["--threads".to_string(), t.to_string()]);
+        }
+        args
+    }
+}
+
+impl ModelArgs {
     /// Opens the model for inference (its weights packed for the fast kernels, see
     /// [`QaModel::prepare_for_inference`]) and reports on stderr what loading had to do.
     pub fn open(&self) -> Result<models::OpenedModel> {
-        // candle's CPU kernels and rayon both read this; set it before either starts.
-        std::env::set_var("RAYON_NUM_THREADS", self.threads().to_string());
+        self.compute.use_threads();
         let opts = OpenOptions {
             random_init: self.random_init,
             seed: self.seed,
-            dtype: self.dtype.dtype(),
-            device: parse_device(&self.device)?,
+            dtype: self.compute.dtype.dtype(),
+            device: parse_device(&self.compute.device)?,
             hub: HubConfig::from_env(self.offline),
         };
         let mut opened = models::open(&self.model, &opts)?;
@@ -247,7 +289,7 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
         "{} on {} ({}), {}",
         opened.source,
         device_name(model.device()),
-        args.model.dtype.as_str(),
+        args.model.compute.dtype.as_str(),
         describe_config(model.config())
     );
     let mut stdout = std::io::stdout().lock();

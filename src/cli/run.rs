@@ -9,6 +9,7 @@ use clap::{Args, Parser};
 
 use super::report::PriceArgs;
 use super::{Cli, Command};
+use crate::cli::model::ComputeArgs;
 use crate::error::input;
 use crate::report::build::{write_report, ReportOptions};
 
@@ -32,12 +33,8 @@ pub struct RunArgs {
     /// Output folder (default: runs/<date-time>, always new).
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute threads (default: every logical CPU).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Fine-tuned QA checkpoints to evaluate on --dataset (directories or Hub ids).
     #[arg(long, num_args = 1..)]
     pub checkpoint: Vec<String>,
@@ -106,13 +103,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             "--output-dir".into(),
             path(&dir),
         ];
-        bench.extend(["--device".into(), args.device.clone()]);
+        bench.extend(args.compute.to_args());
         if !args.models.is_empty() {
             bench.push("--models".into());
             bench.extend(args.models.iter().cloned());
-        }
-        if let Some(t) = args.threads {
-            bench.extend(["--threads".into(), t.to_string()]);
         }
         if args.offline {
             bench.push("--offline".into());
@@ -151,10 +145,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "--output-dir".into(),
                 path(&dir),
             ]);
-            eval.extend(["--device".into(), args.device.clone()]);
-            if let Some(t) = args.threads {
-                eval.extend(["--threads".into(), t.to_string()]);
-            }
+            eval.extend(args.compute.to_args());
             if args.offline {
                 eval.push("--offline".into());
             }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::device::{parse_device, Precision};
+use crate::cli::model::ComputeArgs;
+use crate::device::parse_device;
 use crate::error::input;
 use crate::hub::{self, HubConfig, Need, TOKENIZER_FILES};
 use crate::models::{self, ModelConfig};
@@ -95,14 +96,8 @@ pub struct TrainArgs {
     /// Start from the config with random weights instead of the checkpoint's.
     #[arg(long)]
     pub random_init: bool,
-    /// Precision; f16/bf16 keep f32 master weights in the optimizer (for GPUs).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub dtype: Precision,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute threads (default: every logical CPU).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Never contact the Hub.
     #[arg(long)]
     pub offline: bool,
@@ -229,11 +224,7 @@ impl TrainObserver for BarObserver {
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
-    let threads = args
-        .threads
-        .unwrap_or_else(crate::bench::env::logical_cpus)
-        .max(1);
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let threads = args.compute.use_threads();
     let settings = TrainingArgs {
         model: args.model.clone(),
         train_file: args.train_file.clone(),
@@ -260,13 +251,13 @@ pub fn train(args: TrainArgs) -> Result<()> {
         eval_limit: args.eval_limit,
         save_steps: args.save_steps,
         logging_steps: args.logging_steps,
-        dtype: args.dtype,
-        device: args.device.clone(),
+        dtype: args.compute.dtype,
+        device: args.compute.device.clone(),
         threads,
         random_init: args.random_init,
     };
     settings.validate()?;
-    let device = parse_device(&args.device)?;
+    let device = parse_device(&args.compute.device)?;
     let hub = HubConfig::from_env(args.offline);
     // Fail fast: a missing or rejected token must not cost a training run.
     if args.push_to_hub.is_some() {
@@ -290,7 +281,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     };
     let resume_from = prepare_output_dir(&args)?;
 
-    let dtype = args.dtype.dtype();
+    let dtype = args.compute.dtype.dtype();
     let (config, model, model_dir) = match &resume_from {
         Some(dir) => {
             let config = ModelConfig::from_file(&dir.join("config.json"))?;
