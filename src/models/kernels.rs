@@ -23,7 +23,11 @@ use super::gemm::{self as packed, PackedWeight};
 const PAR_MIN_ELEMS: usize = 1 << 15;
 
 /// Runs `body` with the AVX2+FMA target features when the CPU has them: the same source,
-/// compiled twice, chosen per call (the check is a cached load).
+/// compiled twice, chosen per call (the check is a cached load). The body's closure must be
+/// inlined into the target-feature function: compiled on its own it has no FMA, and every
+/// `mul_add` in it becomes a call to the software `fmaf` (measured: a SqueezeBERT forward at
+/// 384 tokens three times slower), hence `#[inline(always)]`. On a CPU without FMA the plain
+/// body runs, and `mul_add` is that software call: slow, but exact.
 macro_rules! dispatch {
     ($body:expr) => {{
         #[cfg(target_arch = "x86_64")]
@@ -34,7 +38,7 @@ macro_rules! dispatch {
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 // SAFETY: the features were just detected on this CPU.
-                unsafe { wide(|| $body) }
+                unsafe { wide(#[inline(always)] || $body) }
             } else {
                 $body
             }
@@ -406,22 +410,6 @@ fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-#[inline(always)]
-fn max(xs: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let chunks = xs.chunks_exact(8);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    for c in chunks {
-        for i in 0..8 {
-            acc[i] = acc[i].max(c[i]);
-        }
-    }
-    acc.iter().fold(tail, |m, v| m.max(*v))
-}
-
 /// One row of LayerNorm, two-pass (mean, then the variance of the centred values, as PyTorch).
 #[inline(always)]
 fn layer_norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
@@ -611,17 +599,48 @@ pub fn dropout_mask_at(key: u64, keep: f64, scale: f32, start: u64, out: &mut [f
 /// Softmax of one row of attention scores: `softmax(scores * scale + mask)`, in place.
 #[inline(always)]
 fn softmax_row(row: &mut [f32], scale: f32, mask: &[f32]) {
-    for (v, m) in row.iter_mut().zip(mask) {
-        *v = *v * scale + m;
-    }
-    let top = max(row);
-    for v in row.iter_mut() {
-        *v = exp_nonpositive(*v - top);
-    }
-    let inv = 1.0 / sum(row);
+    let inv = softmax_row_unnormalized(row, scale, mask);
     for v in row.iter_mut() {
         *v *= inv;
     }
+}
+
+/// [`softmax_row`] without its last pass: leaves `e^(x - max)` in the row and returns the
+/// factor `1 / sum` that normalises it. Inference applies it to the row of `p v` instead
+/// (`head_dim` values, not `seq`). Two passes: scale, mask and maximum; then exponential and
+/// sum (eight partial results each, so they vectorise).
+#[inline(always)]
+fn softmax_row_unnormalized(row: &mut [f32], scale: f32, mask: &[f32]) -> f32 {
+    assert_eq!(row.len(), mask.len());
+    let mut top = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for (c, m) in (&mut chunks).zip(mask.chunks_exact(8)) {
+        for i in 0..8 {
+            c[i] = c[i].mul_add(scale, m[i]);
+            top[i] = top[i].max(c[i]);
+        }
+    }
+    let done = row.len() / 8 * 8;
+    let mut tail_top = f32::NEG_INFINITY;
+    for (v, m) in row[done..].iter_mut().zip(&mask[done..]) {
+        *v = v.mul_add(scale, *m);
+        tail_top = tail_top.max(*v);
+    }
+    let top = top.iter().fold(tail_top, |a, b| a.max(*b));
+    let mut acc = [0f32; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            c[i] = exp_nonpositive(c[i] - top);
+            acc[i] += c[i];
+        }
+    }
+    let mut tail = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp_nonpositive(*v - top);
+        tail += *v;
+    }
+    1.0 / (acc.iter().sum::<f32>() + tail)
 }
 
 /// Per-thread scratch space of [`attention`]: one `seq x seq` block of scores and one head's
@@ -634,6 +653,8 @@ pub struct AttentionScratch {
 
 struct Slot {
     scores: Vec<f32>,
+    /// Each score row's softmax normalisation, applied to its row of the context.
+    inverse_sums: Vec<f32>,
     keys: PackedWeight,
     values: PackedWeight,
 }
@@ -678,11 +699,13 @@ pub fn attention(
     let per_slot = tasks.div_ceil(n_slots);
     scratch.slots.resize_with(n_slots, || Slot {
         scores: Vec::new(),
+        inverse_sums: Vec::new(),
         keys: PackedWeight::empty(),
         values: PackedWeight::empty(),
     });
     let run = |(index, slot): (usize, &mut Slot)| {
         slot.scores.resize(seq * seq, 0.0);
+        slot.inverse_sums.resize(seq, 0.0);
         for task in index * per_slot..((index + 1) * per_slot).min(tasks) {
             let (bi, hi) = (task / heads, task % heads);
             let key_mask = &mask[bi * seq..(bi + 1) * seq];
@@ -696,9 +719,10 @@ pub fn attention(
                     seq,
                 )
             };
+            let inv = &mut slot.inverse_sums;
             dispatch!({
-                for row in slot.scores.chunks_exact_mut(seq) {
-                    softmax_row(row, scale, key_mask);
+                for (row, inv) in slot.scores.chunks_exact_mut(seq).zip(inv.iter_mut()) {
+                    *inv = softmax_row_unnormalized(row, scale, key_mask);
                 }
             });
             slot.values.repack(head(v, bi, hi, seq, d).t());
@@ -706,12 +730,18 @@ pub fn attention(
             // task writes only its own block (rows of sequence bi, columns of head hi), so
             // concurrent tasks never touch the same element.
             unsafe {
+                let block = out_ptr.get().add(bi * seq * out_stride + hi * d);
                 packed::linear_serial_raw(
                     MatRef::new(&slot.scores, seq, seq, seq),
                     &slot.values,
-                    out_ptr.get().add(bi * seq * out_stride + hi * d),
+                    block,
                     out_stride,
-                )
+                );
+                // The softmax's normalisation, on the context rows.
+                for (r, inv) in slot.inverse_sums.iter().enumerate() {
+                    let row = std::slice::from_raw_parts_mut(block.add(r * out_stride), d);
+                    row.iter_mut().for_each(|v| *v *= inv);
+                }
             }
         }
     };
