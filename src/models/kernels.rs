@@ -38,7 +38,12 @@ macro_rules! dispatch {
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 // SAFETY: the features were just detected on this CPU.
-                unsafe { wide(#[inline(always)] || $body) }
+                unsafe {
+                    wide(
+                        #[inline(always)]
+                        || $body,
+                    )
+                }
             } else {
                 $body
             }
@@ -784,6 +789,16 @@ pub struct ProbsDropout {
     pub scale: f32,
 }
 
+impl ProbsDropout {
+    /// The mask of (sequence, head) pair `task`, whose probabilities are `block` values.
+    fn block_mask(self, task: usize, block: usize) -> Vec<f32> {
+        let mut mask = vec![0f32; block];
+        let start = (task * block) as u64;
+        dropout_mask_at(self.key, self.keep, self.scale, start, &mut mask);
+        mask
+    }
+}
+
 /// Multi-head attention for training, one (sequence, head) pair per task: `q`, `k`, `v` are
 /// row-major `(batch*seq) x hidden` (heads side by side), read in place; writes the softmax
 /// probabilities (`(batch, heads, seq, seq)`, kept for the backward) and the context
@@ -836,9 +851,7 @@ pub fn attention_train_forward(
             let v_head = head(v, bi, hi, seq, d);
             match dropout {
                 Some(drop) => {
-                    let mut dropped = vec![0f32; block];
-                    let start = (task * block) as u64;
-                    dropout_mask_at(drop.key, drop.keep, drop.scale, start, &mut dropped);
+                    let mut dropped = drop.block_mask(task, block);
                     dropped.iter_mut().zip(p.iter()).for_each(|(m, p)| *m *= p);
                     let dropped = MatRef::new(&dropped, seq, seq, seq);
                     matmul(dropped, v_head, c_view, Parallelism::None);
@@ -895,9 +908,7 @@ pub fn attention_train_backward(
             let mut mask = Vec::new();
             let mut dropped = Vec::new();
             if let Some(drop) = dropout {
-                mask = vec![0f32; block];
-                let start = (task * block) as u64;
-                dropout_mask_at(drop.key, drop.keep, drop.scale, start, &mut mask);
+                mask = drop.block_mask(task, block);
                 dropped = mask.iter().zip(p).map(|(m, p)| m * p).collect();
             }
             let p_used = if dropout.is_some() { &dropped[..] } else { p };
