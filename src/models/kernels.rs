@@ -768,6 +768,11 @@ pub struct AttentionDims {
 }
 
 impl AttentionDims {
+    /// `(batch, seq, heads, head_dim)`.
+    fn parts(self) -> (usize, usize, usize, usize) {
+        (self.batch, self.seq, self.heads, self.head_dim)
+    }
+
     /// `x` as the `(batch*seq) x hidden` row-major view the projections produce.
     fn view(self, x: &[f32]) -> MatRef<'_> {
         let h = self.heads * self.head_dim;
@@ -817,12 +822,7 @@ pub fn attention_train_forward(
     probs: &mut [f32],
     out: &mut [f32],
 ) {
-    let AttentionDims {
-        batch,
-        seq,
-        heads,
-        head_dim: d,
-    } = dims;
+    let (batch, seq, heads, d) = dims.parts();
     let (q, k, v) = (dims.view(q), dims.view(k), dims.view(v));
     assert_eq!(mask.len(), batch * seq);
     assert_eq!(probs.len(), batch * heads * seq * seq);
@@ -883,12 +883,7 @@ pub fn attention_train_backward(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
-    let AttentionDims {
-        batch,
-        seq,
-        heads,
-        head_dim: d,
-    } = dims;
+    let (batch, seq, heads, d) = dims.parts();
     let (q, k, v, grad) = (dims.view(q), dims.view(k), dims.view(v), dims.view(grad));
     assert_eq!(probs.len(), batch * heads * seq * seq);
     let (scale, block) = (1.0 / (d as f32).sqrt(), dims.block());
@@ -945,12 +940,7 @@ pub fn attention_train_backward(
 
 /// `(batch, heads, seq, head_dim)` blocks into `(batch*seq) x hidden` rows, heads side by side.
 fn merge_heads(by_head: &[f32], dims: AttentionDims, out: &mut [f32]) {
-    let AttentionDims {
-        seq,
-        heads,
-        head_dim: d,
-        ..
-    } = dims;
+    let (_, seq, heads, d) = dims.parts();
     let h = heads * d;
     assert_eq!(out.len(), by_head.len());
     out.par_chunks_mut(seq * h)
