@@ -785,16 +785,18 @@ impl AttentionDims {
     }
 }
 
-/// Inverted dropout on the attention probabilities: the mask of [`dropout_mask`] for `key`
-/// over the `(batch, heads, seq, seq)` probabilities, drawn block by block.
+/// One inverted-dropout mask as drawn: the key of [`dropout_mask`]'s generator, the keep
+/// probability and the scale of kept values. The mask itself is computed from these where it
+/// is needed: whole ([`dropout_mask`]) or block by block (the training attention, which draws
+/// it again in its backward).
 #[derive(Clone, Copy, Debug)]
-pub struct ProbsDropout {
+pub struct DropoutDraw {
     pub key: u64,
     pub keep: f64,
     pub scale: f32,
 }
 
-impl ProbsDropout {
+impl DropoutDraw {
     /// The mask of (sequence, head) pair `task`, whose probabilities are `block` values.
     fn block_mask(self, task: usize, block: usize) -> Vec<f32> {
         let mut mask = vec![0f32; block];
@@ -818,7 +820,7 @@ pub fn attention_train_forward(
     v: &[f32],
     mask: &[f32],
     dims: AttentionDims,
-    dropout: Option<ProbsDropout>,
+    dropout: Option<DropoutDraw>,
     probs: &mut [f32],
     out: &mut [f32],
 ) {
@@ -877,7 +879,7 @@ pub fn attention_train_backward(
     v: &[f32],
     probs: &[f32],
     dims: AttentionDims,
-    dropout: Option<ProbsDropout>,
+    dropout: Option<DropoutDraw>,
     grad: &[f32],
     dq: &mut [f32],
     dk: &mut [f32],

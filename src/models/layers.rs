@@ -103,13 +103,13 @@ impl ForwardCtx {
     /// 0). One draw per mask keys a counter-based generator: the mask is filled in parallel
     /// (or block by block, as the training attention does) and still depends only on the seed
     /// and the call order.
-    fn draw_dropout(&mut self, p: f64) -> Option<kernels::ProbsDropout> {
+    fn draw_dropout(&mut self, p: f64) -> Option<kernels::DropoutDraw> {
         let rng = self.rng.as_mut()?;
         if p <= 0.0 {
             return None;
         }
         let keep = 1.0 - p;
-        Some(kernels::ProbsDropout {
+        Some(kernels::DropoutDraw {
             key: rng.random::<u64>(),
             keep,
             scale: (1.0 / keep) as f32,

@@ -13,7 +13,7 @@ use candle_core::{
 
 use std::sync::Mutex;
 
-use super::kernels::{self, AttentionDims, MatMut, MatRef, ProbsDropout};
+use super::kernels::{self, AttentionDims, DropoutDraw, MatMut, MatRef};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -258,12 +258,12 @@ impl CustomOp3 for Linear {
 pub struct Attention {
     dims: AttentionDims,
     mask: Vec<f32>,
-    dropout: Option<ProbsDropout>,
+    dropout: Option<DropoutDraw>,
     probs: Mutex<Vec<f32>>,
 }
 
 impl Attention {
-    pub fn new(dims: AttentionDims, mask: Vec<f32>, dropout: Option<ProbsDropout>) -> Self {
+    pub fn new(dims: AttentionDims, mask: Vec<f32>, dropout: Option<DropoutDraw>) -> Self {
         Self {
             dims,
             mask,
