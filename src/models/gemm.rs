@@ -28,9 +28,9 @@ pub const PANEL: usize = 16;
 /// panel pair stays in L2). 384-3072 measured alike at BERT-base shapes on the 2-core
 /// reference machine.
 const KC: usize = 3072;
-/// Rows per block (a multiple of every kernel's tile height, 12 and 6): 144 holds a 128-token input in one
-/// block, so each weight panel is read from memory once per product; measured 3-4% faster
-/// than 48 at 128 rows, alike at 384-1024 rows.
+/// Rows per block: 144 (a multiple of both kernels' tile heights, 12 and 6, so only a block's
+/// last tile is partial) holds a 128-token input in one block, so each weight panel is read
+/// from memory once per product; measured 3-4% faster than 48 at 128 rows, alike at 384-1024.
 const MC: usize = 144;
 /// Rows of the portable kernel's tile (as many as the AVX-512 kernel's).
 const MR_MAX: usize = 12;

@@ -574,9 +574,9 @@ pub fn softmax_backward(y: &[f32], dy: &mut [f32], cols: usize, scale: f32) {
 /// Inverted-dropout mask: each element `scale` with probability `keep`, else 0, drawn from a
 /// counter-based generator (SplitMix64's mixer of `key + index`), so the mask is a pure
 /// function of `(key, index)`: reproducible, and computed in parallel.
-pub fn dropout_mask(key: u64, keep: f64, scale: f32, out: &mut [f32]) {
+pub fn dropout_mask(draw: DropoutDraw, out: &mut [f32]) {
     let fill = |(i, chunk): (usize, &mut [f32])| {
-        dropout_mask_at(key, keep, scale, (i * (PAR_MIN_ELEMS / 4)) as u64, chunk)
+        dropout_mask_at(draw, (i * (PAR_MIN_ELEMS / 4)) as u64, chunk)
     };
     if out.len() < PAR_MIN_ELEMS {
         out.chunks_mut(PAR_MIN_ELEMS / 4).enumerate().for_each(fill);
@@ -587,17 +587,23 @@ pub fn dropout_mask(key: u64, keep: f64, scale: f32, out: &mut [f32]) {
     }
 }
 
-/// Elements `start..start + out.len()` of [`dropout_mask`]'s mask for `key` (the training
-/// attention draws each head's block of the probabilities' mask this way).
-pub fn dropout_mask_at(key: u64, keep: f64, scale: f32, start: u64, out: &mut [f32]) {
+/// Elements `start..start + out.len()` of [`dropout_mask`]'s mask (the training attention
+/// draws each head's block of the probabilities' mask this way).
+pub fn dropout_mask_at(draw: DropoutDraw, start: u64, out: &mut [f32]) {
     // keep probability as a 24-bit threshold.
-    let threshold = (keep * (1u64 << 24) as f64).round() as u64;
+    let threshold = (draw.keep * (1u64 << 24) as f64).round() as u64;
     for (j, v) in out.iter_mut().enumerate() {
-        let mut z = key.wrapping_add((start + j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut z = draw
+            .key
+            .wrapping_add((start + j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
-        *v = if (z >> 40) < threshold { scale } else { 0.0 };
+        *v = if (z >> 40) < threshold {
+            draw.scale
+        } else {
+            0.0
+        };
     }
 }
 
@@ -801,7 +807,7 @@ impl DropoutDraw {
     fn block_mask(self, task: usize, block: usize) -> Vec<f32> {
         let mut mask = vec![0f32; block];
         let start = (task * block) as u64;
-        dropout_mask_at(self.key, self.keep, self.scale, start, &mut mask);
+        dropout_mask_at(self, start, &mut mask);
         mask
     }
 }

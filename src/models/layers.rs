@@ -94,7 +94,7 @@ impl ForwardCtx {
             return Ok(x.clone());
         };
         let mut mask = vec![0f32; x.elem_count()];
-        kernels::dropout_mask(drop.key, drop.keep, drop.scale, &mut mask);
+        kernels::dropout_mask(drop, &mut mask);
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok(x.mul(&mask)?)
     }
