@@ -33,14 +33,16 @@ fn main() {
             .collect();
         let bias = vec![0.1f32; n];
         for m in [1, 8, 16, 32, 64, 128, 384, 1024, 3072] {
-            let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+            // Rows padded as the model's buffers are (see `gemm::activation_stride`).
+            let lda = gemm::activation_stride(k);
+            let x: Vec<f32> = (0..m * lda).map(|i| (i % 7) as f32 * 0.1).collect();
             let mut out = vec![0f32; m * n];
             let mut time = |prepacked: bool| {
                 let mut best = f64::MAX;
                 for _round in 0..3 {
                     let start = Instant::now();
                     for (w, pw) in weights.iter().zip(&packed) {
-                        let xv = MatRef::new(&x, m, k, k);
+                        let xv = MatRef::new(&x, m, k, lda);
                         let ov = MatMut::new(&mut out, m, n, n);
                         if prepacked {
                             gemm::linear(xv, pw, Some(&bias), None, ov, threads);

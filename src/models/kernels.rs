@@ -427,27 +427,31 @@ fn layer_norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     }
 }
 
-/// `x = LayerNorm(x + residual)` over rows of `gamma.len()`, in place: the residual add and
-/// the normalisation in one pass over memory per row.
+/// `x = LayerNorm(x + residual)` over rows of `gamma.len()` values that start `stride` apart
+/// in `x` and `residual` (the values between rows are left alone), in place: the residual add
+/// and the normalisation in one pass over memory per row.
 pub fn add_layer_norm(
     x: &mut [f32],
     residual: Option<&[f32]>,
+    stride: usize,
     gamma: &[f32],
     beta: &[f32],
     eps: f32,
 ) {
     let h = gamma.len();
     assert_eq!(beta.len(), h);
-    assert_eq!(x.len() % h, 0, "rows of {h}");
+    assert!(h <= stride, "rows of {h} at stride {stride}");
+    assert_eq!(x.len() % stride, 0, "rows at stride {stride}");
     if let Some(r) = residual {
         assert_eq!(r.len(), x.len(), "residual length");
     }
     let rows_per_task = (PAR_MIN_ELEMS / 4 / h).max(1);
     let run = |(i, chunk): (usize, &mut [f32])| {
         dispatch!({
-            for (j, row) in chunk.chunks_exact_mut(h).enumerate() {
+            for (j, row) in chunk.chunks_exact_mut(stride).enumerate() {
+                let row = &mut row[..h];
                 if let Some(r) = residual {
-                    let start = (i * rows_per_task + j) * h;
+                    let start = (i * rows_per_task + j) * stride;
                     for (v, a) in row.iter_mut().zip(&r[start..start + h]) {
                         *v += a;
                     }
@@ -459,7 +463,7 @@ pub fn add_layer_norm(
     if x.len() < PAR_MIN_ELEMS {
         run((0, x));
     } else {
-        x.par_chunks_mut(rows_per_task * h)
+        x.par_chunks_mut(rows_per_task * stride)
             .enumerate()
             .for_each(run);
     }
@@ -714,26 +718,32 @@ pub fn attention(
         keys: PackedWeight::empty(),
         values: PackedWeight::empty(),
     });
+    // The scores are the left operand of `p v`: rows padded as the product prefers.
+    let score_stride = packed::activation_stride(seq);
     let run = |(index, slot): (usize, &mut Slot)| {
-        slot.scores.resize(seq * seq, 0.0);
+        slot.scores.resize(seq * score_stride, 0.0);
         slot.inverse_sums.resize(seq, 0.0);
         for task in index * per_slot..((index + 1) * per_slot).min(tasks) {
             let (bi, hi) = (task / heads, task % heads);
             let key_mask = &mask[bi * seq..(bi + 1) * seq];
             slot.keys.repack(head(k, bi, hi, seq, d));
-            // SAFETY: the scores buffer holds seq x seq values and is this slot's own.
+            // SAFETY: the scores buffer holds seq rows at `score_stride` and is this slot's own.
             unsafe {
                 packed::linear_serial_raw(
                     head(q, bi, hi, seq, d),
                     &slot.keys,
                     slot.scores.as_mut_ptr(),
-                    seq,
+                    score_stride,
                 )
             };
             let inv = &mut slot.inverse_sums;
             dispatch!({
-                for (row, inv) in slot.scores.chunks_exact_mut(seq).zip(inv.iter_mut()) {
-                    *inv = softmax_row_unnormalized(row, scale, key_mask);
+                for (row, inv) in slot
+                    .scores
+                    .chunks_exact_mut(score_stride)
+                    .zip(inv.iter_mut())
+                {
+                    *inv = softmax_row_unnormalized(&mut row[..seq], scale, key_mask);
                 }
             });
             slot.values.repack(head(v, bi, hi, seq, d).t());
@@ -743,7 +753,7 @@ pub fn attention(
             unsafe {
                 let block = out_ptr.get().add(bi * seq * out_stride + hi * d);
                 packed::linear_serial_raw(
-                    MatRef::new(&slot.scores, seq, seq, seq),
+                    MatRef::new(&slot.scores, seq, seq, score_stride),
                     &slot.values,
                     block,
                     out_stride,
@@ -1052,31 +1062,38 @@ mod tests {
 
     #[test]
     fn layer_norm_with_residual_matches_two_pass_reference() {
-        for (rows, h) in [(3, 5), (100, 768), (64, 1000)] {
-            let mut x = random(rows * h, 2);
-            let res = random(rows * h, 3);
+        // Contiguous rows, and rows with padding between them that must be left alone.
+        for (rows, h, stride) in [(3, 5, 5), (100, 768, 768), (64, 1000, 1000), (70, 512, 528)] {
+            let mut x = random(rows * stride, 2);
+            let res = random(rows * stride, 3);
+            let orig = x.clone();
             let gamma = random(h, 4);
             let beta = random(h, 5);
-            let mut want = vec![0f64; rows * h];
+            let mut want: Vec<f64> = x.iter().map(|v| *v as f64).collect();
             for r in 0..rows {
+                let at = r * stride;
                 let row: Vec<f64> = (0..h)
-                    .map(|j| x[r * h + j] as f64 + res[r * h + j] as f64)
+                    .map(|j| x[at + j] as f64 + res[at + j] as f64)
                     .collect();
                 let mean = row.iter().sum::<f64>() / h as f64;
                 let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / h as f64;
                 for j in 0..h {
-                    want[r * h + j] =
+                    want[at + j] =
                         (row[j] - mean) / (var + 1e-12).sqrt() * gamma[j] as f64 + beta[j] as f64;
                 }
             }
-            add_layer_norm(&mut x, Some(&res), &gamma, &beta, 1e-12);
-            for (g, w) in x.iter().zip(&want) {
-                assert!((*g as f64 - w).abs() < 2e-5, "{g} vs {w} ({rows}x{h})");
+            add_layer_norm(&mut x, Some(&res), stride, &gamma, &beta, 1e-12);
+            for (i, (g, w)) in x.iter().zip(&want).enumerate() {
+                if i % stride >= h {
+                    assert_eq!(*g, orig[i], "padding at {i} ({rows}x{h} at {stride})");
+                } else {
+                    assert!((*g as f64 - w).abs() < 2e-5, "{g} vs {w} ({rows}x{h})");
+                }
             }
         }
         // A large common offset: E[x^2] - mean^2 would lose every digit here.
         let mut x = vec![1000.0f32, 1001.0, 1002.0, 1003.0];
-        add_layer_norm(&mut x, None, &[1.0; 4], &[0.0; 4], 1e-12);
+        add_layer_norm(&mut x, None, 4, &[1.0; 4], &[0.0; 4], 1e-12);
         for (a, b) in x
             .iter()
             .zip([-1.3416408f32, -0.4472136, 0.4472136, 1.3416408])

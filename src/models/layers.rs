@@ -617,20 +617,30 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
         return Ok(None);
     };
     let inner = blocks.iter().map(|d| d.ffn_in.out_dim()).max().unwrap_or(0);
-    let mut hidden = input.slice().to_vec();
-    let mut spare = vec![0f32; rows * h];
-    let mut qkv = vec![0f32; rows * 3 * h];
-    let mut context = vec![0f32; rows * h];
-    let mut ffn = vec![0f32; rows * inner];
+    // Rows padded where the product prefers it (see `gemm::activation_stride`).
+    let hs = gemm::activation_stride(h);
+    let mut hidden = vec![0f32; rows * hs];
+    for (to, from) in hidden
+        .chunks_exact_mut(hs)
+        .zip(input.slice().chunks_exact(h))
+    {
+        to[..h].copy_from_slice(from);
+    }
+    let mut spare = vec![0f32; rows * hs];
+    let (qkv_stride, context_stride) = (gemm::activation_stride(3 * h), gemm::activation_stride(h));
+    let mut qkv = vec![0f32; rows * qkv_stride];
+    let mut context = vec![0f32; rows * context_stride];
+    let ffn_stride = gemm::activation_stride(inner);
+    let mut ffn = vec![0f32; rows * ffn_stride];
     let mut scratch = kernels::AttentionScratch::default();
     for (layer, d) in layers.iter().zip(&blocks) {
         let i = d.ffn_in.out_dim();
-        let x_view = MatRef::new(&hidden, rows, h, h);
-        let mut qkv_view = MatMut::new(&mut qkv, rows, 3 * h, 3 * h);
+        let x_view = MatRef::new(&hidden, rows, h, hs);
+        let mut qkv_view = MatMut::new(&mut qkv, rows, 3 * h, qkv_stride);
         d.query.forward(x_view, qkv_view.columns(0, h), None);
         d.key.forward(x_view, qkv_view.columns(h, h), None);
         d.value.forward(x_view, qkv_view.columns(2 * h, h), None);
-        let qkv_ref = MatRef::new(&qkv, rows, 3 * h, 3 * h);
+        let qkv_ref = MatRef::new(&qkv, rows, 3 * h, qkv_stride);
         kernels::attention(
             qkv_ref.columns(0, h),
             qkv_ref.columns(h, h),
@@ -639,39 +649,45 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
             b,
             s,
             layer.heads,
-            MatMut::new(&mut context, rows, h, h),
+            MatMut::new(&mut context, rows, h, context_stride),
             &mut scratch,
         );
         d.attention_output.forward(
-            MatRef::new(&context, rows, h, h),
-            MatMut::new(&mut spare, rows, h, h),
+            MatRef::new(&context, rows, h, context_stride),
+            MatMut::new(&mut spare, rows, h, hs),
             None,
         );
         let [g, beta] = &d.attention_norm;
         let eps = layer.attention_norm.eps as f32;
-        kernels::add_layer_norm(&mut spare, Some(&hidden), g.slice(), beta.slice(), eps);
+        kernels::add_layer_norm(&mut spare, Some(&hidden), hs, g.slice(), beta.slice(), eps);
         std::mem::swap(&mut hidden, &mut spare);
 
-        let ffn_buf = &mut ffn[..rows * i];
         let act: gemm::Epilogue = match layer.activation {
             Activation::Gelu => kernels::gelu_erf,
             Activation::GeluTanh => kernels::gelu_tanh,
             Activation::Relu => kernels::relu,
         };
         d.ffn_in.forward(
-            MatRef::new(&hidden, rows, h, h),
-            MatMut::new(ffn_buf, rows, i, i),
+            MatRef::new(&hidden, rows, h, hs),
+            MatMut::new(&mut ffn, rows, i, ffn_stride),
             Some(act),
         );
         d.ffn_out.forward(
-            MatRef::new(ffn_buf, rows, i, i),
-            MatMut::new(&mut spare, rows, h, h),
+            MatRef::new(&ffn, rows, i, ffn_stride),
+            MatMut::new(&mut spare, rows, h, hs),
             None,
         );
         let [g, beta] = &d.output_norm;
         let eps = layer.output_norm.eps as f32;
-        kernels::add_layer_norm(&mut spare, Some(&hidden), g.slice(), beta.slice(), eps);
+        kernels::add_layer_norm(&mut spare, Some(&hidden), hs, g.slice(), beta.slice(), eps);
         std::mem::swap(&mut hidden, &mut spare);
+    }
+    if hs != h {
+        hidden = hidden
+            .chunks_exact(hs)
+            .flat_map(|r| &r[..h])
+            .copied()
+            .collect();
     }
     Ok(Some(Tensor::from_vec(hidden, (b, s, h), &Device::Cpu)?))
 }

@@ -137,7 +137,7 @@ impl CustomOp3 for LayerNorm {
         let mut y = contiguous(s1, l1, self.name())?.to_vec();
         let gamma = contiguous(s2, l2, self.name())?;
         let beta = contiguous(s3, l3, self.name())?;
-        kernels::add_layer_norm(&mut y, None, gamma, beta, self.eps);
+        kernels::add_layer_norm(&mut y, None, gamma.len(), gamma, beta, self.eps);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
