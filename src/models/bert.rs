@@ -5,7 +5,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::layers::{encode, EncoderBlock, ForwardCtx, LayerNorm, Linear, Projection};
+use super::layers::{EncoderBlock, EncoderStack, ForwardCtx, LayerNorm, Linear, Projection};
 use super::weights::{Init, Params};
 
 /// Word + position + token-type embeddings, then LayerNorm and dropout. SqueezeBERT's
@@ -73,13 +73,13 @@ impl Embeddings {
 #[derive(Debug, Clone)]
 pub struct Bert {
     embeddings: Embeddings,
-    layers: Vec<EncoderBlock>,
+    layers: EncoderStack,
 }
 
 impl Bert {
     /// The encoder blocks, for [`crate::models::QaModel::prepare_for_inference`].
     pub fn blocks_mut(&mut self) -> &mut [EncoderBlock] {
-        &mut self.layers
+        self.layers.blocks_mut()
     }
 
     /// `p` points at the base model (`bert.` in a QA checkpoint).
@@ -113,7 +113,7 @@ impl Bert {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: Embeddings::new(&p.pp("embeddings"), cfg)?,
-            layers,
+            layers: EncoderStack::new(layers),
         })
     }
 
@@ -126,6 +126,6 @@ impl Bert {
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
         let x = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
-        encode(&self.layers, x, mask, ctx)
+        self.layers.forward(x, mask, ctx)
     }
 }

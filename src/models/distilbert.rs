@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::layers::{encode, EncoderBlock, ForwardCtx, LayerNorm, Linear, Projection};
+use super::layers::{EncoderBlock, EncoderStack, ForwardCtx, LayerNorm, Linear, Projection};
 use super::weights::{Init, Params};
 
 #[derive(Debug, Clone)]
@@ -15,13 +15,13 @@ pub struct DistilBert {
     position: Tensor,
     embedding_norm: LayerNorm,
     dropout: f64,
-    layers: Vec<EncoderBlock>,
+    layers: EncoderStack,
 }
 
 impl DistilBert {
     /// The encoder blocks, for [`crate::models::QaModel::prepare_for_inference`].
     pub fn blocks_mut(&mut self) -> &mut [EncoderBlock] {
-        &mut self.layers
+        self.layers.blocks_mut()
     }
 
     /// `p` points at the base model (`distilbert.` in a QA checkpoint).
@@ -74,7 +74,7 @@ impl DistilBert {
             )?,
             embedding_norm: LayerNorm::new(&emb.pp("LayerNorm"), h, cfg.embedding_layer_norm_eps)?,
             dropout: cfg.hidden_dropout,
-            layers,
+            layers: EncoderStack::new(layers),
         })
     }
 
@@ -91,6 +91,6 @@ impl DistilBert {
             .reshape((b, s, h))?
             .broadcast_add(&self.position.narrow(0, 0, s)?)?;
         let x = ctx.dropout(&self.embedding_norm.forward(&x, ctx.fused())?, self.dropout)?;
-        encode(&self.layers, x, mask, ctx)
+        self.layers.forward(x, mask, ctx)
     }
 }

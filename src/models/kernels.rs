@@ -57,7 +57,7 @@ macro_rules! dispatch {
 
 /// The GEMM threading to use for one product: the compute threads configured for the
 /// process (rayon's pool, which `--threads` sizes). Called from inside a pool task (the fused
-/// forward runs on the pool, see [`super::layers::encode`]) it still splits: rayon nests.
+/// forward runs on the pool, see [`super::layers::EncoderStack::forward`]) it still splits: rayon nests.
 pub fn parallelism() -> Parallelism {
     match rayon::current_num_threads() {
         1 => Parallelism::None,

@@ -6,7 +6,7 @@
 //! faster kernels get swapped in.
 //!
 //! Inference (no gradient recorded, f32 on the CPU) takes the fused kernels of
-//! [`super::kernels`] instead: [`encode`] runs the whole stack of blocks on plain buffers with
+//! [`super::kernels`] instead: [`EncoderStack::forward`] runs the whole stack of blocks on plain buffers with
 //! the attention, GELU, residual and LayerNorm fused, and [`LayerNorm`] uses the fused row
 //! kernel. Everything else (training, half precision, GPUs) takes the composed candle ops.
 //!
@@ -464,25 +464,82 @@ impl EncoderBlock {
     }
 }
 
-/// Runs a stack of encoder blocks on `(batch, seq, hidden)` activations: the fused kernels
-/// when this is inference on f32 CPU tensors (and `ctx` allows them), the composed,
-/// differentiable ops otherwise. `mask` is the additive mask from [`additive_mask`].
-pub fn encode(
-    layers: &[EncoderBlock],
-    x: Tensor,
-    mask: &Tensor,
-    ctx: &mut ForwardCtx,
-) -> Result<Tensor> {
-    if ctx.fused() && !ctx.is_training() && fused_eligible(&x) {
-        if let Some(y) = crate::runtime::on_compute_pool(|| encode_fused(layers, &x, mask))? {
-            return Ok(y);
+/// A model's stack of encoder blocks, with the buffers of the fused inference path kept from
+/// one forward to the next.
+#[derive(Debug, Clone)]
+pub struct EncoderStack {
+    blocks: Vec<EncoderBlock>,
+    workspace: Workspace,
+}
+
+impl EncoderStack {
+    pub fn new(blocks: Vec<EncoderBlock>) -> Self {
+        Self {
+            blocks,
+            workspace: Workspace::default(),
         }
     }
-    let mut x = x;
-    for layer in layers {
-        x = layer.forward(&x, mask, ctx)?;
+
+    /// The blocks, for [`crate::models::QaModel::prepare_for_inference`].
+    pub fn blocks_mut(&mut self) -> &mut [EncoderBlock] {
+        &mut self.blocks
     }
-    Ok(x)
+
+    /// Runs the blocks on `(batch, seq, hidden)` activations: the fused kernels when this is
+    /// inference on f32 CPU tensors (and `ctx` allows them), the composed, differentiable ops
+    /// otherwise. `mask` is the additive mask from [`additive_mask`].
+    pub fn forward(&self, x: Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        if ctx.fused() && !ctx.is_training() && fused_eligible(&x) {
+            let fused = || {
+                // A forward running meanwhile on the same model holds the buffers: this one
+                // takes fresh ones.
+                let mut fresh = Buffers::default();
+                let mut held = self.workspace.0.try_lock().ok();
+                let buffers = held.as_deref_mut().unwrap_or(&mut fresh);
+                encode_fused(&self.blocks, &x, mask, buffers)
+            };
+            if let Some(y) = crate::runtime::on_compute_pool(fused)? {
+                return Ok(y);
+            }
+        }
+        let mut x = x;
+        for layer in &self.blocks {
+            x = layer.forward(&x, mask, ctx)?;
+        }
+        Ok(x)
+    }
+}
+
+/// The fused path's buffers ([`encode_fused`]), kept by the model between forwards: allocating
+/// them each time paid for zeroing them, and (above glibc's 32 MiB heap limit, e.g. the
+/// feed-forward's at BERT-base 8x384) for fresh pages, about 1% of a forward at large shapes.
+/// They keep the size of the largest input seen so far, which the forward's peak memory
+/// included anyway. A clone of the model starts with none.
+#[derive(Default)]
+struct Workspace(std::sync::Mutex<Buffers>);
+
+impl Clone for Workspace {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Workspace")
+    }
+}
+
+/// The hidden state and a spare, the q/k/v projections side by side, the attention context,
+/// the feed-forward's inner activations and the attention's scratch.
+#[derive(Default)]
+struct Buffers {
+    hidden: Vec<f32>,
+    spare: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    ffn: Vec<f32>,
+    attention: kernels::AttentionScratch,
 }
 
 /// A projection's weights, readable by the kernels: `groups` blocks (1 for a linear layer)
@@ -600,11 +657,16 @@ impl<'a> BlockData<'a> {
     }
 }
 
-/// The fused inference path of [`encode`]: the activations live in buffers allocated once and
-/// reused by every block (the hidden state and a spare, the q/k/v projections side by side,
-/// the attention context and scores, the feed-forward's inner activations); nothing is
-/// transposed or copied between kernels. `None` when some parameter is not an f32 CPU tensor (then nothing was computed).
-fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Option<Tensor>> {
+/// The fused inference path of [`EncoderStack::forward`]: the activations live in `buffers`,
+/// reused by every block (and kept for the next forward); nothing is transposed or copied
+/// between kernels. `None` when some parameter is not an f32 CPU tensor (then nothing was
+/// computed).
+fn encode_fused(
+    layers: &[EncoderBlock],
+    x: &Tensor,
+    mask: &Tensor,
+    buffers: &mut Buffers,
+) -> Result<Option<Tensor>> {
     let (b, s, h) = x.dims3()?;
     let rows = b * s;
     let (Some(input), Some(mask_data)) = (CpuF32::of(x), CpuF32::of(mask)) else {
@@ -617,30 +679,37 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
         return Ok(None);
     };
     let inner = blocks.iter().map(|d| d.ffn_in.out_dim()).max().unwrap_or(0);
-    // Rows padded where the product prefers it (see `gemm::activation_stride`).
+    // Rows padded where the product prefers it (see `gemm::activation_stride`). Every value
+    // a kernel reads is written first in this forward: what a buffer held before is not read.
     let hs = gemm::activation_stride(h);
-    let mut hidden = vec![0f32; rows * hs];
+    let qkv_stride = gemm::activation_stride(3 * h);
+    let context_stride = gemm::activation_stride(h);
+    let ffn_stride = gemm::activation_stride(inner);
+    let (mut hidden, mut spare) = (&mut buffers.hidden, &mut buffers.spare);
+    let (qkv, context, ffn) = (&mut buffers.qkv, &mut buffers.context, &mut buffers.ffn);
+    for (buffer, len) in [
+        (&mut *hidden, rows * hs),
+        (&mut *spare, rows * hs),
+        (&mut *qkv, rows * qkv_stride),
+        (&mut *context, rows * context_stride),
+        (&mut *ffn, rows * ffn_stride),
+    ] {
+        buffer.resize(len, 0.0);
+    }
     for (to, from) in hidden
         .chunks_exact_mut(hs)
         .zip(input.slice().chunks_exact(h))
     {
         to[..h].copy_from_slice(from);
     }
-    let mut spare = vec![0f32; rows * hs];
-    let (qkv_stride, context_stride) = (gemm::activation_stride(3 * h), gemm::activation_stride(h));
-    let mut qkv = vec![0f32; rows * qkv_stride];
-    let mut context = vec![0f32; rows * context_stride];
-    let ffn_stride = gemm::activation_stride(inner);
-    let mut ffn = vec![0f32; rows * ffn_stride];
-    let mut scratch = kernels::AttentionScratch::default();
     for (layer, d) in layers.iter().zip(&blocks) {
         let i = d.ffn_in.out_dim();
-        let x_view = MatRef::new(&hidden, rows, h, hs);
-        let mut qkv_view = MatMut::new(&mut qkv, rows, 3 * h, qkv_stride);
+        let x_view = MatRef::new(hidden, rows, h, hs);
+        let mut qkv_view = MatMut::new(qkv, rows, 3 * h, qkv_stride);
         d.query.forward(x_view, qkv_view.columns(0, h), None);
         d.key.forward(x_view, qkv_view.columns(h, h), None);
         d.value.forward(x_view, qkv_view.columns(2 * h, h), None);
-        let qkv_ref = MatRef::new(&qkv, rows, 3 * h, qkv_stride);
+        let qkv_ref = MatRef::new(qkv, rows, 3 * h, qkv_stride);
         kernels::attention(
             qkv_ref.columns(0, h),
             qkv_ref.columns(h, h),
@@ -649,17 +718,17 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
             b,
             s,
             layer.heads,
-            MatMut::new(&mut context, rows, h, context_stride),
-            &mut scratch,
+            MatMut::new(context, rows, h, context_stride),
+            &mut buffers.attention,
         );
         d.attention_output.forward(
-            MatRef::new(&context, rows, h, context_stride),
-            MatMut::new(&mut spare, rows, h, hs),
+            MatRef::new(context, rows, h, context_stride),
+            MatMut::new(spare, rows, h, hs),
             None,
         );
         let [g, beta] = &d.attention_norm;
         let eps = layer.attention_norm.eps as f32;
-        kernels::add_layer_norm(&mut spare, Some(&hidden), hs, g.slice(), beta.slice(), eps);
+        kernels::add_layer_norm(spare, Some(hidden), hs, g.slice(), beta.slice(), eps);
         std::mem::swap(&mut hidden, &mut spare);
 
         let act: gemm::Epilogue = match layer.activation {
@@ -668,28 +737,26 @@ fn encode_fused(layers: &[EncoderBlock], x: &Tensor, mask: &Tensor) -> Result<Op
             Activation::Relu => kernels::relu,
         };
         d.ffn_in.forward(
-            MatRef::new(&hidden, rows, h, hs),
-            MatMut::new(&mut ffn, rows, i, ffn_stride),
+            MatRef::new(hidden, rows, h, hs),
+            MatMut::new(ffn, rows, i, ffn_stride),
             Some(act),
         );
         d.ffn_out.forward(
-            MatRef::new(&ffn, rows, i, ffn_stride),
-            MatMut::new(&mut spare, rows, h, hs),
+            MatRef::new(ffn, rows, i, ffn_stride),
+            MatMut::new(spare, rows, h, hs),
             None,
         );
         let [g, beta] = &d.output_norm;
         let eps = layer.output_norm.eps as f32;
-        kernels::add_layer_norm(&mut spare, Some(&hidden), hs, g.slice(), beta.slice(), eps);
+        kernels::add_layer_norm(spare, Some(hidden), hs, g.slice(), beta.slice(), eps);
         std::mem::swap(&mut hidden, &mut spare);
     }
-    if hs != h {
-        hidden = hidden
-            .chunks_exact(hs)
-            .flat_map(|r| &r[..h])
-            .copied()
-            .collect();
-    }
-    Ok(Some(Tensor::from_vec(hidden, (b, s, h), &Device::Cpu)?))
+    let out: Vec<f32> = hidden
+        .chunks_exact(hs)
+        .flat_map(|r| &r[..h])
+        .copied()
+        .collect();
+    Ok(Some(Tensor::from_vec(out, (b, s, h), &Device::Cpu)?))
 }
 
 #[cfg(test)]

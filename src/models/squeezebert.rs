@@ -9,14 +9,14 @@ use candle_core::Tensor;
 use super::bert::Embeddings;
 use super::config::ModelConfig;
 use super::layers::{
-    encode, EncoderBlock, ForwardCtx, GroupedPointwiseConv, LayerNorm, Linear, Projection,
+    EncoderBlock, EncoderStack, ForwardCtx, GroupedPointwiseConv, LayerNorm, Linear, Projection,
 };
 use super::weights::Params;
 
 #[derive(Debug, Clone)]
 pub struct SqueezeBert {
     embeddings: Embeddings,
-    layers: Vec<EncoderBlock>,
+    layers: EncoderStack,
     /// Part of `SqueezeBertModel` (and of the Hub checkpoints and parameter count); the QA head
     /// does not use its output.
     _pooler: Linear,
@@ -25,7 +25,7 @@ pub struct SqueezeBert {
 impl SqueezeBert {
     /// The encoder blocks, for [`crate::models::QaModel::prepare_for_inference`].
     pub fn blocks_mut(&mut self) -> &mut [EncoderBlock] {
-        &mut self.layers
+        self.layers.blocks_mut()
     }
 
     /// `p` points at the base model (`transformer.` in a QA checkpoint).
@@ -61,7 +61,7 @@ impl SqueezeBert {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: Embeddings::new(&p.pp("embeddings"), cfg)?,
-            layers,
+            layers: EncoderStack::new(layers),
             _pooler: Linear::new(&p.pp("pooler.dense"), h, h, std)?,
         })
     }
@@ -74,6 +74,6 @@ impl SqueezeBert {
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
         let x = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
-        encode(&self.layers, x, mask, ctx)
+        self.layers.forward(x, mask, ctx)
     }
 }
