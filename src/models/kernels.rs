@@ -813,12 +813,9 @@ pub struct DropoutDraw {
 }
 
 impl DropoutDraw {
-    /// The mask of (sequence, head) pair `task`, whose probabilities are `block` values.
-    fn block_mask(self, task: usize, block: usize) -> Vec<f32> {
-        let mut mask = vec![0f32; block];
-        let start = (task * block) as u64;
-        dropout_mask_at(self, start, &mut mask);
-        mask
+    /// The mask of (sequence, head) pair `task`, into `out` (its probabilities' size).
+    fn block_mask(self, task: usize, out: &mut [f32]) {
+        dropout_mask_at(self, (task * out.len()) as u64, out);
     }
 }
 
@@ -850,7 +847,8 @@ pub fn attention_train_forward(
         .par_chunks_mut(block)
         .zip(context.par_chunks_mut(seq * d))
         .enumerate()
-        .for_each(|(task, (p, c))| {
+        // `dropped`: the task's dropped-out probabilities, one buffer per split of the work.
+        .for_each_init(Vec::new, |dropped, (task, (p, c))| {
             let (bi, hi) = (task / heads, task % heads);
             let p_view = MatMut::new(p, seq, seq, seq);
             matmul(
@@ -869,9 +867,10 @@ pub fn attention_train_forward(
             let v_head = head(v, bi, hi, seq, d);
             match dropout {
                 Some(drop) => {
-                    let mut dropped = drop.block_mask(task, block);
+                    dropped.resize(block, 0.0);
+                    drop.block_mask(task, dropped);
                     dropped.iter_mut().zip(p.iter()).for_each(|(m, p)| *m *= p);
-                    let dropped = MatRef::new(&dropped, seq, seq, seq);
+                    let dropped = MatRef::new(dropped, seq, seq, seq);
                     matmul(dropped, v_head, c_view, Parallelism::None);
                 }
                 None => matmul(
@@ -913,44 +912,49 @@ pub fn attention_train_backward(
         .zip(dk_h.par_chunks_mut(seq * d))
         .zip(dv_h.par_chunks_mut(seq * d))
         .enumerate()
-        .for_each(|(task, ((dq_t, dk_t), dv_t))| {
-            let (bi, hi) = (task / heads, task % heads);
-            let p = &probs[task * block..(task + 1) * block];
-            let d_context = head(grad, bi, hi, seq, d);
-            // dV = P_dropped^T dC; dP = (dC V^T) * mask.
-            let mut mask = Vec::new();
-            let mut dropped = Vec::new();
-            if let Some(drop) = dropout {
-                mask = drop.block_mask(task, block);
-                dropped = mask.iter().zip(p).map(|(m, p)| m * p).collect();
-            }
-            let p_used = if dropout.is_some() { &dropped[..] } else { p };
-            let dv_view = MatMut::new(dv_t, seq, d, d);
-            matmul(
-                MatRef::new(p_used, seq, seq, seq).t(),
-                d_context,
-                dv_view,
-                Parallelism::None,
-            );
-            let mut dp = vec![0f32; block];
-            let v_head = head(v, bi, hi, seq, d);
-            matmul(
-                d_context,
-                v_head.t(),
-                MatMut::new(&mut dp, seq, seq, seq),
-                Parallelism::None,
-            );
-            if dropout.is_some() {
-                dp.iter_mut().zip(&mask).for_each(|(g, m)| *g *= m);
-            }
-            // dS = scale * P * (dP - rowsum(P * dP)).
-            softmax_backward(p, &mut dp, seq, scale);
-            let ds = MatRef::new(&dp, seq, seq, seq);
-            let dq_view = MatMut::new(dq_t, seq, d, d);
-            matmul(ds, head(k, bi, hi, seq, d), dq_view, Parallelism::None);
-            let dk_view = MatMut::new(dk_t, seq, d, d);
-            matmul(ds.t(), head(q, bi, hi, seq, d), dk_view, Parallelism::None);
-        });
+        // The task's dropout mask, dropped-out probabilities and dP: one set of buffers per
+        // split of the work, not per task.
+        .for_each_init(
+            <[Vec<f32>; 3]>::default,
+            |[mask, dropped, dp], (task, ((dq_t, dk_t), dv_t))| {
+                let (bi, hi) = (task / heads, task % heads);
+                let p = &probs[task * block..(task + 1) * block];
+                let d_context = head(grad, bi, hi, seq, d);
+                // dV = P_dropped^T dC; dP = (dC V^T) * mask.
+                if let Some(drop) = dropout {
+                    mask.resize(block, 0.0);
+                    drop.block_mask(task, mask);
+                    dropped.clear();
+                    dropped.extend(mask.iter().zip(p).map(|(m, p)| m * p));
+                }
+                let p_used = if dropout.is_some() { &dropped[..] } else { p };
+                let dv_view = MatMut::new(dv_t, seq, d, d);
+                matmul(
+                    MatRef::new(p_used, seq, seq, seq).t(),
+                    d_context,
+                    dv_view,
+                    Parallelism::None,
+                );
+                dp.resize(block, 0.0);
+                let v_head = head(v, bi, hi, seq, d);
+                matmul(
+                    d_context,
+                    v_head.t(),
+                    MatMut::new(dp, seq, seq, seq),
+                    Parallelism::None,
+                );
+                if dropout.is_some() {
+                    dp.iter_mut().zip(mask.iter()).for_each(|(g, m)| *g *= m);
+                }
+                // dS = scale * P * (dP - rowsum(P * dP)).
+                softmax_backward(p, dp, seq, scale);
+                let ds = MatRef::new(dp, seq, seq, seq);
+                let dq_view = MatMut::new(dq_t, seq, d, d);
+                matmul(ds, head(k, bi, hi, seq, d), dq_view, Parallelism::None);
+                let dk_view = MatMut::new(dk_t, seq, d, d);
+                matmul(ds.t(), head(q, bi, hi, seq, d), dk_view, Parallelism::None);
+            },
+        );
     merge_heads(dq_h, dims, dq);
     merge_heads(dk_h, dims, dk);
     merge_heads(dv_h, dims, dv);
