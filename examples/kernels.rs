@@ -1,6 +1,8 @@
 //! Benchmark (not a test) of the linear layers' two products at BERT-base shapes: the `gemm`
 //! crate's on weights as loaded (training) and [`gemm::linear`] on weights packed once
 //! (inference). Distinct weights per repetition, so they come from memory as in a forward.
+//! First it measures the CPU's multiply-add ceiling, which no product can pass, so the rates
+//! below can be read as a fraction of it.
 //!
 //! usage: cargo run --release --example kernels [threads]
 
@@ -20,6 +22,9 @@ fn main() {
         .build_global()
         .expect("thread pool");
     println!("kernel: {:?}, {threads} threads", gemm::Isa::detect());
+    if let Some((one, all)) = fma_ceiling(threads) {
+        println!("multiply-add ceiling: {one:.1} GFLOP/s on one thread, {all:.1} on {threads}");
+    }
     println!("| m | k x n | gemm crate ms | GFLOP/s | pre-packed ms | GFLOP/s |");
     println!("|---|---|---:|---:|---:|---:|");
     for (k, n) in [(768, 768), (768, 3072), (3072, 768)] {
@@ -65,5 +70,80 @@ fn main() {
                 gf(packed_s)
             );
         }
+    }
+}
+
+/// GFLOP/s of independent fused multiply-add chains, nothing loaded or stored, on one thread
+/// and on all `threads` at once (`None` without AVX2+FMA).
+fn fma_ceiling(threads: usize) -> Option<(f64, f64)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (lanes, chains): (usize, fn(usize) -> f32) = if is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present.
+            (16, |n| unsafe { fma::chains_512(n) })
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: AVX2 and FMA are present.
+            (8, |n| unsafe { fma::chains_256(n) })
+        } else {
+            return None;
+        };
+        let iters = 100_000_000;
+        let rate = |on: usize| {
+            let mut best = 0f64;
+            for _ in 0..3 {
+                let start = Instant::now();
+                let sums =
+                    rayon::broadcast(|ctx| if ctx.index() < on { chains(iters) } else { 0.0 });
+                std::hint::black_box(sums);
+                let flops = (on * iters * fma::CHAINS * lanes * 2) as f64;
+                best = best.max(flops / start.elapsed().as_secs_f64() / 1e9);
+            }
+            best
+        };
+        Some((rate(1), rate(threads)))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = threads;
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fma {
+    use std::arch::x86_64::*;
+
+    /// Independent accumulators: more than latency x issue width on current x86 cores (Zen 4:
+    /// 4 cycles x 1 512-bit FMA per cycle; Intel: 4 x 2).
+    pub const CHAINS: usize = 12;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn chains_512(iters: usize) -> f32 {
+        let (b, c) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, b, c);
+            }
+        }
+        acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn chains_256(iters: usize) -> f32 {
+        let (b, c) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm256_fmadd_ps(*a, b, c);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        acc.iter()
+            .map(|a| {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
+                lanes.iter().sum::<f32>()
+            })
+            .sum()
     }
 }
