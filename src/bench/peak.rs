@@ -58,7 +58,13 @@ pub fn measure_peak(
         if packed {
             // The weight in the Hub's `[out, in]` layout is b's transpose.
             let w: Vec<f32> = b.t()?.contiguous()?.flatten_all()?.to_vec1()?;
-            let x: Vec<f32> = a.flatten_all()?.to_vec1()?;
+            // The activations' rows at the stride the model's buffers give them.
+            let lda = gemm::activation_stride(k);
+            let mut x = vec![0f32; m * lda];
+            let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+            for (to, from) in x.chunks_exact_mut(lda).zip(a.chunks_exact(k)) {
+                to[..k].copy_from_slice(from);
+            }
             let w = PackedWeight::pack(&w, 1, n, k);
             let mut out = vec![0f32; m * n];
             let threads = rayon::current_num_threads();
@@ -66,7 +72,7 @@ pub fn measure_peak(
                 policy,
                 || {
                     gemm::linear(
-                        MatRef::new(&x, m, k, k),
+                        MatRef::new(&x, m, k, lda),
                         &w,
                         None,
                         None,
