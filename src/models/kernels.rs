@@ -57,7 +57,8 @@ macro_rules! dispatch {
 
 /// The GEMM threading to use for one product: the compute threads configured for the
 /// process (rayon's pool, which `--threads` sizes). Called from inside a pool task (the fused
-/// forward runs on the pool, see [`super::layers::EncoderStack::forward`]) it still splits: rayon nests.
+/// forward runs on the pool, see [`super::layers::EncoderStack::forward`]) it still splits:
+/// rayon nests.
 pub fn parallelism() -> Parallelism {
     match rayon::current_num_threads() {
         1 => Parallelism::None,
@@ -658,8 +659,8 @@ fn softmax_row_unnormalized(row: &mut [f32], scale: f32, mask: &[f32]) -> f32 {
     1.0 / (acc.iter().sum::<f32>() + tail)
 }
 
-/// Per-thread scratch space of [`attention`]: one `seq x seq` block of scores and one head's
-/// keys and values packed for the GEMM. A caller running several layers keeps one and passes
+/// Per-thread scratch space of [`attention`]: one `seq x seq` block of scores (rows padded as
+/// [`packed::activation_stride`] says) and one head's keys and values packed for the GEMM. A caller running several layers keeps one and passes
 /// it each time, so nothing is allocated per layer.
 #[derive(Default)]
 pub struct AttentionScratch {

@@ -751,11 +751,10 @@ fn encode_fused(
         kernels::add_layer_norm(spare, Some(hidden), hs, g.slice(), beta.slice(), eps);
         std::mem::swap(&mut hidden, &mut spare);
     }
-    let out: Vec<f32> = hidden
-        .chunks_exact(hs)
-        .flat_map(|r| &r[..h])
-        .copied()
-        .collect();
+    let mut out = Vec::with_capacity(rows * h);
+    for row in hidden.chunks_exact(hs) {
+        out.extend_from_slice(&row[..h]);
+    }
     Ok(Some(Tensor::from_vec(out, (b, s, h), &Device::Cpu)?))
 }
 
