@@ -14,7 +14,7 @@
 //! matmul returns wrong values when the left operand is a transposed view and the right one is
 //! broadcast over the batch, so inputs are made contiguous and flattened to 2-D before every
 //! matmul with a weight; and candle's fused LayerNorm records no backward and computes the
-//! variance as E[x²]-mean², so LayerNorm here is the two-pass differentiable form.
+//! variance as E\[x²\]-mean², so LayerNorm here is the two-pass differentiable form.
 
 use std::borrow::Cow;
 use std::sync::Arc;
