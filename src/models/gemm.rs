@@ -5,8 +5,8 @@
 //! forward at large shapes, and most of the time at short inputs, where the product is bound by
 //! reading the weights), and on stable Rust it has no AVX-512 kernel, while ONNX Runtime's MLAS
 //! packs weights once and has one. Measured with `cargo run --release --example kernels`, which
-//! times this product against the `gemm` crate's: 207-217 against 164-199 GFLOP/s at BERT-base
-//! shapes on the 2-core reference machine, 2.5-3x at 8 rows.
+//! times this product against the `gemm` crate's: 198-225 against 143-202 GFLOP/s at BERT-base
+//! shapes with 384-3072 rows on the 2-core reference machine, 2.3-3.8x at 8 rows.
 //!
 //! Layout: the `n x k` weight is cut into panels of [`PANEL`] output columns; a panel holds its
 //! `k x 16` block row by row (64-byte aligned), so the kernel reads 16 consecutive outputs'
