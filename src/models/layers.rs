@@ -186,16 +186,46 @@ impl Linear {
             .expect("linear input has at least one dim");
         let rows: usize = lead.iter().product();
         let x2 = x.contiguous()?.reshape((rows, *last))?;
-        let y = match &self.weight {
-            Weight::Dense(w) if fused && ops::supported(&x2) && ops::supported(w) => {
+        let packed = match &self.weight {
+            Weight::Packed(w) if fused => packed_linear(&x2, w, &self.bias)?,
+            _ => None,
+        };
+        let y = match (packed, &self.weight) {
+            (Some(y), _) => y,
+            (None, Weight::Dense(w)) if fused && ops::supported(&x2) && ops::supported(w) => {
                 x2.apply_op3(w, &self.bias, ops::Linear)?
             }
-            w => x2.matmul(&w.tensor()?.t()?)?.broadcast_add(&self.bias)?,
+            (None, w) => x2.matmul(&w.tensor()?.t()?)?.broadcast_add(&self.bias)?,
         };
         let mut out_dims = lead.to_vec();
         out_dims.push(self.bias.dim(0)?);
         Ok(y.reshape(out_dims)?)
     }
+}
+
+/// `x W^T + b` through the packed product, for a contiguous f32 CPU `rows x k` input (`None`
+/// otherwise). Each output row is computed in the same order whatever the number of rows or
+/// threads, so a row's result does not depend on what it is batched with (the `gemm` crate,
+/// which the dense path uses, picks its kernels and blocking by shape).
+fn packed_linear(x: &Tensor, w: &PackedWeight, bias: &Tensor) -> Result<Option<Tensor>> {
+    let (Some(input), Some(bias)) = (CpuF32::of(x), CpuF32::of(bias)) else {
+        return Ok(None);
+    };
+    let (rows, k) = x.dims2()?;
+    let n = w.groups() * w.n();
+    if w.groups() != 1 || w.k() != k || bias.len != n {
+        return Ok(None);
+    }
+    let mut out = vec![0f32; rows * n];
+    gemm::linear(
+        MatRef::new(input.slice(), rows, k, k),
+        w,
+        Some(bias.slice()),
+        None,
+        MatMut::new(&mut out, rows, n, n),
+        rayon::current_num_threads(),
+    );
+    Ok(Some(Tensor::from_vec(out, (rows, n), &Device::Cpu)?))
 }
 
 /// LayerNorm over the last dimension, two-pass (mean, then variance of the centred values).

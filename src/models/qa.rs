@@ -112,11 +112,15 @@ impl QaModel {
         };
         // Freed pages go back block by block: the heap cannot always reuse a freed weight's
         // space for the next packed one (sizes differ), and the peak would grow by the gaps.
-        // The QA head (hidden -> 2) stays as it is: too small to matter.
         for block in blocks.iter_mut() {
             block.pack();
             crate::runtime::release_free_memory();
         }
+        // The QA head too: not for speed (hidden -> 2 is tiny) but because the packed product
+        // computes each row the same way whatever the batch, so a window's logits do not
+        // depend on the windows batched with it (the dense path's `gemm` crate picks its
+        // kernel by shape and moved the logits' last bits with the batch size).
+        self.qa_outputs.pack();
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -7,14 +7,20 @@
 //! choices makes our numbers comparable with the checkpoints' model cards.
 //!
 //! Per question, over all of its windows: take the `n_best_size` highest start logits and the
-//! `n_best_size` highest end logits of the window (over every position, padding included, as
-//! HF does), pair them, skip pairs where either token is not a context token, the end is
-//! before the start, or the span is longer than `max_answer_length` tokens; score a pair by
-//! `start_logit + end_logit`, keep the `n_best_size` best over all windows, and cut the text
-//! from the original context by character offsets. Probabilities are the softmax of the kept
-//! scores.
+//! `n_best_size` highest end logits among the window's **context tokens**, pair them, skip
+//! pairs where the end is before the start or the span is longer than `max_answer_length`
+//! tokens; score a pair by `start_logit + end_logit`, keep the `n_best_size` best over all
+//! windows, and cut the text from the original context by character offsets. Probabilities
+//! are the softmax of the kept scores.
 //!
-//! Two details HF leaves open or does differently:
+//! Three details HF leaves open or does differently:
+//! * HF takes the top logits over **every** position (question, special tokens and padding
+//!   included) and only then drops pairs outside the context, so a question or padding token
+//!   can take one of the `n_best_size` places and crowd out a valid span; its answers then
+//!   change with the amount of padding (a batch's longest window, `pad_to_max_length`). Here
+//!   only context tokens are candidates: the answer depends on the context logits alone,
+//!   never on padding or on the positions a span can never use. Where HF's lists hold
+//!   `n_best_size` context positions the two agree exactly.
 //! * Ties between equal logits are broken towards the lower position (numpy's `argsort` does
 //!   not specify an order for ties), and equal scores keep window order (Python's sort is
 //!   stable, so does HF's).
@@ -126,16 +132,16 @@ pub fn decode_predictions<S: AsRef<[f32]>>(
                     example.id
                 );
             }
-            let top_starts = top_indices(starts, cfg.n_best_size);
-            let top_ends = top_indices(ends, cfg.n_best_size);
-            for &s in &top_starts {
-                let Some((char_start, _)) = feature.offsets[s] else {
-                    continue;
-                };
-                for &e in &top_ends {
-                    let Some((_, char_end)) = feature.offsets[e] else {
-                        continue;
-                    };
+            let context: Vec<(usize, (usize, usize))> = feature
+                .offsets
+                .iter()
+                .enumerate()
+                .filter_map(|(i, o)| o.map(|o| (i, o)))
+                .collect();
+            let top_starts = top_positions(&context, starts, cfg.n_best_size);
+            let top_ends = top_positions(&context, ends, cfg.n_best_size);
+            for &(s, (char_start, _)) in &top_starts {
+                for &(e, (_, char_end)) in &top_ends {
                     if e < s || e - s + 1 > cfg.max_answer_length {
                         continue;
                     }
@@ -213,12 +219,17 @@ fn to_prediction(example: &Example, candidates: &[Candidate]) -> Result<Predicti
     })
 }
 
-/// Indices of the `k` largest values, largest first; ties towards the lower index.
-fn top_indices(values: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..values.len()).collect();
-    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
+/// The `k` candidates (position, character span) with the largest `values[position]`,
+/// largest first; ties towards the lower position.
+fn top_positions(
+    candidates: &[(usize, (usize, usize))],
+    values: &[f32],
+    k: usize,
+) -> Vec<(usize, (usize, usize))> {
+    let mut top = candidates.to_vec();
+    top.sort_by(|a, b| values[b.0].total_cmp(&values[a.0]).then(a.0.cmp(&b.0)));
+    top.truncate(k);
+    top
 }
 
 /// `{id: text}` for [`super::metric::evaluate`].
@@ -422,6 +433,31 @@ mod tests {
         assert_eq!(p[0].text, "Café Odéon");
         // Only spans of <= 2 tokens inside the context survive.
         assert!(p[0].nbest.iter().all(|n| n.text.split(' ').count() <= 2));
+    }
+
+    #[test]
+    fn question_and_padding_positions_take_no_place_in_the_n_best_lists() {
+        let ex = [example("q", &[])];
+        let f = [feature(0)];
+        let cfg = DecodeConfig {
+            n_best_size: 2,
+            max_answer_length: 30,
+        };
+        // The two highest logits sit on a question token and on padding: had they taken the
+        // two places, no valid span would be left and the answer would be empty.
+        let s = logits(11, &[(1, 9.0), (10, 8.0), (3, 2.0), (5, 1.0)]);
+        let e = logits(11, &[(2, 9.0), (9, 8.0), (4, 3.0), (6, 1.0)]);
+        let p = decode_predictions(&ex, &f, &[&s], &[&e], &cfg).unwrap();
+        assert_eq!(p[0].text, "Café Odéon");
+        assert_eq!(p[0].nbest.len(), 2);
+        // Whatever the non-context positions hold, the n-best list is the same.
+        let (mut s2, mut e2) = (s, e);
+        for i in [0, 1, 2, 9, 10] {
+            s2[i] = f32::MAX;
+            e2[i] = f32::MIN;
+        }
+        let q = decode_predictions(&ex, &f, &[s2], &[e2], &cfg).unwrap();
+        assert_eq!(p, q);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::schedule::{linear_with_warmup, warmup_steps};
 use super::TrainableModel;
 use crate::device::Precision;
 use crate::error::input;
-use crate::eval::{evaluate_model, EvalConfig, EvalReport};
+use crate::eval::{evaluate_model, stack_windows, EvalConfig, EvalReport};
 use crate::models::weights::{ParamSource, ParamSpec, Params};
 use crate::models::{Batch, ModelConfig, QaModel};
 use crate::squad::{Dataset, DecodeConfig, Example, Feature, FeatureConfig, QaTokenizer};
@@ -194,28 +194,15 @@ pub fn inference_copy(config: &ModelConfig, model: &TrainableModel) -> Result<Qa
     Ok(copy)
 }
 
-/// Stacks training features into a batch with labels.
+/// Stacks training features into a batch with labels, at the windows' full (padded) length
+/// as the Trainer does.
 fn batch_of(
     features: &[&Feature],
     config: &ModelConfig,
     device: &Device,
 ) -> Result<(Batch, Tensor, Tensor)> {
     let len = features[0].input_ids.len();
-    let stack = |get: &dyn Fn(&Feature) -> &[u32]| -> Result<Tensor> {
-        let flat: Vec<u32> = features
-            .iter()
-            .flat_map(|f| get(f).iter().copied())
-            .collect();
-        Ok(Tensor::from_vec(flat, (features.len(), len), device)?)
-    };
-    let batch = Batch {
-        input_ids: stack(&|f| &f.input_ids)?,
-        attention_mask: stack(&|f| &f.attention_mask)?,
-        token_type_ids: match config.model_type {
-            crate::models::ModelType::DistilBert => None,
-            _ => Some(stack(&|f| &f.token_type_ids)?),
-        },
-    };
+    let batch = stack_windows(features, len, config.model_type, device)?;
     let labels = |get: &dyn Fn(&Feature) -> usize| -> Result<Tensor> {
         let v: Vec<u32> = features.iter().map(|f| get(f) as u32).collect();
         Ok(Tensor::from_vec(v, features.len(), device)?)
