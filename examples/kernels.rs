@@ -1,5 +1,5 @@
 //! Benchmark (not a test) of the linear layers' two products at BERT-base shapes: the `gemm`
-//! crate's on weights as loaded (training) and [`gemm::linear`] on weights packed once
+//! crate's on weights as loaded (training) and [`packed_linear`] on weights packed once
 //! (inference). Distinct weights per repetition, so they come from memory as in a forward.
 //! First it measures the CPU's multiply-add ceiling, which no product can pass, so the rates
 //! below can be read as a fraction of it.
@@ -8,8 +8,9 @@
 
 use std::time::Instant;
 
-use bertbench::models::gemm::{self, PackedWeight};
-use bertbench::models::kernels::{self, MatMut, MatRef};
+use bertbench::compute::dense::{dense_linear, parallelism};
+use bertbench::compute::packed::{self, packed_linear, PackedWeight};
+use bertbench::compute::{Isa, MatMut, MatRef};
 
 fn main() {
     bertbench::runtime::init();
@@ -21,7 +22,7 @@ fn main() {
         .num_threads(threads)
         .build_global()
         .expect("thread pool");
-    println!("kernel: {:?}, {threads} threads", gemm::Isa::detect());
+    println!("kernel: {:?}, {threads} threads", Isa::detect());
     if let Some((one, all)) = fma_ceiling(threads) {
         println!("multiply-add ceiling: {one:.1} GFLOP/s on one thread, {all:.1} on {threads}");
     }
@@ -38,8 +39,8 @@ fn main() {
             .collect();
         let bias = vec![0.1f32; n];
         for m in [1, 8, 16, 32, 64, 128, 384, 1024, 3072] {
-            // Rows padded as the model's buffers are (see `gemm::activation_stride`).
-            let lda = gemm::activation_stride(k);
+            // Rows padded as the model's buffers are (see `packed::activation_stride`).
+            let lda = packed::activation_stride(k);
             let x: Vec<f32> = (0..m * lda).map(|i| (i % 7) as f32 * 0.1).collect();
             let mut out = vec![0f32; m * n];
             let mut time = |prepacked: bool| {
@@ -50,10 +51,10 @@ fn main() {
                         let xv = MatRef::new(&x, m, k, lda);
                         let ov = MatMut::new(&mut out, m, n, n);
                         if prepacked {
-                            gemm::linear(xv, pw, Some(&bias), None, ov, threads);
+                            packed_linear(xv, pw, Some(&bias), None, ov, threads);
                         } else {
                             let wv = MatRef::new(w, n, k, k);
-                            kernels::linear(xv, wv, Some(&bias), ov, kernels::parallelism());
+                            dense_linear(xv, wv, Some(&bias), ov, parallelism());
                         }
                     }
                     best = best.min(start.elapsed().as_secs_f64() / copies as f64);

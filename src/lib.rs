@@ -4,8 +4,12 @@
 //! The library does the work; `main.rs` is a thin CLI over it. Data flows one way:
 //! model spec -> [`models`] -> measurement / evaluation / training -> results -> reports.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 pub mod bench;
 pub mod cli;
+pub mod compute;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -235,7 +235,7 @@ fn fused_kernels_match_composed_ops() {
 }
 
 /// The same where the fused path pads its buffers' rows (widths that are multiples of 512,
-/// see `gemm::activation_stride`): hidden 512, inner 1024 and a 512-token sequence.
+/// see `compute::packed::activation_stride`): hidden 512, inner 1024 and a 512-token sequence.
 #[test]
 fn fused_kernels_match_composed_ops_with_padded_rows() {
     for (family, activation, mut config) in kernel_test_configs() {

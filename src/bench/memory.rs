@@ -17,9 +17,12 @@ static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
+// SAFETY: every call is forwarded to the system allocator with the caller's arguments
+// unchanged; the counting only reads the layouts.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
+        // SAFETY: forwarded under the caller's `GlobalAlloc::alloc` contract.
+        let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             add(layout.size());
         }
@@ -27,7 +30,8 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(layout);
+        // SAFETY: forwarded under the caller's `GlobalAlloc::alloc_zeroed` contract.
+        let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
             add(layout.size());
         }
@@ -35,12 +39,14 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
+        // SAFETY: `ptr` came from this allocator, that is from `System`, with `layout`.
+        unsafe { System.dealloc(ptr, layout) };
         CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
+        // SAFETY: forwarded under the caller's `GlobalAlloc::realloc` contract.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             if new_size >= layout.size() {
                 add(new_size - layout.size());

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::stats::Summary;
 use super::timer::{measure, TimingPolicy};
-use crate::models::gemm::{self, PackedWeight};
-use crate::models::kernels::{MatMut, MatRef};
+use crate::compute::packed::{self, packed_linear, PackedWeight};
+use crate::compute::{MatMut, MatRef};
 
 /// One measured shape: `(m x k) @ (k x n)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,7 +59,7 @@ pub fn measure_peak(
             // The weight in the Hub's `[out, in]` layout is b's transpose.
             let w: Vec<f32> = b.t()?.contiguous()?.flatten_all()?.to_vec1()?;
             // The activations' rows at the stride the model's buffers give them.
-            let lda = gemm::activation_stride(k);
+            let lda = packed::activation_stride(k);
             let mut x = vec![0f32; m * lda];
             let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
             for (to, from) in x.chunks_exact_mut(lda).zip(a.chunks_exact(k)) {
@@ -71,7 +71,7 @@ pub fn measure_peak(
             let t = measure(
                 policy,
                 || {
-                    gemm::linear(
+                    packed_linear(
                         MatRef::new(&x, m, k, lda),
                         &w,
                         None,

@@ -25,10 +25,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::config::Activation;
-use super::gemm::{self, PackedWeight};
-use super::kernels::{self, MatMut, MatRef};
-use super::ops::{self, CpuF32};
 use super::weights::{Init, Params};
+use crate::compute::attention::{self as fused_attention, AttentionDims, AttentionScratch};
+use crate::compute::dense::{dense_linear, parallelism};
+use crate::compute::dropout::{dropout_mask, DropoutDraw};
+use crate::compute::math::{gelu_erf, gelu_tanh, relu};
+use crate::compute::norm::add_layer_norm;
+use crate::compute::ops::{self, CpuF32};
+use crate::compute::packed::{self, packed_linear, Epilogue, PackedWeight};
+use crate::compute::{MatMut, MatRef};
 
 /// Whether this forward may take the fused kernels: `x` is an f32 CPU tensor that records no
 /// gradient.
@@ -94,7 +99,7 @@ impl ForwardCtx {
             return Ok(x.clone());
         };
         let mut mask = vec![0f32; x.elem_count()];
-        kernels::dropout_mask(drop, &mut mask);
+        dropout_mask(drop, &mut mask);
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok(x.mul(&mask)?)
     }
@@ -103,13 +108,13 @@ impl ForwardCtx {
     /// 0). One draw per mask keys a counter-based generator: the mask is filled in parallel
     /// (or block by block, as the training attention does) and still depends only on the seed
     /// and the call order.
-    fn draw_dropout(&mut self, p: f64) -> Option<kernels::DropoutDraw> {
+    fn draw_dropout(&mut self, p: f64) -> Option<DropoutDraw> {
         let rng = self.rng.as_mut()?;
         if p <= 0.0 {
             return None;
         }
         let keep = 1.0 - p;
-        Some(kernels::DropoutDraw {
+        Some(DropoutDraw {
             key: rng.random::<u64>(),
             keep,
             scale: (1.0 / keep) as f32,
@@ -118,7 +123,7 @@ impl ForwardCtx {
 }
 
 /// A projection's weight: as loaded (the Hub's layout, any device and dtype), or packed once
-/// for [`gemm::linear`] by [`crate::models::QaModel::prepare_for_inference`]. A packed weight
+/// for [`packed_linear`] by [`crate::models::QaModel::prepare_for_inference`]. A packed weight
 /// replaces the tensor (the model holds its weights once); the composed ops still work on it,
 /// through a tensor unpacked afresh on each use.
 #[derive(Debug, Clone)]
@@ -187,13 +192,13 @@ impl Linear {
         let rows: usize = lead.iter().product();
         let x2 = x.contiguous()?.reshape((rows, *last))?;
         let packed = match &self.weight {
-            Weight::Packed(w) if fused => packed_linear(&x2, w, &self.bias)?,
+            Weight::Packed(w) if fused => forward_packed(&x2, w, &self.bias)?,
             _ => None,
         };
         let y = match (packed, &self.weight) {
             (Some(y), _) => y,
             (None, Weight::Dense(w)) if fused && ops::supported(&x2) && ops::supported(w) => {
-                x2.apply_op3(w, &self.bias, ops::Linear)?
+                x2.apply_op3(w, &self.bias, ops::LinearOp)?
             }
             (None, w) => x2.matmul(&w.tensor()?.t()?)?.broadcast_add(&self.bias)?,
         };
@@ -207,7 +212,7 @@ impl Linear {
 /// otherwise). Each output row is computed in the same order whatever the number of rows or
 /// threads, so a row's result does not depend on what it is batched with (the `gemm` crate,
 /// which the dense path uses, picks its kernels and blocking by shape).
-fn packed_linear(x: &Tensor, w: &PackedWeight, bias: &Tensor) -> Result<Option<Tensor>> {
+fn forward_packed(x: &Tensor, w: &PackedWeight, bias: &Tensor) -> Result<Option<Tensor>> {
     let (Some(input), Some(bias)) = (CpuF32::of(x), CpuF32::of(bias)) else {
         return Ok(None);
     };
@@ -217,7 +222,7 @@ fn packed_linear(x: &Tensor, w: &PackedWeight, bias: &Tensor) -> Result<Option<T
         return Ok(None);
     }
     let mut out = vec![0f32; rows * n];
-    gemm::linear(
+    packed_linear(
         MatRef::new(input.slice(), rows, k, k),
         w,
         Some(bias.slice()),
@@ -248,7 +253,7 @@ impl LayerNorm {
     /// `fused`: one op with its own backward (f32 CPU tensors), as [`ForwardCtx::fused`] says.
     pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         if fused && ops::supported(x) && ops::supported(&self.weight) {
-            let op = ops::LayerNorm {
+            let op = ops::LayerNormOp {
                 eps: self.eps as f32,
             };
             return Ok(x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?);
@@ -275,7 +280,7 @@ impl LayerNorm {
 /// the tensor is f32 on the CPU).
 pub fn activate(x: &Tensor, act: Activation, fused: bool) -> Result<Tensor> {
     if fused && ops::supported(x) && act != Activation::Relu {
-        let op = ops::Gelu {
+        let op = ops::GeluOp {
             tanh: act == Activation::GeluTanh,
         };
         return Ok(x.contiguous()?.apply_op1(op)?);
@@ -343,14 +348,14 @@ pub fn attention(
     let (b, s, h) = q.dims3()?;
     let head_dim = h / heads;
     if ctx.fused() && ops::supported(q) && ops::supported(k) && ops::supported(v) {
-        let dims = kernels::AttentionDims {
+        let dims = AttentionDims {
             batch: b,
             seq: s,
             heads,
             head_dim,
         };
         let mask = mask.flatten_all()?.to_vec1::<f32>()?;
-        let op = ops::Attention::new(dims, mask, ctx.draw_dropout(dropout));
+        let op = ops::AttentionOp::new(dims, mask, ctx.draw_dropout(dropout));
         return Ok(q
             .contiguous()?
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?);
@@ -569,13 +574,13 @@ struct Buffers {
     qkv: Vec<f32>,
     context: Vec<f32>,
     ffn: Vec<f32>,
-    attention: kernels::AttentionScratch,
+    attention: AttentionScratch,
 }
 
 /// A projection's weights, readable by the kernels: `groups` blocks (1 for a linear layer)
 /// of `out / groups` outputs, each reading its own `in / groups` columns.
 enum ProjectionData<'a> {
-    /// Packed for [`gemm::linear`] (see [`Weight`]).
+    /// Packed for [`packed_linear`] (see [`Weight`]).
     Packed {
         weight: &'a PackedWeight,
         bias: CpuF32<'a>,
@@ -613,10 +618,10 @@ impl<'a> ProjectionData<'a> {
 
     /// `out = act(project(x))`; a grouped projection is one product per group on column
     /// blocks of `x` and `out`, read and written in place. Packed weights apply `act` inside
-    /// the product (see [`gemm::Epilogue`]).
-    fn forward(&self, x: MatRef, mut out: MatMut, act: Option<gemm::Epilogue>) {
+    /// the product (see [`Epilogue`]).
+    fn forward(&self, x: MatRef, mut out: MatMut, act: Option<Epilogue>) {
         match self {
-            Self::Packed { weight, bias } => gemm::linear(
+            Self::Packed { weight, bias } => packed_linear(
                 x,
                 weight,
                 Some(bias.slice()),
@@ -629,25 +634,19 @@ impl<'a> ProjectionData<'a> {
                 bias,
                 groups,
             } => {
-                let (cin, cout) = (x.cols / groups, out.cols / groups);
+                let (cin, cout) = (x.cols() / groups, out.cols() / groups);
                 for g in 0..*groups {
                     let w = &weight.slice()[g * cout * cin..(g + 1) * cout * cin];
-                    kernels::linear(
+                    dense_linear(
                         x.columns(g * cin, cin),
                         MatRef::new(w, cout, cin, cin),
                         Some(&bias.slice()[g * cout..(g + 1) * cout]),
                         out.columns(g * cout, cout),
-                        kernels::parallelism(),
+                        parallelism(),
                     );
                 }
                 if let Some(act) = act {
-                    if out.stride == out.cols {
-                        act(&mut out.data[..out.rows * out.cols]);
-                    } else {
-                        for r in 0..out.rows {
-                            act(&mut out.data[r * out.stride..][..out.cols]);
-                        }
-                    }
+                    out.for_each_row(act);
                 }
             }
         }
@@ -709,12 +708,12 @@ fn encode_fused(
         return Ok(None);
     };
     let inner = blocks.iter().map(|d| d.ffn_in.out_dim()).max().unwrap_or(0);
-    // Rows padded where the product prefers it (see `gemm::activation_stride`). Every value
+    // Rows padded where the product prefers it (see `packed::activation_stride`). Every value
     // a kernel reads is written first in this forward: what a buffer held before is not read.
-    let hs = gemm::activation_stride(h);
-    let qkv_stride = gemm::activation_stride(3 * h);
-    let context_stride = gemm::activation_stride(h);
-    let ffn_stride = gemm::activation_stride(inner);
+    let hs = packed::activation_stride(h);
+    let qkv_stride = packed::activation_stride(3 * h);
+    let context_stride = packed::activation_stride(h);
+    let ffn_stride = packed::activation_stride(inner);
     let (mut hidden, mut spare) = (&mut buffers.hidden, &mut buffers.spare);
     let (qkv, context, ffn) = (&mut buffers.qkv, &mut buffers.context, &mut buffers.ffn);
     for (buffer, len) in [
@@ -740,7 +739,7 @@ fn encode_fused(
         d.key.forward(x_view, qkv_view.columns(h, h), None);
         d.value.forward(x_view, qkv_view.columns(2 * h, h), None);
         let qkv_ref = MatRef::new(qkv, rows, 3 * h, qkv_stride);
-        kernels::attention(
+        fused_attention::attention(
             qkv_ref.columns(0, h),
             qkv_ref.columns(h, h),
             qkv_ref.columns(2 * h, h),
@@ -758,13 +757,13 @@ fn encode_fused(
         );
         let [g, beta] = &d.attention_norm;
         let eps = layer.attention_norm.eps as f32;
-        kernels::add_layer_norm(spare, Some(hidden), hs, g.slice(), beta.slice(), eps);
+        add_layer_norm(spare, Some(hidden), hs, g.slice(), beta.slice(), eps);
         std::mem::swap(&mut hidden, &mut spare);
 
-        let act: gemm::Epilogue = match layer.activation {
-            Activation::Gelu => kernels::gelu_erf,
-            Activation::GeluTanh => kernels::gelu_tanh,
-            Activation::Relu => kernels::relu,
+        let act: Epilogue = match layer.activation {
+            Activation::Gelu => gelu_erf,
+            Activation::GeluTanh => gelu_tanh,
+            Activation::Relu => relu,
         };
         d.ffn_in.forward(
             MatRef::new(hidden, rows, h, hs),
@@ -778,7 +777,7 @@ fn encode_fused(
         );
         let [g, beta] = &d.output_norm;
         let eps = layer.output_norm.eps as f32;
-        kernels::add_layer_norm(spare, Some(hidden), hs, g.slice(), beta.slice(), eps);
+        add_layer_norm(spare, Some(hidden), hs, g.slice(), beta.slice(), eps);
         std::mem::swap(&mut hidden, &mut spare);
     }
     let mut out = Vec::with_capacity(rows * h);

@@ -5,11 +5,8 @@
 pub mod bert;
 pub mod config;
 pub mod distilbert;
-pub mod gemm;
 pub mod inputs;
-pub mod kernels;
 pub mod layers;
-pub mod ops;
 pub mod qa;
 pub mod squeezebert;
 pub mod weights;

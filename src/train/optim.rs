@@ -12,7 +12,7 @@ use std::cell::RefCell;
 
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, Var};
 
-use crate::models::ops::CpuF32;
+use crate::compute::ops::CpuF32;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 

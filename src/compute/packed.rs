@@ -16,11 +16,10 @@
 //! activations stay in L2 while every panel of the thread's columns passes over them), `KC`
 //! inputs at a time; the output columns are split over the compute threads.
 
-use std::sync::OnceLock;
-
 use rayon::prelude::*;
 
-use super::kernels::{MatMut, MatRef, SendPtr};
+use super::isa::Isa;
+use super::view::{MatMut, MatRef, SendPtr};
 
 /// Output columns per weight panel: one AVX-512 vector, two AVX2 vectors.
 pub const PANEL: usize = 16;
@@ -54,7 +53,7 @@ const MR_MAX: usize = 12;
 #[derive(Clone, Copy, Debug, Default)]
 struct PanelRow([f32; PANEL]);
 
-/// A weight packed for [`linear`]: `groups` independent `n x k` blocks (a grouped 1x1
+/// A weight packed for [`packed_linear`]: `groups` independent `n x k` blocks (a grouped 1x1
 /// convolution; 1 for a linear layer), each in panels of [`PANEL`] output columns, the last
 /// panel zero-padded.
 #[derive(Clone, Debug)]
@@ -92,7 +91,7 @@ impl PackedWeight {
     /// packs the transpose) as one group, reusing this buffer's memory: the attention packs
     /// each head's keys and values this way.
     pub fn repack(&mut self, w: MatRef) {
-        self.resize(1, w.rows, w.cols);
+        self.resize(1, w.rows(), w.cols());
         self.fill(0, w);
     }
 
@@ -111,12 +110,12 @@ impl PackedWeight {
         for p in 0..panels {
             let dst = &mut self.rows[(g * panels + p) * k..][..k];
             let cols = PANEL.min(n - p * PANEL);
-            if w.stride == 1 && k > 0 {
+            if w.stride() == 1 && k > 0 {
                 // The panel's outputs are adjacent: each panel row is one contiguous run (a
                 // transposed row-major view: the attention's values).
-                let src = &w.data[p * PANEL..];
+                let src = &w.data()[p * PANEL..];
                 for (i, row) in dst.iter_mut().enumerate() {
-                    let run = &src[i * w.col_stride..];
+                    let run = &src[i * w.col_stride()..];
                     if cols == PANEL {
                         // A fixed-size copy: one vector move, not a call to memmove.
                         row.0.copy_from_slice(&run[..PANEL]);
@@ -131,18 +130,18 @@ impl PackedWeight {
                 // by the loop below.
                 let mut from = 0;
                 #[cfg(target_arch = "x86_64")]
-                if cols == PANEL && w.col_stride == 1 && Isa::detect() == Isa::Avx512 {
-                    let src = &w.data[p * PANEL * w.stride..];
+                if cols == PANEL && w.col_stride() == 1 && Isa::detect() == Isa::Avx512 {
+                    let src = &w.data()[p * PANEL * w.stride()..];
                     // SAFETY: AVX-512 is available; the view was bounds-checked for its 16
                     // rows from here, `w.stride` apart, of `k` values each.
-                    unsafe { avx512::transpose_panel(dst, src, w.stride) };
+                    unsafe { avx512::transpose_panel(dst, src, w.stride()) };
                     from = k / PANEL * PANEL;
                 }
                 // A transpose, one output's inputs at a time (contiguous for a row-major
                 // view).
                 for c in 0..cols {
-                    let src = &w.data[(p * PANEL + c) * w.stride + from * w.col_stride..];
-                    let inputs = src.iter().step_by(w.col_stride.max(1));
+                    let src = &w.data()[(p * PANEL + c) * w.stride() + from * w.col_stride()..];
+                    let inputs = src.iter().step_by(w.col_stride().max(1));
                     for (row, v) in dst[from..].iter_mut().zip(inputs) {
                         row.0[c] = *v;
                     }
@@ -193,57 +192,13 @@ impl PackedWeight {
     }
 }
 
-/// The instruction sets the kernels are written for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-impl Isa {
-    /// The best this CPU has.
-    pub fn detect() -> Self {
-        Self::available()[0]
-    }
-
-    /// Every kernel this CPU can run, best first (tests run them all); detected once.
-    pub fn available() -> &'static [Self] {
-        static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
-        AVAILABLE.get_or_init(Self::detect_all)
-    }
-
-    fn detect_all() -> Vec<Self> {
-        let mut isas = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                isas.push(Self::Avx512);
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                isas.push(Self::Avx2);
-            }
-        }
-        isas.push(Self::Portable);
-        isas
-    }
-
-    /// Panels per register tile.
-    fn np(self) -> usize {
-        match self {
-            Self::Avx512 => 2,
-            _ => 1,
-        }
-    }
-}
-
 /// An element-wise function applied to finished outputs (an activation), fused into the
 /// product: each block of rows is passed while it is still in L2.
 pub type Epilogue = fn(&mut [f32]);
 
 /// `out = act(x W^T + bias)` for every group `g`: columns `g*k..` of `x` times group `g` of `w`
 /// into columns `g*n..` of `out`, split over `threads` (1: on the calling thread).
-pub fn linear(
+pub fn packed_linear(
     x: MatRef,
     w: &PackedWeight,
     bias: Option<&[f32]>,
@@ -251,27 +206,32 @@ pub fn linear(
     out: MatMut,
     threads: usize,
 ) {
-    linear_with(Isa::detect(), x, w, bias, act, out, threads)
+    packed_linear_with(Isa::detect(), x, w, bias, act, out, threads)
 }
 
-/// [`linear`] with a chosen kernel (which must be one of [`Isa::available`]).
-pub fn linear_with(
+/// [`packed_linear`] with a chosen kernel (which must be one of [`Isa::available`]).
+pub fn packed_linear_with(
     isa: Isa,
     x: MatRef,
     w: &PackedWeight,
     bias: Option<&[f32]>,
     act: Option<Epilogue>,
-    out: MatMut,
+    mut out: MatMut,
     threads: usize,
 ) {
     assert!(
         Isa::available().contains(&isa),
         "{isa:?} kernel on this CPU"
     );
-    let (m, n, k, groups) = (x.rows, w.n, w.k, w.groups);
-    assert_eq!(x.cols, groups * k, "activations have {} columns", x.cols);
+    let (m, n, k, groups) = (x.rows(), w.n, w.k, w.groups);
+    assert_eq!(
+        x.cols(),
+        groups * k,
+        "activations have {} columns",
+        x.cols()
+    );
     assert!(x.is_row_major(), "row-major activations");
-    assert_eq!((out.rows, out.cols), (m, groups * n), "output shape");
+    assert_eq!((out.rows(), out.cols()), (m, groups * n), "output shape");
     if let Some(b) = bias {
         assert_eq!(b.len(), groups * n, "bias length");
     }
@@ -284,8 +244,8 @@ pub fn linear_with(
     let flops = m * n * k * groups;
     let threads = if flops < 1 << 17 { 1 } else { threads.max(1) };
     let per_group = threads.div_ceil(groups).min(tiles).max(1);
-    let out_ptr = SendPtr(out.data.as_mut_ptr());
-    let out_stride = out.stride;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_stride = out.stride();
     let run = |item: usize| {
         let (g, part) = (item / per_group, item % per_group);
         let chunk = tiles.div_ceil(per_group);
@@ -302,12 +262,15 @@ pub fn linear_with(
             g,
             bias: bias.map(|b| &b[g * n..(g + 1) * n]),
             act,
-            // SAFETY: the output was bounds-checked as m x (groups*n) at `out_stride`; this
-            // item's columns start at g*n.
-            out: unsafe { out_ptr.get().add(g * n) },
+            // `m > 0` and `n > 0` here, so column g*n of row 0 is inside the output, which
+            // was checked as m x (groups*n) at `out_stride`.
+            out: out_ptr.get().wrapping_add(g * n),
             out_stride,
         };
-        job.run(p0, p1);
+        // SAFETY: `out` (checked above, exclusively borrowed) holds m rows of this group's
+        // n columns from `job.out` at `out_stride`, and this item alone writes the columns of
+        // panels p0..p1 (items split the panels of a group without overlap).
+        unsafe { job.run(p0, p1) };
     };
     let items = groups * per_group;
     if threads == 1 {
@@ -322,14 +285,23 @@ pub fn linear_with(
 /// disjoint blocks of one buffer.
 ///
 /// # Safety
-/// `out` must be valid for `x.rows` rows of `w.n()` values at `out_stride`, and no one else
-/// may access them meanwhile.
-pub unsafe fn linear_serial_raw(x: MatRef, w: &PackedWeight, out: *mut f32, out_stride: usize) {
+/// `out` must be valid for writes of `x.rows()` rows of `w.n()` values at `out_stride`, and no
+/// one else may access them meanwhile.
+pub unsafe fn packed_linear_serial_raw(
+    x: MatRef,
+    w: &PackedWeight,
+    out: *mut f32,
+    out_stride: usize,
+) {
     let isa = Isa::detect();
     assert!(
-        w.groups == 1 && x.cols == w.k && x.is_row_major(),
+        w.groups == 1 && x.cols() == w.k && x.is_row_major(),
         "operands"
     );
+    assert!(x.rows() <= 1 || w.n <= out_stride, "output rows overlap");
+    if x.rows() == 0 || w.n == 0 {
+        return;
+    }
     let job = Job {
         isa,
         x,
@@ -340,24 +312,35 @@ pub unsafe fn linear_serial_raw(x: MatRef, w: &PackedWeight, out: *mut f32, out_
         out,
         out_stride,
     };
-    job.run(0, w.panels());
+    // SAFETY: the caller guarantees the x.rows() x n output at `out`, exclusively.
+    unsafe { job.run(0, w.panels()) };
 }
 
 /// One thread's share of a product: panels `p0..p1` of group `g`.
 struct Job<'a> {
     isa: Isa,
+    /// Row-major, `w.k` columns.
     x: MatRef<'a>,
     w: &'a PackedWeight,
     g: usize,
+    /// The group's `w.n` biases.
     bias: Option<&'a [f32]>,
     act: Option<Epilogue>,
+    /// Element (0, 0) of the group's output columns.
     out: *mut f32,
     out_stride: usize,
 }
 
 impl Job<'_> {
-    fn run(&self, p0: usize, p1: usize) {
-        let (m, k, n) = (self.x.rows, self.w.k, self.w.n);
+    /// Computes the output columns of panels `p0..p1` for every row.
+    ///
+    /// # Safety
+    /// `isa` must be available; `x` row-major with `w.k` columns and at least one row;
+    /// `p0 < p1 <= w.panels()`; `out` must be valid for writes of `x.rows()` rows of the
+    /// columns `p0 * PANEL .. min(p1 * PANEL, w.n)` at `out_stride`, which no one else
+    /// accesses meanwhile.
+    unsafe fn run(&self, p0: usize, p1: usize) {
+        let (m, k, n) = (self.x.rows(), self.w.k, self.w.n);
         let np = self.isa.np();
         let mut pc = 0;
         while pc < k {
@@ -367,24 +350,26 @@ impl Job<'_> {
             let mut ic = 0;
             while ic < m {
                 let mc = MC.min(m - ic);
+                let rows = self.x.rows_range(ic, mc).columns(pc, kc);
                 let mut p = p0;
                 while p < p1 {
                     let nps = np.min(p1 - p);
                     let col0 = p * PANEL;
                     let cols = (nps * PANEL).min(n - col0);
-                    let b = self.w.panel(self.g, p)[pc..].as_ptr() as *const f32;
                     let bias = if accumulate {
                         None
                     } else {
                         self.bias.map(|b| &b[col0..col0 + cols])
                     };
                     let block = Tile {
-                        a: self.x.data[ic * self.x.stride + pc..].as_ptr(),
-                        lda: self.x.stride,
-                        b,
+                        a: rows.data().as_ptr(),
+                        lda: self.x.stride(),
+                        // The first of `nps` panels, from input `pc`.
+                        b: self.w.panel(self.g, p)[pc..].as_ptr().cast::<f32>(),
                         b_panel_stride: self.w.k * PANEL,
                         kc,
-                        // SAFETY: row ic, column col0 is inside this job's output.
+                        // SAFETY: row ic, column col0 is inside the output the caller
+                        // guarantees (ic < m, col0 < n).
                         c: unsafe { self.out.add(ic * self.out_stride + col0) },
                         ldc: self.out_stride,
                         rows: mc,
@@ -392,8 +377,11 @@ impl Job<'_> {
                         accumulate,
                         bias,
                     };
-                    // SAFETY: the packed panels hold `k` rows from `pc`; `a` has `mc` rows of
-                    // `kc` values from `pc`; `c` covers mc x cols.
+                    // SAFETY: `a` is the start of a checked view of mc rows of kc values at
+                    // `lda`; the packed group holds panels p..p+nps (nps <= p1 - p) of `k`
+                    // rows each, `b_panel_stride` apart, so `kc` rows from `pc` exist in each;
+                    // `c` covers mc x cols at `ldc` by the caller's guarantee; the bias has
+                    // `cols` values; `isa` is available.
                     unsafe { block.run(self.isa, nps) };
                     p += nps;
                 }
@@ -402,7 +390,8 @@ impl Job<'_> {
                 if let Some(act) = act {
                     let (c0, c1) = (p0 * PANEL, (p1 * PANEL).min(n));
                     for r in ic..ic + mc {
-                        // SAFETY: row r, columns c0..c1 are this job's own outputs.
+                        // SAFETY: row r, columns c0..c1 are this job's own outputs (caller's
+                        // guarantee), written above and not aliased meanwhile.
                         act(unsafe {
                             std::slice::from_raw_parts_mut(
                                 self.out.add(r * self.out_stride + c0),
@@ -423,6 +412,12 @@ impl Job<'_> {
 /// once per tile, so packing them would cost more than it saves) and `np` weight panels from
 /// `b` (`kc` rows of 16 each, panels `b_panel_stride` apart). Starts from the output
 /// (`accumulate`), the bias or zero.
+///
+/// The tile's invariant, which every `unsafe fn` taking one relies on: `a` is readable for
+/// `rows` rows of `kc` values at `lda`; `b` is readable and 64-byte aligned for `kc` rows of
+/// [`PANEL`] values in each of the panels the kernel reads; `c` is writable (and readable
+/// when `accumulate`) for `rows` rows of `cols` values at `ldc`, accessed by no one else;
+/// `bias`, when given, holds `cols` values; `1 <= cols <= np * PANEL`.
 #[derive(Clone, Copy)]
 struct Tile<'a> {
     a: *const f32,
@@ -444,22 +439,27 @@ impl Tile<'_> {
     /// from here measured 5% of a SqueezeBERT forward in this loop's overhead).
     ///
     /// # Safety
-    /// The pointers must cover what the fields say; `isa` must be available.
+    /// The tile's invariant (see [`Tile`]) with `np` panels; `isa` must be available on this
+    /// CPU.
     unsafe fn run(&self, isa: Isa, np: usize) {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
+            // SAFETY: AVX-512 is available (caller); the tile's invariant holds for `np`.
+            Isa::Avx512 => unsafe {
                 if np == 2 {
                     avx512::rows::<2>(self)
                 } else {
                     avx512::rows::<1>(self)
                 }
-            }
+            },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => avx2::rows(self),
+            // SAFETY: AVX2 and FMA are available (caller); one panel per tile.
+            Isa::Avx2 => unsafe { avx2::rows(self) },
             _ => {
                 for r0 in (0..self.rows).step_by(MR_MAX) {
-                    self.sub(r0, MR_MAX.min(self.rows - r0)).portable();
+                    // SAFETY: r0 + rows <= self.rows, so the sub-tile keeps the invariant;
+                    // it has at most MR_MAX rows, as `portable` needs.
+                    unsafe { self.sub(r0, MR_MAX.min(self.rows - r0)).portable() };
                 }
             }
         }
@@ -468,30 +468,40 @@ impl Tile<'_> {
     /// Rows `r0..r0 + rows` of this block.
     ///
     /// # Safety
-    /// `r0 + rows` must not exceed `self.rows`.
+    /// `r0 + rows` must not exceed `self.rows` (and `r0 < self.rows`, unless `rows` is 0 and
+    /// `r0 == self.rows`).
     #[inline(always)]
     unsafe fn sub(&self, r0: usize, rows: usize) -> Self {
         Tile {
-            a: self.a.add(r0 * self.lda),
-            c: self.c.add(r0 * self.ldc),
+            // SAFETY: row r0 is inside the tile (or one past its last row, for an empty
+            // sub-tile, whose pointers are never read).
+            a: unsafe { self.a.add(r0 * self.lda) },
+            // SAFETY: as for `a`.
+            c: unsafe { self.c.add(r0 * self.ldc) },
             rows,
             ..*self
         }
     }
 
     /// The same tile in plain Rust (any CPU; the tests compare the kernels against it).
+    ///
+    /// # Safety
+    /// The tile's invariant with one panel, and at most [`MR_MAX`] rows.
     #[inline(never)]
     unsafe fn portable(&self) {
         let mut acc = [[0f32; PANEL]; MR_MAX];
         for (r, row) in acc.iter_mut().enumerate().take(self.rows) {
             for (c, v) in row.iter_mut().enumerate().take(self.cols) {
-                *v = self.start(r, c);
+                // SAFETY: r < rows, c < cols.
+                *v = unsafe { self.start(r, c) };
             }
         }
         for p in 0..self.kc {
-            let b = std::slice::from_raw_parts(self.b.add(p * PANEL), PANEL);
+            // SAFETY: the panel holds `kc` rows of PANEL values from `b`.
+            let b = unsafe { std::slice::from_raw_parts(self.b.add(p * PANEL), PANEL) };
             for (r, row) in acc.iter_mut().enumerate().take(self.rows) {
-                let a = *self.a.add(r * self.lda + p);
+                // SAFETY: row r < rows of `a` holds kc values.
+                let a = unsafe { *self.a.add(r * self.lda + p) };
                 for (v, w) in row.iter_mut().zip(b) {
                     *v += a * w;
                 }
@@ -499,16 +509,21 @@ impl Tile<'_> {
         }
         for (r, row) in acc.iter().enumerate().take(self.rows) {
             for (c, v) in row.iter().enumerate().take(self.cols) {
-                *self.c.add(r * self.ldc + c) = *v;
+                // SAFETY: r < rows, c < cols: an output of this tile.
+                unsafe { *self.c.add(r * self.ldc + c) = *v };
             }
         }
     }
 
     /// The starting value of output `(r, c)`.
+    ///
+    /// # Safety
+    /// The tile's invariant; `r < rows`, `c < cols`.
     #[inline(always)]
     unsafe fn start(&self, r: usize, c: usize) -> f32 {
         if self.accumulate {
-            *self.c.add(r * self.ldc + c)
+            // SAFETY: (r, c) is an output of this tile, readable when accumulating.
+            unsafe { *self.c.add(r * self.ldc + c) }
         } else {
             self.bias.map_or(0.0, |b| b[c])
         }
@@ -523,17 +538,25 @@ mod avx512 {
     /// Packs the whole 16x16 blocks of a full panel from 16 rows `stride` apart: each block
     /// transposed in registers (two rounds of unpacks, two of 128-bit lane shuffles), about
     /// three times faster than element by element. Inputs past `dst.len() / 16 * 16` are left
-    /// to the caller.
+    /// to the caller. Panics unless `src` holds 16 rows of `dst.len()` values, `stride` apart.
     ///
     /// # Safety
-    /// `src` must hold 16 rows of `dst.len()` values, `stride` apart.
+    /// The CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn transpose_panel(dst: &mut [PanelRow], src: &[f32], stride: usize) {
         let k = dst.len();
-        assert!(k == 0 || src.len() >= (PANEL - 1) * stride + k);
+        assert!(
+            k == 0
+                || (PANEL - 1)
+                    .checked_mul(stride)
+                    .and_then(|r| r.checked_add(k))
+                    .is_some_and(|need| src.len() >= need)
+        );
         for j0 in (0..k / PANEL * PANEL).step_by(PANEL) {
-            let r: [__m512; PANEL] =
-                std::array::from_fn(|i| _mm512_loadu_ps(src.as_ptr().add(i * stride + j0)));
+            let r: [__m512; PANEL] = std::array::from_fn(|i| {
+                // SAFETY: row i < 16 holds k >= j0 + 16 values from i * stride (checked).
+                unsafe { _mm512_loadu_ps(src.as_ptr().add(i * stride + j0)) }
+            });
             // Pairs of rows interleaved by element, then by pairs of elements: u[4g + q] holds
             // inputs q, q+4, q+8, q+12 (one per 128-bit lane) of rows 4g..4g+4.
             let t: [__m512; PANEL] = std::array::from_fn(|i| {
@@ -569,41 +592,55 @@ mod avx512 {
                     (q + 4, _mm512_shuffle_f32x4::<0x88>(v1, v3)),
                     (q + 12, _mm512_shuffle_f32x4::<0xdd>(v1, v3)),
                 ] {
-                    _mm512_store_ps(dst[j0 + i].0.as_mut_ptr(), v);
+                    // SAFETY: j0 + i < k: a 64-byte aligned row of `dst`.
+                    unsafe { _mm512_store_ps(dst[j0 + i].0.as_mut_ptr(), v) };
                 }
             }
         }
     }
 
     /// A block of rows: tiles of 12, then one of the rest.
+    ///
+    /// # Safety
+    /// AVX-512F available; the tile's invariant with `NP` panels (`cols > (NP - 1) * 16`).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn rows<const NP: usize>(t: &Tile) {
         let mut r0 = 0;
         while t.rows - r0 >= 12 {
-            tile::<12, NP>(&t.sub(r0, 12));
+            // SAFETY: r0 + 12 <= rows; the sub-tile keeps the invariant.
+            unsafe { tile::<12, NP>(&t.sub(r0, 12)) };
             r0 += 12;
         }
-        let rest = t.sub(r0, t.rows - r0);
-        match rest.rows {
-            0 => {}
-            1 => tile::<1, NP>(&rest),
-            2 => tile::<2, NP>(&rest),
-            3 => tile::<3, NP>(&rest),
-            4 => tile::<4, NP>(&rest),
-            5 => tile::<5, NP>(&rest),
-            6 => tile::<6, NP>(&rest),
-            7 => tile::<7, NP>(&rest),
-            8 => tile::<8, NP>(&rest),
-            9 => tile::<9, NP>(&rest),
-            10 => tile::<10, NP>(&rest),
-            _ => tile::<11, NP>(&rest),
+        // SAFETY: r0 <= rows.
+        let rest = unsafe { t.sub(r0, t.rows - r0) };
+        // SAFETY: `rest` keeps the invariant and has `rest.rows` rows.
+        unsafe {
+            match rest.rows {
+                0 => {}
+                1 => tile::<1, NP>(&rest),
+                2 => tile::<2, NP>(&rest),
+                3 => tile::<3, NP>(&rest),
+                4 => tile::<4, NP>(&rest),
+                5 => tile::<5, NP>(&rest),
+                6 => tile::<6, NP>(&rest),
+                7 => tile::<7, NP>(&rest),
+                8 => tile::<8, NP>(&rest),
+                9 => tile::<9, NP>(&rest),
+                10 => tile::<10, NP>(&rest),
+                _ => tile::<11, NP>(&rest),
+            }
         }
     }
 
     /// `R` rows x `NP` panels: `R * NP` accumulators of 16 lanes (at most 24 of the 32
     /// registers), two weight loads and `R` broadcasts per input.
+    ///
+    /// # Safety
+    /// AVX-512F available; the tile's invariant with exactly `R` rows and `NP` panels
+    /// (`cols > (NP - 1) * 16`, so every panel has at least one column).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn tile<const R: usize, const NP: usize>(t: &Tile) {
+        debug_assert!(t.rows == R && t.cols > (NP - 1) * PANEL && t.cols <= NP * PANEL);
         let masks: [__mmask16; NP] = std::array::from_fn(|j| {
             let cols = t.cols.saturating_sub(j * PANEL).min(PANEL);
             ((1u32 << cols) - 1) as __mmask16
@@ -612,40 +649,46 @@ mod avx512 {
         if t.accumulate {
             for (r, row) in acc.iter_mut().enumerate() {
                 for (j, v) in row.iter_mut().enumerate() {
-                    *v = _mm512_maskz_loadu_ps(masks[j], t.c.add(r * t.ldc + j * PANEL));
+                    // SAFETY: row r < R; panel j's columns j*16.. hold at least one output of
+                    // the tile and the mask enables only those.
+                    *v = unsafe { _mm512_maskz_loadu_ps(masks[j], t.c.add(r * t.ldc + j * PANEL)) };
                 }
             }
         } else if let Some(bias) = t.bias {
             for j in 0..NP {
-                let b = _mm512_maskz_loadu_ps(masks[j], bias.as_ptr().add(j * PANEL));
+                // SAFETY: the bias has `cols` values; the mask enables panel j's among them.
+                let b = unsafe { _mm512_maskz_loadu_ps(masks[j], bias.as_ptr().add(j * PANEL)) };
                 for row in acc.iter_mut() {
                     row[j] = b;
                 }
             }
         }
         // The output lines are written once, at the end: fetch them for writing now, so the
-        // final stores do not stall on them (measured 1-5% of a forward at 1x128).
+        // final stores do not stall on them (measured 1-5% of a forward at 1x128). A prefetch
+        // reads nothing and may name any address; `wrapping_add` forms it without a claim
+        // that it is in bounds.
         for r in 0..R {
             for j in 0..NP {
-                _mm_prefetch::<_MM_HINT_ET0>(t.c.add(r * t.ldc + j * PANEL) as *const i8);
+                _mm_prefetch::<_MM_HINT_ET0>(t.c.wrapping_add(r * t.ldc + j * PANEL) as *const i8);
             }
         }
-        let (mut a, mut b) = (t.a, t.b);
-        for _ in 0..t.kc {
-            let bv: [__m512; NP] =
-                std::array::from_fn(|j| _mm512_load_ps(b.add(j * t.b_panel_stride)));
+        for p in 0..t.kc {
+            let bv: [__m512; NP] = std::array::from_fn(|j| {
+                // SAFETY: panel j holds kc rows of 16 aligned values; this is row p < kc.
+                unsafe { _mm512_load_ps(t.b.add(j * t.b_panel_stride + p * PANEL)) }
+            });
             for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r * t.lda));
+                // SAFETY: row r < R of `a` holds kc values; this is value p < kc.
+                let av = _mm512_set1_ps(unsafe { *t.a.add(r * t.lda + p) });
                 for j in 0..NP {
                     row[j] = _mm512_fmadd_ps(av, bv[j], row[j]);
                 }
             }
-            a = a.add(1);
-            b = b.add(PANEL);
         }
         for (r, row) in acc.iter().enumerate() {
             for (j, v) in row.iter().enumerate() {
-                _mm512_mask_storeu_ps(t.c.add(r * t.ldc + j * PANEL), masks[j], *v);
+                // SAFETY: as for the accumulating load: only the tile's outputs are enabled.
+                unsafe { _mm512_mask_storeu_ps(t.c.add(r * t.ldc + j * PANEL), masks[j], *v) };
             }
         }
     }
@@ -660,61 +703,83 @@ mod avx2 {
     const MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
 
     /// A block of rows: tiles of 6, then one of the rest.
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; the tile's invariant with one panel.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn rows(t: &Tile) {
         let mut r0 = 0;
         while t.rows - r0 >= 6 {
-            tile::<6>(&t.sub(r0, 6));
+            // SAFETY: r0 + 6 <= rows; the sub-tile keeps the invariant.
+            unsafe { tile::<6>(&t.sub(r0, 6)) };
             r0 += 6;
         }
-        let rest = t.sub(r0, t.rows - r0);
-        match rest.rows {
-            0 => {}
-            1 => tile::<1>(&rest),
-            2 => tile::<2>(&rest),
-            3 => tile::<3>(&rest),
-            4 => tile::<4>(&rest),
-            _ => tile::<5>(&rest),
+        // SAFETY: r0 <= rows.
+        let rest = unsafe { t.sub(r0, t.rows - r0) };
+        // SAFETY: `rest` keeps the invariant and has `rest.rows` rows.
+        unsafe {
+            match rest.rows {
+                0 => {}
+                1 => tile::<1>(&rest),
+                2 => tile::<2>(&rest),
+                3 => tile::<3>(&rest),
+                4 => tile::<4>(&rest),
+                _ => tile::<5>(&rest),
+            }
         }
     }
 
     /// `R` rows x one panel (two 8-lane halves): up to 12 accumulators, two weight loads and
-    /// `R` broadcasts per input.
+    /// `R` broadcasts per input. A half with no column of the tile (`cols <= 8`) is neither
+    /// loaded nor stored, so no pointer past the tile's outputs is ever formed.
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; the tile's invariant with exactly `R` rows and one panel.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn tile<const R: usize>(t: &Tile) {
+        debug_assert!(t.rows == R && t.cols >= 1 && t.cols <= PANEL);
+        let halves = if t.cols > 8 { 2 } else { 1 };
         let masks: [__m256i; 2] = std::array::from_fn(|h| {
             let lanes = t.cols.saturating_sub(h * 8).min(8);
-            _mm256_loadu_si256(MASKS[8 - lanes..].as_ptr() as *const __m256i)
+            // SAFETY: MASKS[8 - lanes..] has at least 8 values (lanes <= 8).
+            unsafe { _mm256_loadu_si256(MASKS[8 - lanes..].as_ptr() as *const __m256i) }
         });
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         if t.accumulate {
             for (r, row) in acc.iter_mut().enumerate() {
-                for (h, v) in row.iter_mut().enumerate() {
-                    *v = _mm256_maskload_ps(t.c.add(r * t.ldc + h * 8), masks[h]);
+                for (h, v) in row.iter_mut().enumerate().take(halves) {
+                    // SAFETY: row r < R; half h < halves starts at an output of the tile
+                    // and the mask enables only the tile's outputs.
+                    *v = unsafe { _mm256_maskload_ps(t.c.add(r * t.ldc + h * 8), masks[h]) };
                 }
             }
         } else if let Some(bias) = t.bias {
-            for h in 0..2 {
-                let b = _mm256_maskload_ps(bias.as_ptr().add(h * 8), masks[h]);
+            for h in 0..halves {
+                // SAFETY: the bias has `cols` values; half h < halves starts inside them and
+                // the mask enables only those.
+                let b = unsafe { _mm256_maskload_ps(bias.as_ptr().add(h * 8), masks[h]) };
                 for row in acc.iter_mut() {
                     row[h] = b;
                 }
             }
         }
-        let (mut a, mut b) = (t.a, t.b);
-        for _ in 0..t.kc {
-            let bv = [_mm256_load_ps(b), _mm256_load_ps(b.add(8))];
+        for p in 0..t.kc {
+            // SAFETY: the panel holds kc rows of 16 aligned values; this is row p < kc.
+            let bv = unsafe {
+                let b = t.b.add(p * PANEL);
+                [_mm256_load_ps(b), _mm256_load_ps(b.add(8))]
+            };
             for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(r * t.lda));
+                // SAFETY: row r < R of `a` holds kc values; this is value p < kc.
+                let av = unsafe { _mm256_broadcast_ss(&*t.a.add(r * t.lda + p)) };
                 row[0] = _mm256_fmadd_ps(av, bv[0], row[0]);
                 row[1] = _mm256_fmadd_ps(av, bv[1], row[1]);
             }
-            a = a.add(1);
-            b = b.add(PANEL);
         }
         for (r, row) in acc.iter().enumerate() {
-            for (h, v) in row.iter().enumerate() {
-                _mm256_maskstore_ps(t.c.add(r * t.ldc + h * 8), masks[h], *v);
+            for (h, v) in row.iter().enumerate().take(halves) {
+                // SAFETY: as for the accumulating load: only the tile's outputs are enabled.
+                unsafe { _mm256_maskstore_ps(t.c.add(r * t.ldc + h * 8), masks[h], *v) };
             }
         }
     }
@@ -771,7 +836,7 @@ mod tests {
 
     #[test]
     fn packed_linear_matches_reference() {
-        let shapes = [
+        let full = [
             // (m, k, n, groups)
             (1, 8, 3, 1),
             (5, 17, 16, 1),
@@ -783,8 +848,19 @@ mod tests {
             // More inputs than one block (KC): later blocks accumulate into the output.
             (14, KC + 37, 35, 1),
         ];
+        // Under Miri: every edge but the sizes (partial tiles and panels, groups, several
+        // row blocks); the second block of inputs only at a few rows and columns.
+        let small = [
+            (1, 8, 3, 1),
+            (5, 17, 16, 1),
+            (13, 9, 33, 1),
+            (MC + 1, 3, 17, 1),
+            (3, 5, 7, 2),
+            (2, KC + 3, 2, 1),
+        ];
+        let shapes: &[(usize, usize, usize, usize)] = if cfg!(miri) { &small } else { &full };
         for &isa in Isa::available() {
-            for &(m, k, n, groups) in &shapes {
+            for &(m, k, n, groups) in shapes {
                 for threads in [1, 3] {
                     for (with_bias, act) in [
                         (true, None),
@@ -798,7 +874,7 @@ mod tests {
                         let packed = PackedWeight::pack(&w, groups, n, k);
                         assert_eq!(packed.unpack(), w);
                         let mut out = vec![f32::NAN; m * groups * n];
-                        linear_with(
+                        packed_linear_with(
                             isa,
                             MatRef::new(&x, m, groups * k, stride),
                             &packed,

@@ -1,4 +1,4 @@
-//! candle ops backed by the fused kernels of [`super::kernels`], each with its backward pass:
+//! candle ops backed by the fused kernels of this layer, each with its backward pass:
 //! what a forward that records gradients (training) uses on f32 CPU tensors instead of the
 //! composed ops. Measured on the 2-core reference machine, the composed LayerNorm (seven ops
 //! forward, more backward), libm's single-threaded `gelu_erf` and the three-op softmax took
@@ -13,7 +13,12 @@ use candle_core::{
 
 use std::sync::Mutex;
 
-use super::kernels::{self, AttentionDims, DropoutDraw, MatMut, MatRef};
+use super::attention::{attention_train_backward, attention_train_forward, AttentionDims};
+use super::dense::{column_sums, dense_linear, matmul, parallelism};
+use super::dropout::DropoutDraw;
+use super::math::{gelu_backward, gelu_erf, gelu_tanh};
+use super::norm::{add_layer_norm, layer_norm_backward};
+use super::view::{MatMut, MatRef};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -87,11 +92,11 @@ fn owned(grad: &Tensor) -> CResult<Vec<f32>> {
 }
 
 /// GELU, exact (`tanh: false`) or the tanh form.
-pub struct Gelu {
+pub struct GeluOp {
     pub tanh: bool,
 }
 
-impl CustomOp1 for Gelu {
+impl CustomOp1 for GeluOp {
     fn name(&self) -> &'static str {
         "bertbench-gelu"
     }
@@ -99,28 +104,26 @@ impl CustomOp1 for Gelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let mut y = contiguous(s, l, self.name())?.to_vec();
         if self.tanh {
-            kernels::gelu_tanh(&mut y);
+            gelu_tanh(&mut y);
         } else {
-            kernels::gelu_erf(&mut y);
+            gelu_erf(&mut y);
         }
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
         let mut dx = owned(grad)?;
-        read(arg, self.name(), |x| {
-            kernels::gelu_backward(x, &mut dx, self.tanh)
-        })?;
+        read(arg, self.name(), |x| gelu_backward(x, &mut dx, self.tanh))?;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
 
 /// LayerNorm over the last dimension of `x`, with `gamma` and `beta` (two-pass statistics).
-pub struct LayerNorm {
+pub struct LayerNormOp {
     pub eps: f32,
 }
 
-impl CustomOp3 for LayerNorm {
+impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "bertbench-layer-norm"
     }
@@ -137,7 +140,7 @@ impl CustomOp3 for LayerNorm {
         let mut y = contiguous(s1, l1, self.name())?.to_vec();
         let gamma = contiguous(s2, l2, self.name())?;
         let beta = contiguous(s3, l3, self.name())?;
-        kernels::add_layer_norm(&mut y, None, gamma.len(), gamma, beta, self.eps);
+        add_layer_norm(&mut y, None, gamma.len(), gamma, beta, self.eps);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -152,7 +155,7 @@ impl CustomOp3 for LayerNorm {
         let mut dx = owned(grad)?;
         let (dgamma, dbeta) = read(x, self.name(), |x| {
             read(gamma, self.name(), |g| {
-                kernels::layer_norm_backward(x, &mut dx, g, self.eps)
+                layer_norm_backward(x, &mut dx, g, self.eps)
             })
         })??;
         let dev = x.device();
@@ -168,9 +171,9 @@ impl CustomOp3 for LayerNorm {
 /// layout. Its backward produces `dW` directly in that layout and `db` as column sums, where
 /// the composed form (matmul with a transposed view, then a broadcast add) had candle
 /// transpose, copy and add the weight gradient through strided element-wise ops.
-pub struct Linear;
+pub struct LinearOp;
 
-impl CustomOp3 for Linear {
+impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "bertbench-linear"
     }
@@ -199,12 +202,12 @@ impl CustomOp3 for Linear {
         let w = contiguous(s2, l2, self.name())?;
         let b = contiguous(s3, l3, self.name())?;
         let mut y = vec![0f32; rows * n];
-        kernels::linear(
+        dense_linear(
             MatRef::new(x, rows, k, k),
             MatRef::new(w, n, k, k),
             Some(b),
             MatMut::new(&mut y, rows, n, n),
-            kernels::parallelism(),
+            parallelism(),
         );
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
@@ -219,13 +222,13 @@ impl CustomOp3 for Linear {
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, k) = x.dims2()?;
         let n = w.dim(0)?;
-        let par = kernels::parallelism();
+        let par = parallelism();
         let (dx, dw, db) = read(grad, self.name(), |dy| {
             let dy_m = MatRef::new(dy, rows, n, n);
             let mut dx = vec![0f32; rows * k];
             let mut dw = vec![0f32; n * k];
             read(w, self.name(), |w| {
-                kernels::matmul(
+                matmul(
                     dy_m,
                     MatRef::new(w, n, k, k),
                     MatMut::new(&mut dx, rows, k, k),
@@ -233,14 +236,14 @@ impl CustomOp3 for Linear {
                 )
             })?;
             read(x, self.name(), |x| {
-                kernels::matmul(
+                matmul(
                     dy_m.t(),
                     MatRef::new(x, rows, k, k),
                     MatMut::new(&mut dw, n, k, k),
                     par,
                 )
             })?;
-            Ok::<_, candle_core::Error>((dx, dw, kernels::column_sums(dy, n)))
+            Ok::<_, candle_core::Error>((dx, dw, column_sums(dy, n)))
         })??;
         let dev = x.device();
         Ok((
@@ -252,17 +255,17 @@ impl CustomOp3 for Linear {
 }
 
 /// Multi-head attention on the `(batch, seq, hidden)` query, key and value projections, as one
-/// graph node ([`kernels::attention_train_forward`]): scaled scores, the additive key mask
+/// graph node ([`attention_train_forward`]): scaled scores, the additive key mask
 /// (`batch x seq`), softmax, dropout on the probabilities (the mask drawn again from its key in
 /// the backward) and heads merged. The forward keeps the probabilities for the backward.
-pub struct Attention {
+pub struct AttentionOp {
     dims: AttentionDims,
     mask: Vec<f32>,
     dropout: Option<DropoutDraw>,
     probs: Mutex<Vec<f32>>,
 }
 
-impl Attention {
+impl AttentionOp {
     pub fn new(dims: AttentionDims, mask: Vec<f32>, dropout: Option<DropoutDraw>) -> Self {
         Self {
             dims,
@@ -293,7 +296,7 @@ impl Attention {
     }
 }
 
-impl CustomOp3 for Attention {
+impl CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
         "bertbench-attention"
     }
@@ -318,16 +321,7 @@ impl CustomOp3 for Attention {
         let d = self.dims;
         let mut probs = vec![0f32; d.batch * d.heads * d.seq * d.seq];
         let mut out = vec![0f32; q.len()];
-        kernels::attention_train_forward(
-            q,
-            k,
-            v,
-            &self.mask,
-            d,
-            self.dropout,
-            &mut probs,
-            &mut out,
-        );
+        attention_train_forward(q, k, v, &self.mask, d, self.dropout, &mut probs, &mut out);
         *self.probs.lock().expect("attention probabilities lock") = probs;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -353,7 +347,7 @@ impl CustomOp3 for Attention {
             read(k, self.name(), |k| {
                 read(v, self.name(), |v| {
                     read(grad, self.name(), |g| {
-                        kernels::attention_train_backward(
+                        attention_train_backward(
                             q,
                             k,
                             v,

@@ -1,0 +1,58 @@
+//! The compute layer: f32 CPU kernels that know nothing of models. The model families
+//! ([`crate::models`]) call into it; it never calls back.
+//!
+//! Why hand-written: measured on the 2-core reference machine, candle's composed element-wise
+//! ops cost as much as the matrix products at BERT shapes (`gelu_erf` runs single-threaded
+//! through libm, LayerNorm takes five passes, softmax and the mask three, every head split and
+//! merge copies a transpose), its element-wise thread pool spins on the cores the GEMM needs,
+//! and the `gemm` crate packs the weight operand again on every call. No maintained crate
+//! offers fused transformer kernels on plain slices, so this layer does.
+//!
+//! What may import what (each line may use the ones above it):
+//!
+//! | module | what |
+//! |---|---|
+//! | [`view`] | matrix views over slices, bounds-checked when made |
+//! | [`isa`] | which instruction set runs (detected once); `dispatch!` for element-wise passes |
+//! | [`math`], [`dropout`] | element-wise math (exp, erf, tanh, GELU, ReLU); dropout masks |
+//! | [`norm`], [`softmax`] | LayerNorm and the attention softmax, forward and backward |
+//! | [`dense`], [`packed`] | the products: on weights as loaded (the `gemm` crate) and on weights packed once (own AVX-512/AVX2/portable kernels) |
+//! | [`attention`] | multi-head attention for inference and training |
+//! | [`ops`] | the kernels as candle custom ops with their backward passes |
+//!
+//! Unsafe code is confined to the products' register kernels, the attention's per-head
+//! output blocks and the dispatch of target features; every `unsafe fn` states its contract
+//! under `# Safety` and every block says why it holds (`SAFETY:`). No safe public function
+//! can reach memory out of bounds whatever its arguments: views are checked when made, and
+//! every kernel checks its operands' shapes against them.
+
+#[macro_use]
+pub mod isa;
+pub mod attention;
+pub mod dense;
+pub mod dropout;
+pub mod math;
+pub mod norm;
+pub mod ops;
+pub mod packed;
+pub mod softmax;
+pub mod view;
+
+pub use isa::Isa;
+pub use view::{MatMut, MatRef};
+
+/// Below this many elements an element-wise pass runs on the calling thread: forking costs
+/// more than the work.
+pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// `n` values uniform in [-2, 2), from `seed`.
+    pub fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+    }
+}
