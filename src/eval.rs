@@ -2,12 +2,14 @@
 //! batches, decode answers and score them with the official metric. Accuracy and speed come
 //! from the same run on the same weights.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::error::input;
 use crate::models::{Batch, ForwardCtx, ModelType, QaModel};
 use crate::squad::{
     decode_predictions, evaluate, predictions_map, Dataset, DecodeConfig, Example, Feature,
@@ -34,10 +36,94 @@ pub struct EvalReport {
     pub tokenize_s: f64,
     pub model_s: f64,
     pub decode_s: f64,
-    /// Tokenisation + model + decoding + scoring.
+    /// Tokenisation + model + decoding + scoring. (Read as `wall_time_s` too: files written
+    /// by `eval` before 0.2 used that name.)
+    #[serde(alias = "wall_time_s")]
     pub wall_s: f64,
     pub questions_per_s: f64,
     pub windows_per_s: f64,
+}
+
+/// `eval_results.json`: what `bertbench eval` and `train`'s final evaluation write and what
+/// `report` reads, in one schema: the measurement ([`EvalReport`]) and how it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalResults {
+    #[serde(flatten)]
+    pub report: EvalReport,
+    /// The model argument evaluated (a directory, a Hub id or a built-in name).
+    pub model: String,
+    /// Where its weights came from, in words.
+    pub model_source: String,
+    /// The SQuAD file.
+    pub dataset: String,
+    /// Only the first N questions, when set.
+    pub limit: Option<usize>,
+    pub dtype: String,
+    pub device: String,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub max_seq_length: usize,
+    pub doc_stride: usize,
+    pub max_query_length: usize,
+    pub max_answer_length: usize,
+    pub n_best_size: usize,
+    pub bertbench_version: String,
+    pub git_commit: String,
+}
+
+/// The file name [`EvalResults`] is written under.
+pub const EVAL_RESULTS_FILE: &str = "eval_results.json";
+
+impl EvalResults {
+    /// The results of `report`, made with `cfg`; version and commit are this build's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        report: EvalReport,
+        cfg: &EvalConfig,
+        model: &str,
+        model_source: &str,
+        dataset: &Path,
+        limit: Option<usize>,
+        dtype: &str,
+        device: &str,
+        threads: usize,
+    ) -> Self {
+        Self {
+            report,
+            model: model.to_string(),
+            model_source: model_source.to_string(),
+            dataset: dataset.display().to_string(),
+            limit,
+            dtype: dtype.to_string(),
+            device: device.to_string(),
+            threads,
+            batch_size: cfg.batch_size,
+            max_seq_length: cfg.features.max_seq_length,
+            doc_stride: cfg.features.doc_stride,
+            max_query_length: cfg.features.max_query_length,
+            max_answer_length: cfg.decode.max_answer_length,
+            n_best_size: cfg.decode.n_best_size,
+            bertbench_version: crate::bench::env::VERSION.to_string(),
+            git_commit: crate::bench::env::GIT_COMMIT.to_string(),
+        }
+    }
+
+    /// Writes `path` (atomically: a reader never sees half a file).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::bench::output::atomic_write(path, serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    /// Reads `path`; anything that is not this schema is an input error naming the file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| input(format!("{}: cannot read: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| {
+            input(format!(
+                "{}: not an eval_results.json of this bertbench ({e})",
+                path.display()
+            ))
+        })
+    }
 }
 
 /// Windows are run at their real length rounded up to a multiple of this many tokens.

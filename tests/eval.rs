@@ -3,7 +3,9 @@
 
 mod common;
 
-use bertbench::eval::{plan_batches, real_length, run_length, run_model, LENGTH_BUCKET};
+use bertbench::eval::{
+    plan_batches, real_length, run_length, run_model, EvalResults, EVAL_RESULTS_FILE, LENGTH_BUCKET,
+};
 use bertbench::models::{self};
 use bertbench::squad::{evaluate, load_tokenizer, read_dataset, read_predictions, FeatureConfig};
 use candle_core::{DType, Device};
@@ -37,6 +39,17 @@ fn eval_writes_predictions_and_scores_exactly_the_evaluated_questions() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("over 12 questions"), "{stdout}");
     let results = read_json(&out.join("eval_results.json"));
+    // The file is the library's one schema, read back whole.
+    let typed = EvalResults::read(&out.join(EVAL_RESULTS_FILE)).unwrap();
+    assert_eq!(
+        (typed.report.questions, typed.batch_size, typed.threads),
+        (12, 5, 2)
+    );
+    assert_eq!(
+        (typed.max_seq_length, typed.doc_stride, typed.n_best_size),
+        (384, 128, 20)
+    );
+    assert_eq!(typed.limit, Some(12));
     assert_eq!(results["questions"], 12);
     assert!(results["windows"].as_u64().unwrap() >= 12);
     assert_eq!(results["threads"], 2);

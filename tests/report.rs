@@ -248,7 +248,15 @@ fn training_runs_add_time_and_cost_to_accuracy() {
     synthetic_run(tmp.path());
     let run_dir = tmp.path().join("finetune");
     std::fs::create_dir_all(run_dir.join("checkpoint-10")).unwrap();
-    std::fs::write(run_dir.join("training_args.json"), r#"{"model": "small"}"#).unwrap();
+    let args = serde_json::json!({"model": "small", "train_file": "train.json", "eval_file": "dev.json",
+        "output_dir": "finetune", "per_device_train_batch_size": 16, "per_device_eval_batch_size": 32,
+        "num_train_epochs": 1, "max_steps": 20, "learning_rate": 3e-5, "weight_decay": 0.01,
+        "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "warmup_ratio": 0.0,
+        "warmup_steps": 0, "max_grad_norm": 1.0, "gradient_accumulation_steps": 1,
+        "max_seq_length": 384, "doc_stride": 128, "max_query_length": 64, "seed": 42, "limit": null,
+        "eval_limit": null, "save_steps": 10, "logging_steps": 10, "dtype": "f32", "device": "cpu",
+        "threads": 2, "random_init": false});
+    std::fs::write(run_dir.join("training_args.json"), args.to_string()).unwrap();
     let row = |step: usize, elapsed: f64, f1: Option<f64>| {
         serde_json::json!({"step": step, "epoch": step as f64 / 20.0, "loss": f1.map_or(Some(1.0), |_| None),
             "learning_rate": null, "grad_norm": null, "samples_per_s": null, "elapsed_s": elapsed,
@@ -264,11 +272,24 @@ fn training_runs_add_time_and_cost_to_accuracy() {
         state.to_string(),
     )
     .unwrap();
+    // Files the report cannot read are skipped, each with a warning that names it: an
+    // eval_results.json of another schema, and a run whose training_args.json is missing.
+    let stray = tmp.path().join("stray");
+    std::fs::create_dir_all(stray.join("run")).unwrap();
+    std::fs::write(stray.join("eval_results.json"), r#"{"f1": 1.0}"#).unwrap();
+    std::fs::write(stray.join("run/trainer_state.json"), state.to_string()).unwrap();
     let (code, _, stderr) = run(bin()
         .arg("report")
         .arg(tmp.path())
         .args(["--price-per-hour", "2.0"]));
     assert_eq!(code, 0, "{stderr}");
+    let warned = |path: std::path::PathBuf| {
+        stderr
+            .lines()
+            .any(|l| l.starts_with("warning: skipped") && l.contains(&path.display().to_string()))
+    };
+    assert!(warned(stray.join("eval_results.json")), "{stderr}");
+    assert!(warned(stray.join("run/training_args.json")), "{stderr}");
     let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
     assert!(
         md.contains("## Fine-tuning: time and cost to accuracy"),

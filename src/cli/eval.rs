@@ -4,12 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
-use serde_json::json;
 
 use super::model::ModelArgs;
 use crate::device::device_name;
 use crate::error::input;
-use crate::eval::{evaluate_model, EvalConfig};
+use crate::eval::{evaluate_model, EvalConfig, EvalResults, EVAL_RESULTS_FILE};
 use crate::squad::{load_tokenizer, read_dataset, write_predictions, DecodeConfig, FeatureConfig};
 
 /// How questions and contexts become model windows (`run_qa.py`'s settings); shared by every
@@ -102,7 +101,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         .output_dir
         .clone()
         .unwrap_or_else(|| super::bench::timestamped_dir(Path::new("eval-results")));
-    let results_path = out_dir.join("eval_results.json");
+    let results_path = out_dir.join(EVAL_RESULTS_FILE);
     if results_path.exists() && !args.overwrite {
         return Err(input(format!(
             "{} already exists; pass --overwrite to replace it or choose another --output-dir",
@@ -135,37 +134,18 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 
     let (preds_path, nbest_path) = write_predictions(&out_dir, &predictions, args.overwrite)?;
     let threads = args.model.compute.threads();
-    let results = json!({
-        "exact_match": report.exact_match,
-        "f1": report.f1,
-        "questions": report.questions,
-        "windows": report.windows,
-        "wall_time_s": report.wall_s,
-        "tokenize_s": report.tokenize_s,
-        "model_s": report.model_s,
-        "decode_s": report.decode_s,
-        "questions_per_s": report.questions_per_s,
-        "windows_per_s": report.windows_per_s,
-        "model": args.model.model,
-        "model_source": opened.source,
-        "dataset": args.dataset.display().to_string(),
-        "limit": args.limit,
-        "dtype": args.model.compute.dtype.as_str(),
-        "device": device_name(model.device()),
-        "threads": threads,
-        "batch_size": args.batch_size,
-        "max_seq_length": args.windows.max_seq_length,
-        "doc_stride": args.windows.doc_stride,
-        "max_query_length": args.windows.max_query_length,
-        "max_answer_length": args.max_answer_length,
-        "n_best_size": args.n_best_size,
-        "bertbench_version": crate::bench::env::VERSION,
-        "git_commit": crate::bench::env::GIT_COMMIT,
-    });
-    crate::bench::output::atomic_write(
-        &results_path,
-        serde_json::to_string_pretty(&results)?.as_bytes(),
-    )?;
+    EvalResults::new(
+        report.clone(),
+        &cfg,
+        &args.model.model,
+        &opened.source,
+        &args.dataset,
+        args.limit,
+        args.model.compute.dtype.as_str(),
+        &device_name(model.device()),
+        threads,
+    )
+    .write(&results_path)?;
 
     println!("{}  ({})", args.model.model, opened.source);
     println!(

@@ -134,6 +134,9 @@ pub fn report(args: ReportArgs) -> Result<()> {
         price: args.price.resolve()?,
     };
     let files = write_report(&args.results_dir, &opts)?;
+    for w in &files.warnings {
+        eprintln!("warning: {w}");
+    }
     for o in &files.observations {
         println!("- {o}");
     }

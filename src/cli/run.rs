@@ -159,6 +159,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     for dir in &reports {
         // Evaluations live under the root; a report folder sees them when it is the root.
         let files = write_report(dir, &opts)?;
+        for w in &files.warnings {
+            eprintln!("warning: {w}");
+        }
         println!(
             "\nreport: {} ({} plots)",
             files.html.display(),

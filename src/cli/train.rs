@@ -1,5 +1,6 @@
 //! `bertbench train` (fine-tuning on SQuAD) and `bertbench push` (upload to the Hub).
 
+use crate::eval::{EvalResults, EVAL_RESULTS_FILE};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -328,12 +329,19 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let outcome = trainer::train(&settings, setup, &mut observer)?;
     observer.bar.finish_and_clear();
 
-    if let Some(report) = &outcome.final_eval {
-        let path = args.output_dir.join("eval_results.json");
-        crate::bench::output::atomic_write(
-            &path,
-            serde_json::to_string_pretty(report)?.as_bytes(),
-        )?;
+    if let (Some(report), Some(eval_file)) = (&outcome.final_eval, &args.eval_file) {
+        EvalResults::new(
+            report.clone(),
+            &settings.eval_config(),
+            &args.output_dir.display().to_string(),
+            &format!("fine-tuned from {} by bertbench train", args.model),
+            eval_file,
+            args.eval_limit,
+            args.compute.dtype.as_str(),
+            &crate::device::device_name(&device),
+            threads,
+        )
+        .write(&args.output_dir.join(EVAL_RESULTS_FILE))?;
     }
     let s = &outcome.state;
     println!(

@@ -13,7 +13,9 @@ use crate::bench::memory::to_mb;
 use crate::bench::output::{atomic_write, ResultsFile};
 use crate::bench::{fmt_time, Mode, Status};
 use crate::error::input;
+use crate::eval::{EvalResults, EVAL_RESULTS_FILE};
 use crate::train::checkpoint::TrainerState;
+use crate::train::trainer::TrainingArgs;
 
 /// Index of the cost column in the result tables.
 const COST_COLUMN: usize = 10;
@@ -34,6 +36,8 @@ pub struct ReportFiles {
     pub html: PathBuf,
     pub plots: Vec<PathBuf>,
     pub observations: Vec<String>,
+    /// Result files found but not read (each names its file and why).
+    pub warnings: Vec<String>,
 }
 
 /// An evaluation found next to the results.
@@ -85,37 +89,32 @@ fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
     out
 }
 
-/// Finds `eval_results.json` files (written by `bertbench eval`) in the directory tree.
-fn find_evaluations(dir: &Path) -> Vec<Accuracy> {
-    let mut out: Vec<Accuracy> = files_named(dir, "eval_results.json")
-        .into_iter()
-        .filter_map(|p| {
-            let Ok(text) = std::fs::read_to_string(&p) else {
-                return None;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                return None;
-            };
-            let (Some(f1), Some(em), Some(qps)) = (
-                v["f1"].as_f64(),
-                v["exact_match"].as_f64(),
-                v["questions_per_s"].as_f64(),
-            ) else {
-                return None;
-            };
-            Some(Accuracy {
-                model: display_name(v["model"].as_str().unwrap_or("?")),
-                f1,
-                exact_match: em,
-                questions: v["questions"].as_u64().unwrap_or(0),
-                ms_per_question: if qps > 0.0 { 1e3 / qps } else { f64::NAN },
-                windows_per_s: v["windows_per_s"].as_f64().unwrap_or(f64::NAN),
-                windows_per_question: v["windows"].as_f64().unwrap_or(f64::NAN)
-                    / v["questions"].as_f64().unwrap_or(f64::NAN),
-                source: p,
-            })
-        })
-        .collect();
+/// Finds `eval_results.json` files (written by `bertbench eval` and `train`) in the directory
+/// tree; a file that does not read as [`EvalResults`] is skipped with a warning naming it.
+fn find_evaluations(dir: &Path, warnings: &mut Vec<String>) -> Vec<Accuracy> {
+    let mut out: Vec<Accuracy> = Vec::new();
+    for p in files_named(dir, EVAL_RESULTS_FILE) {
+        match EvalResults::read(&p) {
+            Ok(r) => {
+                let e = &r.report;
+                out.push(Accuracy {
+                    model: display_name(&r.model),
+                    f1: e.f1,
+                    exact_match: e.exact_match,
+                    questions: e.questions as u64,
+                    ms_per_question: if e.questions_per_s > 0.0 {
+                        1e3 / e.questions_per_s
+                    } else {
+                        f64::NAN
+                    },
+                    windows_per_s: e.windows_per_s,
+                    windows_per_question: e.windows as f64 / e.questions as f64,
+                    source: p,
+                })
+            }
+            Err(e) => warnings.push(format!("skipped {e:#}")),
+        }
+    }
     out.sort_by(|a, b| a.model.cmp(&b.model));
     out
 }
@@ -127,25 +126,32 @@ struct Training {
     state: TrainerState,
 }
 
-fn find_training_runs(dir: &Path) -> Vec<Training> {
-    files_named(dir, "trainer_state.json")
-        .into_iter()
-        .filter_map(|p| {
-            let state: TrainerState =
-                serde_json::from_str(&std::fs::read_to_string(&p).ok()?).ok()?;
-            let run = p.parent()?.to_path_buf();
-            let model = std::fs::read_to_string(run.join("training_args.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v["model"].as_str().map(str::to_string))
-                .unwrap_or_else(|| "?".into());
-            Some(Training {
+/// Finds fine-tuning runs (`trainer_state.json` beside `training_args.json`) in the
+/// directory tree; a file that does not read is skipped with a warning naming it.
+fn find_training_runs(dir: &Path, warnings: &mut Vec<String>) -> Vec<Training> {
+    let mut out = Vec::new();
+    for p in files_named(dir, "trainer_state.json") {
+        let Some(run) = p.parent().map(Path::to_path_buf) else {
+            continue;
+        };
+        let state = std::fs::read_to_string(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<TrainerState>(&t).map_err(|e| e.to_string()));
+        let args_path = run.join("training_args.json");
+        let args = std::fs::read_to_string(&args_path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<TrainingArgs>(&t).map_err(|e| e.to_string()));
+        match (state, args) {
+            (Ok(state), Ok(args)) => out.push(Training {
                 dir: run,
-                model,
+                model: args.model,
                 state,
-            })
-        })
-        .collect()
+            }),
+            (Err(e), _) => warnings.push(format!("skipped {}: {e}", p.display())),
+            (_, Err(e)) => warnings.push(format!("skipped {}: {e}", args_path.display())),
+        }
+    }
+    out
 }
 
 /// Writes `report.md`, `report.html` and `plots/*.png` into `dir`, from `dir/results.json`.
@@ -159,6 +165,7 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
         )));
     }
     let results = ResultsFile::read(&results_path)?;
+    let mut warnings: Vec<String> = Vec::new();
     let models = observe::models(&results);
     let names = |m: &str| -> String {
         models
@@ -447,7 +454,7 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
     }
 
     // Accuracy, when `bertbench eval` results sit in the directory.
-    let evals = find_evaluations(dir);
+    let evals = find_evaluations(dir, &mut warnings);
     let mut figures: Vec<(Chart, String)> = Vec::new();
     if !evals.is_empty() {
         blocks.push(Block::Heading(2, "Accuracy and speed".into()));
@@ -523,7 +530,7 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
 
     // Fine-tuning runs, when their output folders sit in the directory: time and cost to each
     // evaluated F1.
-    let trainings = find_training_runs(dir);
+    let trainings = find_training_runs(dir, &mut warnings);
     if !trainings.is_empty() {
         blocks.push(Block::Heading(
             2,
@@ -655,5 +662,6 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
         html,
         plots: plot_files,
         observations: obs,
+        warnings,
     })
 }

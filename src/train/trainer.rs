@@ -69,6 +69,16 @@ pub struct TrainingArgs {
 }
 
 impl TrainingArgs {
+    /// How the per-epoch evaluation runs: the training windows, `run_qa.py`'s decoding, and
+    /// the eval batch size.
+    pub fn eval_config(&self) -> EvalConfig {
+        EvalConfig {
+            features: self.features(),
+            decode: DecodeConfig::default(),
+            batch_size: self.per_device_eval_batch_size,
+        }
+    }
+
     /// Checks the numbers before anything expensive happens.
     pub fn validate(&self) -> Result<()> {
         let positive = [
@@ -236,12 +246,8 @@ fn evaluate_now(
         return Ok(None);
     };
     let copy = inference_copy(config, model)?;
-    let cfg = EvalConfig {
-        features: args.features(),
-        decode: DecodeConfig::default(),
-        batch_size: args.per_device_eval_batch_size,
-    };
-    let (_, _, report) = evaluate_model(&copy, setup.tokenizer, eval, &cfg, |_, _| {})?;
+    let (_, _, report) =
+        evaluate_model(&copy, setup.tokenizer, eval, &args.eval_config(), |_, _| {})?;
     Ok(Some(report))
 }
 
