@@ -11,6 +11,7 @@ fn main() {
     // Like other Unix command-line tools, end quietly when the reader of our output goes away
     // (`bertbench report dir | head`) instead of panicking on a broken pipe.
     #[cfg(unix)]
+    // SAFETY: restores the default action of one signal before any other thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

@@ -1,12 +1,51 @@
-//! Process-wide settings for compute, applied once at start-up by the binary.
+//! Process-wide settings for compute, in one place for the binary, the tests and library
+//! users alike: the allocator's tuning and candle's idle workers ([`init`]), and the size of
+//! the compute pool ([`use_threads`]).
 //!
-//! Both were measured on the 2-core reference machine (BERT-base training step, batch 8 x 128:
-//! 7.35 s before, 5.89 s after; see the README's performance section).
+//! The allocator and worker settings were measured on the 2-core reference machine
+//! (BERT-base training step, batch 8 x 128: 7.35 s before, 5.89 s after; see
+//! docs/performance.md).
 
-/// Applies the settings; call first thing in `main`, before any thread starts.
+use std::sync::OnceLock;
+
+use anyhow::Result;
+
+/// Applies the allocator and worker settings, once per process (later calls do nothing).
+/// Call it first thing, before any thread starts: `main` does, and so does [`use_threads`].
 pub fn init() {
-    keep_freed_memory();
-    quiet_idle_workers();
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        keep_freed_memory();
+        quiet_idle_workers();
+    });
+}
+
+/// Sizes the compute pool, once per process, and returns the thread count: rayon's global pool
+/// (every product, the attention and the element-wise passes) and candle's own CPU pool
+/// (which reads `RAYON_NUM_THREADS` when it first starts) get `threads` threads. Asking again
+/// for the same count is fine; asking for another is an error, because a pool cannot be
+/// resized once it runs (setting the variable later, as commands once did, was silently
+/// ignored).
+pub fn use_threads(threads: usize) -> Result<usize> {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    init();
+    let threads = threads.max(1);
+    let set = *THREADS.get_or_init(|| {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        // Fails only if the pool already exists (something computed before this call); then
+        // the count it has is the one in force, and the check below says so.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global();
+        rayon::current_num_threads()
+    });
+    if set != threads {
+        anyhow::bail!(
+            "this process already computes with {set} threads; {threads} cannot be set now \
+             (the thread count is fixed before the first computation)"
+        );
+    }
+    Ok(set)
 }
 
 /// Makes glibc's allocator keep freed memory for reuse instead of handing it back to the
@@ -63,4 +102,23 @@ pub fn release_free_memory() {
 /// runs.
 pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pool is sized once: the same count again is fine, another is refused with a reason
+    /// instead of being silently ignored.
+    #[test]
+    fn the_thread_count_is_fixed_once() {
+        let n = rayon::current_num_threads();
+        assert_eq!(use_threads(n).unwrap(), n);
+        assert_eq!(use_threads(n).unwrap(), n);
+        let e = use_threads(n + 1).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("already computes with {n} threads")),
+            "{e}"
+        );
+    }
 }

@@ -216,7 +216,7 @@ pub fn timestamped_dir(base: &Path) -> PathBuf {
 pub fn bench(args: BenchArgs) -> Result<()> {
     let (plan, settings) = grid_of(&args)?;
     // Compute threads for in-process work (children get the same through their environment).
-    args.compute.use_threads();
+    args.compute.use_threads()?;
     let dir = args
         .output_dir
         .clone()
@@ -571,7 +571,7 @@ pub struct PeakArgs {
 }
 
 pub fn peak(args: PeakArgs) -> Result<()> {
-    let threads = args.compute.use_threads();
+    let threads = args.compute.use_threads()?;
     let device = parse_device(&args.compute.device)?;
     let policy = TimingPolicy {
         min_runs: 10,

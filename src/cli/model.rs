@@ -67,12 +67,10 @@ impl ComputeArgs {
             .max(1)
     }
 
-    /// Sizes this process's compute pool and returns the thread count: rayon and candle's
-    /// CPU kernels read `RAYON_NUM_THREADS` when they start, so call this before either.
-    pub fn use_threads(&self) -> usize {
-        let threads = self.threads();
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-        threads
+    /// Sizes this process's compute pool ([`crate::runtime::use_threads`]) and returns the
+    /// thread count; call it before anything computes.
+    pub fn use_threads(&self) -> Result<usize> {
+        crate::runtime::use_threads(self.threads())
     }
 
     /// These settings as command-line arguments, for a command this one starts.
@@ -94,7 +92,7 @@ impl ModelArgs {
     /// Opens the model for inference (its weights packed for the fast kernels, see
     /// [`QaModel::prepare_for_inference`]) and reports on stderr what loading had to do.
     pub fn open(&self) -> Result<models::OpenedModel> {
-        self.compute.use_threads();
+        self.compute.use_threads()?;
         let opts = OpenOptions {
             random_init: self.random_init,
             seed: self.seed,

@@ -225,7 +225,7 @@ impl TrainObserver for BarObserver {
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
-    let threads = args.compute.use_threads();
+    let threads = args.compute.use_threads()?;
     let settings = TrainingArgs {
         model: args.model.clone(),
         train_file: args.train_file.clone(),
