@@ -72,6 +72,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--logging-steps", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--head-seed", type=int, default=0, help="torch seed of the shared QA head")
+    p.add_argument("--dropout-control", type=int, default=101, metavar="SEED",
+                   help="also train PyTorch with the first seed's data order but this dropout seed, "
+                        "to measure what dropout alone does to the curve (0: skip)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-only", type=Path, metavar="CHECKPOINT",
                    help="skip training: compare eval on this checkpoint directory only")
@@ -274,7 +277,10 @@ def read_bertbench_log(out: Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f) if r["loss"]]
 
 
-def train_torch(a, start: Path, seed: int, out: Path, feats: list[dict]) -> list[tuple[int, float]]:
+def train_torch(a, start: Path, seed: int, out: Path, feats: list[dict],
+                dropout_seed: int | None = None) -> list[tuple[int, float]]:
+    """`seed` draws the data order (as bertbench's --seed does); `dropout_seed` (default:
+    `seed`) seeds torch's generator, which draws the dropout masks."""
     log_path = out / "train_log.csv"
     if (out / "model.safetensors").exists() and log_path.exists():
         with open(log_path) as f:
@@ -284,7 +290,7 @@ def train_torch(a, start: Path, seed: int, out: Path, feats: list[dict]) -> list
     epochs = -(-a.steps // per_epoch)
     orders = json.loads(subprocess.run([os.environ["BERTBENCH_PROBE"], "order", str(n), str(seed), str(epochs)],
                                        check=True, capture_output=True, text=True).stdout)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if dropout_seed is None else dropout_seed)
     model = BertForQuestionAnswering.from_pretrained(start)
     model.train()
     no_decay = lambda name: name.endswith("bias") or "layernorm" in name.lower()  # noqa: E731
@@ -386,7 +392,7 @@ def plot_curves(curves: dict, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    colors = {"bertbench": "tab:blue", "pytorch": "tab:orange"}
+    colors = collections.defaultdict(lambda: "tab:green", {"bertbench": "tab:blue", "pytorch": "tab:orange"})
     styles = ["-", "--", ":", "-."]
     for (side, seed), pts in sorted(curves.items()):
         k = sorted({s for (sd, s) in curves if sd == side}).index(seed)
@@ -457,6 +463,12 @@ def main():
             curves[("pytorch", seed)] = train_torch(a, start, seed, tdir, feats)
             for side, d in (("bertbench", bdir), ("pytorch", tdir)):
                 evals[f"{side}-seed{seed}"] = compare_eval(a, d, out / "eval" / f"{side}-seed{seed}", dev)
+        if a.dropout_control:
+            s0, d = a.seeds[0], a.dropout_control
+            cdir = out / "train" / f"pytorch-seed{s0}-dropout{d}"
+            cdir.mkdir(parents=True, exist_ok=True)
+            curves[(f"pytorch, dropout seed {d}", s0)] = train_torch(a, start, s0, cdir, feats, dropout_seed=d)
+            evals[f"pytorch-seed{s0}-dropout{d}"] = compare_eval(a, cdir, out / "eval" / cdir.name, dev)
         with open(out / "loss_curves.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["trainer", "seed", "step", "loss"])
@@ -469,6 +481,10 @@ def main():
             pairs = [(x, y) for i, x in enumerate(seeds) for y in seeds[i + 1:]]
             noise[side] = [mean_abs_diff(curves[(side, x)], curves[(side, y)]) for x, y in pairs]
         noise["between"] = [mean_abs_diff(curves[("bertbench", s)], curves[("pytorch", s)]) for s in seeds]
+        if a.dropout_control:
+            s0 = seeds[0]
+            noise["dropout_only"] = mean_abs_diff(curves[("pytorch", s0)],
+                                                  curves[(f"pytorch, dropout seed {a.dropout_control}", s0)])
         report["loss_noise"] = noise
         report["final_loss"] = {f"{side}-seed{seed}": pts[-1][1] for (side, seed), pts in curves.items()}
     report["evals"] = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("differ")} for k, v in evals.items()}
@@ -491,7 +507,9 @@ def write_summary(out: Path, a, report: dict, evals: dict):
               f"{a.logging_steps} steps):", "",
               f"- between seeds, bertbench: {', '.join(f'{x:.4f}' for x in n['bertbench'])}",
               f"- between seeds, PyTorch: {', '.join(f'{x:.4f}' for x in n['pytorch'])}",
-              f"- between bertbench and PyTorch, same seed: {', '.join(f'{x:.4f}' for x in n['between'])}", "",
+              f"- between bertbench and PyTorch, same seed: {', '.join(f'{x:.4f}' for x in n['between'])}",
+              ] + ([f"- PyTorch, seed {a.seeds[0]}'s data order, dropout seed {a.dropout_control} instead of "
+                    f"{a.seeds[0]} (dropout alone): {n['dropout_only']:.4f}"] if "dropout_only" in n else []) + ["",
               "Final logged loss: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(report["final_loss"].items())), ""]
     L += ["## Evaluation", "",
           "| checkpoint | bertbench EM / F1 | transformers, context-only decoding EM / F1 | identical answers | "
