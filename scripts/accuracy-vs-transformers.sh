@@ -9,15 +9,9 @@
 #   BENCH_VENV=dir   virtualenv to use or create (default .cache/pyenv)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv=${BENCH_VENV:-"$root/.cache/pyenv"}
-
-if [ ! -x "$venv/bin/python" ]; then
-  echo "creating the Python environment in $venv (torch, transformers: a few GB)..." >&2
-  python3 -m venv "$venv"
-fi
-if ! "$venv/bin/python" -c "import torch, transformers, safetensors, matplotlib" 2>/dev/null; then
-  "$venv/bin/pip" install --quiet torch transformers safetensors matplotlib
-fi
+# shellcheck source=python-env.sh
+source "$root/scripts/python-env.sh"
+python_env torch transformers safetensors matplotlib
 
 help=0
 for arg in "$@"; do

@@ -9,13 +9,9 @@
 #   BENCH_VENV=dir               virtualenv to use or create (default .cache/pyenv)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv=${BENCH_VENV:-"$root/.cache/pyenv"}
-
-if [ ! -x "$venv/bin/python" ]; then
-  echo "creating the Python environment in $venv (torch, transformers, onnxruntime: a few GB)..." >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet torch transformers onnxruntime onnx onnxscript safetensors psutil
-fi
+# shellcheck source=python-env.sh
+source "$root/scripts/python-env.sh"
+python_env torch transformers onnxruntime onnx onnxscript safetensors psutil
 
 help=0
 for arg in "$@"; do

@@ -15,27 +15,26 @@ fn dev() -> std::path::PathBuf {
     shared().join("data/squad/dev-v1.1.json.gz")
 }
 
+/// `bertbench eval --model MODEL --dataset DEV --output-dir OUT`, more arguments to add.
+fn eval_cmd(model: &std::path::Path, out: &std::path::Path) -> std::process::Command {
+    let mut cmd = bin();
+    cmd.arg("eval")
+        .arg("--model")
+        .arg(model)
+        .arg("--dataset")
+        .arg(dev())
+        .arg("--output-dir")
+        .arg(out);
+    cmd
+}
+
 #[test]
 fn eval_writes_predictions_and_scores_exactly_the_evaluated_questions() {
     let model = minilm_dir();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("eval");
-    let (code, stdout, stderr) = run(bin()
-        .args([
-            "eval",
-            "--limit",
-            "12",
-            "--batch-size",
-            "5",
-            "--threads",
-            "2",
-            "--model",
-        ])
-        .arg(&model)
-        .arg("--dataset")
-        .arg(dev())
-        .arg("--output-dir")
-        .arg(&out));
+    let (code, stdout, stderr) =
+        run(eval_cmd(&model, &out).args(["--limit", "12", "--batch-size", "5", "--threads", "2"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("over 12 questions"), "{stdout}");
     let results = read_json(&out.join("eval_results.json"));
@@ -66,13 +65,7 @@ fn eval_writes_predictions_and_scores_exactly_the_evaluated_questions() {
     assert_eq!(results["exact_match"].as_f64().unwrap(), score.exact_match);
 
     // The run's files are not overwritten by accident.
-    let (code, _, stderr) = run(bin()
-        .args(["eval", "--limit", "3", "--model"])
-        .arg(&model)
-        .arg("--dataset")
-        .arg(dev())
-        .arg("--output-dir")
-        .arg(&out));
+    let (code, _, stderr) = run(eval_cmd(&model, &out).args(["--limit", "3"]));
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("--overwrite"), "{stderr}");
 }
@@ -157,16 +150,10 @@ fn answers_do_not_depend_on_batch_size_or_threads() {
     let tmp = tempfile::tempdir().unwrap();
     let run_eval = |batch: usize, threads: usize| -> (Vec<u8>, Vec<u8>) {
         let out = tmp.path().join(format!("b{batch}-t{threads}"));
-        let (code, _, stderr) = run(bin()
-            .args(["eval", "--limit", "60"])
+        let (code, _, stderr) = run(eval_cmd(&model, &out)
+            .args(["--limit", "60"])
             .args(["--batch-size", &batch.to_string()])
-            .args(["--threads", &threads.to_string()])
-            .arg("--model")
-            .arg(&model)
-            .arg("--dataset")
-            .arg(dev())
-            .arg("--output-dir")
-            .arg(&out));
+            .args(["--threads", &threads.to_string()]));
         assert_eq!(code, 0, "{stderr}");
         (
             std::fs::read(out.join("predictions.json")).unwrap(),
