@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's fine-tuning demonstration: the real all-MiniLM-L6-v2 checkpoint (no QA head),
+# A fine-tuning demonstration: the real all-MiniLM-L6-v2 checkpoint (no QA head),
 # fine-tuned on the first N questions of the derived SQuAD train set, with dev F1 on a fixed
 # subset before and after. CPU-sized; every number it prints is measured.
 #
