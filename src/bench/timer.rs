@@ -119,8 +119,13 @@ mod tests {
     fn warmup_stops_when_timings_settle() {
         // First run slow (cold), then steady: warm-up ends after the second steady run.
         let mut sleeps = vec![30u64, 5, 5, 5, 5, 5, 5, 5, 5, 5].into_iter();
+        // A cap far above the expected warm-up, so stopping at 3-8 runs can only be settling.
+        let p = TimingPolicy {
+            warmup_max_runs: 50,
+            ..policy()
+        };
         let t = measure(
-            &policy(),
+            &p,
             || {
                 std::thread::sleep(Duration::from_millis(sleeps.next().unwrap_or(5)));
                 Ok(())
@@ -128,9 +133,34 @@ mod tests {
             |_, _| {},
         )
         .unwrap();
-        assert!(t.warmup.len() >= 3 && t.warmup.len() <= 5, "{:?}", t.warmup);
+        assert!(t.warmup.len() >= 3 && t.warmup.len() <= 8, "{:?}", t.warmup);
         assert_eq!(t.samples.len(), 4);
         assert!(t.samples.iter().all(|s| *s >= 0.005));
+    }
+
+    /// Timings that never settle (alternating 4 ms and 16 ms) end the warm-up at its cap.
+    #[test]
+    fn warmup_ends_at_its_cap_when_timings_never_settle() {
+        let mut n = 0u64;
+        let p = TimingPolicy {
+            warmup_max_runs: 4,
+            ..policy()
+        };
+        let t = measure(
+            &p,
+            || {
+                n += 1;
+                std::thread::sleep(Duration::from_millis(if n.is_multiple_of(2) {
+                    16
+                } else {
+                    4
+                }));
+                Ok(())
+            },
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(t.warmup.len(), 4, "{:?}", t.warmup);
     }
 
     #[test]
