@@ -384,11 +384,11 @@ impl Job<'_> {
                         accumulate,
                         bias,
                     };
-                    // SAFETY: `a` is the start of a checked view of mc rows of kc values at
-                    // `lda`; the packed group holds panels p..p+nps (nps <= p1 - p) of `k`
-                    // rows each, `b_panel_stride` apart, so `kc` rows from `pc` exist in each;
-                    // `c` covers mc x cols at `ldc` by the caller's guarantee; the bias has
-                    // `cols` values; `isa` is available.
+                    // The tile's invariant: `a` starts a checked view of mc rows of kc values
+                    // at `lda`; the group holds panels p..p+nps (nps <= p1 - p) of `k` rows,
+                    // `b_panel_stride` apart, so `kc` rows from `pc` exist in each; `c` covers
+                    // mc x cols at `ldc` (caller); the bias has `cols` values.
+                    // SAFETY: the invariant above holds and `isa` is available (caller).
                     unsafe { block.run(self.isa, nps) };
                     p += nps;
                 }

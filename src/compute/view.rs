@@ -149,15 +149,6 @@ impl<'a> MatRef<'a> {
     pub fn is_row_major(&self) -> bool {
         self.col_stride == 1
     }
-
-    /// Element `(r, c)`.
-    pub fn get(&self, r: usize, c: usize) -> f32 {
-        assert!(
-            r < self.rows && c < self.cols,
-            "({r}, {c}) outside the view"
-        );
-        self.data[r * self.stride + c * self.col_stride]
-    }
 }
 
 /// A mutable row-major matrix view; see [`MatRef`]. Always in bounds of its data, rows not
@@ -200,17 +191,6 @@ impl<'a> MatMut<'a> {
             rows: self.rows,
             cols,
             stride: self.stride,
-        }
-    }
-
-    /// The same view, read-only.
-    pub fn as_ref(&self) -> MatRef<'_> {
-        MatRef {
-            data: self.data,
-            rows: self.rows,
-            cols: self.cols,
-            stride: self.stride,
-            col_stride: 1,
         }
     }
 
