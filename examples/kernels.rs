@@ -22,7 +22,7 @@ fn main() {
         .num_threads(threads)
         .build_global()
         .expect("thread pool");
-    println!("kernel: {:?}, {threads} threads", Isa::detect());
+    println!("kernel: {:?}, {threads} threads", Isa::current());
     if let Some((one, all)) = fma_ceiling(threads) {
         println!("multiply-add ceiling: {one:.1} GFLOP/s on one thread, {all:.1} on {threads}");
     }

@@ -2,18 +2,20 @@
 //! batches, decode answers and score them with the official metric. Accuracy and speed come
 //! from the same run on the same weights.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::device::device_name;
 use crate::error::input;
-use crate::models::{Batch, ForwardCtx, ModelType, QaModel};
+use crate::models::{Batch, ForwardCtx, ModelConfig, ModelType, OpenedModel, QaModel};
 use crate::squad::{
-    decode_predictions, evaluate, predictions_map, Dataset, DecodeConfig, Example, Feature,
-    FeatureConfig, Prediction, QaTokenizer, Score,
+    decode_predictions, evaluate, load_tokenizer, predictions_map, read_dataset, tokenizer_path,
+    write_predictions, Dataset, DecodeConfig, Example, Feature, FeatureConfig, Prediction,
+    QaTokenizer, Score,
 };
 
 /// How to evaluate.
@@ -292,4 +294,108 @@ pub fn evaluate_model(
         windows_per_s: per_s(total, model_time),
     };
     Ok((predictions, score, report))
+}
+
+/// Refuses windows longer than the model's position table, before any work.
+pub fn check_windows(features: &FeatureConfig, config: &ModelConfig) -> Result<()> {
+    if features.max_seq_length > config.max_position_embeddings {
+        return Err(input(format!(
+            "--max-seq-length {} exceeds the model's max_position_embeddings {}",
+            features.max_seq_length, config.max_position_embeddings
+        )));
+    }
+    Ok(())
+}
+
+/// One evaluation written to a folder: what `bertbench eval` does, and `run` per checkpoint.
+#[derive(Debug, Clone)]
+pub struct EvalJob {
+    /// The model as the user named it (recorded in `eval_results.json`).
+    pub model: String,
+    /// The SQuAD v1.1 file.
+    pub dataset: PathBuf,
+    /// Only the first N questions, in file order; the score covers exactly those.
+    pub limit: Option<usize>,
+    pub config: EvalConfig,
+    /// A model directory, `tokenizer.json` or `vocab.txt`; `None`: the model's own.
+    pub tokenizer: Option<PathBuf>,
+    /// Where `predictions.json`, `nbest_predictions.json` and `eval_results.json` go.
+    pub output_dir: PathBuf,
+    /// Replace those files when they exist (else an existing one is an error).
+    pub overwrite: bool,
+}
+
+/// What [`EvalJob::run`] measured and wrote.
+#[derive(Debug, Clone)]
+pub struct EvalOutcome {
+    pub results: EvalResults,
+    pub predictions_file: PathBuf,
+    pub nbest_file: PathBuf,
+    pub results_file: PathBuf,
+}
+
+impl EvalJob {
+    /// Refuses a job that cannot run or would overwrite results, before anything is loaded.
+    pub fn check(&self) -> Result<()> {
+        if self.config.batch_size == 0 {
+            return Err(input("--batch-size must be at least 1"));
+        }
+        if self.limit == Some(0) {
+            return Err(input("--limit must be at least 1"));
+        }
+        self.config.features.validate()?;
+        let results = self.output_dir.join(EVAL_RESULTS_FILE);
+        if results.exists() && !self.overwrite {
+            return Err(input(format!(
+                "{} already exists; pass --overwrite to replace it or choose another --output-dir",
+                results.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Answers the questions with `opened` (prepared for inference), scores them and writes
+    /// the three files. `progress(done, total)` counts windows.
+    pub fn run(
+        &self,
+        opened: &OpenedModel,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<EvalOutcome> {
+        self.check()?;
+        let model = &opened.model;
+        check_windows(&self.config.features, model.config())?;
+        let full = read_dataset(&self.dataset)?;
+        let dataset = match self.limit {
+            Some(n) => full.first_questions(n),
+            None => full,
+        };
+        let tokenizer = load_tokenizer(&tokenizer_path(
+            self.tokenizer.as_deref(),
+            opened.dir.as_deref(),
+            &self.model,
+        )?)?;
+        let (predictions, _, report) =
+            evaluate_model(model, &tokenizer, &dataset, &self.config, progress)?;
+        let (predictions_file, nbest_file) =
+            write_predictions(&self.output_dir, &predictions, self.overwrite)?;
+        let results = EvalResults::new(
+            report,
+            &self.config,
+            &self.model,
+            &opened.source,
+            &self.dataset,
+            self.limit,
+            model.dtype().as_str(),
+            &device_name(model.device()),
+            rayon::current_num_threads(),
+        );
+        let results_file = self.output_dir.join(EVAL_RESULTS_FILE);
+        results.write(&results_file)?;
+        Ok(EvalOutcome {
+            results,
+            predictions_file,
+            nbest_file,
+            results_file,
+        })
+    }
 }

@@ -93,25 +93,45 @@ fn csv_layouts_and_failures_as_rows() {
         ["model", "batch_size", "sequence_length", "result"]
     );
     assert_eq!(time.len(), 1 + 2 * 2 * 2);
+    // Every number in Hugging Face's files is the cell's result from results.json, in its
+    // units: median seconds with 4 decimals, peak resident MiB as a whole number.
+    let res = results(&out);
+    let cell_of = |row: &[String]| {
+        let (b, s): (u64, u64) = (row[1].parse().unwrap(), row[2].parse().unwrap());
+        res["measurements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| {
+                m["cell"]["model"] == row[0].as_str()
+                    && m["cell"]["batch_size"] == b
+                    && m["cell"]["sequence_length"] == s
+            })
+            .unwrap_or_else(|| panic!("no measurement for {row:?}"))
+            .clone()
+    };
     for row in &time[1..] {
-        let seq: usize = row[2].parse().unwrap();
-        if seq == 200 {
+        let m = cell_of(row);
+        if row[2] == "200" {
             assert_eq!(row[3], "N/A", "{row:?}");
+            assert!(m["speed"].is_null());
         } else {
-            let secs: f64 = row[3].parse().unwrap();
-            assert!(
-                secs >= 0.0 && row[3].split('.').nth(1).unwrap().len() == 4,
-                "{row:?}"
-            );
+            let median = m["speed"]["summary"]["median"].as_f64().unwrap();
+            assert!(median > 0.0, "{row:?}");
+            assert_eq!(row[3], format!("{median:.4}"), "{row:?}");
         }
     }
     let memory = csv_rows(&out.join("inference_memory.csv"));
+    assert_eq!(memory.len(), 1 + 2 * 2 * 2);
     for row in &memory[1..] {
+        let m = cell_of(row);
         if row[2] == "200" {
             assert_eq!(row[3], "N/A");
         } else {
-            let mb: u64 = row[3].parse().unwrap();
-            assert!(mb > 1, "{row:?}");
+            let peak = m["memory"]["peak_rss"].as_u64().unwrap();
+            assert_eq!(row[3], (peak >> 20).to_string(), "{row:?}");
+            // A process holding a model cannot fit in a few MiB.
+            assert!(peak >> 20 > 1, "{row:?}");
         }
     }
     // No training was asked for: no training CSVs.
@@ -147,7 +167,6 @@ fn csv_layouts_and_failures_as_rows() {
     }
 
     // Raw samples in results.json, and the environment file with Hugging Face's keys and more.
-    let res = results(&out);
     let m = find(&res, "bert", 2, 16);
     let samples = m["speed"]["timings"]["samples"].as_array().unwrap();
     assert_eq!(

@@ -103,9 +103,34 @@ fn report_writes_markdown_html_and_plots() {
     );
     // Self-contained: figures inline as SVG, no external references.
     assert!(html.matches("<svg").count() >= 4 && !html.contains("src=\""));
-    for entry in std::fs::read_dir(tmp.path().join("plots")).unwrap() {
-        let img = image::open(entry.unwrap().path()).unwrap();
-        assert_eq!((img.width(), img.height()), (1000, 650));
+    // Both axes vary for inference time and memory: four views, each a drawn picture (a blank
+    // or single-colour image would mean the series were lost).
+    let mut plots: Vec<String> = std::fs::read_dir(tmp.path().join("plots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    plots.sort();
+    assert_eq!(
+        plots,
+        [
+            "inference_memory_vs_batch.png",
+            "inference_memory_vs_sequence.png",
+            "inference_time_vs_batch.png",
+            "inference_time_vs_sequence.png"
+        ]
+    );
+    for name in &plots {
+        let img = image::open(tmp.path().join("plots").join(name))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!((img.width(), img.height()), (1000, 650), "{name}");
+        // The first two colours of the palette: a line, markers and a legend swatch per
+        // series (one filled marker alone is about 50 pixels; later series may cover part
+        // of earlier ones).
+        for colour in [[31, 119, 180], [255, 127, 14]] {
+            let n = img.pixels().filter(|p| p.0 == colour).count();
+            assert!(n >= 40, "{name}: {n} pixels of {colour:?}");
+        }
     }
 }
 

@@ -107,6 +107,10 @@ pub struct RunOptions {
 
 /// Receives progress while a grid runs.
 pub trait Observer {
+    /// The machine's matmul peak is being measured (before the first cell).
+    fn peak_started(&mut self, _threads: usize) {}
+    /// The largest-batch search for one model, mode and sequence length starts.
+    fn search_started(&mut self, _model: &str, _mode: Mode, _sequence_length: usize) {}
     fn cell_started(&mut self, _index: usize, _total: usize, _cell: &Cell) {}
     fn cell_progress(&mut self, _phase: Phase, _runs: usize, _elapsed: Duration) {}
     fn cell_skipped(&mut self, _cell: &Cell) {}

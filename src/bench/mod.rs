@@ -4,7 +4,8 @@
 //! A grid is a list of [`Cell`]s; each becomes one [`Measurement`], including the cells that
 //! could not run (their status and reason are data too). [`grid`] runs the cells (each in a
 //! fresh child process by default), [`cell`] measures one cell in the current process,
-//! [`output`] writes the results as they come.
+//! [`output`] writes the results as they come, and [`run`] is a whole run (plan, resume, peak,
+//! cells, largest-batch search) as one call.
 
 pub mod cell;
 pub mod env;
@@ -14,12 +15,14 @@ pub mod grid;
 pub mod memory;
 pub mod output;
 pub mod peak;
+pub mod run;
 pub mod stats;
 pub mod timer;
 
 use serde::{Deserialize, Serialize};
 
 use crate::device::Precision;
+pub use run::{run_bench, BenchConfig, BenchOutcome};
 pub use stats::Summary;
 pub use timer::{TimingPolicy, Timings};
 

@@ -1,7 +1,7 @@
 //! The machine's practical matrix-multiply rate, so each cell can say what share of it the
 //! model reached. Measured on BERT-like shapes with the products the models use: candle's
 //! matmul (training, other dtypes and devices) and, for f32 on the CPU, the packed-weight GEMM
-//! of inference ([`crate::models::gemm`]); the peak is the best of them.
+//! of inference ([`crate::compute::packed`]); the peak is the best of them.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -113,7 +113,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// On f32 CPU both products are measured on every shape, and the peak is the best rate.
+    /// On f32 CPU both products are measured on every shape, each rate from its own timings.
     #[test]
     fn peak_measures_both_products() {
         let policy = TimingPolicy {
@@ -127,10 +127,26 @@ mod tests {
         assert_eq!(shapes.len(), 2 * SHAPES.len());
         for kernel in ["candle", "packed"] {
             let of_kernel: Vec<_> = shapes.iter().filter(|s| s.kernel == kernel).collect();
-            assert_eq!(of_kernel.len(), SHAPES.len(), "{kernel}");
-            assert!(of_kernel.iter().all(|s| s.gflops > 0.0 && s.runs == 1));
+            let dims: Vec<_> = of_kernel.iter().map(|s| (s.m, s.k, s.n)).collect();
+            assert_eq!(dims, SHAPES, "{kernel}");
+            for s in of_kernel {
+                assert_eq!(s.runs, 1);
+                let flops = 2.0 * (s.m * s.k * s.n) as f64;
+                assert!((s.gflops - flops / s.median_s / 1e9).abs() < 1e-9 * s.gflops);
+            }
         }
-        let best = shapes.iter().map(|s| s.gflops).fold(0.0, f64::max);
-        assert_eq!(peak_gflops(&shapes), best);
+    }
+
+    /// The rate is FLOPs over the median time, and the peak the best rate, on numbers whose
+    /// answers are known.
+    #[test]
+    fn rates_and_peak_from_known_timings() {
+        // 2 * 1000^3 FLOPs; median of 0.5, 1 and 4 seconds is 1 s: 2 GFLOP/s.
+        let s = shape("packed", 1000, 1000, 1000, &[4.0, 0.5, 1.0]);
+        assert_eq!((s.median_s, s.gflops, s.runs), (1.0, 2.0, 3));
+        let t = shape("candle", 1000, 1000, 1000, &[0.25]);
+        assert_eq!(t.gflops, 8.0);
+        assert_eq!(peak_gflops(&[s.clone(), t, s]), 8.0);
+        assert_eq!(peak_gflops(&[]), 0.0);
     }
 }

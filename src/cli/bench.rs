@@ -9,10 +9,11 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::bench::cell::{run_cell, Phase};
-use crate::bench::grid::{self, ChildJob, ChildReply, Isolation, Observer, Preset, RunOptions};
-use crate::bench::output::{OutputFiles, ResultsFile, ResultsWriter};
+use crate::bench::grid::{self, ChildJob, ChildReply, Isolation, Observer, Preset};
+use crate::bench::output::{OutputFiles, ResultsFile};
 use crate::bench::{
-    env, fmt_time, memory, peak, Cell, CellSettings, Measurement, Mode, Status, TimingPolicy,
+    env, fmt_time, memory, peak, run_bench, BenchConfig, BenchOutcome, Cell, CellSettings,
+    Measurement, Mode, Status, TimingPolicy,
 };
 use crate::cli::model::ComputeArgs;
 use crate::device::parse_device;
@@ -112,46 +113,8 @@ pub struct BenchArgs {
     pub offline: bool,
 }
 
-/// Turns the arguments into the grid and the shared cell settings.
-fn grid_of(args: &BenchArgs) -> Result<(Vec<Cell>, CellSettings)> {
-    let preset = args.preset.map(Preset::grid);
-    let models: Vec<String> = if args.models.is_empty() {
-        grid::STUDY_MODELS.iter().map(|s| s.to_string()).collect()
-    } else {
-        args.models.clone()
-    };
-    let batch_sizes = match (&preset, args.batch_sizes.is_empty()) {
-        (_, false) => args.batch_sizes.clone(),
-        (Some(p), true) => p.batch_sizes.clone(),
-        (None, true) => vec![8],
-    };
-    let sequence_lengths = match (&preset, args.sequence_lengths.is_empty()) {
-        (_, false) => args.sequence_lengths.clone(),
-        (Some(p), true) => p.sequence_lengths.clone(),
-        (None, true) => vec![8, 32, 128, 512],
-    };
-    if batch_sizes.contains(&0) || sequence_lengths.contains(&0) {
-        return Err(input("batch sizes and sequence lengths must be at least 1"));
-    }
-    let mut modes = Vec::new();
-    if !args.no_inference {
-        modes.push(Mode::Inference);
-    }
-    if args.training {
-        modes.push(Mode::Training);
-    }
-    if modes.is_empty() {
-        return Err(input(
-            "nothing to measure: --no-inference without --training",
-        ));
-    }
-    let (speed, memory) = match &preset {
-        Some(p) if !args.no_speed && !args.no_memory => (p.speed, p.memory),
-        _ => (!args.no_speed, !args.no_memory),
-    };
-    if !speed && !memory && !args.find_max_batch {
-        return Err(input("nothing to measure: both --no-speed and --no-memory"));
-    }
+/// Turns the arguments into the library's bench configuration.
+fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
     for (name, v) in [("--min-time", args.min_time), ("--max-time", args.max_time)] {
         if !(v.is_finite() && v >= 0.0) {
             return Err(input(format!(
@@ -159,14 +122,18 @@ fn grid_of(args: &BenchArgs) -> Result<(Vec<Cell>, CellSettings)> {
             )));
         }
     }
-    parse_device(&args.compute.device)?;
+    let max_memory = match args.max_memory {
+        Some(mb) if mb.is_finite() && mb > 0.0 => Some((mb * 1024.0 * 1024.0) as u64),
+        Some(mb) => return Err(input(format!("--max-memory must be positive, got {mb}"))),
+        None => None,
+    };
     let settings = CellSettings {
         dtype: args.compute.dtype,
         device: args.compute.device.clone(),
         threads: args.compute.threads(),
         seed: args.seed,
-        speed,
-        memory,
+        speed: !args.no_speed,
+        memory: !args.no_memory,
         load_weights: args.load_weights,
         offline: args.offline,
         timing: TimingPolicy {
@@ -178,8 +145,44 @@ fn grid_of(args: &BenchArgs) -> Result<(Vec<Cell>, CellSettings)> {
             ..TimingPolicy::default()
         },
     };
-    let plan = grid::plan(&models, &modes, &batch_sizes, &sequence_lengths);
-    Ok((plan, settings))
+    let dir = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| timestamped_dir(Path::new("bench-results")));
+    let mut config = BenchConfig::new(args.preset, &args.models, settings, &dir);
+    if !args.batch_sizes.is_empty() {
+        config.batch_sizes = args.batch_sizes.clone();
+    }
+    if !args.sequence_lengths.is_empty() {
+        config.sequence_lengths = args.sequence_lengths.clone();
+    }
+    config.modes.clear();
+    if !args.no_inference {
+        config.modes.push(Mode::Inference);
+    }
+    if args.training {
+        config.modes.push(Mode::Training);
+    }
+    config.files = output_files(args, &dir);
+    config.isolation = if args.in_process {
+        Isolation::InProcess
+    } else {
+        child_isolation()?
+    };
+    config.max_memory = max_memory;
+    config.resume = args.resume;
+    config.retry_failed = args.retry_failed;
+    config.measure_peak = !args.no_peak;
+    config.find_max_batch = args.find_max_batch.then_some(args.max_batch_cap);
+    config.validate()?;
+    Ok(config)
+}
+
+/// Each cell in a fresh child process of this binary.
+pub(crate) fn child_isolation() -> Result<Isolation> {
+    Ok(Isolation::Child {
+        exe: std::env::current_exe().context("locating the bertbench binary")?,
+    })
 }
 
 fn output_files(args: &BenchArgs, dir: &Path) -> OutputFiles {
@@ -214,134 +217,25 @@ pub fn timestamped_dir(base: &Path) -> PathBuf {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    let (plan, settings) = grid_of(&args)?;
+    let config = config_of(&args)?;
     // Compute threads for in-process work (children get the same through their environment).
     args.compute.use_threads()?;
-    let dir = args
-        .output_dir
-        .clone()
-        .unwrap_or_else(|| timestamped_dir(Path::new("bench-results")));
-    let files = output_files(&args, &dir);
-    let previous = if files.results_json.exists() {
-        if !args.resume {
-            return Err(input(format!(
-                "{} already holds results; pass --resume to continue that run, or choose another --output-dir",
-                dir.display()
-            )));
-        }
-        Some(ResultsFile::read(&files.results_json)?)
-    } else {
-        None
-    };
-    let max_memory = match args.max_memory {
-        Some(mb) if mb > 0.0 => (mb * 1024.0 * 1024.0) as u64,
-        Some(mb) => return Err(input(format!("--max-memory must be positive, got {mb}"))),
-        None => memory::available_memory().unwrap_or(u64::MAX),
-    };
-    let isolation = if args.in_process {
-        Isolation::InProcess
-    } else {
-        Isolation::Child {
-            exe: std::env::current_exe().context("locating the bertbench binary")?,
-        }
-    };
-    let opts = RunOptions {
-        settings: settings.clone(),
-        isolation,
-        max_memory,
-        retry_failed: args.retry_failed,
-    };
-
-    let peak_matmul = match previous.as_ref().filter(|p| !p.peak_matmul.is_empty()) {
-        Some(p) => p.peak_matmul.clone(),
-        None if args.no_peak => Vec::new(),
-        None => {
-            eprintln!(
-                "measuring this machine's matmul peak ({} threads)...",
-                settings.threads
-            );
-            let policy = TimingPolicy {
-                min_runs: 5,
-                min_time: Duration::from_millis(500),
-                ..TimingPolicy::default()
-            };
-            peak::measure_peak(
-                &parse_device(&settings.device)?,
-                settings.dtype.dtype(),
-                &policy,
-            )?
-        }
-    };
-    let peak_gflops = (!peak_matmul.is_empty()).then(|| peak::peak_gflops(&peak_matmul));
-    let mut results = previous.unwrap_or_default();
-    results.bertbench_version = env::VERSION.into();
-    results.environment = env::collect(&settings, !args.in_process, peak_gflops);
-    results.peak_matmul = peak_matmul;
-    results.settings = Some(settings.clone());
-    for cell in &plan {
-        if !results.plan.contains(cell) {
-            results.plan.push(cell.clone());
-        }
+    let outcome = run_with_bars(&config)?;
+    if !outcome.max_batch.is_empty() {
+        print_max_batch(&outcome.max_batch, outcome.max_memory);
     }
-    let mut writer = ResultsWriter::new(files, results)?;
-
-    let mut observer = BarObserver::new(plan.len());
-    grid::run_grid(&plan, &opts, &mut writer, &mut observer)?;
-    observer.finish();
-
-    if args.find_max_batch {
-        let mut rows = Vec::new();
-        let models: Vec<String> =
-            plan.iter()
-                .map(|c| c.model.clone())
-                .fold(Vec::new(), |mut v, m| {
-                    if !v.contains(&m) {
-                        v.push(m);
-                    }
-                    v
-                });
-        let modes: Vec<Mode> = plan.iter().map(|c| c.mode).fold(Vec::new(), |mut v, m| {
-            if !v.contains(&m) {
-                v.push(m);
-            }
-            v
-        });
-        let seqs: Vec<usize> =
-            plan.iter()
-                .map(|c| c.sequence_length)
-                .fold(Vec::new(), |mut v, s| {
-                    if !v.contains(&s) {
-                        v.push(s);
-                    }
-                    v
-                });
-        for model in &models {
-            for &mode in &modes {
-                for &seq in &seqs {
-                    eprintln!(
-                        "searching the largest batch for {model} {} at sequence {seq}...",
-                        mode.as_str()
-                    );
-                    let mut quiet = grid::Quiet;
-                    rows.push(grid::find_max_batch(
-                        model,
-                        mode,
-                        seq,
-                        args.max_batch_cap,
-                        &opts,
-                        &mut quiet,
-                    )?);
-                }
-            }
-        }
-        let path = writer.files.dir.join("max_batch.csv");
-        grid::write_max_batch_csv(&rows, max_memory, &path)?;
-        print_max_batch(&rows, max_memory);
-    }
-
-    print_summary(&writer.results, &plan);
-    println!("\nresults in {}", writer.files.dir.display());
+    println!("\nresults in {}", outcome.files.dir.display());
     Ok(())
+}
+
+/// Runs a bench with progress bars on the terminal and prints its summary table.
+pub(crate) fn run_with_bars(config: &BenchConfig) -> Result<BenchOutcome> {
+    let mut observer = BarObserver::new(config.plan().len());
+    let outcome = run_bench(config, &mut observer);
+    observer.finish();
+    let outcome = outcome?;
+    print_summary(&outcome.results, &outcome.plan);
+    Ok(outcome)
 }
 
 /// Draws an overall bar (cells, ETA) and a per-cell bar (runs of the current cell).
@@ -377,6 +271,15 @@ impl BarObserver {
         }
     }
 
+    /// A line above the bars (or on stderr when they are hidden).
+    fn say(&self, line: String) {
+        if self.tty {
+            self.multi.println(line).ok();
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
     fn finish(&self) {
         self.cell.finish_and_clear();
         self.overall.finish_and_clear();
@@ -385,6 +288,19 @@ impl BarObserver {
 }
 
 impl Observer for BarObserver {
+    fn peak_started(&mut self, threads: usize) {
+        self.say(format!(
+            "measuring this machine's matmul peak ({threads} threads)..."
+        ));
+    }
+
+    fn search_started(&mut self, model: &str, mode: Mode, sequence_length: usize) {
+        self.say(format!(
+            "searching the largest batch for {model} {} at sequence {sequence_length}...",
+            mode.as_str()
+        ));
+    }
+
     fn cell_started(&mut self, _index: usize, _total: usize, cell: &Cell) {
         self.cell.set_message(format!("{cell}: starting"));
     }
@@ -406,12 +322,7 @@ impl Observer for BarObserver {
 
     fn cell_finished(&mut self, m: &Measurement) {
         self.overall.inc(1);
-        let line = one_line(m);
-        if self.tty {
-            self.multi.println(line).ok();
-        } else {
-            eprintln!("{line}");
-        }
+        self.say(one_line(m));
     }
 }
 

@@ -89,18 +89,3 @@ pub(crate) fn progress_bar(template: &str) -> indicatif::ProgressBar {
     bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template"));
     bar
 }
-
-/// Where a model's tokenizer comes from: `--tokenizer` if given, else the model's directory.
-pub(crate) fn tokenizer_path(
-    explicit: Option<&std::path::Path>,
-    model_dir: Option<&std::path::Path>,
-    model: &str,
-) -> anyhow::Result<std::path::PathBuf> {
-    match (explicit, model_dir) {
-        (Some(t), _) => Ok(t.to_path_buf()),
-        (None, Some(dir)) => Ok(dir.to_path_buf()),
-        (None, None) => Err(crate::error::input(format!(
-            "`{model}` has no model directory to take a tokenizer from; pass --tokenizer (a vocab.txt or tokenizer.json)"
-        ))),
-    }
-}

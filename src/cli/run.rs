@@ -5,13 +5,17 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use clap::{Args, Parser};
+use clap::Args;
 
+use super::model::{ComputeArgs, ModelArgs};
 use super::report::PriceArgs;
-use super::{Cli, Command};
-use crate::cli::model::ComputeArgs;
+use crate::bench::grid::Preset;
+use crate::bench::run::default_settings;
+use crate::bench::{BenchConfig, CellSettings};
 use crate::error::input;
+use crate::eval::{EvalConfig, EvalJob};
 use crate::report::build::{write_report, ReportOptions};
+use crate::squad::{DecodeConfig, FeatureConfig};
 
 /// What `run` measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -51,22 +55,6 @@ pub struct RunArgs {
     pub offline: bool,
 }
 
-/// Runs a bertbench command line in this process (the same code path a user's would take).
-fn invoke(args: &[String]) -> Result<()> {
-    let cli =
-        Cli::try_parse_from(std::iter::once("bertbench".to_string()).chain(args.iter().cloned()))
-            .map_err(|e| anyhow::anyhow!("internal command line `{}`: {e}", args.join(" ")))?;
-    match cli.command {
-        Command::Bench(a) => super::bench::bench(*a),
-        Command::Eval(a) => super::eval::eval(*a),
-        _ => unreachable!("run only invokes bench and eval"),
-    }
-}
-
-fn path(p: &Path) -> String {
-    p.display().to_string()
-}
-
 pub fn run(args: RunArgs) -> Result<()> {
     if !args.checkpoint.is_empty() && args.dataset.is_none() {
         return Err(input(
@@ -84,36 +72,36 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(d) => d.clone(),
         None => super::bench::timestamped_dir(Path::new("runs")),
     };
-    let presets: Vec<(&str, Option<&str>)> = match args.preset {
-        RunPreset::CpuQuick => vec![("cpu-quick", None)],
+    let presets: Vec<(Preset, Option<&str>)> = match args.preset {
+        RunPreset::CpuQuick => vec![(Preset::CpuQuick, None)],
         RunPreset::Seed => vec![
-            ("seed-memory-seq", Some("seed-memory-seq")),
-            ("seed-memory-batch", Some("seed-memory-batch")),
-            ("seed-time", Some("seed-time")),
+            (Preset::SeedMemorySeq, Some("seed-memory-seq")),
+            (Preset::SeedMemoryBatch, Some("seed-memory-batch")),
+            (Preset::SeedTime, Some("seed-time")),
         ],
     };
-    let mut reports = Vec::new();
+    let settings = CellSettings {
+        dtype: args.compute.dtype,
+        device: args.compute.device.clone(),
+        offline: args.offline,
+        ..default_settings(args.compute.threads())
+    };
+    let mut benches = Vec::new();
     for (preset, sub) in presets {
         let dir = sub.map_or(root.clone(), |s| root.join(s));
-        eprintln!("== bench --preset {preset} -> {}", dir.display());
-        let mut bench = vec![
-            "bench".into(),
-            "--preset".into(),
-            preset.into(),
-            "--output-dir".into(),
-            path(&dir),
-        ];
-        bench.extend(args.compute.to_args());
-        if !args.models.is_empty() {
-            bench.push("--models".into());
-            bench.extend(args.models.iter().cloned());
-        }
-        if args.offline {
-            bench.push("--offline".into());
-        }
-        invoke(&bench)?;
-        reports.push(dir);
+        let mut config = BenchConfig::new(Some(preset), &args.models, settings.clone(), &dir);
+        config.isolation = super::bench::child_isolation()?;
+        config.validate()?;
+        benches.push(config);
     }
+    let model_args = |model: &str| ModelArgs {
+        model: model.to_string(),
+        random_init: false,
+        seed: 0,
+        offline: args.offline,
+        compute: args.compute.clone(),
+    };
+    let mut evals = Vec::new();
     if let Some(dataset) = &args.dataset {
         for (i, model) in args.checkpoint.iter().enumerate() {
             let name: String = model
@@ -126,31 +114,44 @@ pub fn run(args: RunArgs) -> Result<()> {
                     }
                 })
                 .collect();
-            let dir = root.join("eval").join(format!("{i}-{name}"));
-            eprintln!(
-                "== eval {model} on the first {} questions -> {}",
-                args.eval_limit,
-                dir.display()
-            );
-            let mut eval = vec![
-                "eval".into(),
-                "--model".into(),
-                model.clone(),
-                "--dataset".into(),
-                path(dataset),
-            ];
-            eval.extend([
-                "--limit".into(),
-                args.eval_limit.to_string(),
-                "--output-dir".into(),
-                path(&dir),
-            ]);
-            eval.extend(args.compute.to_args());
-            if args.offline {
-                eval.push("--offline".into());
-            }
-            invoke(&eval)?;
+            let job = EvalJob {
+                model: model.clone(),
+                dataset: dataset.clone(),
+                limit: Some(args.eval_limit),
+                config: EvalConfig {
+                    features: FeatureConfig::default(),
+                    decode: DecodeConfig::default(),
+                    batch_size: 32,
+                },
+                tokenizer: None,
+                output_dir: root.join("eval").join(format!("{i}-{name}")),
+                overwrite: false,
+            };
+            job.check()?;
+            evals.push(job);
         }
+    }
+
+    // Every step checked; now the work.
+    args.compute.use_threads()?;
+    let mut reports = Vec::new();
+    for config in &benches {
+        eprintln!(
+            "== bench {} -> {}",
+            preset_name(config),
+            config.files.dir.display()
+        );
+        super::bench::run_with_bars(config)?;
+        reports.push(config.files.dir.clone());
+    }
+    for job in &evals {
+        eprintln!(
+            "== eval {} on the first {} questions -> {}",
+            job.model,
+            args.eval_limit,
+            job.output_dir.display()
+        );
+        super::eval::evaluate(job, &model_args(&job.model))?;
     }
     let opts = ReportOptions {
         short_names: Vec::new(),
@@ -173,4 +174,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     println!("\nall results in {}", root.display());
     Ok(())
+}
+
+/// The grid a configuration runs, in words, for the progress line.
+fn preset_name(config: &BenchConfig) -> String {
+    format!(
+        "batch {:?} x sequence {:?}",
+        config.batch_sizes, config.sequence_lengths
+    )
 }

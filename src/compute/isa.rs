@@ -1,6 +1,6 @@
-//! Which instruction set the kernels run with: detected once per process, and the
-//! `dispatch!` macro that compiles an element-wise body twice (plain and AVX2+FMA) and picks
-//! one per call.
+//! Which instruction set the kernels run with: the best the CPU has, or a tier chosen once per
+//! process ([`Isa::select`], the `--isa` flag), and the `dispatch!` macro that compiles an
+//! element-wise body twice (plain and AVX2+FMA) and picks one per call.
 
 use std::sync::OnceLock;
 
@@ -22,8 +22,9 @@ macro_rules! dispatch {
             unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                // SAFETY: the features were just detected on this CPU.
+            if $crate::compute::isa::Isa::current().has_avx2() {
+                // SAFETY: `has_avx2` is true only for tiers this CPU was detected to run,
+                // and both need AVX2 and FMA (see `Isa::detect_all`).
                 unsafe {
                     wide(
                         #[inline(always)]
@@ -42,17 +43,53 @@ macro_rules! dispatch {
 }
 
 /// The instruction sets the kernels are written for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
     Avx512,
     Avx2,
     Portable,
 }
 
+/// The tier this process runs, fixed by the first [`Isa::select`] or [`Isa::current`].
+static SELECTED: OnceLock<Isa> = OnceLock::new();
+
 impl Isa {
+    /// The tier the kernels run with: the one [`Isa::select`] chose, else the best this CPU
+    /// has (fixed from then on).
+    pub fn current() -> Self {
+        *SELECTED.get_or_init(Self::best)
+    }
+
     /// The best this CPU has.
-    pub fn detect() -> Self {
+    pub fn best() -> Self {
         Self::available()[0]
+    }
+
+    /// Chooses the tier for the rest of the process, before any kernel runs: refused when the
+    /// CPU lacks it, or when another tier already runs (kernels picked it). Choosing the tier
+    /// already in force is fine.
+    pub fn select(isa: Isa) -> Result<Isa, String> {
+        if !Self::available().contains(&isa) {
+            return Err(format!(
+                "this CPU cannot run the {} kernels (it can run: {})",
+                isa.name(),
+                Self::available()
+                    .iter()
+                    .map(|i| i.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let set = *SELECTED.get_or_init(|| isa);
+        if set != isa {
+            return Err(format!(
+                "this process already runs the {} kernels; {} cannot be chosen now (the tier is \
+                 fixed before the first computation)",
+                set.name(),
+                isa.name()
+            ));
+        }
+        Ok(set)
     }
 
     /// Every kernel this CPU can run, best first (tests run them all); detected once.
@@ -65,10 +102,12 @@ impl Isa {
         let mut isas = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            // The AVX-512 tier's element-wise passes are the AVX2+FMA ones.
+            if avx2 && is_x86_feature_detected!("avx512f") {
                 isas.push(Self::Avx512);
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if avx2 {
                 isas.push(Self::Avx2);
             }
         }
@@ -76,11 +115,67 @@ impl Isa {
         isas
     }
 
+    /// Whether this tier runs the AVX2+FMA element-wise passes (both x86 tiers do).
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Self::Avx512 | Self::Avx2)
+    }
+
+    /// The tier's name, as `--isa` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512 => "avx512",
+            Self::Avx2 => "avx2",
+            Self::Portable => "portable",
+        }
+    }
+
+    /// A tier by its `--isa` name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Avx512, Self::Avx2, Self::Portable]
+            .into_iter()
+            .find(|i| i.name() == name)
+    }
+
     /// Panels per register tile.
     pub(crate) fn np(self) -> usize {
         match self {
             Self::Avx512 => 2,
             _ => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_portable_is_always_there() {
+        for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+            assert_eq!(Isa::from_name(isa.name()), Some(isa));
+        }
+        assert_eq!(Isa::from_name("sse"), None);
+        assert_eq!(Isa::available().last(), Some(&Isa::Portable));
+        assert_eq!(Isa::best(), Isa::available()[0]);
+    }
+
+    #[test]
+    fn a_tier_the_cpu_lacks_is_refused_by_name() {
+        if let Some(missing) = [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|i| !Isa::available().contains(i))
+        {
+            let err = Isa::select(missing).unwrap_err();
+            assert!(
+                err.contains(missing.name()) && err.contains("portable"),
+                "{err}"
+            );
+        }
+        // The tier in force can always be chosen again; another one cannot.
+        let now = Isa::current();
+        assert_eq!(Isa::select(now), Ok(now));
+        if let Some(other) = Isa::available().iter().find(|&&i| i != now) {
+            assert!(Isa::select(*other).unwrap_err().contains("already runs"));
         }
     }
 }

@@ -137,7 +137,7 @@ impl PackedWeight {
                 // by the loop below.
                 let mut from = 0;
                 #[cfg(target_arch = "x86_64")]
-                if cols == PANEL && w.col_stride() == 1 && Isa::detect() == Isa::Avx512 {
+                if cols == PANEL && w.col_stride() == 1 && Isa::current() == Isa::Avx512 {
                     let src = &w.data()[p * PANEL * w.stride()..];
                     // SAFETY: AVX-512 is available; the view was bounds-checked for its 16
                     // rows from here, `w.stride` apart, of `k` values each.
@@ -213,7 +213,7 @@ pub fn packed_linear(
     out: MatMut,
     threads: usize,
 ) {
-    packed_linear_with(Isa::detect(), x, w, bias, act, out, threads)
+    packed_linear_with(Isa::current(), x, w, bias, act, out, threads)
 }
 
 /// [`packed_linear`] with a chosen kernel (which must be one of [`Isa::available`]).
@@ -300,7 +300,7 @@ pub unsafe fn packed_linear_serial_raw(
     out: *mut f32,
     out_stride: usize,
 ) {
-    let isa = Isa::detect();
+    let isa = Isa::current();
     assert!(
         w.groups == 1 && x.cols() == w.k && x.is_row_major(),
         "operands"

@@ -331,6 +331,133 @@ pub fn failures(results: &ResultsFile) -> Vec<&Measurement> {
         .collect()
 }
 
+/// Every observation of a results file, as sentences, in the order the report lists them:
+/// the speed ratio of each pair of models (geometric mean over the cells both measured, and
+/// the largest cell with its interval), how time and activation memory grow, the models'
+/// memory order, what failed and what was noisy. `names` labels a model.
+pub fn observations(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Vec<String> {
+    let mut obs: Vec<String> = Vec::new();
+    let models = models(results);
+    let ratios = speed_ratios(results);
+    // One summary per unordered pair of models and mode, over every cell both measured.
+    let mut pairs: Vec<(String, String, Mode)> = Vec::new();
+    for r in &ratios {
+        let (a, b) = if models.iter().position(|m| *m == r.faster)
+            < models.iter().position(|m| *m == r.slower)
+        {
+            (r.faster.clone(), r.slower.clone())
+        } else {
+            (r.slower.clone(), r.faster.clone())
+        };
+        if !pairs.contains(&(a.clone(), b.clone(), r.mode)) {
+            pairs.push((a, b, r.mode));
+        }
+    }
+    for (a, b, mode) in &pairs {
+        let these: Vec<&SpeedRatio> = ratios
+            .iter()
+            .filter(|r| {
+                r.mode == *mode
+                    && ((&r.faster == a && &r.slower == b) || (&r.faster == b && &r.slower == a))
+            })
+            .collect();
+        // log of (time of b / time of a): positive when a is faster.
+        let logs: Vec<f64> = these
+            .iter()
+            .map(|r| {
+                if &r.faster == a {
+                    r.ratio.ln()
+                } else {
+                    -r.ratio.ln()
+                }
+            })
+            .collect();
+        let gm = (logs.iter().sum::<f64>() / logs.len() as f64).exp();
+        let (fast, slow, g) = if gm >= 1.0 {
+            (a, b, gm)
+        } else {
+            (b, a, 1.0 / gm)
+        };
+        let sig = these
+            .iter()
+            .filter(|r| r.is_significant() && &r.faster == fast)
+            .count();
+        let mut sentence = format!(
+            "{} is {g:.2}x faster than {} ({}; geometric mean over {} cell(s), each cell's 95% interval above 1 in {sig})",
+            names(fast),
+            names(slow),
+            mode.as_str(),
+            these.len()
+        );
+        if let Some(big) = these
+            .iter()
+            .max_by_key(|r| (r.batch_size, r.sequence_length))
+        {
+            sentence.push_str(&format!("; at the largest cell, {}", big.sentence(names)));
+        }
+        obs.push(sentence);
+    }
+    for (quantity, along_batch) in [
+        (Quantity::Time, false),
+        (Quantity::Time, true),
+        (Quantity::ActivationMemory, false),
+        (Quantity::ActivationMemory, true),
+    ] {
+        // One sentence per model and mode: the fit at the largest fixed value.
+        let fits = growth(results, quantity, along_batch);
+        let mut seen: Vec<(String, Mode)> = Vec::new();
+        for g in fits.iter().rev() {
+            let key = (g.model.clone(), g.mode);
+            if !seen.contains(&key) && g.points >= 2 {
+                seen.push(key);
+                obs.push(g.sentence(names));
+            }
+        }
+    }
+    let (order_rows, consistent) = memory_order(results);
+    if let Some(order) = &consistent {
+        obs.push(format!(
+            "Peak memory orders the models the same way in every measured cell: {}.",
+            order
+                .iter()
+                .map(|m| names(m))
+                .collect::<Vec<_>>()
+                .join(" < ")
+        ));
+    } else if order_rows.iter().any(|r| r.models.len() > 1) {
+        obs.push(
+            "The models' peak-memory order changes between cells (see the memory table).".into(),
+        );
+    }
+    let failures = failures(results);
+    if !failures.is_empty() {
+        obs.push(format!(
+            "{} cell(s) did not produce numbers: {}.",
+            failures.len(),
+            failures
+                .iter()
+                .map(|m| format!("{} ({})", m.cell, m.status.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let noisy: Vec<String> = results
+        .plan
+        .iter()
+        .filter_map(|c| results.find(c))
+        .filter(|m| m.status == Status::Ok && m.reason.is_some())
+        .map(|m| m.cell.to_string())
+        .collect();
+    if !noisy.is_empty() {
+        obs.push(format!(
+            "{} cell(s) were noisy (wide confidence intervals): {}; treat their ratios with care.",
+            noisy.len(),
+            noisy.join(", ")
+        ));
+    }
+    obs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

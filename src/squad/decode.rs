@@ -40,12 +40,14 @@ use super::data::{char_slice, Example};
 use super::features::Feature;
 use crate::error::input;
 
-/// Decoding parameters; the defaults are `run_qa.py`'s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Decoding parameters; the defaults are `run_qa.py`'s. Also `eval`'s flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct DecodeConfig {
-    /// Start and end candidates per window, and entries kept in the n-best list (20).
+    /// Start and end candidates per window, and entries kept in the n-best list.
+    #[arg(long, default_value_t = 20)]
     pub n_best_size: usize,
-    /// Longest answer, in tokens, end inclusive (30).
+    /// Longest answer, in tokens, end inclusive.
+    #[arg(long, default_value_t = 30)]
     pub max_answer_length: usize,
 }
 

@@ -28,9 +28,10 @@
 //! `max_query_length` tokens; this is checked for every example, not assumed.
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
@@ -44,15 +45,19 @@ use tokenizers::{
 use super::data::{char_to_byte, Example};
 use crate::error::input;
 
-/// Windowing parameters. The defaults are the ones every published BERT SQuAD number uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Windowing parameters (`run_qa.py`'s). The defaults are the ones every published BERT SQuAD
+/// number uses. Also the flags of every command that tokenises SQuAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 pub struct FeatureConfig {
-    /// Tokens per window, special tokens and padding included (384).
+    /// Tokens per window, special tokens and padding included.
+    #[arg(long, default_value_t = 384)]
     pub max_seq_length: usize,
-    /// Overlap, in context tokens, between consecutive windows of one context (128). This is
-    /// the Hugging Face meaning (`stride`), not the original BERT one (step between starts).
+    /// Overlap, in context tokens, between consecutive windows of one context (Hugging Face's
+    /// `stride`, not the original BERT step between window starts).
+    #[arg(long, default_value_t = 128)]
     pub doc_stride: usize,
-    /// Questions are cut to this many tokens before windowing (64); see the module docs.
+    /// Questions are cut to this many tokens before windowing.
+    #[arg(long, default_value_t = 64)]
     pub max_query_length: usize,
 }
 
@@ -182,6 +187,22 @@ impl std::fmt::Debug for QaTokenizer {
             .field("vocab_size", &self.tokenizer.get_vocab_size(true))
             .field("pad_id", &self.pad_id)
             .finish()
+    }
+}
+
+/// Where a model's tokenizer comes from: `explicit` (a `--tokenizer` flag) if given, else the
+/// model's directory; a model without a directory (a built-in config) needs `explicit`.
+pub fn tokenizer_path(
+    explicit: Option<&Path>,
+    model_dir: Option<&Path>,
+    model: &str,
+) -> Result<PathBuf> {
+    match (explicit, model_dir) {
+        (Some(t), _) => Ok(t.to_path_buf()),
+        (None, Some(dir)) => Ok(dir.to_path_buf()),
+        (None, None) => Err(input(format!(
+            "`{model}` has no model directory to take a tokenizer from; pass --tokenizer (a vocab.txt or tokenizer.json)"
+        ))),
     }
 }
 

@@ -21,5 +21,5 @@ pub use decode::{
     decode_predictions, predictions_map, read_predictions, write_predictions, DecodeConfig,
     NbestEntry, Prediction,
 };
-pub use features::{load_tokenizer, Feature, FeatureConfig, QaTokenizer, Window};
+pub use features::{load_tokenizer, tokenizer_path, Feature, FeatureConfig, QaTokenizer, Window};
 pub use metric::{evaluate, normalize_answer, Score};

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod optim;
 pub mod push;
+pub mod run;
 pub mod schedule;
 pub mod trainer;
 

@@ -28,43 +28,98 @@ use crate::models::{Batch, ModelConfig, QaModel};
 use crate::squad::{Dataset, DecodeConfig, Example, Feature, FeatureConfig, QaTokenizer};
 
 /// The run's settings, named as Hugging Face's `TrainingArguments` names them (this is what
-/// `training_args.json` holds).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `training_args.json` holds). The same struct is `bertbench train`'s flags (clap `flatten`),
+/// so a flag and the library field cannot drift apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct TrainingArgs {
+    /// Model to fine-tune: a local directory, a Hub id, or with --random-init a built-in config.
+    #[arg(long, default_value = "distilbert-base-uncased")]
     pub model: String,
+    /// SQuAD v1.1 training file (.json or .json.gz).
+    #[arg(long)]
     pub train_file: PathBuf,
+    /// SQuAD v1.1 file to evaluate on at each epoch end.
+    #[arg(long)]
     pub eval_file: Option<PathBuf>,
+    /// Where checkpoints, the final model and the logs go.
+    #[arg(long)]
     pub output_dir: PathBuf,
+    /// Windows per optimizer micro-batch.
+    #[arg(
+        long = "batch-size",
+        alias = "per-device-train-batch-size",
+        value_name = "N",
+        default_value_t = 16
+    )]
     pub per_device_train_batch_size: usize,
+    /// Windows per forward pass in evaluation.
+    #[arg(
+        long = "eval-batch-size",
+        alias = "per-device-eval-batch-size",
+        value_name = "N",
+        default_value_t = 32
+    )]
     pub per_device_eval_batch_size: usize,
+    #[arg(
+        long = "epochs",
+        alias = "num-train-epochs",
+        value_name = "N",
+        default_value_t = 3
+    )]
     pub num_train_epochs: usize,
-    /// Stop after this many optimizer steps (overrides the epochs).
+    /// Stop after this many optimizer steps (overrides --epochs).
+    #[arg(long)]
     pub max_steps: Option<usize>,
+    #[arg(long, default_value_t = 2e-5)]
     pub learning_rate: f64,
+    #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
     pub adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
     pub adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
     pub adam_epsilon: f64,
+    /// Fraction of the steps spent warming the learning rate up linearly.
+    #[arg(long, default_value_t = 0.0)]
     pub warmup_ratio: f64,
+    /// Warm-up steps (overrides --warmup-ratio when > 0).
+    #[arg(long, default_value_t = 0)]
     pub warmup_steps: usize,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 1)]
     pub gradient_accumulation_steps: usize,
-    pub max_seq_length: usize,
-    pub doc_stride: usize,
-    pub max_query_length: usize,
+    /// How questions and contexts become windows (saved flat, as Hugging Face does).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub windows: FeatureConfig,
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Train on the first N questions only.
+    #[arg(long)]
     pub limit: Option<usize>,
     /// Evaluate on the first N questions only.
+    #[arg(long)]
     pub eval_limit: Option<usize>,
-    /// Save a checkpoint every N optimizer steps (0: only at the end).
+    /// Save a resumable checkpoint every N optimizer steps (0: only the final model).
+    #[arg(long, default_value_t = 500)]
     pub save_steps: usize,
     /// Log the mean loss every N optimizer steps.
+    #[arg(long, default_value_t = 500)]
     pub logging_steps: usize,
+    /// Precision; on the command line this is `--dtype` of the compute flags.
+    #[arg(skip = Precision::F32)]
     pub dtype: Precision,
+    /// `cpu` or `cuda:N`; on the command line `--device`.
+    #[arg(skip = String::from("cpu"))]
     pub device: String,
+    /// Compute threads; on the command line `--threads`.
+    #[arg(skip = 1usize)]
     pub threads: usize,
-    /// Started from the config with random weights instead of the checkpoint's.
+    /// Start from the config with random weights instead of the checkpoint's.
+    #[arg(long)]
     pub random_init: bool,
 }
 
@@ -73,7 +128,7 @@ impl TrainingArgs {
     /// the eval batch size.
     pub fn eval_config(&self) -> EvalConfig {
         EvalConfig {
-            features: self.features(),
+            features: self.windows,
             decode: DecodeConfig::default(),
             batch_size: self.per_device_eval_batch_size,
         }
@@ -121,15 +176,7 @@ impl TrainingArgs {
         if self.limit == Some(0) || self.eval_limit == Some(0) {
             return Err(input("--limit and --eval-limit must be at least 1"));
         }
-        self.features().validate()
-    }
-
-    pub fn features(&self) -> FeatureConfig {
-        FeatureConfig {
-            max_seq_length: self.max_seq_length,
-            doc_stride: self.doc_stride,
-            max_query_length: self.max_query_length,
-        }
+        self.windows.validate()
     }
 
     fn adamw(&self) -> AdamWConfig {
@@ -266,7 +313,7 @@ pub fn train(
 
     observer.message("tokenising the training set...");
     let examples: Vec<Example> = setup.train.examples().collect();
-    let features = setup.tokenizer.features(&examples, &args.features())?;
+    let features = setup.tokenizer.features(&examples, &args.windows)?;
     if features.is_empty() {
         bail!("the training set produced no windows");
     }

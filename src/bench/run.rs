@@ -1,0 +1,312 @@
+//! A whole bench run as one library call: plan the grid, resume what a folder already holds,
+//! measure the machine's matmul peak, run the cells, search the largest batch, and write the
+//! results. `bertbench bench` and `bertbench run` are this call with progress drawn on the
+//! terminal; a library user passes any [`Observer`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::grid::{self, Isolation, MaxBatch, Observer, Preset, RunOptions, STUDY_MODELS};
+use super::output::{OutputFiles, ResultsFile, ResultsWriter};
+use super::{env, memory, peak, Cell, CellSettings, Mode, TimingPolicy};
+use crate::device::{parse_device, Precision};
+use crate::error::input;
+
+/// Everything a bench run needs; built by the CLI from its flags, or by [`BenchConfig::new`].
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Built-in names, Hub ids or local directories.
+    pub models: Vec<String>,
+    pub modes: Vec<Mode>,
+    pub batch_sizes: Vec<usize>,
+    pub sequence_lengths: Vec<usize>,
+    /// What every cell shares: precision, device, threads, seed, what to measure, timing.
+    pub settings: CellSettings,
+    /// Where cells run: a fresh child process each, or this process.
+    pub isolation: Isolation,
+    /// Where the results go.
+    pub files: OutputFiles,
+    /// Memory limit in bytes; `None`: the memory available when the run starts.
+    pub max_memory: Option<u64>,
+    /// Continue the run already in `files.dir`, skipping finished cells.
+    pub resume: bool,
+    /// With `resume`, run crashed and failed cells again.
+    pub retry_failed: bool,
+    /// Measure the machine's matmul peak first (cells then report their share of it).
+    pub measure_peak: bool,
+    /// Search the largest batch that fits for each model, mode and sequence length, up to
+    /// this batch size.
+    pub find_max_batch: Option<usize>,
+}
+
+/// Settings for `threads` compute threads on the CPU in f32 with the default timing policy.
+pub fn default_settings(threads: usize) -> CellSettings {
+    CellSettings {
+        dtype: Precision::F32,
+        device: "cpu".into(),
+        threads,
+        seed: 0,
+        speed: true,
+        memory: true,
+        load_weights: false,
+        offline: false,
+        timing: TimingPolicy::default(),
+    }
+}
+
+impl BenchConfig {
+    /// The grid of `preset` (or, without one, Hugging Face's script's default grid: batch 8,
+    /// sequences 8, 32, 128 and 512) over `models` (the study's three when empty), inference
+    /// only, into `dir`, cells in this process.
+    pub fn new(
+        preset: Option<Preset>,
+        models: &[String],
+        settings: CellSettings,
+        dir: &Path,
+    ) -> Self {
+        let models = if models.is_empty() {
+            STUDY_MODELS.iter().map(|s| s.to_string()).collect()
+        } else {
+            models.to_vec()
+        };
+        let (batch_sizes, sequence_lengths, settings) = match preset.map(Preset::grid) {
+            Some(g) => (
+                g.batch_sizes,
+                g.sequence_lengths,
+                CellSettings {
+                    speed: settings.speed && g.speed,
+                    memory: settings.memory && g.memory,
+                    ..settings
+                },
+            ),
+            None => (vec![8], vec![8, 32, 128, 512], settings),
+        };
+        Self {
+            models,
+            modes: vec![Mode::Inference],
+            batch_sizes,
+            sequence_lengths,
+            settings,
+            isolation: Isolation::InProcess,
+            files: OutputFiles::in_dir(dir),
+            max_memory: None,
+            resume: false,
+            retry_failed: false,
+            measure_peak: true,
+            find_max_batch: None,
+        }
+    }
+
+    /// The cells, in Hugging Face's script's order, each once.
+    pub fn plan(&self) -> Vec<Cell> {
+        grid::plan(
+            &distinct(&self.models),
+            &distinct(&self.modes),
+            &distinct(&self.batch_sizes),
+            &distinct(&self.sequence_lengths),
+        )
+    }
+
+    /// Refuses a configuration that would measure nothing or nonsense, before any work.
+    pub fn validate(&self) -> Result<()> {
+        if self.models.is_empty() {
+            return Err(input("no models to bench"));
+        }
+        if self.batch_sizes.is_empty() || self.sequence_lengths.is_empty() {
+            return Err(input(
+                "no batch sizes or no sequence lengths: the grid is empty",
+            ));
+        }
+        if self.batch_sizes.contains(&0) || self.sequence_lengths.contains(&0) {
+            return Err(input("batch sizes and sequence lengths must be at least 1"));
+        }
+        if self.modes.is_empty() {
+            return Err(input(
+                "nothing to measure: --no-inference without --training",
+            ));
+        }
+        if !self.settings.speed && !self.settings.memory && self.find_max_batch.is_none() {
+            return Err(input("nothing to measure: both --no-speed and --no-memory"));
+        }
+        if self.max_memory == Some(0) {
+            return Err(input("--max-memory must be positive"));
+        }
+        if self.find_max_batch == Some(0) {
+            return Err(input("--max-batch-cap must be at least 1"));
+        }
+        let t = &self.settings.timing;
+        if t.min_runs == 0 || t.max_runs == 0 {
+            return Err(input("--repeat and --max-runs must be at least 1"));
+        }
+        parse_device(&self.settings.device)?;
+        Ok(())
+    }
+}
+
+/// The values of `items` in first-seen order, each once.
+fn distinct<T: PartialEq + Clone>(items: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        if !out.contains(item) {
+            out.push(item.clone());
+        }
+    }
+    out
+}
+
+/// What a bench run produced (also on disk in `files`).
+#[derive(Debug, Clone)]
+pub struct BenchOutcome {
+    /// `results.json` as written: every cell of this and earlier (resumed) runs.
+    pub results: ResultsFile,
+    /// This run's cells, in order.
+    pub plan: Vec<Cell>,
+    pub files: OutputFiles,
+    /// The largest-batch search, when asked for.
+    pub max_batch: Vec<MaxBatch>,
+    /// The memory limit the run used, in bytes.
+    pub max_memory: u64,
+}
+
+/// Runs a whole bench: see the module's documentation. Progress and results go to `observer`
+/// as they happen, every file is rewritten after each cell, and a folder that already holds
+/// results is refused unless `config.resume`.
+pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<BenchOutcome> {
+    config.validate()?;
+    let plan = config.plan();
+    let files = config.files.clone();
+    let previous = if files.results_json.exists() {
+        if !config.resume {
+            return Err(input(format!(
+                "{} already holds results; pass --resume to continue that run, or choose another --output-dir",
+                files.dir.display()
+            )));
+        }
+        Some(ResultsFile::read(&files.results_json)?)
+    } else {
+        None
+    };
+    let max_memory = config
+        .max_memory
+        .or_else(memory::available_memory)
+        .unwrap_or(u64::MAX);
+    let settings = &config.settings;
+    let opts = RunOptions {
+        settings: settings.clone(),
+        isolation: config.isolation.clone(),
+        max_memory,
+        retry_failed: config.retry_failed,
+    };
+
+    // A resumed run keeps the peak it measured, so its cells' shares of peak stay comparable.
+    let peak_matmul = match previous.as_ref().filter(|p| !p.peak_matmul.is_empty()) {
+        Some(p) => p.peak_matmul.clone(),
+        None if !config.measure_peak => Vec::new(),
+        None => {
+            observer.peak_started(settings.threads);
+            let policy = TimingPolicy {
+                min_runs: 5,
+                min_time: Duration::from_millis(500),
+                ..TimingPolicy::default()
+            };
+            peak::measure_peak(
+                &parse_device(&settings.device)?,
+                settings.dtype.dtype(),
+                &policy,
+            )?
+        }
+    };
+    let peak_gflops = (!peak_matmul.is_empty()).then(|| peak::peak_gflops(&peak_matmul));
+    let multiprocess = matches!(config.isolation, Isolation::Child { .. });
+    let mut results = previous.unwrap_or_default();
+    results.bertbench_version = env::VERSION.into();
+    results.environment = env::collect(settings, multiprocess, peak_gflops);
+    results.peak_matmul = peak_matmul;
+    results.settings = Some(settings.clone());
+    for cell in &plan {
+        if !results.plan.contains(cell) {
+            results.plan.push(cell.clone());
+        }
+    }
+    let mut writer = ResultsWriter::new(files, results)?;
+    grid::run_grid(&plan, &opts, &mut writer, observer)?;
+
+    let mut max_batch = Vec::new();
+    if let Some(cap) = config.find_max_batch {
+        for model in distinct(&config.models) {
+            for mode in distinct(&config.modes) {
+                for seq in distinct(&config.sequence_lengths) {
+                    observer.search_started(&model, mode, seq);
+                    // The probes are not cells of the grid: they stay out of its progress.
+                    let row =
+                        grid::find_max_batch(&model, mode, seq, cap, &opts, &mut grid::Quiet)?;
+                    max_batch.push(row);
+                }
+            }
+        }
+        let path = writer.files.dir.join(MAX_BATCH_FILE);
+        grid::write_max_batch_csv(&max_batch, max_memory, &path)?;
+    }
+    Ok(BenchOutcome {
+        results: writer.results,
+        plan,
+        files: writer.files,
+        max_batch,
+        max_memory,
+    })
+}
+
+/// The largest-batch table's file name in the output folder.
+pub const MAX_BATCH_FILE: &str = "max_batch.csv";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_keeps_first_seen_order() {
+        assert_eq!(distinct(&[3, 1, 3, 2, 1]), vec![3, 1, 2]);
+        assert!(distinct::<u8>(&[]).is_empty());
+    }
+
+    #[test]
+    fn presets_narrow_what_is_measured() {
+        let dir = Path::new("unused");
+        let cfg = BenchConfig::new(Some(Preset::SeedMemorySeq), &[], default_settings(1), dir);
+        assert_eq!(cfg.models.len(), 3);
+        assert_eq!(cfg.sequence_lengths, vec![32, 128, 512, 1024]);
+        assert!(!cfg.settings.speed && cfg.settings.memory);
+        // A preset never turns back on what the caller turned off.
+        let off = CellSettings {
+            memory: false,
+            ..default_settings(1)
+        };
+        let cfg = BenchConfig::new(Some(Preset::SeedMemorySeq), &[], off, dir);
+        assert!(!cfg.settings.speed && !cfg.settings.memory);
+        assert!(cfg.validate().is_err(), "nothing left to measure");
+        let cfg = BenchConfig::new(None, &["a".into(), "a".into()], default_settings(1), dir);
+        assert_eq!(cfg.plan().len(), 4, "a model named twice is planned once");
+    }
+
+    #[test]
+    fn validate_names_the_problem() {
+        let mut cfg = BenchConfig::new(None, &[], default_settings(1), Path::new("unused"));
+        cfg.batch_sizes = vec![0];
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("at least 1"), "{err}");
+        cfg.batch_sizes = vec![1];
+        cfg.modes.clear();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--no-inference"));
+        cfg.modes = vec![Mode::Inference];
+        cfg.settings.device = "tpu".into();
+        assert!(cfg.validate().is_err());
+        cfg.settings.device = "cpu".into();
+        cfg.validate().unwrap();
+    }
+}
