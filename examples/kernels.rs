@@ -4,30 +4,47 @@
 //! First it measures the CPU's multiply-add ceiling, which no product can pass, so the rates
 //! below can be read as a fraction of it.
 //!
-//! usage: cargo run --release --example kernels [threads]
+//! usage: cargo run --release --example kernels [threads] [auto|avx512|avx2|portable]
+//! (the tier may also come from `BERTBENCH_ISA`, as for the binary's `--isa`)
 
 use std::time::Instant;
 
 use bertbench::compute::dense::{dense_linear, parallelism};
 use bertbench::compute::packed::{self, packed_linear, PackedWeight};
 use bertbench::compute::{Isa, MatMut, MatRef};
+use bertbench::runtime::IsaChoice;
+use clap::ValueEnum;
 
 fn main() {
-    bertbench::runtime::init();
-    let threads: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(2);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .expect("thread pool");
-    println!("kernel: {:?}, {threads} threads", Isa::current());
-    if let Some((one, all)) = fma_ceiling(threads) {
-        println!("multiply-add ceiling: {one:.1} GFLOP/s on one thread, {all:.1} on {threads}");
-    }
-    println!("| m | k x n | gemm crate ms | GFLOP/s | pre-packed ms | GFLOP/s |");
-    println!("|---|---|---:|---:|---:|---:|");
+    let mut args = std::env::args().skip(1);
+    let threads: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
+    let choice = args
+        .next()
+        .or_else(|| std::env::var("BERTBENCH_ISA").ok())
+        .map(|name| IsaChoice::from_str(&name, true).expect("auto, avx512, avx2 or portable"))
+        .unwrap_or_default();
+    let isa = bertbench::runtime::use_isa(choice).unwrap_or_else(|e| panic!("{e:#}"));
+    bertbench::runtime::use_threads(threads).expect("thread pool");
+    println!(
+        "kernel: {} ({} available), {threads} threads, {}",
+        isa.name(),
+        Isa::available()
+            .iter()
+            .map(|i| i.name())
+            .collect::<Vec<_>>()
+            .join(" "),
+        bertbench::compute::cache::CacheSizes::detect()
+    );
+    let ceiling = fma_ceiling(isa, threads).map(|(one, all)| {
+        println!(
+            "multiply-add ceiling: {one:.1} GFLOP/s on one thread; on {threads}: {all:.1} \
+             measured, {:.1} derived (one thread's x {threads}, used below)",
+            one * threads as f64
+        );
+        one * threads as f64
+    });
+    println!("| m | k x n | gemm crate ms | GFLOP/s | pre-packed ms | GFLOP/s | of ceiling |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     for (k, n) in [(768, 768), (768, 3072), (3072, 768)] {
         let copies = (256 << 20) / (4 * k * n);
         let weights: Vec<Vec<f32>> = (0..copies)
@@ -64,34 +81,36 @@ fn main() {
             let (crate_s, packed_s) = (time(false), time(true));
             let gf = |t: f64| 2.0 * (m * k * n) as f64 / t / 1e9;
             println!(
-                "| {m} | {k}x{n} | {:.3} | {:.1} | {:.3} | {:.1} |",
+                "| {m} | {k}x{n} | {:.3} | {:.1} | {:.3} | {:.1} | {} |",
                 crate_s * 1e3,
                 gf(crate_s),
                 packed_s * 1e3,
-                gf(packed_s)
+                gf(packed_s),
+                ceiling.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gf(packed_s) / c))
             );
         }
     }
 }
 
-/// GFLOP/s of independent fused multiply-add chains, nothing loaded or stored, on one thread
-/// and on all `threads` at once (`None` without AVX2+FMA).
-fn fma_ceiling(threads: usize) -> Option<(f64, f64)> {
+/// GFLOP/s of independent fused multiply-add chains of the tier's vector width, nothing loaded
+/// or stored, on one thread and on all `threads` at once, best of five tries each (`None` for
+/// the portable tier). The all-thread figure is printed but not used: on a shared VM a sibling
+/// thread's slice of the core is not guaranteed, and one try measured below what products
+/// reached in the same run.
+fn fma_ceiling(isa: Isa, threads: usize) -> Option<(f64, f64)> {
     #[cfg(target_arch = "x86_64")]
     {
-        let (lanes, chains): (usize, fn(usize) -> f32) = if is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F is present.
-            (16, |n| unsafe { fma::chains_512(n) })
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: AVX2 and FMA are present.
-            (8, |n| unsafe { fma::chains_256(n) })
-        } else {
-            return None;
+        let (lanes, chains): (usize, fn(usize) -> f32) = match isa {
+            // SAFETY: the tier was checked available: AVX-512F is present.
+            Isa::Avx512 => (16, |n| unsafe { fma::chains_512(n) }),
+            // SAFETY: the tier was checked available: AVX2 and FMA are present.
+            Isa::Avx2 => (8, |n| unsafe { fma::chains_256(n) }),
+            Isa::Portable => return None,
         };
         let iters = 100_000_000;
         let rate = |on: usize| {
             let mut best = 0f64;
-            for _ in 0..3 {
+            for _ in 0..5 {
                 let start = Instant::now();
                 let sums =
                     rayon::broadcast(|ctx| if ctx.index() < on { chains(iters) } else { 0.0 });
@@ -105,7 +124,7 @@ fn fma_ceiling(threads: usize) -> Option<(f64, f64)> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = threads;
+        let _ = (isa, threads);
         None
     }
 }

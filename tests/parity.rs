@@ -335,3 +335,46 @@ fn fused_training_ops_match_composed_gradients() {
         }
     }
 }
+
+/// The prepared model's logits and hidden states on every kernel tier this CPU can run, each in
+/// its own process (`bertbench logits --isa T`: the tier is fixed per process), within 1e-5 of
+/// transformers; a tier the CPU lacks is refused by name with the "unavailable" exit code.
+#[test]
+fn every_kernel_tier_matches_transformers() {
+    use bertbench::compute::Isa;
+    for isa in Isa::available() {
+        for family in FAMILIES {
+            let dir = parity_dir(family);
+            let (code, stdout, stderr) = run(bin()
+                .args(["logits", "--offline", "--hidden", "--threads", "2"])
+                .args(["--isa", isa.name(), "--model"])
+                .arg(&dir)
+                .arg("--inputs")
+                .arg(dir.join("expected.json")));
+            assert_eq!(code, 0, "{family} on {}: {stderr}", isa.name());
+            let got: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            let expected = read_json(&dir.join("expected.json"));
+            for name in ["start_logits", "end_logits", "last_hidden_state"] {
+                let diff = max_abs_diff(&flatten(&got[name]), &flatten(&expected["outputs"][name]));
+                assert!(
+                    diff <= TOL,
+                    "{family} {name} on {}: max abs diff {diff:e}",
+                    isa.name()
+                );
+            }
+        }
+    }
+    for missing in [Isa::Avx512, Isa::Avx2] {
+        if Isa::available().contains(&missing) {
+            continue;
+        }
+        let dir = parity_dir("bert");
+        let (code, _, stderr) = run(bin()
+            .args(["logits", "--offline", "--isa", missing.name(), "--model"])
+            .arg(&dir)
+            .arg("--inputs")
+            .arg(dir.join("expected.json")));
+        assert_eq!(code, bertbench::error::EXIT_UNAVAILABLE, "{stderr}");
+        assert!(stderr.contains(missing.name()), "{stderr}");
+    }
+}

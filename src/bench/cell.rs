@@ -130,6 +130,7 @@ pub fn run_cell(
     progress: &mut dyn FnMut(Phase, usize, Duration),
 ) -> Result<Measurement> {
     let baseline = memory::rss().unwrap_or_default();
+    crate::runtime::use_isa(settings.isa)?;
     progress(Phase::Building, 0, Duration::ZERO);
     let device = parse_device(&settings.device)?;
     let dtype = settings.dtype.dtype();

@@ -50,6 +50,15 @@ fn kernel() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The CPU kernels' tiers this CPU can run, best first.
+fn isa_available() -> String {
+    crate::compute::Isa::available()
+        .iter()
+        .map(|i| i.name())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Logical CPUs this process may use.
 pub fn logical_cpus() -> usize {
     std::thread::available_parallelism()
@@ -66,6 +75,7 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
             .unwrap_or_else(|| "N/A".into())
     };
     let use_gpu = settings.device.starts_with("cuda");
+    let caches = crate::compute::cache::CacheSizes::detect();
     let mut info: EnvInfo = vec![
         ("bertbench_version", VERSION.to_string()),
         ("git_commit", GIT_COMMIT.to_string()),
@@ -83,6 +93,15 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
         ("architecture", std::env::consts::ARCH.to_string()),
         ("logical_cpus", logical_cpus().to_string()),
         ("threads", settings.threads.to_string()),
+        ("isa", crate::compute::Isa::current().name().to_string()),
+        ("isa_available", isa_available()),
+        ("l1d_cache_kib", (caches.l1d >> 10).to_string()),
+        ("l2_cache_kib", (caches.l2 >> 10).to_string()),
+        (
+            "l3_cache_kib",
+            caches.l3.map_or("N/A".into(), |b| (b >> 10).to_string()),
+        ),
+        ("cache_sizes_detected", caches.detected.to_string()),
         ("cpu_ram_mb", mb(memory::total_memory())),
         ("available_ram_mb_at_start", mb(memory::available_memory())),
         ("date", now.format("%Y-%m-%d").to_string()),

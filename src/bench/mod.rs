@@ -136,6 +136,9 @@ pub struct CellSettings {
     /// `cpu` or `cuda:N`.
     pub device: String,
     pub threads: usize,
+    /// The CPU kernels' tier (results written before it existed read as `auto`).
+    #[serde(default)]
+    pub isa: crate::runtime::IsaChoice,
     pub seed: u64,
     pub speed: bool,
     pub memory: bool,

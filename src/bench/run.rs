@@ -47,6 +47,7 @@ pub fn default_settings(threads: usize) -> CellSettings {
         dtype: Precision::F32,
         device: "cpu".into(),
         threads,
+        isa: crate::runtime::IsaChoice::Auto,
         seed: 0,
         speed: true,
         memory: true,

@@ -131,6 +131,7 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
         dtype: args.compute.dtype,
         device: args.compute.device.clone(),
         threads: args.compute.threads(),
+        isa: args.compute.isa,
         seed: args.seed,
         speed: !args.no_speed,
         memory: !args.no_memory,
@@ -417,8 +418,14 @@ fn print_summary(results: &ResultsFile, plan: &[Cell]) {
     if let Some(p) = peak {
         let _ = writeln!(
             out,
-            "machine matmul peak: {p:.1} GFLOP/s ({} threads)",
-            results.settings.as_ref().map_or(0, |s| s.threads)
+            "machine matmul peak: {p:.1} GFLOP/s ({} threads{})",
+            results.settings.as_ref().map_or(0, |s| s.threads),
+            results
+                .environment
+                .iter()
+                .find(|(k, _)| k == "isa")
+                .map(|(_, isa)| format!(", {isa} kernels"))
+                .unwrap_or_default()
         );
     }
 }
@@ -494,15 +501,17 @@ pub fn peak(args: PeakArgs) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"threads": threads, "dtype": args.compute.dtype.as_str(), "device": args.compute.device, "shapes": shapes, "peak_gflops": best})
+            serde_json::json!({"threads": threads, "isa": crate::compute::Isa::current().name(), "dtype": args.compute.dtype.as_str(), "device": args.compute.device, "shapes": shapes, "peak_gflops": best})
         );
         return Ok(());
     }
     println!(
-        "matmul rate, {} on {}, {threads} threads ({})",
+        "matmul rate, {} on {}, {threads} threads, {} kernels ({}; {})",
         args.compute.dtype.as_str(),
         args.compute.device,
-        env::cpu_model()
+        crate::compute::Isa::current().name(),
+        env::cpu_model(),
+        crate::compute::cache::CacheSizes::detect()
     );
     for s in &shapes {
         println!(

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::device::{device_name, parse_device, Precision};
 use crate::hub::HubConfig;
 use crate::models::{self, ForwardCtx, LoadReport, ModelConfig, OpenOptions, QaModel, TokenInputs};
+use crate::runtime::IsaChoice;
 
 /// How to find and run a model; shared by every command that runs one.
 #[derive(Debug, Clone, Args)]
@@ -33,8 +34,7 @@ pub struct ModelArgs {
     pub compute: ComputeArgs,
 }
 
-/// Where and how a command computes; shared by every command that runs a model (and by
-/// `run`, which passes them on to the commands it starts).
+/// Where and how a command computes; shared by every command that runs a model.
 #[derive(Debug, Clone, Args)]
 pub struct ComputeArgs {
     /// Precision of weights and activations (f16 and bf16 are for GPUs; training keeps f32
@@ -47,6 +47,10 @@ pub struct ComputeArgs {
     /// Compute threads, at least 1 (default: every logical CPU).
     #[arg(long, value_parser = thread_count)]
     pub threads: Option<usize>,
+    /// CPU kernels: auto (the best this CPU has), avx512, avx2 or portable; a tier the CPU
+    /// lacks is refused.
+    #[arg(long, value_enum, env = "BERTBENCH_ISA", default_value_t = IsaChoice::Auto)]
+    pub isa: IsaChoice,
 }
 
 /// `--threads`: a whole number, at least 1.
@@ -67,24 +71,12 @@ impl ComputeArgs {
             .max(1)
     }
 
-    /// Sizes this process's compute pool ([`crate::runtime::use_threads`]) and returns the
-    /// thread count; call it before anything computes.
+    /// Sizes this process's compute pool ([`crate::runtime::use_threads`]), chooses the CPU
+    /// kernels ([`crate::runtime::use_isa`]) and returns the thread count; call it before
+    /// anything computes.
     pub fn use_threads(&self) -> Result<usize> {
+        crate::runtime::use_isa(self.isa)?;
         crate::runtime::use_threads(self.threads())
-    }
-
-    /// These settings as command-line arguments, for a command this one starts.
-    pub fn to_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--dtype".to_string(),
-            self.dtype.as_str().to_string(),
-            "--device".to_string(),
-            self.device.clone(),
-        ];
-        if let Some(t) = self.threads {
-            args.extend(["--threads".to_string(), t.to_string()]);
-        }
-        args
     }
 }
 

@@ -83,6 +83,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let settings = CellSettings {
         dtype: args.compute.dtype,
         device: args.compute.device.clone(),
+        isa: args.compute.isa,
         offline: args.offline,
         ..default_settings(args.compute.threads())
     };

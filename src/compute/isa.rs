@@ -136,6 +136,14 @@ impl Isa {
             .find(|i| i.name() == name)
     }
 
+    /// Rows per register tile of the packed product's kernel.
+    pub fn tile_rows(self) -> usize {
+        match self {
+            Self::Avx2 => 6,
+            _ => 12,
+        }
+    }
+
     /// Panels per register tile.
     pub(crate) fn np(self) -> usize {
         match self {

@@ -13,7 +13,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`view`] | matrix views over slices, bounds-checked when made |
-//! | [`isa`] | which instruction set runs (detected once); `dispatch!` for element-wise passes |
+//! | [`isa`], [`cache`] | which instruction set runs (the best detected, or chosen once); `dispatch!` for element-wise passes; the cache sizes read from the machine |
 //! | [`math`], [`dropout`] | element-wise math (exp, erf, tanh, GELU, ReLU); dropout masks |
 //! | [`norm`], [`softmax`] | LayerNorm and the attention softmax, forward and backward |
 //! | [`dense`], [`packed`] | the products: on weights as loaded (the `gemm` crate) and on weights packed once (own AVX-512/AVX2/portable kernels) |
@@ -29,6 +29,7 @@
 #[macro_use]
 pub mod isa;
 pub mod attention;
+pub mod cache;
 pub mod dense;
 pub mod dropout;
 pub mod math;

@@ -12,32 +12,73 @@
 //! `k x 16` block row by row (64-byte aligned), so the kernel reads 16 consecutive outputs'
 //! weights for one input with one load, and streams every weight exactly once per block of
 //! rows, in order. The activations are read in place (packing them cost 11% of a BERT-base
-//! forward at 8x128 and bought nothing measurable). Blocking: `MC` rows at a time (their
-//! activations stay in L2 while every panel of the thread's columns passes over them), `KC`
-//! inputs at a time; the output columns are split over the compute threads.
+//! forward at 8x128 and bought nothing measurable). Blocking: `mc` rows at a time (their
+//! activations stay in L2 while every panel of the thread's columns passes over them), `kc`
+//! inputs at a time, both sized from the machine's L2 cache ([`Blocking`]); the output
+//! columns are split over the compute threads.
 
 use rayon::prelude::*;
 
+use std::sync::OnceLock;
+
+use super::cache::CacheSizes;
 use super::isa::Isa;
 use super::view::{MatMut, MatRef, SendPtr};
 
 /// Output columns per weight panel: one AVX-512 vector, two AVX2 vectors.
 pub const PANEL: usize = 16;
-/// Inputs per block (every BERT-family product is one block; larger `k` is split so a weight
-/// panel pair stays in L2). 384-3072 measured alike at BERT-base shapes on the 2-core
-/// reference machine. Under Miri, which interprets every step, small blocks let tests of a
-/// few rows and inputs cross every block edge.
-#[cfg(not(miri))]
-const KC: usize = 3072;
-#[cfg(miri)]
-const KC: usize = 16;
-/// Rows per block: 144 (a multiple of both kernels' tile heights, 12 and 6, so only a block's
-/// last tile is partial) holds a 128-token input in one block, so each weight panel is read
-/// from memory once per product; measured 3-4% faster than 48 at 128 rows, alike at 384-1024.
-#[cfg(not(miri))]
-const MC: usize = 144;
-#[cfg(miri)]
-const MC: usize = 12;
+/// Rows and inputs per block of a product (see [`Blocking::rule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocking {
+    /// Activation rows per block, a multiple of the kernel's tile height.
+    pub mc: usize,
+    /// Inputs per block.
+    pub kc: usize,
+}
+
+/// The variable that fixes the blocking for tuning runs: `MC,KC` (both at least 1).
+pub const BLOCKING_ENV: &str = "BERTBENCH_BLOCKING";
+
+impl Blocking {
+    /// The blocking a product with `k` inputs uses on this machine with `isa`: `BERTBENCH_BLOCKING`
+    /// when set (read once; for tuning runs), else [`Blocking::rule`] on the detected caches.
+    /// Under Miri, which interprets every step, blocks of a few rows and inputs let small tests
+    /// cross every block edge.
+    pub fn for_product(k: usize, isa: Isa) -> Self {
+        if cfg!(miri) {
+            return Self { mc: 12, kc: 16 };
+        }
+        static FORCED: OnceLock<Option<Blocking>> = OnceLock::new();
+        let forced = FORCED.get_or_init(|| {
+            let v = std::env::var(BLOCKING_ENV).ok()?;
+            let (mc, kc) = v.split_once(',')?;
+            let (mc, kc) = (mc.trim().parse().ok()?, kc.trim().parse().ok()?);
+            (mc >= 1 && kc >= 1).then_some(Blocking { mc, kc })
+        });
+        forced.unwrap_or_else(|| Self::rule(k, &CacheSizes::detect(), isa))
+    }
+
+    /// The rule: the block of activations a thread re-reads for every weight panel of its
+    /// columns (`mc` rows of `kc` inputs) fills at most half of the L2 cache, leaving the other
+    /// half to the panels streaming past it and the outputs. The inputs are split into as few
+    /// equal blocks as keep room for at least 48 rows (four AVX-512 tiles; each extra block
+    /// re-reads and re-writes the outputs once), and `mc` is then as many whole tiles as fit.
+    ///
+    /// On the 2-vCPU Zen 4 (1 MiB L2) this gives one block of inputs for every BERT-family
+    /// product up to 2,730 inputs, and 168 rows at 768 inputs; on a Zen 3 (512 KiB L2),
+    /// 84 rows at 768 inputs, and the 3,072-input product in three blocks of 1,024 by 60 rows
+    /// (measurements: docs/performance.md).
+    pub fn rule(k: usize, caches: &CacheSizes, isa: Isa) -> Self {
+        let mr = isa.tile_rows();
+        let budget = caches.l2 / 2 / std::mem::size_of::<f32>();
+        let kc_max = (budget / 48).max(PANEL);
+        let blocks = k.max(1).div_ceil(kc_max);
+        let kc = k.max(1).div_ceil(blocks);
+        let mc = (budget / kc / mr * mr).max(mr);
+        Self { mc, kc }
+    }
+}
+
 /// The row stride to give a buffer of activations with `cols` columns that a product will read:
 /// `cols`, plus one cache line where `cols` is a multiple of 512 floats (2 KiB). At such a
 /// stride the rows a register tile reads together (12) fall into one or two of the L1 cache's
@@ -349,14 +390,18 @@ impl Job<'_> {
     unsafe fn run(&self, p0: usize, p1: usize) {
         let (m, k, n) = (self.x.rows(), self.w.k, self.w.n);
         let np = self.isa.np();
+        let Blocking {
+            mc: mc_max,
+            kc: kc_max,
+        } = Blocking::for_product(k, self.isa);
         let mut pc = 0;
         while pc < k {
-            let kc = KC.min(k - pc);
+            let kc = kc_max.min(k - pc);
             let accumulate = pc > 0;
             let act = if pc + kc == k { self.act } else { None };
             let mut ic = 0;
             while ic < m {
-                let mc = MC.min(m - ic);
+                let mc = mc_max.min(m - ic);
                 let rows = self.x.rows_range(ic, mc).columns(pc, kc);
                 let mut p = p0;
                 while p < p1 {
@@ -841,6 +886,39 @@ mod tests {
         assert!(finite(&packed));
     }
 
+    /// The rule on the two machines of this project's kind, and its invariants on others.
+    #[test]
+    fn blocking_follows_the_l2_cache() {
+        let caches = |l2_kib: usize| CacheSizes {
+            l1d: 32 << 10,
+            l2: l2_kib << 10,
+            l3: Some(32 << 20),
+            detected: true,
+        };
+        let b = |k, l2, isa| Blocking::rule(k, &caches(l2), isa);
+        // Zen 4, 1 MiB L2, AVX-512 (tiles of 12 rows).
+        assert_eq!(b(768, 1024, Isa::Avx512), Blocking { mc: 168, kc: 768 });
+        assert_eq!(b(3072, 1024, Isa::Avx512), Blocking { mc: 84, kc: 1536 });
+        // Zen 3, 512 KiB L2, AVX2 (tiles of 6 rows).
+        assert_eq!(b(768, 512, Isa::Avx2), Blocking { mc: 84, kc: 768 });
+        assert_eq!(b(3072, 512, Isa::Avx2), Blocking { mc: 60, kc: 1024 });
+        for l2 in [128, 256, 512, 1024, 1280, 2048] {
+            for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+                for k in [1, 16, 64, 768, 3072, 100_000] {
+                    let Blocking { mc, kc } = b(k, l2, isa);
+                    let mr = isa.tile_rows();
+                    assert!(mc >= mr && mc % mr == 0 && kc >= 1 && kc <= k.max(1));
+                    // Equal blocks of inputs cover k, the activations' block fits half of L2.
+                    assert!(k.div_ceil(kc) * kc >= k);
+                    assert!(
+                        mc == mr || mc * kc * 4 <= (l2 << 10) / 2,
+                        "{l2} {isa:?} {k}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn packed_linear_matches_reference() {
         let full = [
@@ -852,17 +930,12 @@ mod tests {
             (150, 520, 64, 1),
             (7, 24, 40, 4),
             (200, 64, 48, 3),
-            // More inputs than one block (KC): later blocks accumulate into the output.
-            (14, KC + 37, 35, 1),
+            // More inputs than one block: later blocks accumulate into the output.
+            (14, 6000, 35, 1),
         ];
-        // Under Miri (where MC and KC are small): every edge at a few rows and inputs:
-        // partial tiles and panels, several row and input blocks, groups.
-        let small = [
-            (1, 8, 3, 1),
-            (5, 7, 16, 1),
-            (MC + 1, KC + 3, 17, 1),
-            (3, 5, 7, 2),
-        ];
+        // Under Miri (12 rows and 16 inputs per block): every edge at a few rows and
+        // inputs: partial tiles and panels, several row and input blocks, groups.
+        let small = [(1, 8, 3, 1), (5, 7, 16, 1), (13, 19, 17, 1), (3, 5, 7, 2)];
         let shapes: &[(usize, usize, usize, usize)] = if cfg!(miri) { &small } else { &full };
         for &isa in Isa::available() {
             for &(m, k, n, groups) in shapes {

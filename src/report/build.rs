@@ -243,8 +243,17 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
 
 /// What was measured, where, with what, and the price the costs use.
 fn summary_section(cx: &Context) -> Vec<Block> {
+    // Runs before the kernel tier and cache sizes were recorded have neither.
+    let kernels = match cx.env("isa") {
+        isa if isa.is_empty() => String::new(),
+        isa => format!(" {isa} kernels,"),
+    };
+    let caches = match (cx.env("l1d_cache_kib"), cx.env("l2_cache_kib")) {
+        (l1, l2) if l1.is_empty() || l2.is_empty() => String::new(),
+        (l1, l2) => format!(" (L1d {l1} KiB, L2 {l2} KiB per core)"),
+    };
     let mut blocks = vec![Block::Paragraph(format!(
-        "{} cells of {} on {} ({} threads, {}, {}), {} {} UTC, bertbench {} ({}), candle {}. Models use {} weights.",
+        "{} cells of {} on {}{caches} ({} threads,{kernels} {}, {}), {} {} UTC, bertbench {} ({}), candle {}. Models use {} weights.",
         cx.results.plan.len(),
         cx.models.iter().map(|m| cx.name(m)).collect::<Vec<_>>().join(", "),
         cx.env("cpu"),

@@ -282,6 +282,16 @@ fn settings_warnings(base: &ResultsFile, new: &ResultsFile) -> Vec<String> {
         weights(b.load_weights).into(),
         weights(n.load_weights).into(),
     );
+    // The tier that ran, from the environment file (runs before it was recorded have none).
+    let isa = |r: &ResultsFile| {
+        r.environment
+            .iter()
+            .find(|(k, _)| k == "isa")
+            .map(|(_, v)| v.clone())
+    };
+    if let (Some(x), Some(y)) = (isa(base), isa(new)) {
+        differ("CPU kernels (isa)", x, y);
+    }
     out
 }
 
@@ -304,6 +314,7 @@ mod tests {
             dtype: Precision::F32,
             device: "cpu".into(),
             threads,
+            isa: Default::default(),
             seed: 0,
             speed: true,
             memory: false,

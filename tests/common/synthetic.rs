@@ -18,6 +18,7 @@ pub fn settings() -> CellSettings {
         dtype: Precision::F32,
         device: "cpu".into(),
         threads: 2,
+        isa: Default::default(),
         seed: 0,
         speed: true,
         memory: false,

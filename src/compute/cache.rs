@@ -1,0 +1,165 @@
+//! The CPU's data cache sizes, read from the machine it runs on: the products size their
+//! blocks from them, and the environment file records them beside every speed claim.
+//!
+//! Machines of one cloud type differ (one 2-vCPU VM had 1 MiB of L2 per core, another of the
+//! same kind 512 KiB), so no size is taken from the machine the code was tuned on. Linux
+//! reports the caches in sysfs; where it cannot be read, the sizes assumed are those of the
+//! smaller common x86 server cores and say so ([`CacheSizes::detected`] is false).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// Data cache sizes seen by one core, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSizes {
+    /// Level-1 data cache.
+    pub l1d: usize,
+    /// Level-2 cache (unified).
+    pub l2: usize,
+    /// Level-3 cache (shared), when there is one.
+    pub l3: Option<usize>,
+    /// Whether the sizes were read from the machine (else assumed).
+    pub detected: bool,
+}
+
+impl CacheSizes {
+    /// What is assumed where nothing can be read: 32 KiB L1d and 512 KiB L2 (AMD Zen 2/3,
+    /// Intel client cores have 1.25-2 MiB; taking the smaller errs towards blocks that fit).
+    pub const ASSUMED: Self = Self {
+        l1d: 32 << 10,
+        l2: 512 << 10,
+        l3: None,
+        detected: false,
+    };
+
+    /// This machine's sizes, read once (the first CPU's view).
+    pub fn detect() -> Self {
+        static SIZES: OnceLock<CacheSizes> = OnceLock::new();
+        *SIZES.get_or_init(|| {
+            Self::from_sysfs(Path::new("/sys/devices/system/cpu/cpu0/cache"))
+                .unwrap_or(Self::ASSUMED)
+        })
+    }
+
+    /// Reads `index*/{level,type,size}` under a sysfs cache directory; `None` unless both an
+    /// L1 data and an L2 cache are listed.
+    pub fn from_sysfs(dir: &Path) -> Option<Self> {
+        let (mut l1d, mut l2, mut l3) = (None, None, None);
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with("index") {
+                continue;
+            }
+            let read = |name: &str| {
+                std::fs::read_to_string(entry.path().join(name))
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            };
+            let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size"))
+            else {
+                continue;
+            };
+            let Some(size) = parse_size(&size) else {
+                continue;
+            };
+            match (level.as_str(), kind.as_str()) {
+                ("1", "Data" | "Unified") => l1d = Some(size),
+                ("2", "Data" | "Unified") => l2 = Some(size),
+                ("3", "Data" | "Unified") => l3 = Some(size),
+                _ => {}
+            }
+        }
+        Some(Self {
+            l1d: l1d?,
+            l2: l2?,
+            l3,
+            detected: true,
+        })
+    }
+}
+
+/// Parses sysfs's sizes: `48K`, `1024K`, `32768K`, `2M`, or plain bytes.
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: usize = digits.parse().ok()?;
+    let scale = match unit.trim() {
+        "" => 1,
+        "K" | "KB" | "KiB" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+impl fmt::Display for CacheSizes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kib = |b: usize| b >> 10;
+        write!(f, "L1d {} KiB, L2 {} KiB", kib(self.l1d), kib(self.l2))?;
+        if let Some(l3) = self.l3 {
+            write!(f, ", L3 {} KiB", kib(l3))?;
+        }
+        if !self.detected {
+            write!(f, " (assumed: not readable on this system)")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_sysfs_units() {
+        assert_eq!(parse_size("48K"), Some(48 << 10));
+        assert_eq!(parse_size("32768K"), Some(32 << 20));
+        assert_eq!(parse_size("2M"), Some(2 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("12Q"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    /// A Zen 3's sysfs listing as the kernel writes it, instruction cache included.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri isolates the file system")]
+    fn sysfs_listing_of_a_zen3() {
+        let tmp = std::env::temp_dir().join(format!("bertbench-cache-{}", std::process::id()));
+        for (i, level, kind, size) in [
+            (0, "1", "Data", "32K"),
+            (1, "1", "Instruction", "32K"),
+            (2, "2", "Unified", "512K"),
+            (3, "3", "Unified", "32768K"),
+        ] {
+            let d = tmp.join(format!("index{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("level"), format!("{level}\n")).unwrap();
+            std::fs::write(d.join("type"), format!("{kind}\n")).unwrap();
+            std::fs::write(d.join("size"), format!("{size}\n")).unwrap();
+        }
+        let c = CacheSizes::from_sysfs(&tmp).unwrap();
+        std::fs::remove_dir_all(&tmp).unwrap();
+        assert_eq!(
+            c,
+            CacheSizes {
+                l1d: 32 << 10,
+                l2: 512 << 10,
+                l3: Some(32 << 20),
+                detected: true
+            }
+        );
+        assert_eq!(c.to_string(), "L1d 32 KiB, L2 512 KiB, L3 32768 KiB");
+        assert!(CacheSizes::from_sysfs(Path::new("/nonexistent")).is_none());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri isolates the file system")]
+    fn this_machine_reports_plausible_sizes() {
+        let c = CacheSizes::detect();
+        assert!(c.l1d >= 8 << 10 && c.l2 > c.l1d, "{c}");
+    }
+}
