@@ -196,7 +196,7 @@ fn csv_layouts_and_failures_as_rows() {
 fn crashed_child_is_a_row_and_resume_finishes_the_grid() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let victim = format!("{} inference b2 s16", parity_dir("distilbert").display());
+    let victim = format!("{} inference b2 s16 t1", parity_dir("distilbert").display());
     // First a partial grid (as if interrupted after batch 1), with one crashing cell.
     let mut first = bench(
         &out,
@@ -375,4 +375,84 @@ fn bad_arguments_are_explained() {
         assert_eq!(code, 2, "{command}: {stderr}");
         assert!(stderr.contains("at least 1"), "{command}: {stderr}");
     }
+}
+
+/// `--threads 1 2`: every cell at each count, in its own child process with that many
+/// threads, a `threads` column in Hugging Face's files and the tidy one, and the summary's;
+/// in-process runs and commands other than bench refuse several counts.
+#[test]
+fn thread_sweep_measures_every_cell_at_each_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sweep");
+    let model = parity_dir("bert");
+    let mut cmd = bin();
+    cmd.arg("bench")
+        .arg("--models")
+        .arg(&model)
+        .args(["--batch-sizes", "1", "--sequence-lengths", "16", "32"])
+        .args(["--threads", "1", "2", "--repeat", "3", "--min-time", "0"])
+        .args(["--max-warmup-runs", "2", "--no-peak", "--offline"])
+        .arg("--output-dir")
+        .arg(&out);
+    let (code, stdout, stderr) = run(&mut cmd);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("threads"), "{stdout}");
+
+    let time = csv_rows(&out.join("inference_time.csv"));
+    assert_eq!(
+        time[0],
+        [
+            "model",
+            "batch_size",
+            "sequence_length",
+            "threads",
+            "result"
+        ]
+    );
+    let shapes: Vec<(&str, &str)> = time[1..]
+        .iter()
+        .map(|r| (r[2].as_str(), r[3].as_str()))
+        .collect();
+    assert_eq!(shapes, [("16", "1"), ("16", "2"), ("32", "1"), ("32", "2")]);
+
+    let res = results(&out);
+    let measurements = res["measurements"].as_array().unwrap();
+    assert_eq!(measurements.len(), 4);
+    for m in measurements {
+        assert_eq!(m["status"], "ok", "{m}");
+        // The child ran at the cell's count, and the row says so.
+        assert_eq!(m["settings"]["threads"], m["cell"]["threads"]);
+    }
+    let tidy = csv_rows(&out.join("results.csv"));
+    let col = tidy[0].iter().position(|c| c == "threads").unwrap();
+    let counts: Vec<&str> = tidy[1..].iter().map(|r| r[col].as_str()).collect();
+    assert_eq!(counts, ["1", "2", "1", "2"]);
+    let env = csv_rows(&out.join("env.csv"));
+    assert!(env.iter().any(|r| r[0] == "thread_counts" && r[1] == "1 2"));
+
+    // Several counts need a child process per cell, and only bench sweeps.
+    let mut cmd = bin();
+    cmd.arg("bench")
+        .arg("--models")
+        .arg(&model)
+        .args([
+            "--threads",
+            "1",
+            "2",
+            "--in-process",
+            "--no-peak",
+            "--offline",
+        ])
+        .arg("--output-dir")
+        .arg(tmp.path().join("refused"));
+    let (code, _, stderr) = run(&mut cmd);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("--in-process"), "{stderr}");
+    let (code, _, stderr) = run(bin()
+        .args(["logits", "--threads", "1", "2", "--offline", "--model"])
+        .arg(&model)
+        .arg("--inputs")
+        .arg(model.join("expected.json")));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("only bench sweeps"), "{stderr}");
 }

@@ -331,3 +331,58 @@ fn training_runs_add_time_and_cost_to_accuracy() {
     );
     assert_eq!(md.matches("| finetune | small | whole run").count(), 1);
 }
+
+/// A thread sweep in the report: "small" runs 1.8x faster on 4 threads than on 1, "big" 3x;
+/// the scaling sentences recompute those numbers, ratios between models compare equal thread
+/// counts only, the tables gain a threads column and the plots a line per model and count.
+#[test]
+fn thread_sweep_scaling_is_observed_and_drawn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ms = Vec::new();
+    for (model, t1, t4) in [("small", 1.8, 1.0), ("big", 6.0, 2.0)] {
+        for seq in SEQS {
+            for (threads, per_token) in [(1, t1), (4, t4)] {
+                let mut cell = cell_at(model, Mode::Inference, 1, seq);
+                cell.threads = threads;
+                ms.push(exact(
+                    cell,
+                    per_token * 1e-3 * seq as f64,
+                    100 << 20,
+                    1 << 20,
+                ));
+            }
+        }
+    }
+    write_run(tmp.path(), ms);
+    let results = ResultsFile::read(&tmp.path().join("results.json")).unwrap();
+    assert_eq!(results.thread_counts(), [1, 4]);
+    let scaling = observe::thread_scaling(&results);
+    assert_eq!(scaling.len(), 2 * SEQS.len());
+    for s in &scaling {
+        let want = if s.model == "small" { 1.8 } else { 3.0 };
+        assert!((s.speedup - want).abs() < 1e-9, "{s:?}");
+        assert!((s.efficiency() - want / 4.0).abs() < 1e-9);
+    }
+    // Model against model only at the same count: big/small is 10/3 at 1 thread, 2 at 4.
+    for r in observe::speed_ratios(&results) {
+        let want = if r.threads == 1 { 6.0 / 1.8 } else { 2.0 };
+        assert!((r.ratio - want).abs() < 1e-9, "{r:?}");
+    }
+    let (code, stdout, stderr) = run(bin().arg("report").arg(tmp.path()));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("small inference at batch 1, sequence 256 runs 1.80x")
+            && stdout.contains("faster on 4 threads than on 1 thread (45% of linear scaling)"),
+        "{stdout}"
+    );
+    let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("| model | batch | seq | threads | median |"),
+        "{md}"
+    );
+    assert!(md.contains("| small | 1 | 32 | 4 |"), "{md}");
+    let html = std::fs::read_to_string(tmp.path().join("report.html")).unwrap();
+    for line in ["small, 1 thread", "small, 4 threads", "big, 4 threads"] {
+        assert!(html.contains(line), "no plot line {line}");
+    }
+}

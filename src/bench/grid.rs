@@ -60,24 +60,30 @@ impl Preset {
     }
 }
 
-/// All cells of a grid, in the Hugging Face script's order (mode, model, batch, sequence).
+/// All cells of a grid, in the Hugging Face script's order (mode, model, batch, sequence),
+/// each shape at every thread count in turn (so the counts of one shape are measured minutes
+/// apart at most, and the machine's drift touches them alike).
 pub fn plan(
     models: &[String],
     modes: &[Mode],
     batch_sizes: &[usize],
     sequence_lengths: &[usize],
+    threads: &[usize],
 ) -> Vec<Cell> {
     let mut cells = Vec::new();
     for &mode in modes {
         for model in models {
             for &batch_size in batch_sizes {
                 for &sequence_length in sequence_lengths {
-                    cells.push(Cell {
-                        model: model.clone(),
-                        mode,
-                        batch_size,
-                        sequence_length,
-                    });
+                    for &threads in threads {
+                        cells.push(Cell {
+                            model: model.clone(),
+                            mode,
+                            batch_size,
+                            sequence_length,
+                            threads,
+                        });
+                    }
                 }
             }
         }
@@ -103,6 +109,19 @@ pub struct RunOptions {
     pub max_memory: u64,
     /// With `--resume`: run crashed and failed cells again.
     pub retry_failed: bool,
+}
+
+impl RunOptions {
+    /// The options of one cell: the run's, at the cell's thread count.
+    pub fn for_cell(&self, cell: &Cell) -> Self {
+        Self {
+            settings: CellSettings {
+                threads: cell.threads,
+                ..self.settings.clone()
+            },
+            ..self.clone()
+        }
+    }
 }
 
 /// Receives progress while a grid runs.
@@ -196,6 +215,7 @@ pub fn run_grid(
         }
         observer.cell_started(index, plan.len(), cell);
         let config = configs.get(&cell.model, &hub)?.clone();
+        let opts = &opts.for_cell(cell);
         let m = match precheck(&config, cell, opts) {
             Some(row) => row,
             None => run_one(cell, &config, opts, observer)?,
@@ -445,6 +465,7 @@ pub fn find_max_batch(
                 mode,
                 batch_size: b,
                 sequence_length,
+                threads: opts.settings.threads,
             };
             observer.cell_started(probes.len(), 0, &cell);
             let m = match precheck(&config, &cell, &probe_opts) {
@@ -560,6 +581,7 @@ mod tests {
             &[Mode::Inference],
             &[1, 8],
             &[32, 128],
+            &[2],
         );
         assert_eq!(cells.len(), 8);
         assert_eq!(
@@ -568,11 +590,19 @@ mod tests {
                 model: "a".into(),
                 mode: Mode::Inference,
                 batch_size: 1,
-                sequence_length: 32
+                sequence_length: 32,
+                threads: 2,
             }
         );
         assert_eq!(cells[1].sequence_length, 128);
         assert_eq!(cells[4].model, "b");
+        // Thread counts vary fastest: one shape's counts run back to back.
+        let swept = plan(&["a".into()], &[Mode::Inference], &[1], &[32, 128], &[1, 2]);
+        let order: Vec<(usize, usize)> = swept
+            .iter()
+            .map(|c| (c.sequence_length, c.threads))
+            .collect();
+        assert_eq!(order, [(32, 1), (32, 2), (128, 1), (128, 2)]);
         assert_eq!(
             Preset::SeedMemorySeq.grid().sequence_lengths,
             vec![32, 128, 512, 1024]

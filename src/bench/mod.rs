@@ -52,17 +52,22 @@ pub struct Cell {
     pub mode: Mode,
     pub batch_size: usize,
     pub sequence_length: usize,
+    /// Compute threads (`bench --threads 1 2 ...` sweeps them). Results written before the
+    /// thread axis have none here; reading them fills in the run's thread count.
+    #[serde(default)]
+    pub threads: usize,
 }
 
 impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {} b{} s{}",
+            "{} {} b{} s{} t{}",
             self.model,
             self.mode.as_str(),
             self.batch_size,
-            self.sequence_length
+            self.sequence_length,
+            self.threads
         )
     }
 }
@@ -203,6 +208,15 @@ impl Measurement {
     pub fn tokens_per_s(&self) -> Option<f64> {
         self.median_s()
             .map(|m| (self.cell.batch_size * self.cell.sequence_length) as f64 / m)
+    }
+}
+
+/// "1 thread", "2 threads".
+pub fn threads_label(n: usize) -> String {
+    if n == 1 {
+        "1 thread".into()
+    } else {
+        format!("{n} threads")
     }
 }
 

@@ -69,17 +69,47 @@ impl ResultsFile {
             }
             other => other.with_context(|| format!("reading {}", path.display()))?,
         };
-        serde_json::from_str(&text).map_err(|e| {
+        let mut results: Self = serde_json::from_str(&text).map_err(|e| {
             input(format!(
                 "{}: not a bertbench results file: {e}",
                 path.display()
             ))
-        })
+        })?;
+        // Files from before the thread axis: every cell and peak ran at the run's count.
+        let threads = results.settings.as_ref().map_or(0, |s| s.threads);
+        let cells = results
+            .plan
+            .iter_mut()
+            .chain(results.measurements.iter_mut().map(|m| &mut m.cell));
+        for cell in cells.filter(|c| c.threads == 0) {
+            cell.threads = threads;
+        }
+        for shape in results.peak_matmul.iter_mut().filter(|s| s.threads == 0) {
+            shape.threads = threads;
+        }
+        Ok(results)
     }
 
-    /// The measured peak matmul rate, if measured.
-    pub fn peak_gflops(&self) -> Option<f64> {
-        (!self.peak_matmul.is_empty()).then(|| super::peak::peak_gflops(&self.peak_matmul))
+    /// The measured peak matmul rate at `threads` compute threads, if measured.
+    pub fn peak_gflops(&self, threads: usize) -> Option<f64> {
+        let at: Vec<PeakShape> = self
+            .peak_matmul
+            .iter()
+            .filter(|s| s.threads == threads)
+            .cloned()
+            .collect();
+        (!at.is_empty()).then(|| super::peak::peak_gflops(&at))
+    }
+
+    /// The thread counts of the plan, in plan order.
+    pub fn thread_counts(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        for c in &self.plan {
+            if !out.contains(&c.threads) {
+                out.push(c.threads);
+            }
+        }
+        out
     }
 
     /// Measurement of a cell, the latest if several.
@@ -178,9 +208,17 @@ enum Metric {
 
 /// Hugging Face's layout: one row per planned cell of `mode`, `result` = median seconds with 4
 /// decimals (time) or peak resident MB as an integer (memory), `N/A` when there is no number.
+/// A run that sweeps thread counts adds a `threads` column after `sequence_length` (readers
+/// that take the columns by name, as Hugging Face's plot script does, are unaffected).
 fn hf_csv(r: &ResultsFile, mode: Mode, metric: Metric) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["model", "batch_size", "sequence_length", "result"])?;
+    let sweep = r.thread_counts().len() > 1;
+    let mut header = vec!["model", "batch_size", "sequence_length"];
+    if sweep {
+        header.push("threads");
+    }
+    header.push("result");
+    w.write_record(&header)?;
     for cell in r.plan.iter().filter(|c| c.mode == mode) {
         let m = r.find(cell);
         let value = match metric {
@@ -189,12 +227,16 @@ fn hf_csv(r: &ResultsFile, mode: Mode, metric: Metric) -> Result<Vec<u8>> {
                 .and_then(|m| m.memory.as_ref())
                 .map(|mem| format!("{}", mem.peak_rss >> 20)),
         };
-        w.write_record([
+        let mut row = vec![
             cell.model.clone(),
             cell.batch_size.to_string(),
             cell.sequence_length.to_string(),
-            value.unwrap_or_else(|| "N/A".into()),
-        ])?;
+        ];
+        if sweep {
+            row.push(cell.threads.to_string());
+        }
+        row.push(value.unwrap_or_else(|| "N/A".into()));
+        w.write_record(&row)?;
     }
     Ok(w.into_inner()?)
 }
@@ -250,7 +292,7 @@ pub const TIDY_COLUMNS: [&str; 44] = [
 fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(TIDY_COLUMNS)?;
-    let peak = r.peak_gflops();
+    let peak = |m: &Measurement| r.peak_gflops(m.cell.threads);
     let f = |x: Option<f64>| x.map(|v| format!("{v}")).unwrap_or_default();
     let mb = |x: Option<u64>| x.map(|v| format!("{:.2}", to_mb(v))).unwrap_or_default();
     for cell in &r.plan {
@@ -294,7 +336,7 @@ fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
             f(m.tokens_per_s()),
             m.flops.to_string(),
             f(m.gflops()),
-            f(m.gflops().zip(peak).map(|(g, p)| g / p)),
+            f(m.gflops().zip(peak(m)).map(|(g, p)| g / p)),
             mb(mem.map(|m| m.peak_rss)),
             mb(mem.map(|m| m.peak_above_baseline())),
             mb(mem.map(|m| m.baseline_rss)),
@@ -306,7 +348,7 @@ fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
             format!("{:.2}", to_mb(m.estimated_bytes)),
             m.settings.dtype.as_str().into(),
             m.settings.device.clone(),
-            m.settings.threads.to_string(),
+            m.cell.threads.to_string(),
             if m.settings.load_weights {
                 "checkpoint"
             } else {

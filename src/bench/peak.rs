@@ -24,6 +24,9 @@ pub struct PeakShape {
     pub median_s: f64,
     pub gflops: f64,
     pub runs: usize,
+    /// Compute threads it ran on (files from before the thread axis: the run's count).
+    #[serde(default)]
+    pub threads: usize,
 }
 
 /// Shapes of BERT-base's projections at 1024 tokens, and a square one.
@@ -34,13 +37,15 @@ fn candle_kernel() -> String {
     "candle".into()
 }
 
-/// Measures each shape with each product; the peak is the best median rate.
+/// Measures each shape with each product on the current compute pool (run it inside a pool's
+/// `install` to measure another thread count); the peak is the best median rate.
 pub fn measure_peak(
     device: &Device,
     dtype: DType,
     policy: &TimingPolicy,
 ) -> Result<Vec<PeakShape>> {
     let packed = device.is_cpu() && dtype == DType::F32;
+    let threads = rayon::current_num_threads();
     let mut shapes = Vec::new();
     for &(m, k, n) in &SHAPES {
         let a = Tensor::randn(0f32, 1.0, (m, k), device)?.to_dtype(dtype)?;
@@ -54,7 +59,7 @@ pub fn measure_peak(
             },
             |_, _| {},
         )?;
-        shapes.push(shape("candle", m, k, n, &t.samples));
+        shapes.push(shape("candle", m, k, n, threads, &t.samples));
         if packed {
             // The weight in the Hub's `[out, in]` layout is b's transpose.
             let w: Vec<f32> = b.t()?.contiguous()?.flatten_all()?.to_vec1()?;
@@ -67,7 +72,6 @@ pub fn measure_peak(
             }
             let w = PackedWeight::pack(&w, 1, n, k);
             let mut out = vec![0f32; m * n];
-            let threads = rayon::current_num_threads();
             let t = measure(
                 policy,
                 || {
@@ -83,13 +87,13 @@ pub fn measure_peak(
                 },
                 |_, _| {},
             )?;
-            shapes.push(shape("packed", m, k, n, &t.samples));
+            shapes.push(shape("packed", m, k, n, threads, &t.samples));
         }
     }
     Ok(shapes)
 }
 
-fn shape(kernel: &str, m: usize, k: usize, n: usize, samples: &[f64]) -> PeakShape {
+fn shape(kernel: &str, m: usize, k: usize, n: usize, threads: usize, samples: &[f64]) -> PeakShape {
     let s = Summary::of(samples).expect("timings");
     let flops = 2.0 * (m * k * n) as f64;
     PeakShape {
@@ -100,6 +104,7 @@ fn shape(kernel: &str, m: usize, k: usize, n: usize, samples: &[f64]) -> PeakSha
         median_s: s.median,
         gflops: flops / s.median / 1e9,
         runs: s.n,
+        threads,
     }
 }
 
@@ -130,7 +135,7 @@ mod tests {
             let dims: Vec<_> = of_kernel.iter().map(|s| (s.m, s.k, s.n)).collect();
             assert_eq!(dims, SHAPES, "{kernel}");
             for s in of_kernel {
-                assert_eq!(s.runs, 1);
+                assert_eq!((s.runs, s.threads), (1, rayon::current_num_threads()));
                 let flops = 2.0 * (s.m * s.k * s.n) as f64;
                 assert!((s.gflops - flops / s.median_s / 1e9).abs() < 1e-9 * s.gflops);
             }
@@ -142,9 +147,9 @@ mod tests {
     #[test]
     fn rates_and_peak_from_known_timings() {
         // 2 * 1000^3 FLOPs; median of 0.5, 1 and 4 seconds is 1 s: 2 GFLOP/s.
-        let s = shape("packed", 1000, 1000, 1000, &[4.0, 0.5, 1.0]);
-        assert_eq!((s.median_s, s.gflops, s.runs), (1.0, 2.0, 3));
-        let t = shape("candle", 1000, 1000, 1000, &[0.25]);
+        let s = shape("packed", 1000, 1000, 1000, 2, &[4.0, 0.5, 1.0]);
+        assert_eq!((s.median_s, s.gflops, s.runs, s.threads), (1.0, 2.0, 3, 2));
+        let t = shape("candle", 1000, 1000, 1000, 2, &[0.25]);
         assert_eq!(t.gflops, 8.0);
         assert_eq!(peak_gflops(&[s.clone(), t, s]), 8.0);
         assert_eq!(peak_gflops(&[]), 0.0);

@@ -22,7 +22,11 @@ pub struct BenchConfig {
     pub modes: Vec<Mode>,
     pub batch_sizes: Vec<usize>,
     pub sequence_lengths: Vec<usize>,
-    /// What every cell shares: precision, device, threads, seed, what to measure, timing.
+    /// Compute thread counts, each cell measured at every one (in child processes; a run in
+    /// this process has one count, this process's).
+    pub threads: Vec<usize>,
+    /// What every cell shares: precision, device, this process's threads, seed, what to
+    /// measure, timing.
     pub settings: CellSettings,
     /// Where cells run: a fresh child process each, or this process.
     pub isolation: Isolation,
@@ -89,6 +93,7 @@ impl BenchConfig {
             modes: vec![Mode::Inference],
             batch_sizes,
             sequence_lengths,
+            threads: vec![settings.threads],
             settings,
             isolation: Isolation::InProcess,
             files: OutputFiles::in_dir(dir),
@@ -107,6 +112,7 @@ impl BenchConfig {
             &distinct(&self.modes),
             &distinct(&self.batch_sizes),
             &distinct(&self.sequence_lengths),
+            &distinct(&self.threads),
         )
     }
 
@@ -122,6 +128,18 @@ impl BenchConfig {
         }
         if self.batch_sizes.contains(&0) || self.sequence_lengths.contains(&0) {
             return Err(input("batch sizes and sequence lengths must be at least 1"));
+        }
+        if self.threads.is_empty() || self.threads.contains(&0) {
+            return Err(input("thread counts must be at least 1"));
+        }
+        if matches!(self.isolation, Isolation::InProcess)
+            && distinct(&self.threads) != [self.settings.threads]
+        {
+            return Err(input(format!(
+                "cells run in this process use its {} compute threads; sweeping thread counts \
+                 needs a child process per cell (drop --in-process)",
+                self.settings.threads
+            )));
         }
         if self.modes.is_empty() {
             return Err(input(
@@ -201,29 +219,47 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
         retry_failed: config.retry_failed,
     };
 
-    // A resumed run keeps the peak it measured, so its cells' shares of peak stay comparable.
-    let peak_matmul = match previous.as_ref().filter(|p| !p.peak_matmul.is_empty()) {
-        Some(p) => p.peak_matmul.clone(),
-        None if !config.measure_peak => Vec::new(),
-        None => {
-            observer.peak_started(settings.threads);
-            let policy = TimingPolicy {
-                min_runs: 5,
-                min_time: Duration::from_millis(500),
-                ..TimingPolicy::default()
+    // A resumed run keeps the peaks it measured, so its cells' shares of peak stay
+    // comparable; a thread count it did not measure yet is measured now.
+    let mut peak_matmul = previous
+        .as_ref()
+        .map(|p| p.peak_matmul.clone())
+        .unwrap_or_default();
+    if config.measure_peak {
+        let device = parse_device(&settings.device)?;
+        let policy = TimingPolicy {
+            min_runs: 5,
+            min_time: Duration::from_millis(500),
+            ..TimingPolicy::default()
+        };
+        for threads in distinct(&config.threads) {
+            if peak_matmul.iter().any(|s| s.threads == threads) {
+                continue;
+            }
+            observer.peak_started(threads);
+            let shapes = if threads == rayon::current_num_threads() {
+                peak::measure_peak(&device, settings.dtype.dtype(), &policy)?
+            } else {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()?
+                    .install(|| peak::measure_peak(&device, settings.dtype.dtype(), &policy))?
             };
-            peak::measure_peak(
-                &parse_device(&settings.device)?,
-                settings.dtype.dtype(),
-                &policy,
-            )?
+            peak_matmul.extend(shapes);
         }
-    };
+    }
     let peak_gflops = (!peak_matmul.is_empty()).then(|| peak::peak_gflops(&peak_matmul));
     let multiprocess = matches!(config.isolation, Isolation::Child { .. });
     let mut results = previous.unwrap_or_default();
     results.bertbench_version = env::VERSION.into();
     results.environment = env::collect(settings, multiprocess, peak_gflops);
+    let counts = distinct(&config.threads);
+    if counts.len() > 1 {
+        let list: Vec<String> = counts.iter().map(|t| t.to_string()).collect();
+        results
+            .environment
+            .push(("thread_counts".into(), list.join(" ")));
+    }
     results.peak_matmul = peak_matmul;
     results.settings = Some(settings.clone());
     for cell in &plan {

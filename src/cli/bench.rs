@@ -157,6 +157,7 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
     if !args.sequence_lengths.is_empty() {
         config.sequence_lengths = args.sequence_lengths.clone();
     }
+    config.threads = args.compute.thread_counts();
     config.modes.clear();
     if !args.no_inference {
         config.modes.push(Mode::Inference);
@@ -219,8 +220,9 @@ pub fn timestamped_dir(base: &Path) -> PathBuf {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     let config = config_of(&args)?;
-    // Compute threads for in-process work (children get the same through their environment).
-    args.compute.use_threads()?;
+    // This process's pool (in-process cells, the peak at the first count); children get
+    // their cell's count through their environment.
+    args.compute.use_pool()?;
     let outcome = run_with_bars(&config)?;
     if !outcome.max_batch.is_empty() {
         print_max_batch(&outcome.max_batch, outcome.max_memory);
@@ -354,15 +356,15 @@ fn one_line(m: &Measurement) -> String {
 }
 
 fn print_summary(results: &ResultsFile, plan: &[Cell]) {
-    let peak = results.peak_gflops();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "\n{:<32} {:<9} {:>5} {:>5}  {:>11} {:>23}  {:>10} {:>10} {:>8} {:>9}  status",
+        "\n{:<32} {:<9} {:>5} {:>5} {:>7}  {:>11} {:>23}  {:>10} {:>10} {:>8} {:>9}  status",
         "model",
         "mode",
         "batch",
         "seq",
+        "threads",
         "median",
         "95% CI of median",
         "samples/s",
@@ -376,17 +378,20 @@ fn print_summary(results: &ResultsFile, plan: &[Cell]) {
         };
         let s = m.speed.as_ref().map(|s| &s.summary);
         let opt = |x: Option<String>| x.unwrap_or_else(|| "-".into());
-        let gflops = m.gflops().map(|g| match peak {
-            Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
-            None => format!("{g:.1}"),
-        });
+        let gflops = m
+            .gflops()
+            .map(|g| match results.peak_gflops(m.cell.threads) {
+                Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
+                None => format!("{g:.1}"),
+            });
         let _ = writeln!(
             out,
-            "{:<32} {:<9} {:>5} {:>5}  {:>11} {:>23}  {:>10} {:>10} {:>8} {:>9}  {}",
+            "{:<32} {:<9} {:>5} {:>5} {:>7}  {:>11} {:>23}  {:>10} {:>10} {:>8} {:>9}  {}",
             m.cell.model,
             m.cell.mode.as_str(),
             m.cell.batch_size,
             m.cell.sequence_length,
+            m.cell.threads,
             opt(s.map(|s| fmt_time(s.median))),
             opt(s.map(|s| format!(
                 "[{}, {}]",
@@ -415,18 +420,20 @@ fn print_summary(results: &ResultsFile, plan: &[Cell]) {
     if noisy > 0 {
         let _ = writeln!(out, "\nwarning: {noisy} cell(s) were noisy (see `reason` in results.csv): the machine was busy or the cells too short");
     }
-    if let Some(p) = peak {
-        let _ = writeln!(
-            out,
-            "machine matmul peak: {p:.1} GFLOP/s ({} threads{})",
-            results.settings.as_ref().map_or(0, |s| s.threads),
-            results
-                .environment
-                .iter()
-                .find(|(k, _)| k == "isa")
-                .map(|(_, isa)| format!(", {isa} kernels"))
-                .unwrap_or_default()
-        );
+    let kernels = results
+        .environment
+        .iter()
+        .find(|(k, _)| k == "isa")
+        .map(|(_, isa)| format!(", {isa} kernels"))
+        .unwrap_or_default();
+    for threads in results.thread_counts() {
+        if let Some(p) = results.peak_gflops(threads) {
+            let _ = writeln!(
+                out,
+                "machine matmul peak: {p:.1} GFLOP/s ({}{kernels})",
+                crate::bench::threads_label(threads)
+            );
+        }
     }
 }
 

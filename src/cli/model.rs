@@ -44,9 +44,10 @@ pub struct ComputeArgs {
     /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Compute threads, at least 1 (default: every logical CPU).
-    #[arg(long, value_parser = thread_count)]
-    pub threads: Option<usize>,
+    /// Compute threads, at least 1 (default: every logical CPU); `bench` takes several and
+    /// measures every cell at each.
+    #[arg(long, value_parser = thread_count, num_args = 1..)]
+    pub threads: Vec<usize>,
     /// CPU kernels: auto (the best this CPU has), avx512, avx2 or portable; a tier the CPU
     /// lacks is refused.
     #[arg(long, value_enum, env = "BERTBENCH_ISA", default_value_t = IsaChoice::Auto)]
@@ -64,19 +65,43 @@ fn thread_count(s: &str) -> Result<usize, String> {
 }
 
 impl ComputeArgs {
-    /// The thread count this run uses.
+    /// The thread count this process computes with: the first `--threads` given, else every
+    /// logical CPU.
     pub fn threads(&self) -> usize {
         self.threads
+            .first()
+            .copied()
             .unwrap_or_else(crate::bench::env::logical_cpus)
             .max(1)
     }
 
-    /// Sizes this process's compute pool ([`crate::runtime::use_threads`]), chooses the CPU
-    /// kernels ([`crate::runtime::use_isa`]) and returns the thread count; call it before
-    /// anything computes.
-    pub fn use_threads(&self) -> Result<usize> {
+    /// Every thread count asked for (`bench` sweeps them), at least this process's.
+    pub fn thread_counts(&self) -> Vec<usize> {
+        if self.threads.is_empty() {
+            vec![self.threads()]
+        } else {
+            self.threads.clone()
+        }
+    }
+
+    /// Sizes this process's compute pool ([`crate::runtime::use_threads`]) at the first thread
+    /// count, chooses the CPU kernels ([`crate::runtime::use_isa`]) and returns the thread
+    /// count; call it before anything computes.
+    pub fn use_pool(&self) -> Result<usize> {
         crate::runtime::use_isa(self.isa)?;
         crate::runtime::use_threads(self.threads())
+    }
+
+    /// [`ComputeArgs::use_pool`] for a command that runs at one thread count: several are
+    /// refused (only `bench` sweeps them).
+    pub fn use_threads(&self) -> Result<usize> {
+        if self.threads.len() > 1 {
+            return Err(crate::error::input(format!(
+                "--threads takes one count here (got {}); only bench sweeps several",
+                self.threads.len()
+            )));
+        }
+        self.use_pool()
     }
 }
 

@@ -282,7 +282,7 @@ fn summary_section(cx: &Context) -> Vec<Block> {
 /// One table per mode: speed, share of peak, memory, cost and status of every cell.
 fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
     let results = cx.results;
-    let peak = results.peak_gflops();
+    let sweep = results.thread_counts().len() > 1;
     let cells: Vec<_> = results
         .plan
         .iter()
@@ -302,6 +302,11 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
                 cx.name(&m.cell.model),
                 m.cell.batch_size.to_string(),
                 m.cell.sequence_length.to_string(),
+            ];
+            if sweep {
+                row.push(m.cell.threads.to_string());
+            }
+            row.extend([
                 s.map(|s| fmt_time(s.median)).unwrap_or_else(dash),
                 s.map(|s| {
                     format!(
@@ -316,7 +321,7 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
                     .map(|t| format!("{t:.0}"))
                     .unwrap_or_else(dash),
                 m.gflops()
-                    .map(|g| match peak {
+                    .map(|g| match results.peak_gflops(m.cell.threads) {
                         Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
                         None => format!("{g:.1}"),
                     })
@@ -329,7 +334,7 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
                     .as_ref()
                     .map(|mem| format!("{:.0}", to_mb(mem.alloc_peak)))
                     .unwrap_or_else(dash),
-            ];
+            ]);
             if let Some(p) = price {
                 // One sequence per question: the cost of 1000 sequences of this shape.
                 row.push(
@@ -351,20 +356,22 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
             row
         })
         .collect();
-    let mut header: Vec<String> = [
-        "model",
-        "batch",
-        "seq",
-        "median",
-        "95% CI",
-        "runs",
-        "tokens/s",
-        "GFLOP/s (of peak)",
-        "peak RSS MB",
-        "alloc peak MB",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut header: Vec<String> = vec!["model".into(), "batch".into(), "seq".into()];
+    if sweep {
+        header.push("threads".into());
+    }
+    header.extend(
+        [
+            "median",
+            "95% CI",
+            "runs",
+            "tokens/s",
+            "GFLOP/s (of peak)",
+            "peak RSS MB",
+            "alloc peak MB",
+        ]
+        .map(String::from),
+    );
     if price.is_some() {
         header.push("USD per 1000 sequences".into());
     }

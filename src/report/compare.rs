@@ -330,6 +330,7 @@ mod tests {
             mode: Mode::Inference,
             batch_size: batch,
             sequence_length: 128,
+            threads: 2,
         }
     }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::bench::memory::to_mb;
 use crate::bench::output::ResultsFile;
 use crate::bench::stats::ratio_interval;
-use crate::bench::{Measurement, Mode, Status};
+use crate::bench::{threads_label, Measurement, Mode, Status};
 
 /// "`faster` is `ratio`x [lo, hi] faster than `slower`" at one cell.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -15,6 +15,7 @@ pub struct SpeedRatio {
     pub mode: Mode,
     pub batch_size: usize,
     pub sequence_length: usize,
+    pub threads: usize,
     pub faster: String,
     pub slower: String,
     /// Median time of the slower model over the faster one's (>= 1).
@@ -27,7 +28,7 @@ pub struct SpeedRatio {
 impl SpeedRatio {
     pub fn sentence(&self, names: &dyn Fn(&str) -> String) -> String {
         format!(
-            "{} is {:.2}x [{:.2}, {:.2}] faster than {} at batch {}, sequence {} ({})",
+            "{} is {:.2}x [{:.2}, {:.2}] faster than {} at batch {}, sequence {}, {} ({})",
             names(&self.faster),
             self.ratio,
             self.low,
@@ -35,6 +36,7 @@ impl SpeedRatio {
             names(&self.slower),
             self.batch_size,
             self.sequence_length,
+            threads_label(self.threads),
             self.mode.as_str()
         )
     }
@@ -78,6 +80,7 @@ pub fn speed_ratios(results: &ResultsFile) -> Vec<SpeedRatio> {
                         && m.cell.mode == ma.cell.mode
                         && m.cell.batch_size == ma.cell.batch_size
                         && m.cell.sequence_length == ma.cell.sequence_length
+                        && m.cell.threads == ma.cell.threads
                 }) else {
                     continue;
                 };
@@ -95,6 +98,7 @@ pub fn speed_ratios(results: &ResultsFile) -> Vec<SpeedRatio> {
                     mode: ma.cell.mode,
                     batch_size: ma.cell.batch_size,
                     sequence_length: ma.cell.sequence_length,
+                    threads: ma.cell.threads,
                     faster: faster.clone(),
                     slower: slower.clone(),
                     ratio,
@@ -121,6 +125,7 @@ pub enum Quantity {
 pub struct Growth {
     pub model: String,
     pub mode: Mode,
+    pub threads: usize,
     pub quantity: Quantity,
     /// `true`: along batch size at a fixed sequence length; `false`: along sequence length.
     pub along_batch: bool,
@@ -154,9 +159,9 @@ impl Growth {
             ("sequence length", "token")
         };
         let fixed = if self.along_batch {
-            format!("sequence {}", self.fixed)
+            format!("sequence {}, {}", self.fixed, threads_label(self.threads))
         } else {
-            format!("batch {}", self.fixed)
+            format!("batch {}, {}", self.fixed, threads_label(self.threads))
         };
         let (what, per) = match self.quantity {
             Quantity::Time => (
@@ -211,23 +216,23 @@ pub fn linear_fit(points: &[(f64, f64)]) -> (f64, f64) {
 /// Growth fits for every model, mode and fixed value with at least 2 points.
 pub fn growth(results: &ResultsFile, quantity: Quantity, along_batch: bool) -> Vec<Growth> {
     let cells = ok_cells(results);
-    let mut keys: Vec<(String, Mode, usize)> = Vec::new();
+    let mut keys: Vec<(String, Mode, usize, usize)> = Vec::new();
     for m in &cells {
         let fixed = if along_batch {
             m.cell.sequence_length
         } else {
             m.cell.batch_size
         };
-        let key = (m.cell.model.clone(), m.cell.mode, fixed);
+        let key = (m.cell.model.clone(), m.cell.mode, m.cell.threads, fixed);
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
     let mut out = Vec::new();
-    for (model, mode, fixed) in keys {
+    for (model, mode, threads, fixed) in keys {
         let mut points: Vec<(f64, f64)> = cells
             .iter()
-            .filter(|m| m.cell.model == model && m.cell.mode == mode)
+            .filter(|m| m.cell.model == model && m.cell.mode == mode && m.cell.threads == threads)
             .filter(|m| {
                 if along_batch {
                     m.cell.sequence_length == fixed
@@ -262,6 +267,7 @@ pub fn growth(results: &ResultsFile, quantity: Quantity, along_batch: bool) -> V
         out.push(Growth {
             model,
             mode,
+            threads,
             quantity,
             along_batch,
             fixed,
@@ -280,6 +286,7 @@ pub struct MemoryRow {
     pub mode: Mode,
     pub batch_size: usize,
     pub sequence_length: usize,
+    pub threads: usize,
     pub models: Vec<(String, f64)>,
 }
 
@@ -291,8 +298,13 @@ pub fn memory_order(results: &ResultsFile) -> (Vec<MemoryRow>, Option<Vec<String
         let Some(mem) = &m.memory else { continue };
         let mb = to_mb(mem.peak_rss);
         let same = |r: &&mut MemoryRow| {
-            (r.mode, r.batch_size, r.sequence_length)
-                == (m.cell.mode, m.cell.batch_size, m.cell.sequence_length)
+            (r.mode, r.batch_size, r.sequence_length, r.threads)
+                == (
+                    m.cell.mode,
+                    m.cell.batch_size,
+                    m.cell.sequence_length,
+                    m.cell.threads,
+                )
         };
         match rows.iter_mut().find(same) {
             Some(r) => r.models.push((m.cell.model.clone(), mb)),
@@ -300,6 +312,7 @@ pub fn memory_order(results: &ResultsFile) -> (Vec<MemoryRow>, Option<Vec<String
                 mode: m.cell.mode,
                 batch_size: m.cell.batch_size,
                 sequence_length: m.cell.sequence_length,
+                threads: m.cell.threads,
                 models: vec![(m.cell.model.clone(), mb)],
             }),
         }
@@ -331,6 +344,86 @@ pub fn failures(results: &ResultsFile) -> Vec<&Measurement> {
         .collect()
 }
 
+/// How much faster one cell runs on the most threads of a sweep than on the fewest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scaling {
+    pub model: String,
+    pub mode: Mode,
+    pub batch_size: usize,
+    pub sequence_length: usize,
+    /// The fewest and the most threads measured.
+    pub from: usize,
+    pub to: usize,
+    /// Median time on `from` threads over the median on `to` (conservative 95% interval).
+    pub speedup: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Scaling {
+    /// Speed-up per thread added, as a share of perfect (linear) scaling.
+    pub fn efficiency(&self) -> f64 {
+        self.speedup / (self.to as f64 / self.from as f64)
+    }
+
+    pub fn sentence(&self, names: &dyn Fn(&str) -> String) -> String {
+        format!(
+            "{} {} at batch {}, sequence {} runs {:.2}x [{:.2}, {:.2}] faster on {} than on {} ({:.0}% of linear scaling)",
+            names(&self.model),
+            self.mode.as_str(),
+            self.batch_size,
+            self.sequence_length,
+            self.speedup,
+            self.low,
+            self.high,
+            threads_label(self.to),
+            threads_label(self.from),
+            100.0 * self.efficiency()
+        )
+    }
+}
+
+/// The speed-up from the fewest to the most threads at every cell measured at both (empty
+/// unless the run swept thread counts).
+pub fn thread_scaling(results: &ResultsFile) -> Vec<Scaling> {
+    let counts = results.thread_counts();
+    let (Some(&from), Some(&to)) = (counts.iter().min(), counts.iter().max()) else {
+        return Vec::new();
+    };
+    if from == to {
+        return Vec::new();
+    }
+    let cells = ok_cells(results);
+    let mut out = Vec::new();
+    for few in cells.iter().filter(|m| m.cell.threads == from) {
+        let Some(many) = cells.iter().find(|m| {
+            m.cell.threads == to
+                && m.cell.model == few.cell.model
+                && m.cell.mode == few.cell.mode
+                && m.cell.batch_size == few.cell.batch_size
+                && m.cell.sequence_length == few.cell.sequence_length
+        }) else {
+            continue;
+        };
+        let (Some(a), Some(b)) = (&few.speed, &many.speed) else {
+            continue;
+        };
+        let (speedup, low, high) = ratio_interval(&a.summary, &b.summary);
+        out.push(Scaling {
+            model: few.cell.model.clone(),
+            mode: few.cell.mode,
+            batch_size: few.cell.batch_size,
+            sequence_length: few.cell.sequence_length,
+            from,
+            to,
+            speedup,
+            low,
+            high,
+        });
+    }
+    out
+}
+
 /// Every observation of a results file, as sentences, in the order the report lists them:
 /// the speed ratio of each pair of models (geometric mean over the cells both measured, and
 /// the largest cell with its interval), how time and activation memory grow, the models'
@@ -340,7 +433,7 @@ pub fn observations(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Ve
     let models = models(results);
     let ratios = speed_ratios(results);
     // One summary per unordered pair of models and mode, over every cell both measured.
-    let mut pairs: Vec<(String, String, Mode)> = Vec::new();
+    let mut pairs: Vec<(String, String, Mode, usize)> = Vec::new();
     for r in &ratios {
         let (a, b) = if models.iter().position(|m| *m == r.faster)
             < models.iter().position(|m| *m == r.slower)
@@ -349,15 +442,16 @@ pub fn observations(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Ve
         } else {
             (r.slower.clone(), r.faster.clone())
         };
-        if !pairs.contains(&(a.clone(), b.clone(), r.mode)) {
-            pairs.push((a, b, r.mode));
+        if !pairs.contains(&(a.clone(), b.clone(), r.mode, r.threads)) {
+            pairs.push((a, b, r.mode, r.threads));
         }
     }
-    for (a, b, mode) in &pairs {
+    for (a, b, mode, threads) in &pairs {
         let these: Vec<&SpeedRatio> = ratios
             .iter()
             .filter(|r| {
                 r.mode == *mode
+                    && r.threads == *threads
                     && ((&r.faster == a && &r.slower == b) || (&r.faster == b && &r.slower == a))
             })
             .collect();
@@ -383,10 +477,11 @@ pub fn observations(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Ve
             .filter(|r| r.is_significant() && &r.faster == fast)
             .count();
         let mut sentence = format!(
-            "{} is {g:.2}x faster than {} ({}; geometric mean over {} cell(s), each cell's 95% interval above 1 in {sig})",
+            "{} is {g:.2}x faster than {} ({}, {}; geometric mean over {} cell(s), each cell's 95% interval above 1 in {sig})",
             names(fast),
             names(slow),
             mode.as_str(),
+            threads_label(*threads),
             these.len()
         );
         if let Some(big) = these
@@ -405,13 +500,30 @@ pub fn observations(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Ve
     ] {
         // One sentence per model and mode: the fit at the largest fixed value.
         let fits = growth(results, quantity, along_batch);
-        let mut seen: Vec<(String, Mode)> = Vec::new();
+        let mut seen: Vec<(String, Mode, usize)> = Vec::new();
         for g in fits.iter().rev() {
-            let key = (g.model.clone(), g.mode);
+            let key = (g.model.clone(), g.mode, g.threads);
             if !seen.contains(&key) && g.points >= 2 {
                 seen.push(key);
                 obs.push(g.sentence(names));
             }
+        }
+    }
+    // Thread scaling: per model and mode, the largest cell measured at both ends of the sweep.
+    let scaling = thread_scaling(results);
+    let mut seen: Vec<(String, Mode)> = Vec::new();
+    for sc in scaling.iter().rev().filter(|sc| {
+        let biggest = scaling
+            .iter()
+            .filter(|o| o.model == sc.model && o.mode == sc.mode)
+            .map(|o| o.batch_size * o.sequence_length)
+            .max();
+        biggest == Some(sc.batch_size * sc.sequence_length)
+    }) {
+        let key = (sc.model.clone(), sc.mode);
+        if !seen.contains(&key) {
+            seen.push(key);
+            obs.push(sc.sentence(names));
         }
     }
     let (order_rows, consistent) = memory_order(results);

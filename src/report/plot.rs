@@ -148,10 +148,38 @@ pub fn series_from_results(
                 m.cell.sequence_length as f64,
                 y,
                 interval,
+                m.cell.threads,
             ))
         })
+        .collect::<Vec<_>>();
+    if results.thread_counts().len() < 2 {
+        let rows = rows
+            .into_iter()
+            .map(|(model, b, s, y, i, _)| (model, b, s, y, i))
+            .collect();
+        return group(rows, along_batch, short_names);
+    }
+    // A thread sweep: one line per model and thread count, named here (short names apply to
+    // the models, in plan order).
+    let models = crate::report::observe::models(results);
+    let rows = rows
+        .into_iter()
+        .map(|(model, b, s, y, i, threads)| {
+            let name = models
+                .iter()
+                .position(|m| *m == model)
+                .and_then(|i| short_names.get(i).cloned())
+                .unwrap_or(model);
+            (
+                format!("{name}, {}", crate::bench::threads_label(threads)),
+                b,
+                s,
+                y,
+                i,
+            )
+        })
         .collect();
-    group(rows, along_batch, short_names)
+    group(rows, along_batch, &[])
 }
 
 /// Series from the tidy `results.csv` of a bench run: medians with their 95% CI as error bars

@@ -34,6 +34,7 @@ pub fn cell(model: &str, batch: usize) -> Cell {
         mode: Mode::Inference,
         batch_size: batch,
         sequence_length: 128,
+        threads: 2,
     }
 }
 
@@ -95,6 +96,7 @@ pub fn cell_at(model: &str, mode: Mode, batch: usize, seq: usize) -> Cell {
         mode,
         batch_size: batch,
         sequence_length: seq,
+        threads: 2,
     }
 }
 
