@@ -1,0 +1,83 @@
+//! The portable tier, which CPUs without a register kernel here run (Arm, old x86): this test
+//! process chooses it before anything computes, so a prepared model's encoder runs on the
+//! `gemm` crate. Parity with transformers on every family, and logits that do not depend on
+//! the batch, as on the other tiers.
+
+mod common;
+
+use bertbench::compute::Isa;
+use bertbench::eval::run_model;
+use bertbench::models::{self, ForwardCtx, TokenInputs};
+use bertbench::runtime::{use_isa, IsaChoice};
+use bertbench::squad::{load_tokenizer, read_dataset, FeatureConfig};
+use candle_core::{DType, Device};
+use common::*;
+
+fn portable() {
+    assert_eq!(use_isa(IsaChoice::Portable).unwrap(), Isa::Portable);
+}
+
+#[test]
+fn portable_tier_matches_transformers() {
+    portable();
+    for family in FAMILIES {
+        let dir = parity_dir(family);
+        let (mut model, _) = models::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+        model.prepare_for_inference();
+        let expected = read_json(&dir.join("expected.json"));
+        let inputs = TokenInputs::from_file(&dir.join("expected.json")).unwrap();
+        let batch = inputs.to_batch(&Device::Cpu).unwrap();
+        let out = model.forward(&batch, &mut ForwardCtx::inference()).unwrap();
+        for (name, got) in [
+            ("start_logits", &out.start_logits),
+            ("end_logits", &out.end_logits),
+            ("last_hidden_state", &out.last_hidden_state),
+        ] {
+            let got: Vec<f64> = got
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let diff = max_abs_diff(&got, &flatten(&expected["outputs"][name]));
+            assert!(diff <= 1e-5, "{family} {name}: max abs diff {diff:e}");
+        }
+    }
+}
+
+/// As tests/eval.rs checks on the best tier: a window's logits, bit for bit, whatever the
+/// batch size.
+#[test]
+fn portable_tier_logits_do_not_depend_on_the_batch() {
+    portable();
+    let dir = minilm_dir();
+    let (mut model, _) = models::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+    model.prepare_for_inference();
+    let tokenizer = load_tokenizer(&dir).unwrap();
+    let dataset = read_dataset(&shared().join("data/squad/dev-v1.1.json.gz"))
+        .unwrap()
+        .first_questions(12);
+    let examples: Vec<_> = dataset.examples().collect();
+    let windows = FeatureConfig {
+        max_seq_length: 128,
+        doc_stride: 32,
+        ..FeatureConfig::default()
+    };
+    let features = tokenizer.features(&examples, &windows).unwrap();
+    let (one_s, one_e) = run_model(&model, &features, 1, |_| {}).unwrap();
+    for batch in [3, features.len()] {
+        let (s, e) = run_model(&model, &features, batch, |_| {}).unwrap();
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        for i in 0..features.len() {
+            assert!(
+                same(&s[i], &one_s[i]),
+                "batch {batch}: start logits of window {i}"
+            );
+            assert!(
+                same(&e[i], &one_e[i]),
+                "batch {batch}: end logits of window {i}"
+            );
+        }
+    }
+}
