@@ -28,11 +28,7 @@ fn main() {
     println!(
         "kernel: {} ({} available), {threads} threads, {}",
         isa.name(),
-        Isa::available()
-            .iter()
-            .map(|i| i.name())
-            .collect::<Vec<_>>()
-            .join(" "),
+        Isa::available_names(),
         bertbench::compute::cache::CacheSizes::detect()
     );
     let ceiling = fma_ceiling(isa, threads).map(|(one, all)| {

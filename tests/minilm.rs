@@ -38,14 +38,7 @@ fn minilm_hidden_states_match_transformers() {
         )
         .unwrap();
     assert_eq!(out.last_hidden_state.dims(), &[3, 27, 384]);
-    let got: Vec<f64> = out
-        .last_hidden_state
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let got = to_f64(&out.last_hidden_state);
     let diff = max_abs_diff(&got, &flatten(&reference["last_hidden_state"]));
     assert!(diff <= 1e-4, "max abs diff {diff:e}");
 }

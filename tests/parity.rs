@@ -10,15 +10,6 @@ use common::*;
 
 const TOL: f64 = 1e-5;
 
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
 /// Every inference path against the fixture: the fused kernels and the composed candle ops,
 /// each on the weights as loaded and on the model prepared for inference (packed weights).
 fn check(family: &str, model: &QaModel) {

@@ -50,15 +50,6 @@ fn kernel() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The CPU kernels' tiers this CPU can run, best first.
-fn isa_available() -> String {
-    crate::compute::Isa::available()
-        .iter()
-        .map(|i| i.name())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Logical CPUs this process may use.
 pub fn logical_cpus() -> usize {
     std::thread::available_parallelism()
@@ -94,7 +85,7 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
         ("logical_cpus", logical_cpus().to_string()),
         ("threads", settings.threads.to_string()),
         ("isa", crate::compute::Isa::current().name().to_string()),
-        ("isa_available", isa_available()),
+        ("isa_available", crate::compute::Isa::available_names()),
         ("l1d_cache_kib", (caches.l1d >> 10).to_string()),
         ("l2_cache_kib", (caches.l2 >> 10).to_string()),
         (

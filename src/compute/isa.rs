@@ -73,11 +73,7 @@ impl Isa {
             return Err(format!(
                 "this CPU cannot run the {} kernels (it can run: {})",
                 isa.name(),
-                Self::available()
-                    .iter()
-                    .map(|i| i.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                Self::available_names()
             ));
         }
         let set = *SELECTED.get_or_init(|| isa);
@@ -90,6 +86,15 @@ impl Isa {
             ));
         }
         Ok(set)
+    }
+
+    /// The names of [`Isa::available`], best first, comma-separated.
+    pub fn available_names() -> String {
+        Self::available()
+            .iter()
+            .map(|i| i.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Every kernel this CPU can run, best first (tests run them all); detected once.

@@ -33,6 +33,38 @@ pub fn flatten(v: &serde_json::Value) -> Vec<f64> {
 }
 
 /// Largest absolute difference between two equally long sequences.
+/// A tensor's values as f64, flattened.
+pub fn to_f64(t: &candle_core::Tensor) -> Vec<f64> {
+    t.to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Asserts two runs' per-window logits are bit for bit the same (`what` names the second run).
+pub fn assert_same_logits(
+    (starts, ends): &(Vec<Vec<f32>>, Vec<Vec<f32>>),
+    (want_starts, want_ends): &(Vec<Vec<f32>>, Vec<Vec<f32>>),
+    what: &str,
+) {
+    let same = |a: &[f32], b: &[f32]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    };
+    assert_eq!(starts.len(), want_starts.len(), "{what}: windows");
+    for i in 0..starts.len() {
+        assert!(
+            same(&starts[i], &want_starts[i]),
+            "{what}: start logits of window {i}"
+        );
+        assert!(
+            same(&ends[i], &want_ends[i]),
+            "{what}: end logits of window {i}"
+        );
+    }
+}
+
 pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter()
