@@ -751,6 +751,9 @@ mod avx2 {
     use super::{Tile, PANEL};
     use std::arch::x86_64::*;
 
+    /// How many inputs ahead of use the tile prefetches its weight panel's rows.
+    const PREFETCH_INPUTS: usize = 16;
+
     /// Lane masks for `maskload`/`maskstore`: `MASKS[8 - n..]` enables the first `n` lanes.
     const MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
 
@@ -760,23 +763,37 @@ mod avx2 {
     /// AVX2 and FMA available; the tile's invariant with one panel.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn rows(t: &Tile) {
+        // Only the block's first tile reads the weight panel from memory (the later ones find
+        // it in L2): that one prefetches it.
         let mut r0 = 0;
         while t.rows - r0 >= 6 {
             // SAFETY: r0 + 6 <= rows; the sub-tile keeps the invariant.
-            unsafe { tile::<6>(&t.sub(r0, 6)) };
+            unsafe {
+                if r0 == 0 {
+                    tile::<6, true>(&t.sub(r0, 6))
+                } else {
+                    tile::<6, false>(&t.sub(r0, 6))
+                }
+            };
             r0 += 6;
         }
         // SAFETY: r0 <= rows.
         let rest = unsafe { t.sub(r0, t.rows - r0) };
+        let first = r0 == 0;
         // SAFETY: `rest` keeps the invariant and has `rest.rows` rows.
         unsafe {
-            match rest.rows {
-                0 => {}
-                1 => tile::<1>(&rest),
-                2 => tile::<2>(&rest),
-                3 => tile::<3>(&rest),
-                4 => tile::<4>(&rest),
-                _ => tile::<5>(&rest),
+            match (rest.rows, first) {
+                (0, _) => {}
+                (1, true) => tile::<1, true>(&rest),
+                (1, false) => tile::<1, false>(&rest),
+                (2, true) => tile::<2, true>(&rest),
+                (2, false) => tile::<2, false>(&rest),
+                (3, true) => tile::<3, true>(&rest),
+                (3, false) => tile::<3, false>(&rest),
+                (4, true) => tile::<4, true>(&rest),
+                (4, false) => tile::<4, false>(&rest),
+                (_, true) => tile::<5, true>(&rest),
+                (_, false) => tile::<5, false>(&rest),
             }
         }
     }
@@ -785,10 +802,12 @@ mod avx2 {
     /// `R` broadcasts per input. A half with no column of the tile (`cols <= 8`) is neither
     /// loaded nor stored, so no pointer past the tile's outputs is ever formed.
     ///
+    /// `PREFETCH`: ask for the weight panel's rows ahead of use (the block's first tile).
+    ///
     /// # Safety
     /// AVX2 and FMA available; the tile's invariant with exactly `R` rows and one panel.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const R: usize>(t: &Tile) {
+    pub unsafe fn tile<const R: usize, const PREFETCH: bool>(t: &Tile) {
         debug_assert!(t.rows == R && t.cols >= 1 && t.cols <= PANEL);
         let halves = if t.cols > 8 { 2 } else { 1 };
         let masks: [__m256i; 2] = std::array::from_fn(|h| {
@@ -841,6 +860,16 @@ mod avx2 {
         // Four inputs per iteration: the loop's own counting is paid once per four.
         let mut p = 0;
         while p + 4 <= t.kc {
+            // The weight panel is one stream, and the block's first tile waits on memory for
+            // it: ask for its lines ahead of use (a prefetch reads nothing and may name any
+            // address: `wrapping_add` forms it without claiming it is in bounds).
+            if PREFETCH {
+                for ahead in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        t.b.wrapping_add((p + ahead + PREFETCH_INPUTS) * PANEL) as *const i8,
+                    );
+                }
+            }
             step!(p);
             step!(p + 1);
             step!(p + 2);
