@@ -5,8 +5,9 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::dense::matmul;
+use super::dense::{gemm_raw, matmul};
 use super::dropout::DropoutDraw;
+use super::isa::Isa;
 use super::packed::{self, PackedWeight};
 use super::softmax::{softmax_backward, softmax_row, softmax_row_unnormalized};
 use super::view::{MatMut, MatRef, SendPtr};
@@ -73,22 +74,36 @@ pub fn attention(
     });
     // The scores are the left operand of `p v`: rows padded as the product prefers.
     let score_stride = packed::activation_stride(seq);
+    // The portable tier multiplies on the `gemm` crate (see `QaModel::prepare_for_inference`);
+    // the others on the packed product, each head's keys and values packed per task. Either
+    // way a head's products have the shape of its sequence alone, whatever the batch.
+    let portable = Isa::current() == Isa::Portable;
     let run = |(index, slot): (usize, &mut Slot)| {
         slot.scores.resize(seq * score_stride, 0.0);
         slot.inverse_sums.resize(seq, 0.0);
         for task in index * per_slot..((index + 1) * per_slot).min(tasks) {
             let (bi, hi) = (task / heads, task % heads);
             let key_mask = &mask[bi * seq..(bi + 1) * seq];
-            slot.keys.repack(head(k, bi, hi, seq, d));
-            // SAFETY: the scores buffer holds seq rows at `score_stride` and is this slot's own.
-            unsafe {
-                packed::packed_linear_serial_raw(
+            if portable {
+                matmul(
                     head(q, bi, hi, seq, d),
-                    &slot.keys,
-                    slot.scores.as_mut_ptr(),
-                    score_stride,
-                )
-            };
+                    head(k, bi, hi, seq, d).t(),
+                    MatMut::new(&mut slot.scores, seq, seq, score_stride),
+                    Parallelism::None,
+                );
+            } else {
+                slot.keys.repack(head(k, bi, hi, seq, d));
+                // SAFETY: the scores buffer holds seq rows at `score_stride` and is this
+                // slot's own.
+                unsafe {
+                    packed::packed_linear_serial_raw(
+                        head(q, bi, hi, seq, d),
+                        &slot.keys,
+                        slot.scores.as_mut_ptr(),
+                        score_stride,
+                    )
+                };
+            }
             let inv = &mut slot.inverse_sums;
             dispatch!({
                 for (row, inv) in slot
@@ -99,18 +114,28 @@ pub fn attention(
                     *inv = softmax_row_unnormalized(&mut row[..seq], scale, key_mask);
                 }
             });
-            slot.values.repack(head(v, bi, hi, seq, d).t());
+            if !portable {
+                slot.values.repack(head(v, bi, hi, seq, d).t());
+            }
+            let scores = MatRef::new(&slot.scores, seq, seq, score_stride);
             // SAFETY: `out` was bounds-checked for (batch*seq) x hidden at `out_stride`; each
-            // task writes only its own block (rows of sequence bi, columns of head hi), so
-            // concurrent tasks never touch the same element.
+            // task writes only its own block (rows of sequence bi, columns of head hi, a seq x d
+            // block that overlaps neither operand), so concurrent tasks never touch the same
+            // element.
             unsafe {
                 let block = out_ptr.get().add(bi * seq * out_stride + hi * d);
-                packed::packed_linear_serial_raw(
-                    MatRef::new(&slot.scores, seq, seq, score_stride),
-                    &slot.values,
-                    block,
-                    out_stride,
-                );
+                if portable {
+                    gemm_raw(
+                        block,
+                        out_stride,
+                        false,
+                        scores,
+                        head(v, bi, hi, seq, d),
+                        Parallelism::None,
+                    );
+                } else {
+                    packed::packed_linear_serial_raw(scores, &slot.values, block, out_stride);
+                }
                 // The softmax's normalisation, on the context rows.
                 for (r, inv) in slot.inverse_sums.iter().enumerate() {
                     let row = std::slice::from_raw_parts_mut(block.add(r * out_stride), d);

@@ -26,7 +26,7 @@ pub fn parallelism() -> Parallelism {
 /// # Safety
 /// `dst` must be valid for `a.rows x b.cols` elements at row stride `dst_rs`, and must not
 /// overlap the operands or be written by anyone else meanwhile.
-unsafe fn gemm_raw(
+pub(crate) unsafe fn gemm_raw(
     dst: *mut f32,
     dst_rs: usize,
     accumulate: bool,
