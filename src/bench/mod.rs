@@ -58,6 +58,15 @@ pub struct Cell {
     pub threads: usize,
 }
 
+impl Cell {
+    /// The same step on the same input shape (mode, batch size, sequence length), whatever
+    /// the model and thread count.
+    pub fn same_shape(&self, other: &Cell) -> bool {
+        (self.mode, self.batch_size, self.sequence_length)
+            == (other.mode, other.batch_size, other.sequence_length)
+    }
+}
+
 impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -77,9 +77,7 @@ pub fn speed_ratios(results: &ResultsFile) -> Vec<SpeedRatio> {
             for ma in cells.iter().filter(|m| &m.cell.model == a) {
                 let Some(mb) = cells.iter().find(|m| {
                     &m.cell.model == b
-                        && m.cell.mode == ma.cell.mode
-                        && m.cell.batch_size == ma.cell.batch_size
-                        && m.cell.sequence_length == ma.cell.sequence_length
+                        && m.cell.same_shape(&ma.cell)
                         && m.cell.threads == ma.cell.threads
                 }) else {
                     continue;
@@ -397,11 +395,7 @@ pub fn thread_scaling(results: &ResultsFile) -> Vec<Scaling> {
     let mut out = Vec::new();
     for few in cells.iter().filter(|m| m.cell.threads == from) {
         let Some(many) = cells.iter().find(|m| {
-            m.cell.threads == to
-                && m.cell.model == few.cell.model
-                && m.cell.mode == few.cell.mode
-                && m.cell.batch_size == few.cell.batch_size
-                && m.cell.sequence_length == few.cell.sequence_length
+            m.cell.threads == to && m.cell.model == few.cell.model && m.cell.same_shape(&few.cell)
         }) else {
             continue;
         };
