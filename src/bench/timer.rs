@@ -170,19 +170,26 @@ mod tests {
             max_runs: 1000,
             ..policy()
         };
+        let mut last_elapsed = Duration::ZERO;
         let t = measure(
             &p,
             || {
                 std::thread::sleep(Duration::from_millis(2));
                 Ok(())
             },
-            |_, _| {},
+            |_, elapsed| last_elapsed = elapsed,
         )
         .unwrap();
+        // Past the minimum run count (4), timing went on until 40 ms of the timing phase had
+        // passed (wall time, which the samples alone slightly undercount: the loop's own work
+        // between runs is not in them), and no further.
+        assert!(t.samples.len() > p.min_runs, "{} runs", t.samples.len());
+        assert!(last_elapsed >= p.min_time, "stopped at {last_elapsed:?}");
         let total: f64 = t.samples.iter().sum();
+        let last = t.samples.last().copied().unwrap_or_default();
         assert!(
-            t.samples.len() > 4 && total >= 0.04,
-            "{} runs, {total}s",
+            total - last < p.min_time.as_secs_f64(),
+            "ran on past 40 ms: {} runs, {total} s",
             t.samples.len()
         );
         let p = TimingPolicy {

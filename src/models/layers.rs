@@ -6,7 +6,7 @@
 //! faster kernels get swapped in.
 //!
 //! Inference (no gradient recorded, f32 on the CPU) takes the fused kernels of
-//! [`super::kernels`] instead: [`EncoderStack::forward`] runs the whole stack of blocks on plain buffers with
+//! [`crate::compute`] instead: [`EncoderStack::forward`] runs the whole stack of blocks on plain buffers with
 //! the attention, GELU, residual and LayerNorm fused, and [`LayerNorm`] uses the fused row
 //! kernel. Everything else (training, half precision, GPUs) takes the composed candle ops.
 //!
