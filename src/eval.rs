@@ -18,6 +18,9 @@ use crate::squad::{
     QaTokenizer, Score,
 };
 
+/// Windows per forward pass unless told otherwise (`run_qa.py`'s evaluation batch).
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+
 /// How to evaluate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EvalConfig {

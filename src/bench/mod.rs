@@ -220,6 +220,18 @@ impl Measurement {
     }
 }
 
+/// The values of `items` in first-seen order, each once (the grid's axes, the models and
+/// thread counts of a plan).
+pub fn distinct<T: PartialEq + Clone>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
 /// "1 thread", "2 threads".
 pub fn threads_label(n: usize) -> String {
     if n == 1 {
@@ -237,5 +249,20 @@ pub fn fmt_time(s: f64) -> String {
         format!("{:.2} ms", s * 1e3)
     } else {
         format!("{:.1} µs", s * 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_keeps_first_seen_order() {
+        assert_eq!(distinct([3, 1, 3, 2, 1]), vec![3, 1, 2]);
+        assert!(distinct(Vec::<u8>::new()).is_empty());
+        assert_eq!(
+            (threads_label(1), threads_label(4)),
+            ("1 thread".into(), "4 threads".into())
+        );
     }
 }

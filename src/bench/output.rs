@@ -103,13 +103,7 @@ impl ResultsFile {
 
     /// The thread counts of the plan, in plan order.
     pub fn thread_counts(&self) -> Vec<usize> {
-        let mut out: Vec<usize> = Vec::new();
-        for c in &self.plan {
-            if !out.contains(&c.threads) {
-                out.push(c.threads);
-            }
-        }
-        out
+        super::distinct(self.plan.iter().map(|c| c.threads))
     }
 
     /// Measurement of a cell, the latest if several.

@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use super::grid::{self, Isolation, MaxBatch, Observer, Preset, RunOptions, STUDY_MODELS};
 use super::output::{OutputFiles, ResultsFile, ResultsWriter};
-use super::{env, memory, peak, Cell, CellSettings, Mode, TimingPolicy};
+use super::{distinct, env, memory, peak, Cell, CellSettings, Mode, TimingPolicy};
 use crate::device::{parse_device, Precision};
 use crate::error::input;
 
@@ -108,11 +108,11 @@ impl BenchConfig {
     /// The cells, in Hugging Face's script's order, each once.
     pub fn plan(&self) -> Vec<Cell> {
         grid::plan(
-            &distinct(&self.models),
-            &distinct(&self.modes),
-            &distinct(&self.batch_sizes),
-            &distinct(&self.sequence_lengths),
-            &distinct(&self.threads),
+            &distinct(self.models.iter().cloned()),
+            &distinct(self.modes.iter().copied()),
+            &distinct(self.batch_sizes.iter().copied()),
+            &distinct(self.sequence_lengths.iter().copied()),
+            &distinct(self.threads.iter().copied()),
         )
     }
 
@@ -133,7 +133,7 @@ impl BenchConfig {
             return Err(input("thread counts must be at least 1"));
         }
         if matches!(self.isolation, Isolation::InProcess)
-            && distinct(&self.threads) != [self.settings.threads]
+            && distinct(self.threads.iter().copied()) != [self.settings.threads]
         {
             return Err(input(format!(
                 "cells run in this process use its {} compute threads; sweeping thread counts \
@@ -162,17 +162,6 @@ impl BenchConfig {
         parse_device(&self.settings.device)?;
         Ok(())
     }
-}
-
-/// The values of `items` in first-seen order, each once.
-fn distinct<T: PartialEq + Clone>(items: &[T]) -> Vec<T> {
-    let mut out: Vec<T> = Vec::with_capacity(items.len());
-    for item in items {
-        if !out.contains(item) {
-            out.push(item.clone());
-        }
-    }
-    out
 }
 
 /// What a bench run produced (also on disk in `files`).
@@ -232,7 +221,7 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
             min_time: Duration::from_millis(500),
             ..TimingPolicy::default()
         };
-        for threads in distinct(&config.threads) {
+        for threads in distinct(config.threads.iter().copied()) {
             if peak_matmul.iter().any(|s| s.threads == threads) {
                 continue;
             }
@@ -253,7 +242,7 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
     let mut results = previous.unwrap_or_default();
     results.bertbench_version = env::VERSION.into();
     results.environment = env::collect(settings, multiprocess, peak_gflops);
-    let counts = distinct(&config.threads);
+    let counts = distinct(config.threads.iter().copied());
     if counts.len() > 1 {
         let list: Vec<String> = counts.iter().map(|t| t.to_string()).collect();
         results
@@ -272,9 +261,9 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
 
     let mut max_batch = Vec::new();
     if let Some(cap) = config.find_max_batch {
-        for model in distinct(&config.models) {
-            for mode in distinct(&config.modes) {
-                for seq in distinct(&config.sequence_lengths) {
+        for model in distinct(config.models.iter().cloned()) {
+            for mode in distinct(config.modes.iter().copied()) {
+                for seq in distinct(config.sequence_lengths.iter().copied()) {
                     observer.search_started(&model, mode, seq);
                     // The probes are not cells of the grid: they stay out of its progress.
                     let row =
@@ -301,12 +290,6 @@ pub const MAX_BATCH_FILE: &str = "max_batch.csv";
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn distinct_keeps_first_seen_order() {
-        assert_eq!(distinct(&[3, 1, 3, 2, 1]), vec![3, 1, 2]);
-        assert!(distinct::<u8>(&[]).is_empty());
-    }
 
     #[test]
     fn presets_narrow_what_is_measured() {

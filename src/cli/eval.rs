@@ -21,7 +21,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Windows per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = crate::eval::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// Tokenizer: a model directory, tokenizer.json or vocab.txt (default: the model's own).
     #[arg(long)]

@@ -122,7 +122,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 config: EvalConfig {
                     features: FeatureConfig::default(),
                     decode: DecodeConfig::default(),
-                    batch_size: 32,
+                    batch_size: crate::eval::DEFAULT_BATCH_SIZE,
                 },
                 tokenizer: None,
                 output_dir: root.join("eval").join(format!("{i}-{name}")),

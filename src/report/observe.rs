@@ -58,13 +58,7 @@ fn ok_cells(results: &ResultsFile) -> Vec<&Measurement> {
 
 /// The models of a run, in plan order.
 pub fn models(results: &ResultsFile) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for c in &results.plan {
-        if !out.contains(&c.model) {
-            out.push(c.model.clone());
-        }
-    }
-    out
+    crate::bench::distinct(results.plan.iter().map(|c| c.model.clone()))
 }
 
 /// Speed ratio of every pair of models at every cell both measured.

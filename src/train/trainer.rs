@@ -57,7 +57,7 @@ pub struct TrainingArgs {
         long = "eval-batch-size",
         alias = "per-device-eval-batch-size",
         value_name = "N",
-        default_value_t = 32
+        default_value_t = crate::eval::DEFAULT_BATCH_SIZE
     )]
     pub per_device_eval_batch_size: usize,
     #[arg(
