@@ -232,19 +232,43 @@ pub fn run_model(
     let mut ends = vec![Vec::new(); features.len()];
     for batch in plan_batches(features, batch_size) {
         let rows: Vec<&Feature> = batch.iter().map(|&i| &features[i]).collect();
-        let len = run_length(rows[0]);
-        let input = stack_windows(&rows, len, model.config().model_type, model.device())?;
-        let out = model.forward(&input, &mut ForwardCtx::inference())?;
-        let s: Vec<Vec<f32>> = out.start_logits.to_dtype(DType::F32)?.to_vec2()?;
-        let e: Vec<Vec<f32>> = out.end_logits.to_dtype(DType::F32)?.to_vec2()?;
-        for ((mut s, mut e), &i) in s.into_iter().zip(e).zip(&batch) {
-            let full = features[i].input_ids.len().max(len);
-            s.resize(full, f32::MIN);
-            e.resize(full, f32::MIN);
+        let (s, e) = forward_windows(model, &rows)?;
+        for ((s, e), &i) in s.into_iter().zip(e).zip(&batch) {
             starts[i] = s;
             ends[i] = e;
         }
         progress(batch.len());
+    }
+    Ok((starts, ends))
+}
+
+/// One forward pass over windows of one [`run_length`] (as [`plan_batches`] and the serving
+/// batcher group them): start and end logits per window at the window's full length, with
+/// `f32::MIN` past the run length. Windows of different run lengths are refused: run at
+/// another length, a window's logits would depend on its batch.
+pub fn forward_windows(model: &QaModel, rows: &[&Feature]) -> Result<LogitRows> {
+    let Some(first) = rows.first() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let len = run_length(first);
+    if let Some(other) = rows.iter().find(|f| run_length(f) != len) {
+        bail!(
+            "a batch mixes run lengths {len} and {}: windows are run at their own length",
+            run_length(other)
+        );
+    }
+    let input = stack_windows(rows, len, model.config().model_type, model.device())?;
+    let out = model.forward(&input, &mut ForwardCtx::inference())?;
+    let s: Vec<Vec<f32>> = out.start_logits.to_dtype(DType::F32)?.to_vec2()?;
+    let e: Vec<Vec<f32>> = out.end_logits.to_dtype(DType::F32)?.to_vec2()?;
+    let mut starts = Vec::with_capacity(rows.len());
+    let mut ends = Vec::with_capacity(rows.len());
+    for ((mut s, mut e), f) in s.into_iter().zip(e).zip(rows) {
+        let full = f.input_ids.len().max(len);
+        s.resize(full, f32::MIN);
+        e.resize(full, f32::MIN);
+        starts.push(s);
+        ends.push(e);
     }
     Ok((starts, ends))
 }

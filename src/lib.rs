@@ -29,5 +29,6 @@ pub mod hub;
 pub mod models;
 pub mod report;
 pub mod runtime;
+pub mod serve;
 pub mod squad;
 pub mod train;

@@ -9,6 +9,7 @@ mod eval;
 mod model;
 mod report;
 mod run;
+mod serve;
 mod squad;
 mod train;
 
@@ -39,6 +40,11 @@ pub enum Command {
     BenchCell(bench::BenchCellArgs),
     /// Answer SQuAD questions with a model: EM/F1 and speed from one run.
     Eval(Box<eval::EvalArgs>),
+    /// Serve SQuAD questions under load (MLPerf's single-stream, offline and server
+    /// scenarios) through the batching server: latency percentiles, QPS at a bound, answers.
+    Loadgen(Box<serve::LoadgenArgs>),
+    /// Answer questions over HTTP (POST /v1/qa, GET /health) through the batching server.
+    Serve(Box<serve::ServeArgs>),
     /// Fine-tune a model on SQuAD (resumable, Hugging Face checkpoint layout).
     Train(Box<train::TrainArgs>),
     /// Upload a model directory to the Hugging Face Hub.
@@ -66,6 +72,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Peak(args) => bench::peak(args),
         Command::BenchCell(args) => bench::bench_cell(args),
         Command::Eval(args) => eval::eval(*args),
+        Command::Loadgen(args) => serve::loadgen(*args),
+        Command::Serve(args) => serve::serve(*args),
         Command::Score(args) => squad::score(args),
         Command::Plot(args) => report::plot(args),
         Command::Report(args) => report::report(args),

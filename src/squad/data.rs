@@ -108,27 +108,36 @@ impl Dataset {
     /// exactly the questions it answered.
     pub fn first_questions(&self, n: usize) -> Dataset {
         let mut left = n;
+        self.questions_where(|_| {
+            let keep = left > 0;
+            left = left.saturating_sub(1);
+            keep
+        })
+    }
+
+    /// The dataset cut to the questions `keep` accepts (asked in file order), articles and
+    /// paragraphs left without questions dropped: scores then cover exactly those questions.
+    pub fn questions_where(&self, mut keep: impl FnMut(&Question) -> bool) -> Dataset {
         let mut articles = Vec::new();
         for article in &self.articles {
-            if left == 0 {
-                break;
-            }
-            let mut paragraphs = Vec::new();
-            for paragraph in &article.paragraphs {
-                if left == 0 {
-                    break;
-                }
-                let take = paragraph.qas.len().min(left);
-                left -= take;
-                paragraphs.push(Paragraph {
-                    context: paragraph.context.clone(),
-                    qas: paragraph.qas[..take].to_vec(),
+            let paragraphs: Vec<Paragraph> = article
+                .paragraphs
+                .iter()
+                .filter_map(|paragraph| {
+                    let qas: Vec<Question> =
+                        paragraph.qas.iter().filter(|q| keep(q)).cloned().collect();
+                    (!qas.is_empty()).then(|| Paragraph {
+                        context: paragraph.context.clone(),
+                        qas,
+                    })
+                })
+                .collect();
+            if !paragraphs.is_empty() {
+                articles.push(Article {
+                    title: article.title.clone(),
+                    paragraphs,
                 });
             }
-            articles.push(Article {
-                title: article.title.clone(),
-                paragraphs,
-            });
         }
         Dataset {
             version: self.version.clone(),

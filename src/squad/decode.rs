@@ -68,6 +68,10 @@ pub struct NbestEntry {
     pub probability: f32,
     pub start_logit: f32,
     pub end_logit: f32,
+    /// Where the text lies in the context: code points, end exclusive (`None` for the empty
+    /// answer). Not in `nbest_predictions.json`, whose entries are Hugging Face's four fields.
+    #[serde(skip)]
+    pub span: Option<(usize, usize)>,
 }
 
 /// The decoded answer of one question.
@@ -183,6 +187,7 @@ fn to_prediction(example: &Example, candidates: &[Candidate]) -> Result<Predicti
                 probability: 1.0,
                 start_logit: 0.0,
                 end_logit: 0.0,
+                span: None,
             }],
         });
     }
@@ -211,6 +216,7 @@ fn to_prediction(example: &Example, candidates: &[Candidate]) -> Result<Predicti
                 probability: e / sum,
                 start_logit: c.start_logit,
                 end_logit: c.end_logit,
+                span: Some((c.char_start, c.char_end)),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -519,6 +525,7 @@ mod tests {
                     probability: 1.0,
                     start_logit: 1.5,
                     end_logit: -0.5,
+                    span: Some((0, 6)),
                 }],
             },
             Prediction {

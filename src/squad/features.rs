@@ -29,6 +29,7 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -179,7 +180,14 @@ pub struct QaTokenizer {
     tokenizer: Tokenizer,
     pad_id: u32,
     pad_token: String,
+    /// The tokenizer with the last windowing settings applied. Copying the tokenizer (its
+    /// vocabulary) to apply them cost more than encoding one query; serving tokenises one
+    /// query per call, so the copy is made once per settings.
+    windowing: Arc<Mutex<Option<Windowing>>>,
 }
+
+/// A tokenizer with one [`FeatureConfig`]'s truncation and padding applied.
+type Windowing = (FeatureConfig, Arc<Tokenizer>);
 
 impl std::fmt::Debug for QaTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -268,6 +276,7 @@ pub fn load_tokenizer(path: &Path) -> Result<QaTokenizer> {
         tokenizer,
         pad_id,
         pad_token,
+        windowing: Arc::default(),
     })
 }
 
@@ -371,28 +380,20 @@ impl QaTokenizer {
         }
 
         // 2. The pairs, with context-only truncation into overlapping, padded windows.
-        let mut tok = self.tokenizer.clone();
-        tok.with_truncation(Some(TruncationParams {
-            max_length: cfg.max_seq_length,
-            strategy: TruncationStrategy::OnlySecond,
-            stride: cfg.doc_stride,
-            direction: TruncationDirection::Right,
-        }))
-        .map_err(wrap)?;
-        tok.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::Fixed(cfg.max_seq_length),
-            direction: PaddingDirection::Right,
-            pad_to_multiple_of: None,
-            pad_id: self.pad_id,
-            pad_type_id: 0,
-            pad_token: self.pad_token.clone(),
-        }));
+        let tok = self.windowing(cfg)?;
         let inputs: Vec<EncodeInput> = cut_questions
             .iter()
             .zip(pairs)
             .map(|(q, (_, c))| (q.as_ref(), *c).into())
             .collect();
-        let encodings = tok.encode_batch_char_offsets(inputs, true).map_err(wrap)?;
+        // One pair (a served query) is encoded on this thread: the batch call hands even one
+        // item to the thread pool, which may be busy with a forward pass.
+        let encodings = if inputs.len() == 1 {
+            let input = inputs.into_iter().next().expect("one input");
+            vec![tok.encode_char_offsets(input, true).map_err(wrap)?]
+        } else {
+            tok.encode_batch_char_offsets(inputs, true).map_err(wrap)?
+        };
 
         let mut windows = Vec::with_capacity(encodings.len() * 2);
         for (i, mut enc) in encodings.into_iter().enumerate() {
@@ -410,6 +411,36 @@ impl QaTokenizer {
             windows.extend(overflowing.iter().map(|e| Window::from_encoding(i, e)));
         }
         Ok(windows)
+    }
+
+    /// The tokenizer with `cfg`'s truncation and padding (made once per settings).
+    fn windowing(&self, cfg: &FeatureConfig) -> Result<Arc<Tokenizer>> {
+        let mut cached = self.windowing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((c, tok)) = cached.as_ref() {
+            if c == cfg {
+                return Ok(Arc::clone(tok));
+            }
+        }
+        let wrap = |e: tokenizers::Error| anyhow!("tokenizer: {e}");
+        let mut tok = self.tokenizer.clone();
+        tok.with_truncation(Some(TruncationParams {
+            max_length: cfg.max_seq_length,
+            strategy: TruncationStrategy::OnlySecond,
+            stride: cfg.doc_stride,
+            direction: TruncationDirection::Right,
+        }))
+        .map_err(wrap)?;
+        tok.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::Fixed(cfg.max_seq_length),
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id: self.pad_id,
+            pad_type_id: 0,
+            pad_token: self.pad_token.clone(),
+        }));
+        let tok = Arc::new(tok);
+        *cached = Some((*cfg, Arc::clone(&tok)));
+        Ok(tok)
     }
 
     /// Tokenise examples into model features with training labels from each example's first

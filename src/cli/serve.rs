@@ -1,0 +1,459 @@
+//! `bertbench loadgen` (MLPerf's scenarios on a model behind the batching server, or on any
+//! server speaking the QA API, with queries from a SQuAD file) and `bertbench serve` (the
+//! batching server over HTTP).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::model::ModelArgs;
+use super::report::PriceArgs;
+use crate::compute::Isa;
+use crate::error::input;
+use crate::serve::http::{HttpLimits, HttpServer, HttpSut};
+use crate::serve::loadgen::{LoadgenJob, Setup};
+use crate::serve::scenario::{queries_from, Progress, RunSettings, Scenario, SearchSettings, STOP};
+use crate::serve::{BatcherConfig, QaEngine, Server, Sut};
+use crate::squad::{load_tokenizer, read_dataset, tokenizer_path, DecodeConfig, FeatureConfig};
+
+/// `bertbench serve`'s arguments.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Address to listen on (loopback by default; 0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0: any free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = HttpLimits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let config = args.engine.batcher()?;
+    if args.max_body_bytes == 0 {
+        return Err(input("--max-body-bytes must be at least 1"));
+    }
+    let (engine, source, _) = args.engine.open(&args.model)?;
+    let http = HttpServer::bind(&format!("{}:{}", args.host, args.port))?;
+    let server = Server::start(Arc::new(engine), config);
+    stop_on_ctrl_c();
+    println!(
+        "serving {} ({source}) on http://{}: POST /v1/qa, GET /health; Ctrl-C stops",
+        args.model.model, http.addr
+    );
+    // Tests and scripts read the address from the first line.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    http.run(
+        &server,
+        &args.model.model,
+        HttpLimits {
+            max_body_bytes: args.max_body_bytes,
+        },
+        &STOP,
+    );
+    server.shutdown();
+    Ok(())
+}
+
+/// The batching server's settings and how queries become windows and answers; shared by
+/// `loadgen` and `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Most windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// How long the oldest window may wait for a fuller batch (ms).
+    #[arg(long, default_value_t = 5.0)]
+    pub max_queue_delay_ms: f64,
+    /// Queries admitted and not yet answered; beyond, a query is refused (loadgen's offline
+    /// scenario raises it to its wave; with --url, requests in flight).
+    #[arg(long, default_value_t = 256)]
+    pub queue_capacity: usize,
+    /// Threads taking batches (each forward pass uses every compute thread).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Tokenizer: a model directory, tokenizer.json or vocab.txt (default: the model's own).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    pub windows: FeatureConfig,
+    #[command(flatten)]
+    pub decode: DecodeConfig,
+}
+
+impl EngineArgs {
+    /// The batcher's settings, checked.
+    fn batcher(&self) -> Result<BatcherConfig> {
+        if !(self.max_queue_delay_ms.is_finite() && self.max_queue_delay_ms >= 0.0) {
+            return Err(input(format!(
+                "--max-queue-delay-ms must be 0 or more, got {}",
+                self.max_queue_delay_ms
+            )));
+        }
+        for (flag, v) in [
+            ("--max-batch", self.max_batch),
+            ("--queue-capacity", self.queue_capacity),
+            ("--workers", self.workers),
+        ] {
+            if v == 0 {
+                return Err(input(format!("{flag} must be at least 1")));
+            }
+        }
+        self.windows.validate()?;
+        Ok(BatcherConfig {
+            max_batch: self.max_batch,
+            max_queue_delay: Duration::from_secs_f64(self.max_queue_delay_ms / 1e3),
+            queue_capacity: self.queue_capacity,
+            workers: self.workers,
+        })
+    }
+
+    /// Opens the model and its tokenizer as an engine; returns it with the model's origin
+    /// and dtype.
+    fn open(&self, model: &ModelArgs) -> Result<(QaEngine, String, String)> {
+        let opened = model.open()?;
+        crate::eval::check_windows(&self.windows, opened.model.config())?;
+        let tokenizer = load_tokenizer(&tokenizer_path(
+            self.tokenizer.as_deref(),
+            opened.dir.as_deref(),
+            &model.model,
+        )?)?;
+        let dtype = opened.model.dtype().as_str().to_string();
+        let engine = QaEngine {
+            model: opened.model,
+            tokenizer,
+            features: self.windows,
+            decode: self.decode,
+        };
+        Ok((engine, opened.source, dtype))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// single-stream (p90 latency, one query at a time), offline (samples/s, all at once) or
+    /// server (Poisson arrivals; the highest rate meeting --target-latency).
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// SQuAD v1.1 file the questions and contexts come from (.json or .json.gz).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Draw from the first N questions only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Send every question once, in file order, and score the answers (predictions.json).
+    #[arg(long)]
+    pub accuracy: bool,
+    /// Shortest run (e.g. 60s, 500ms, 2m).
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub min_duration: Duration,
+    /// Fewest queries per run.
+    #[arg(long, default_value_t = 1024)]
+    pub min_query_count: usize,
+    /// MLPerf's run lengths: 600 s, and 1,024 (single-stream), 270,336 (server) or 10,833
+    /// (offline) queries. Overrides --min-duration and --min-query-count.
+    #[arg(long)]
+    pub mlperf_durations: bool,
+    /// Latency bound of the server scenario (e.g. 130ms, MLPerf's for BERT).
+    #[arg(long, value_parser = parse_duration, default_value = "130ms")]
+    pub target_latency: Duration,
+    /// Percentile judged (default: 90 for single-stream, 99 otherwise).
+    #[arg(long)]
+    pub percentile: Option<f64>,
+    /// Server: run at this rate (QPS) once instead of searching.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Server search: the first rate tried (default: from 8 queries sent one at a time).
+    #[arg(long)]
+    pub start_rate: Option<f64>,
+    /// Server search: stop when the bracket is this narrow (relative).
+    #[arg(long, default_value_t = 0.05)]
+    pub search_tolerance: f64,
+    /// Server search: the most runs.
+    #[arg(long, default_value_t = 12)]
+    pub max_runs: usize,
+    /// Seed of the query order and the arrival times.
+    #[arg(long, default_value_t = 0)]
+    pub arrival_seed: u64,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Drive a server at this URL (e.g. http://127.0.0.1:8080) over its QA API instead of
+    /// the model in this process; --model then only names it.
+    #[arg(long)]
+    pub url: Option<String>,
+    #[command(flatten)]
+    pub price: PriceArgs,
+    /// Where the files go (default: loadgen-results/<date-time>).
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Replace results already in --output-dir.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// `60s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!(
+            "expected a duration such as 60s, 500ms or 2m, got {s:?}"
+        )),
+    }
+}
+
+impl LoadgenArgs {
+    fn job(&self) -> Result<LoadgenJob> {
+        let price = self.price.resolve()?;
+        let (min_duration, min_query_count) = if self.mlperf_durations {
+            let count = match self.scenario {
+                Scenario::SingleStream => 1024,
+                Scenario::Server => 270_336,
+                Scenario::Offline => 10_833,
+            };
+            (Duration::from_secs(600), count)
+        } else {
+            (self.min_duration, self.min_query_count)
+        };
+        let percentile = self.percentile.unwrap_or(match self.scenario {
+            Scenario::SingleStream => 90.0,
+            _ => 99.0,
+        });
+        if self.rate.is_some() && self.scenario != Scenario::Server {
+            return Err(input("--rate is for --scenario server"));
+        }
+        self.engine.batcher()?;
+        if self.max_runs == 0 {
+            return Err(input("--max-runs must be at least 1"));
+        }
+        if self.limit == Some(0) {
+            return Err(input("--limit must be at least 1"));
+        }
+        Ok(LoadgenJob {
+            scenario: self.scenario,
+            run: RunSettings {
+                min_duration,
+                min_query_count,
+                seed: self.arrival_seed,
+                percentile,
+                accuracy: self.accuracy,
+            },
+            rate: self.rate,
+            search: SearchSettings {
+                target_ms: self.target_latency.as_secs_f64() * 1e3,
+                start_qps: self.start_rate,
+                tolerance: self.search_tolerance,
+                max_probes: self.max_runs,
+            },
+            output_dir: self
+                .output_dir
+                .clone()
+                .unwrap_or_else(|| super::bench::timestamped_dir(Path::new("loadgen-results"))),
+            overwrite: self.overwrite,
+            price,
+        })
+    }
+}
+
+/// Ctrl-C: the first stops sending (what was measured is kept and written); a second quits.
+fn stop_on_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping: waiting for the queries already sent (Ctrl-C again to quit)");
+    });
+}
+
+pub fn loadgen(args: LoadgenArgs) -> Result<()> {
+    let job = args.job()?;
+    job.check()?;
+    let full = read_dataset(&args.dataset)?;
+    let dataset = match args.limit {
+        Some(n) => full.first_questions(n),
+        None => full,
+    };
+    let queries = queries_from(&dataset);
+    let mut config = args.engine.batcher()?;
+    if job.scenario == Scenario::Offline {
+        let wave = if job.run.accuracy {
+            queries.len()
+        } else {
+            job.run.min_query_count
+        };
+        config.queue_capacity = config.queue_capacity.max(wave);
+    }
+    let mut setup = Setup {
+        model: args.model.model.clone(),
+        model_source: String::new(),
+        dataset: args.dataset.display().to_string(),
+        system: "in-process".into(),
+        batcher: Some(config.into()),
+        threads: args.model.compute.use_threads()?,
+        isa: Isa::current().name().to_string(),
+        cpu: crate::bench::env::cpu_model(),
+        dtype: String::new(),
+        max_seq_length: args.engine.windows.max_seq_length,
+        doc_stride: args.engine.windows.doc_stride,
+    };
+    // The system under test: a server at --url, or the model in this process.
+    let (sut, local): (Box<dyn Sut>, Option<Arc<Server>>) = match &args.url {
+        Some(url) => {
+            setup.system = url.clone();
+            setup.batcher = None;
+            setup.model_source = format!("the server at {url}");
+            (
+                Box::new(HttpSut::connect(url, config.queue_capacity)?),
+                None,
+            )
+        }
+        None => {
+            let (engine, source, dtype) = args.engine.open(&args.model)?;
+            setup.model_source = source;
+            setup.dtype = dtype;
+            let server = Arc::new(Server::start(Arc::new(engine), config));
+            (Box::new(Arc::clone(&server)), Some(server))
+        }
+    };
+    stop_on_ctrl_c();
+    let bar =
+        super::progress_bar("{prefix} {bar:25} {pos}/{len} queries  {elapsed_precise}  {msg}");
+    let mut progress = |p: &Progress| {
+        bar.set_prefix(format!("run {}", p.probe + 1));
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+        bar.set_message(format!(
+            "{:.2} QPS  p50 {} ms  p99 {} ms",
+            p.qps,
+            f(p.p50_ms),
+            f(p.p99_ms)
+        ));
+    };
+    let outcome = job.run(sut.as_ref(), &dataset, &queries, setup, &mut progress);
+    bar.finish_and_clear();
+    drop(sut);
+    if let Some(server) = local.and_then(Arc::into_inner) {
+        server.shutdown();
+    }
+    let outcome = outcome?;
+    let r = &outcome.results;
+    let system = match &args.url {
+        Some(url) => format!("driving {url}"),
+        None => format!("{} threads, {} kernels", r.setup.threads, r.setup.isa),
+    };
+    println!(
+        "{}  ({}), {} scenario, {system}",
+        r.setup.model,
+        r.setup.model_source,
+        r.scenario.name(),
+    );
+    for run in &r.runs {
+        let l = &run.latency;
+        let f = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1}"));
+        println!(
+            "  run {:>2}{}: {} queries ({} refused, {} failed) in {:.1} s, {:.2} answered/s; \
+             latency p50 {} p90 {} p99 {} ms; p{} {} ms (99% upper bound {}{}){}",
+            run.probe + 1,
+            run.target_qps
+                .map(|q| format!(" at {q:.2} QPS"))
+                .unwrap_or_default(),
+            run.queries,
+            run.refused,
+            run.failed,
+            run.duration_s,
+            run.achieved_qps,
+            f(l.p50_ms),
+            f(l.p90_ms),
+            f(l.p99_ms),
+            l.percentile,
+            f(l.percentile_ms),
+            f(l.percentile_upper_ms),
+            if l.estimable() {
+                String::new()
+            } else {
+                format!(": too few queries, {} needed", l.queries_needed)
+            },
+            match run.met {
+                Some(true) => "  bound met",
+                Some(false) => "  bound NOT met",
+                None => "",
+            }
+        );
+        if let Some(s) = &run.mean_stage_ms {
+            println!(
+                "          mean stages: tokenise {:.2} ms, queue {:.2} ms, model {:.2} ms, \
+                 decode {:.2} ms; {:.2} windows per query, {:.2} per batch",
+                s.tokenize_ms,
+                s.queue_ms,
+                s.model_ms,
+                s.decode_ms,
+                s.windows_per_query,
+                s.windows_per_batch
+            );
+        }
+    }
+    if let Some(s) = &r.search {
+        println!("  search: {}", s.verdict);
+    }
+    match r.metric {
+        Some(m) => println!("  result: {} = {m:.2}", r.metric_name),
+        None => println!("  result: {}: not reached", r.metric_name),
+    }
+    if let Some(a) = &r.accuracy {
+        println!(
+            "  answers under load: EM {:.2}  F1 {:.2}  over {} questions{}",
+            a.exact_match,
+            a.f1,
+            a.questions,
+            if a.inconsistent > 0 {
+                format!(
+                    " ({} answered differently on different occasions)",
+                    a.inconsistent
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(c) = &r.cost {
+        println!(
+            "  cost: ${:.2} per million questions at {:.2} QPS and ${}/hour ({})",
+            c.usd_per_million_questions, c.qps, c.usd_per_hour, c.price
+        );
+    }
+    if r.interrupted {
+        println!("  interrupted: the results cover what was measured before Ctrl-C");
+    }
+    let shown: Vec<String> = outcome
+        .files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    println!("  wrote {}", shown.join(", "));
+    Ok(())
+}

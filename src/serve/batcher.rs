@@ -1,0 +1,453 @@
+//! The system under test: a bounded queue, a dynamic batcher and workers in front of an
+//! [`Engine`] (the model, or a simulated one in tests).
+//!
+//! A query's front stage (tokenising into windows) runs on the thread that submits it, as a
+//! server's request handler would; its windows then wait in one queue. A worker takes the
+//! oldest waiting window and the windows of the same run length behind it (up to
+//! `max_batch`), waiting for more only until the oldest has waited `max_queue_delay`, and runs
+//! them as one forward pass. Same run length only: every window is then run exactly as `eval`
+//! runs it, so answers under load are the answers of `eval`, bit for bit, whatever the
+//! batching (see [`crate::eval::LENGTH_BUCKET`]). A query is answered when its last window's
+//! batch ends; its decoding runs on that worker. The queue is bounded in queries admitted and
+//! not yet answered: past it, a query is refused at once ([`Rejected::QueueFull`]) and that
+//! refusal is a result, never an unbounded wait.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::eval::{run_length, LogitRows};
+use crate::squad::Feature;
+
+/// What a system under test does with a query, stage by stage.
+pub trait Engine: Send + Sync + 'static {
+    /// The front stage: a question and its context as windows.
+    fn windows(&self, question: &str, context: &str) -> Result<Vec<Feature>>;
+    /// One forward pass over windows of one run length; logits per window.
+    fn forward(&self, windows: &[&Feature]) -> Result<LogitRows>;
+    /// The answer from every window's logits (in the order [`Engine::windows`] gave them).
+    fn decode(
+        &self,
+        question: &str,
+        context: &str,
+        windows: &[Feature],
+        logits: LogitRows,
+    ) -> Result<Answer>;
+}
+
+/// An answer: the span's text, its probability among the candidates, and where it lies in the
+/// context (code points, end exclusive; `None` when no span was valid).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub score: f32,
+    pub span: Option<(usize, usize)>,
+}
+
+/// How the batcher runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatcherConfig {
+    /// Most windows per forward pass.
+    pub max_batch: usize,
+    /// How long the oldest waiting window may wait for a fuller batch.
+    pub max_queue_delay: Duration,
+    /// Queries admitted and not yet answered; past it a query is refused.
+    pub queue_capacity: usize,
+    /// Threads taking batches (each forward pass uses the whole compute pool).
+    pub workers: usize,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            max_queue_delay: Duration::from_millis(5),
+            queue_capacity: 256,
+            workers: 1,
+        }
+    }
+}
+
+/// Where a query's time went, from its arrival to its answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stages {
+    /// Arrival (the time it was due) to the start of tokenising: the submitter's own delay.
+    pub issue: Duration,
+    pub tokenize: Duration,
+    /// Enqueued to the start of its first window's forward pass.
+    pub queue: Duration,
+    /// Start of its first window's pass to the end of its last one's.
+    pub model: Duration,
+    pub decode: Duration,
+    /// Windows the query became, and forward passes they rode in.
+    pub windows: usize,
+    pub batches: usize,
+    /// Id of the batch its last window rode in, and that batch's windows.
+    pub batch: u64,
+    pub batch_windows: usize,
+}
+
+/// An answered query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub answer: Answer,
+    pub finished: Instant,
+    /// `None` where the system under test does not say (a remote server).
+    pub stages: Option<Stages>,
+}
+
+/// Why a query was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("queue full ({0} queries waiting)")]
+    QueueFull(usize),
+    #[error("the server is shutting down")]
+    Closed,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Called once per admitted query with its answer, or why it failed after admission.
+pub type Reply = Box<dyn FnOnce(std::result::Result<Completion, String>) + Send>;
+
+/// The batching server: submit queries from any thread; [`Server::shutdown`] answers what
+/// was admitted and stops the workers.
+pub struct Server {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    engine: Arc<dyn Engine>,
+    config: BatcherConfig,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Waiting>,
+    pending: HashMap<u64, Pending>,
+    next_query: u64,
+    next_batch: u64,
+    shutdown: bool,
+    refused: u64,
+}
+
+/// A window waiting for a batch.
+struct Waiting {
+    query: u64,
+    index: usize,
+    length: usize,
+    since: Instant,
+}
+
+/// A query admitted and not yet answered.
+struct Pending {
+    question: Arc<str>,
+    context: Arc<str>,
+    windows: Arc<Vec<Feature>>,
+    starts: Vec<Vec<f32>>,
+    ends: Vec<Vec<f32>>,
+    remaining: usize,
+    failed: Option<String>,
+    issue: Duration,
+    tokenize: Duration,
+    enqueued: Instant,
+    first_start: Option<Instant>,
+    batches: usize,
+    reply: Reply,
+}
+
+impl Server {
+    /// Starts `config.workers` workers (at least one) over `engine`.
+    pub fn start(engine: Arc<dyn Engine>, config: BatcherConfig) -> Self {
+        let config = BatcherConfig {
+            max_batch: config.max_batch.max(1),
+            queue_capacity: config.queue_capacity.max(1),
+            workers: config.workers.max(1),
+            ..config
+        };
+        let shared = Arc::new(Shared {
+            engine,
+            config,
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        });
+        let workers = (0..config.workers)
+            .map(|i| {
+                let shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("batcher-{i}"))
+                    .spawn(move || shared.work())
+                    .expect("spawn a batcher worker")
+            })
+            .collect();
+        Server { shared, workers }
+    }
+
+    pub fn config(&self) -> BatcherConfig {
+        self.shared.config
+    }
+
+    /// Queries refused so far because the queue was full.
+    pub fn refused(&self) -> u64 {
+        self.shared.lock().refused
+    }
+
+    /// Tokenises a query on this thread and queues its windows; `reply` gets the answer.
+    /// `arrival` is when the query was due (latency counts from it). Refused at once when the
+    /// queue is full, the server is closing, or the query cannot be tokenised.
+    pub fn submit(
+        &self,
+        question: Arc<str>,
+        context: Arc<str>,
+        arrival: Instant,
+        reply: Reply,
+    ) -> std::result::Result<(), Rejected> {
+        let begin = Instant::now();
+        self.shared.admissible()?;
+        let windows = self
+            .shared
+            .engine
+            .windows(&question, &context)
+            .map_err(|e| Rejected::Invalid(format!("{e:#}")))?;
+        if windows.is_empty() {
+            return Err(Rejected::Invalid("the query became no window".into()));
+        }
+        let enqueued = Instant::now();
+        let mut st = self.shared.lock();
+        if st.shutdown {
+            return Err(Rejected::Closed);
+        }
+        if st.pending.len() >= self.shared.config.queue_capacity {
+            st.refused += 1;
+            return Err(Rejected::QueueFull(st.pending.len()));
+        }
+        let id = st.next_query;
+        st.next_query += 1;
+        for (index, w) in windows.iter().enumerate() {
+            st.queue.push_back(Waiting {
+                query: id,
+                index,
+                length: run_length(w),
+                since: enqueued,
+            });
+        }
+        let n = windows.len();
+        st.pending.insert(
+            id,
+            Pending {
+                question,
+                context,
+                windows: Arc::new(windows),
+                starts: vec![Vec::new(); n],
+                ends: vec![Vec::new(); n],
+                remaining: n,
+                failed: None,
+                issue: begin.saturating_duration_since(arrival),
+                tokenize: enqueued - begin,
+                enqueued,
+                first_start: None,
+                batches: 0,
+                reply,
+            },
+        );
+        drop(st);
+        self.shared.wake.notify_all();
+        Ok(())
+    }
+
+    /// Stops admitting, answers every admitted query, and joins the workers.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A batch a worker took: its windows, by query and index.
+struct Taken {
+    id: u64,
+    items: Vec<(u64, usize)>,
+    windows: Vec<(Arc<Vec<Feature>>, usize)>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A worker that panicked mid-batch leaves the state as consistent as any other
+        // moment (every update is one statement under the lock): keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cheap check before tokenising: refuse early what would be refused after.
+    fn admissible(&self) -> std::result::Result<(), Rejected> {
+        let mut st = self.lock();
+        if st.shutdown {
+            return Err(Rejected::Closed);
+        }
+        if st.pending.len() >= self.config.queue_capacity {
+            st.refused += 1;
+            return Err(Rejected::QueueFull(st.pending.len()));
+        }
+        Ok(())
+    }
+
+    fn work(&self) {
+        let mut st = self.lock();
+        loop {
+            let Some(oldest) = st.queue.front() else {
+                if st.shutdown {
+                    return;
+                }
+                st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            let length = oldest.length;
+            let deadline = oldest.since + self.config.max_queue_delay;
+            let same = st.queue.iter().filter(|w| w.length == length).count();
+            let now = Instant::now();
+            if same < self.config.max_batch && now < deadline && !st.shutdown {
+                st = self
+                    .wake
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
+            let taken = take_batch(&mut st, length, self.config.max_batch);
+            let start = Instant::now();
+            for (q, _) in &taken.items {
+                if let Some(p) = st.pending.get_mut(q) {
+                    p.first_start.get_or_insert(start);
+                }
+            }
+            drop(st);
+            let refs: Vec<&Feature> = taken.windows.iter().map(|(w, i)| &w[*i]).collect();
+            let out = crate::runtime::on_compute_pool(|| self.engine.forward(&refs));
+            let end = Instant::now();
+            st = self.lock();
+            let done = record_batch(&mut st, &taken, out);
+            if !done.is_empty() {
+                drop(st);
+                for p in done {
+                    self.finish(taken.id, taken.items.len(), end, p);
+                }
+                st = self.lock();
+            }
+        }
+    }
+
+    /// Decodes a query whose last window ended at `end` and replies.
+    fn finish(&self, batch: u64, batch_windows: usize, end: Instant, p: Pending) {
+        if let Some(e) = p.failed {
+            (p.reply)(Err(e));
+            return;
+        }
+        let t = Instant::now();
+        let windows = Arc::try_unwrap(p.windows).unwrap_or_else(|w| (*w).clone());
+        let answer = self
+            .engine
+            .decode(&p.question, &p.context, &windows, (p.starts, p.ends));
+        let finished = Instant::now();
+        let first = p.first_start.unwrap_or(end);
+        let stages = Stages {
+            issue: p.issue,
+            tokenize: p.tokenize,
+            queue: first.saturating_duration_since(p.enqueued),
+            model: end.saturating_duration_since(first),
+            decode: finished - t,
+            windows: windows.len(),
+            batches: p.batches,
+            batch,
+            batch_windows,
+        };
+        (p.reply)(match answer {
+            Ok(answer) => Ok(Completion {
+                answer,
+                finished,
+                stages: Some(stages),
+            }),
+            Err(e) => Err(format!("decoding: {e:#}")),
+        });
+    }
+}
+
+/// Removes the oldest window of `length` and those of the same length behind it (at most
+/// `max_batch`) from the queue.
+fn take_batch(st: &mut State, length: usize, max_batch: usize) -> Taken {
+    let id = st.next_batch;
+    st.next_batch += 1;
+    let mut items = Vec::new();
+    let mut kept = VecDeque::with_capacity(st.queue.len());
+    for w in st.queue.drain(..) {
+        if items.len() < max_batch && w.length == length {
+            items.push((w.query, w.index));
+        } else {
+            kept.push_back(w);
+        }
+    }
+    st.queue = kept;
+    let windows = items
+        .iter()
+        .map(|(q, i)| (Arc::clone(&st.pending[q].windows), *i))
+        .collect();
+    Taken { id, items, windows }
+}
+
+/// Stores a batch's logits (or its error) in its queries; returns the queries it finished.
+fn record_batch(st: &mut State, taken: &Taken, out: Result<LogitRows>) -> Vec<Pending> {
+    let mut rows = match out {
+        Ok((s, e)) if s.len() == taken.items.len() && e.len() == taken.items.len() => {
+            Ok(s.into_iter().zip(e))
+        }
+        Ok((s, _)) => Err(format!(
+            "the engine returned {} rows for {} windows",
+            s.len(),
+            taken.items.len()
+        )),
+        Err(e) => Err(format!("forward pass: {e:#}")),
+    };
+    let mut touched: Vec<u64> = Vec::new();
+    for &(q, i) in &taken.items {
+        let p = st
+            .pending
+            .get_mut(&q)
+            .expect("a taken window's query is pending");
+        match &mut rows {
+            Ok(it) => {
+                let (s, e) = it.next().expect("one row per window (checked)");
+                p.starts[i] = s;
+                p.ends[i] = e;
+            }
+            Err(msg) => {
+                p.failed.get_or_insert_with(|| msg.clone());
+            }
+        }
+        p.remaining -= 1;
+        if !touched.contains(&q) {
+            touched.push(q);
+            p.batches += 1;
+        }
+    }
+    touched.retain(|q| st.pending[q].remaining == 0);
+    touched
+        .into_iter()
+        .map(|q| st.pending.remove(&q).expect("pending"))
+        .collect()
+}
