@@ -9,7 +9,7 @@
 //! | compute | [`compute`] | f32 CPU kernels that know no model: matrix views, ISA dispatch, the products, norms, softmax, attention, candle custom ops |
 //! | models | [`models`], [`hub`], [`device`] | the three families from the Hub's `config.json` and tensor names; finding and downloading checkpoints |
 //! | data | [`squad`] | SQuAD files, windows, answer decoding, the official metric (knows no model) |
-//! | jobs | [`bench`](mod@bench), [`eval`], [`train`] | one entry point each: [`bench::run_bench`], [`eval::EvalJob::run`], [`train::run::fine_tune`]; each writes one typed result file |
+//! | jobs | [`bench`](mod@bench), [`eval`], [`train`], [`serve`] | one entry point each: [`bench::run_bench`], [`eval::EvalJob::run`], [`train::run::fine_tune`], [`serve::LoadgenJob::run`] (and the batching [`serve::Server`]); each writes one typed result file |
 //! | answers | [`report`] | plots, observations, costs, run comparison and the report, read from those files |
 //! | process | [`runtime`], [`error`] | the compute pool and allocator settings; error kinds and exit codes |
 //!

@@ -386,3 +386,90 @@ fn thread_sweep_scaling_is_observed_and_drawn() {
         assert!(html.contains(line), "no plot line {line}");
     }
 }
+
+/// A load-generator run in the bench folder (a server search on a simulated system, 10 ms per
+/// query, and a price) becomes the report's serving section: its highest rate, the dollars
+/// per million questions at that rate, and its latency curve as a figure.
+#[test]
+fn loadgen_runs_join_the_report() {
+    use bertbench::report::cost::resolve_price;
+    use bertbench::serve::loadgen::{LoadgenJob, Setup};
+    use bertbench::serve::{BatcherConfig, RunSettings, Scenario, SearchSettings, Server};
+    use common::serving::{query, Simulated};
+    use std::time::Duration;
+
+    let tmp = tempfile::tempdir().unwrap();
+    synthetic_run(tmp.path());
+    let server = Server::start(
+        Simulated::new(0, 10),
+        BatcherConfig {
+            max_batch: 1,
+            max_queue_delay: Duration::ZERO,
+            queue_capacity: 100,
+            workers: 1,
+        },
+    );
+    let queries: Vec<_> = (0..4).map(|i| query(i, 1, 16)).collect();
+    // The questions' ids must exist in a dataset for scoring; an empty one scores nothing.
+    let dataset = bertbench::squad::Dataset {
+        version: "1.1".into(),
+        articles: vec![],
+    };
+    let job = LoadgenJob {
+        scenario: Scenario::Server,
+        run: RunSettings {
+            min_duration: Duration::from_millis(300),
+            min_query_count: 30,
+            seed: 1,
+            percentile: 90.0,
+            accuracy: false,
+        },
+        rate: None,
+        search: SearchSettings {
+            target_ms: 60.0,
+            start_qps: Some(40.0),
+            tolerance: 0.25,
+            max_probes: 5,
+        },
+        output_dir: tmp.path().join("serving/sim"),
+        overwrite: false,
+        price: resolve_price(Some(0.36), None, None).unwrap(),
+    };
+    let setup = Setup {
+        model: "simulated".into(),
+        model_source: "test".into(),
+        dataset: "none".into(),
+        system: "in-process".into(),
+        batcher: Some(server.config().into()),
+        threads: 1,
+        isa: "portable".into(),
+        cpu: "test".into(),
+        dtype: "f32".into(),
+        max_seq_length: 64,
+        doc_stride: 16,
+    };
+    let outcome = job
+        .run(&server, &dataset, &queries, setup, &mut |_| {})
+        .unwrap();
+    server.shutdown();
+    let r = &outcome.results;
+    let best = r.metric.expect("a rate met the bound");
+    let cost = r.cost.as_ref().unwrap();
+    // $0.36/hour = $0.0001/s: a million questions at `best` QPS cost 100 / best dollars.
+    assert!((cost.usd_per_million_questions - 100.0 / best).abs() < 1e-9);
+    let files = bertbench::report::build::write_report(tmp.path(), &Default::default()).unwrap();
+    let md = std::fs::read_to_string(&files.markdown).unwrap();
+    let section = &md[md.find("## Serving under load").expect("a serving section")..];
+    let row = section
+        .lines()
+        .find(|l| l.starts_with("| simulated | server"))
+        .unwrap_or_else(|| panic!("{section}"));
+    assert!(row.contains(&format!("{best:.2}")), "{row}");
+    assert!(row.contains(&format!("{:.2}", 100.0 / best)), "{row}");
+    assert!(row.contains(&format!("{} run(s)", r.runs.len())), "{row}");
+    assert!(files
+        .plots
+        .iter()
+        .any(|p| p.ends_with("plots/latency_vs_load_1.png")));
+    assert!(section.contains("Latency under load: simulated"));
+}

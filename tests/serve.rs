@@ -6,84 +6,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::mpsc::channel;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use bertbench::eval::{run_length, LogitRows};
 use bertbench::serve::scenario::{self, offline, search, single_stream};
-use bertbench::serve::{
-    Answer, BatcherConfig, Engine, Query, Rejected, RunSettings, SearchSettings, Server,
-};
-use bertbench::squad::Feature;
-
-/// A model stand-in: a query `"w{n}l{len}"` becomes `n` windows of `len` real tokens; a
-/// forward pass sleeps `per_batch + per_window x windows` and logs its windows' lengths.
-struct Simulated {
-    per_batch: Duration,
-    per_window: Duration,
-    batches: Mutex<Vec<Vec<usize>>>,
-}
-
-impl Simulated {
-    fn new(per_batch_ms: u64, per_window_ms: u64) -> Arc<Self> {
-        Arc::new(Simulated {
-            per_batch: Duration::from_millis(per_batch_ms),
-            per_window: Duration::from_millis(per_window_ms),
-            batches: Mutex::new(Vec::new()),
-        })
-    }
-}
-
-const SEQ: usize = 64;
-
-fn window(len: usize) -> Feature {
-    Feature {
-        example_index: 0,
-        input_ids: vec![1; SEQ],
-        token_type_ids: vec![0; SEQ],
-        attention_mask: (0..SEQ).map(|i| u32::from(i < len)).collect(),
-        offsets: vec![None; SEQ],
-        start_position: 0,
-        end_position: 0,
-    }
-}
-
-impl Engine for Simulated {
-    fn windows(&self, question: &str, _context: &str) -> Result<Vec<Feature>> {
-        let (n, len) = question
-            .strip_prefix('w')
-            .and_then(|r| r.split_once('l'))
-            .ok_or_else(|| anyhow::anyhow!("not a simulated query: {question}"))?;
-        Ok(vec![window(len.parse()?); n.parse()?])
-    }
-
-    fn forward(&self, windows: &[&Feature]) -> Result<LogitRows> {
-        std::thread::sleep(self.per_batch + self.per_window * windows.len() as u32);
-        self.batches
-            .lock()
-            .unwrap()
-            .push(windows.iter().map(|w| run_length(w)).collect());
-        let rows = vec![vec![0.0f32; SEQ]; windows.len()];
-        Ok((rows.clone(), rows))
-    }
-
-    fn decode(&self, question: &str, _: &str, windows: &[Feature], _: LogitRows) -> Result<Answer> {
-        Ok(Answer {
-            text: format!("{question}:{}", windows.len()),
-            score: 1.0,
-            span: None,
-        })
-    }
-}
-
-fn query(id: usize, n: usize, len: usize) -> Query {
-    Query {
-        id: format!("q{id}"),
-        question: Arc::from(format!("w{n}l{len}").as_str()),
-        context: Arc::from(""),
-    }
-}
+use bertbench::serve::{BatcherConfig, Query, Rejected, RunSettings, SearchSettings, Server};
+use common::serving::{query, Simulated};
 
 /// Many queries from four threads at once: every admitted query is answered exactly once,
 /// with its own answer; no batch holds more than `max_batch` windows or mixes run lengths;
@@ -696,4 +624,69 @@ fn loadgen_over_http_gives_evals_answers() {
     let (code, _, stderr) = common::run(&mut cmd);
     assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains("127.0.0.1:9/health"), "{stderr}");
+}
+
+/// Without --dataset, loadgen takes the official dev set from bertbench's cache, downloading
+/// it once (here from a local server) and refusing bytes that are not the official file.
+#[test]
+fn the_dev_set_is_downloaded_once_and_checked() {
+    use std::io::Read;
+    let mut official = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(dev()).unwrap())
+        .read_to_end(&mut official)
+        .unwrap();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    let url = common::http::serve(10, move |req| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match req.path.as_str() {
+            "/dev-v1.1.json" => common::http::Response::new("200 OK", official.clone()),
+            _ => common::http::Response::new(
+                "200 OK",
+                b"{\"version\": \"1.1\", \"data\": []}".to_vec(),
+            ),
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let run = |path: &str, out: &str| {
+        let mut cmd = common::bin();
+        cmd.arg("loadgen")
+            .arg("--model")
+            .arg(common::minilm_dir())
+            .args([
+                "--scenario",
+                "single-stream",
+                "--min-duration",
+                "0s",
+                "--min-query-count",
+                "2",
+            ])
+            .arg("--output-dir")
+            .arg(tmp.path().join(out))
+            .env("BERTBENCH_CACHE", &cache)
+            .env("BERTBENCH_SQUAD_DEV_URL", format!("{url}{path}"));
+        common::run(&mut cmd)
+    };
+    // Bytes that are not the official file: refused, nothing cached.
+    let (code, _, stderr) = run("/other.json", "bad");
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("not the official dev-v1.1.json"),
+        "{stderr}"
+    );
+    assert!(!cache.join("squad/dev-v1.1.json").exists());
+    let (code, stdout, stderr) = run("/dev-v1.1.json", "a");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2 queries"), "{stdout}");
+    let cached = cache.join("squad/dev-v1.1.json");
+    assert!(cached.is_file());
+    let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+    let (code, _, stderr) = run("/dev-v1.1.json", "b");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "downloaded twice"
+    );
 }

@@ -148,9 +148,10 @@ pub struct LoadgenArgs {
     /// server (Poisson arrivals; the highest rate meeting --target-latency).
     #[arg(long, value_enum)]
     pub scenario: Scenario,
-    /// SQuAD v1.1 file the questions and contexts come from (.json or .json.gz).
+    /// SQuAD v1.1 file the questions and contexts come from (.json or .json.gz); default: the
+    /// official dev set, downloaded once into bertbench's cache and checked by its sha256.
     #[arg(long)]
-    pub dataset: PathBuf,
+    pub dataset: Option<PathBuf>,
     /// Draw from the first N questions only.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -292,7 +293,13 @@ fn stop_on_ctrl_c() {
 pub fn loadgen(args: LoadgenArgs) -> Result<()> {
     let job = args.job()?;
     job.check()?;
-    let full = read_dataset(&args.dataset)?;
+    let dataset_path = match &args.dataset {
+        Some(p) => p.clone(),
+        None => crate::squad::download::dev_set(
+            args.model.offline || crate::hub::HubConfig::from_env(false).offline,
+        )?,
+    };
+    let full = read_dataset(&dataset_path)?;
     let dataset = match args.limit {
         Some(n) => full.first_questions(n),
         None => full,
@@ -310,7 +317,7 @@ pub fn loadgen(args: LoadgenArgs) -> Result<()> {
     let mut setup = Setup {
         model: args.model.model.clone(),
         model_source: String::new(),
-        dataset: args.dataset.display().to_string(),
+        dataset: dataset_path.display().to_string(),
         system: "in-process".into(),
         batcher: Some(config.into()),
         threads: args.model.compute.use_threads()?,

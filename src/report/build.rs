@@ -15,6 +15,8 @@ use crate::bench::run::MAX_BATCH_FILE;
 use crate::bench::{fmt_time, Mode, Status};
 use crate::error::input;
 use crate::eval::{EvalResults, EVAL_RESULTS_FILE};
+use crate::serve::loadgen::{self, LoadgenResults};
+use crate::serve::Scenario;
 use crate::train::checkpoint::TrainerState;
 use crate::train::trainer::TrainingArgs;
 
@@ -224,7 +226,10 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
     blocks.extend(max_batch_section(dir, &mut warnings));
     blocks.extend(accuracy_section(&cx, &evals));
     blocks.extend(training_section(&cx, &trainings));
-    let (plot_blocks, plots) = plots_section(&cx, &evals)?;
+    let (serving_blocks, mut serving_plots) = serving_section(&cx, &evals, &mut warnings)?;
+    blocks.extend(serving_blocks);
+    let (plot_blocks, mut plots) = plots_section(&cx, &evals)?;
+    plots.append(&mut serving_plots);
     blocks.extend(plot_blocks);
     blocks.extend(environment_section(&results));
 
@@ -465,6 +470,111 @@ fn accuracy_section(cx: &Context, evals: &[Accuracy]) -> Vec<Block> {
             rows,
         },
     ]
+}
+
+/// Load-generator runs found in the folder (`loadgen.json`, from `bertbench loadgen`): each
+/// scenario's figure, the answers' EM/F1 under load beside the same model's `eval` score, and
+/// dollars per million questions at the rate sustained; the server runs' latency curves.
+fn serving_section(
+    cx: &Context,
+    evals: &[Accuracy],
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<Block>, Vec<PathBuf>)> {
+    let mut found: Vec<(PathBuf, LoadgenResults)> = Vec::new();
+    for p in files_named(cx.dir, loadgen::RESULTS_FILE) {
+        match LoadgenResults::read(&p) {
+            Ok(r) => found.push((p, r)),
+            Err(e) => warnings.push(format!("skipped {e:#}")),
+        }
+    }
+    if found.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let f2 = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let rows = found
+        .iter()
+        .map(|(path, r)| {
+            let model = display_name(&r.setup.model);
+            let first = &r.runs[0];
+            let queries: usize = r.runs.iter().map(|x| x.queries).sum();
+            let under_load = r
+                .accuracy
+                .as_ref()
+                .map(|a| format!("{:.2} / {:.2} ({} q)", a.exact_match, a.f1, a.questions))
+                .unwrap_or_else(|| "-".into());
+            let offline = evals
+                .iter()
+                .find(|e| e.model == model)
+                .map(|e| format!("{:.2} / {:.2} ({} q)", e.exact_match, e.f1, e.questions))
+                .unwrap_or_else(|| "-".into());
+            let cost = match (&cx.opts.price, r.qps()) {
+                (Some(p), Some(qps)) => Some(usd_for_seconds(1e6 / qps, p.usd_per_hour)),
+                _ => r.cost.as_ref().map(|c| c.usd_per_million_questions),
+            };
+            vec![
+                model,
+                r.scenario.name().to_string(),
+                r.metric_name.clone(),
+                f2(r.metric),
+                format!("{} run(s), {queries} queries", r.runs.len()),
+                f2(first.latency.p50_ms),
+                f2(first.latency.p99_ms),
+                under_load,
+                offline,
+                f2(cost),
+                cx.relative(path),
+            ]
+        })
+        .collect();
+    let mut blocks = vec![
+        Block::Heading(2, "Serving under load".into()),
+        Block::Paragraph(
+            "MLPerf-style scenarios through the batching server (`bertbench loadgen`): \
+             SingleStream sends one query at a time, Offline all at once, Server a Poisson \
+             stream; the Server figure is the highest rate whose latency percentile met the \
+             bound. p50/p99 are of the first run. Answers under load are scored like `eval`'s \
+             (EM / F1 over the questions answered)."
+                .into(),
+        ),
+        Block::Table {
+            header: [
+                "model",
+                "scenario",
+                "figure",
+                "value",
+                "rests on",
+                "p50 ms",
+                "p99 ms",
+                "EM / F1 under load",
+                "EM / F1 by eval",
+                "USD per million questions",
+                "source",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        },
+    ];
+    let mut files = Vec::new();
+    let plots_dir = cx.dir.join("plots");
+    for (i, (_, r)) in found.iter().enumerate() {
+        if r.scenario != Scenario::Server || r.runs.iter().all(|x| x.answered == 0) {
+            continue;
+        }
+        std::fs::create_dir_all(&plots_dir)
+            .with_context(|| format!("creating {}", plots_dir.display()))?;
+        let chart = loadgen::latency_chart(r);
+        let name = format!("latency_vs_load_{}", i + 1);
+        let png = plots_dir.join(format!("{name}.png"));
+        plot::render(&chart, &png, (1000, 650))?;
+        blocks.push(Block::Figure {
+            caption: chart.title.clone(),
+            png: format!("plots/{name}.png"),
+            svg: plot::render_svg_string(&chart, (1000, 650))?,
+        });
+        files.push(png);
+    }
+    Ok((blocks, files))
 }
 
 /// Fine-tuning runs found in the folder: time and cost to each evaluated F1.

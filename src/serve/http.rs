@@ -7,8 +7,8 @@
 //!
 //! Errors are JSON `{"error": "..."}` with a 4xx for what the client got wrong (400 malformed
 //! or empty fields, 404 unknown path, 405 wrong method, 411 no length, 413 a body over the
-//! limit, 415 not JSON) and 503 with `Retry-After` when the queue is full. Every request is
-//! read by tiny_http's connection threads; the batcher's workers answer them, through one
+//! limit, 415 not JSON) and 503 with `Retry-After` when the queue is full. Each request is
+//! read and tokenised on a thread of its own; the batcher's workers answer them, through one
 //! responder thread so a slow client never holds a worker.
 
 use std::io::Read;
@@ -92,13 +92,20 @@ impl HttpServer {
                 }
             })
             .expect("spawn the HTTP responder");
-        while !stop.load(Ordering::Relaxed) {
-            match self.http.recv_timeout(Duration::from_millis(100)) {
-                Ok(Some(req)) => handle(req, server, model, limits, &tx),
-                Ok(None) => {}
-                Err(_) => break,
+        // Each request is read, checked and tokenised on a thread of its own: a client that
+        // sends its body slowly holds only its own thread, never the accepting loop.
+        std::thread::scope(|scope| {
+            while !stop.load(Ordering::Relaxed) {
+                match self.http.recv_timeout(Duration::from_millis(100)) {
+                    Ok(Some(req)) => {
+                        let tx = tx.clone();
+                        scope.spawn(move || handle(req, server, model, limits, &tx));
+                    }
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
             }
-        }
+        });
         drop(tx);
         let _ = responder.join();
     }

@@ -13,6 +13,7 @@
 
 pub mod data;
 pub mod decode;
+pub mod download;
 pub mod features;
 pub mod metric;
 
