@@ -60,7 +60,10 @@ fn find<'a>(
         .unwrap()
         .iter()
         .find(|m| {
-            m["cell"]["model"].as_str().unwrap().ends_with(model)
+            m["cell"]["model"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/{model}"))
                 && m["cell"]["batch_size"] == batch
                 && m["cell"]["sequence_length"] == seq
         })
@@ -455,4 +458,61 @@ fn thread_sweep_measures_every_cell_at_each_count() {
         .arg(model.join("expected.json")));
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("only bench sweeps"), "{stderr}");
+}
+
+/// `--processes K`: every cell timed in K child processes, their medians and the two-level
+/// interval in results.json and results.csv; `--resume` with a larger K adds processes to the
+/// cells that have fewer; K = 1 keeps one process and no two-level interval; several
+/// processes in this process are refused.
+#[test]
+fn cells_are_timed_in_several_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = ["--batch-sizes", "1", "--sequence-lengths", "16"];
+    let out = tmp.path().join("k2");
+    let (code, _, stderr) = run(bench(&out, &grid).args(["--processes", "2"]));
+    assert_eq!(code, 0, "{stderr}");
+    let res = results(&out);
+    for model in ["bert", "distilbert"] {
+        let m = find(&res, model, 1, 16);
+        let between = &m["speed"]["between"];
+        let medians = between["medians"].as_array().unwrap();
+        assert_eq!(medians.len(), 2, "{m}");
+        let (low, high) = (
+            between["low"].as_f64().unwrap(),
+            between["high"].as_f64().unwrap(),
+        );
+        let center = between["center"].as_f64().unwrap();
+        assert!(low <= center && center <= high);
+        // The pooled samples are both processes' runs (3 each at least).
+        assert!(m["speed"]["timings"]["samples"].as_array().unwrap().len() >= 6);
+    }
+    let rows = csv_rows(&out.join("results.csv"));
+    let col = |name: &str| rows[0].iter().position(|h| h == name).unwrap();
+    for r in &rows[1..] {
+        assert_eq!(r[col("processes")], "2");
+        assert!(!r[col("between_ci95_low_s")].is_empty());
+    }
+    // Resume asking for three: one more process per cell, none measured again from scratch.
+    let (code, _, stderr) = run(bench(&out, &grid).args(["--processes", "3", "--resume"]));
+    assert_eq!(code, 0, "{stderr}");
+    let res = results(&out);
+    let m = find(&res, "bert", 1, 16);
+    assert_eq!(
+        m["speed"]["between"]["medians"].as_array().unwrap().len(),
+        3
+    );
+
+    let one = tmp.path().join("k1");
+    let (code, _, stderr) = run(bench(&one, &grid).args(["--processes", "1"]));
+    assert_eq!(code, 0, "{stderr}");
+    let m = find(&results(&one), "bert", 1, 16).clone();
+    assert!(m["speed"].get("between").is_none(), "{m}");
+    let rows = csv_rows(&one.join("results.csv"));
+    let p = rows[0].iter().position(|h| h == "processes").unwrap();
+    assert_eq!(rows[1][p], "1");
+
+    let (code, _, stderr) =
+        run(bench(&tmp.path().join("x"), &grid).args(["--processes", "2", "--in-process"]));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("--in-process"), "{stderr}");
 }

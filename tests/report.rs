@@ -453,10 +453,6 @@ fn loadgen_runs_join_the_report() {
         .unwrap();
     server.shutdown();
     let r = &outcome.results;
-    let best = r.metric.expect("a rate met the bound");
-    let cost = r.cost.as_ref().unwrap();
-    // $0.36/hour = $0.0001/s: a million questions at `best` QPS cost 100 / best dollars.
-    assert!((cost.usd_per_million_questions - 100.0 / best).abs() < 1e-9);
     let files = bertbench::report::build::write_report(tmp.path(), &Default::default()).unwrap();
     let md = std::fs::read_to_string(&files.markdown).unwrap();
     let section = &md[md.find("## Serving under load").expect("a serving section")..];
@@ -464,9 +460,19 @@ fn loadgen_runs_join_the_report() {
         .lines()
         .find(|l| l.starts_with("| simulated | server"))
         .unwrap_or_else(|| panic!("{section}"));
-    assert!(row.contains(&format!("{best:.2}")), "{row}");
-    assert!(row.contains(&format!("{:.2}", 100.0 / best)), "{row}");
     assert!(row.contains(&format!("{} run(s)", r.runs.len())), "{row}");
+    // On a machine too busy to keep the simulated system's pace no rate may pass: the row
+    // then says so instead of a number.
+    match r.metric {
+        Some(best) => {
+            // $0.36/hour = $0.0001/s: a million questions at `best` QPS cost 100 / best.
+            let cost = r.cost.as_ref().unwrap();
+            assert!((cost.usd_per_million_questions - 100.0 / best).abs() < 1e-9);
+            assert!(row.contains(&format!("{best:.2}")), "{row}");
+            assert!(row.contains(&format!("{:.2}", 100.0 / best)), "{row}");
+        }
+        None => assert!(r.cost.is_none() && row.contains("| - |"), "{row}"),
+    }
     assert!(files
         .plots
         .iter()

@@ -234,7 +234,11 @@ pub fn run_cell(
                 100.0 * summary.cv()
             ));
         }
-        Some(Speed { timings, summary })
+        Some(Speed {
+            timings,
+            summary,
+            between: None,
+        })
     } else {
         None
     };

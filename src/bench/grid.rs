@@ -109,6 +109,8 @@ pub struct RunOptions {
     pub max_memory: u64,
     /// With `--resume`: run crashed and failed cells again.
     pub retry_failed: bool,
+    /// Processes each cell is timed in (`--processes`), interleaved in rounds.
+    pub processes: usize,
 }
 
 impl RunOptions {
@@ -206,24 +208,43 @@ pub fn run_grid(
 ) -> Result<()> {
     let hub = HubConfig::from_env(opts.settings.offline);
     let mut configs = Configs::default();
-    for (index, cell) in plan.iter().enumerate() {
+    let (n, k) = (plan.len(), opts.processes.max(1));
+    for (step, (round, index)) in interleaved(n, k).into_iter().enumerate() {
+        let cell = &plan[index];
         if let Some(done) = writer.results.find(cell) {
-            if is_finished(done, opts.retry_failed) {
+            // A cell is timed once per round: one that has this round's process (or
+            // failed, or needs no more) is done for the round.
+            if is_finished(done, opts.retry_failed, round + 1) {
                 observer.cell_skipped(cell);
                 continue;
             }
         }
-        observer.cell_started(index, plan.len(), cell);
+        observer.cell_started(step, n * k, cell);
         let config = configs.get(&cell.model, &hub)?.clone();
-        let opts = &opts.for_cell(cell);
-        let m = match precheck(&config, cell, opts) {
+        let cell_opts = &opts.for_cell(cell);
+        let m = match precheck(&config, cell, cell_opts) {
             Some(row) => row,
-            None => run_one(cell, &config, opts, observer)?,
+            None => run_one(cell, &config, cell_opts, observer)?,
         };
         observer.cell_finished(&m);
-        writer.push(m)?;
+        // A cell's earlier processes (this run's rounds, or a resumed run's) and this one.
+        let merged = match writer.results.find(cell) {
+            Some(prev) => prev.clone().merged(m),
+            None => m,
+        };
+        writer.push(merged)?;
     }
     Ok(())
+}
+
+/// The order a grid of `n` cells runs in with `k` processes per cell: `k` rounds over the grid,
+/// round `r` starting at cell `r` (mod `n`), as (round, cell index). Every cell's processes are
+/// then spread over the whole run, so slow drift of the machine reaches every model alike
+/// instead of whichever ran last (the order `scripts/bench-vs-python.sh` uses).
+pub fn interleaved(n: usize, k: usize) -> Vec<(usize, usize)> {
+    (0..k)
+        .flat_map(|round| (0..n).map(move |i| (round, (i + round) % n)))
+        .collect()
 }
 
 /// Runs one cell where `opts.isolation` says; errors inside the cell become rows.
@@ -572,6 +593,22 @@ pub fn write_max_batch_csv(rows: &[MaxBatch], limit: u64, path: &std::path::Path
 
 #[cfg(test)]
 mod tests {
+
+    /// K rounds, each cell once per round, round r starting at cell r: each cell's processes
+    /// fall in every part of the run.
+    #[test]
+    fn rounds_interleave_the_cells() {
+        let order = interleaved(3, 3);
+        let cells: Vec<usize> = order.iter().map(|(_, c)| *c).collect();
+        assert_eq!(cells, [0, 1, 2, 1, 2, 0, 2, 0, 1]);
+        assert!(order.iter().take(3).all(|(r, _)| *r == 0));
+        for c in 0..3 {
+            assert_eq!(cells.iter().filter(|x| **x == c).count(), 3);
+        }
+        assert_eq!(interleaved(4, 1), [(0, 0), (0, 1), (0, 2), (0, 3)]);
+        assert!(interleaved(0, 3).is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -112,8 +112,34 @@ impl Status {
 /// Speed of a cell: raw timings (seconds per step) and their summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Speed {
+    /// Every process's timings, pooled (in the order the processes ran).
     pub timings: Timings,
+    /// Summary of the pooled samples; its median interval is the within-process one.
     pub summary: Summary,
+    /// Measured in several processes (`bench --processes K`): each one's median and the
+    /// two-level interval they give; absent for one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub between: Option<stats::Between>,
+}
+
+impl Speed {
+    /// Processes the timings come from.
+    pub fn processes(&self) -> usize {
+        self.between.as_ref().map_or(1, stats::Between::processes)
+    }
+
+    /// The median's point and 95% interval at the level that covers the most: across
+    /// processes when there are several, else within the one.
+    pub fn median_interval(&self) -> (f64, f64, f64) {
+        match &self.between {
+            Some(b) => (b.center, b.low, b.high),
+            None => (
+                self.summary.median,
+                self.summary.median_ci_low,
+                self.summary.median_ci_high,
+            ),
+        }
+    }
 }
 
 /// Memory of a cell, in bytes.
@@ -197,6 +223,67 @@ impl Measurement {
             flops,
             estimated_bytes,
             settings: settings.clone(),
+        }
+    }
+
+    /// Processes this cell's numbers come from (0 for a row without timings or memory).
+    pub fn processes(&self) -> usize {
+        match (&self.speed, &self.memory) {
+            (Some(s), _) => s.processes(),
+            (None, Some(_)) => 1,
+            (None, None) => 0,
+        }
+    }
+
+    /// This measurement with one more process's (`bench --processes K`): timings pooled, the
+    /// process medians and their two-level interval updated, the memory of the process that
+    /// peaked highest kept. A process that failed leaves the numbers as they were and adds its
+    /// reason; a first success replaces a failed row.
+    pub fn merged(self, next: Measurement) -> Measurement {
+        if next.status != Status::Ok {
+            if self.status != Status::Ok {
+                return next;
+            }
+            let why = next.reason.unwrap_or_else(|| next.status.as_str().into());
+            let note = format!("a later process did not finish: {why}");
+            return Measurement {
+                reason: Some(match self.reason {
+                    Some(r) => format!("{r}; {note}"),
+                    None => note,
+                }),
+                ..self
+            };
+        }
+        if self.status != Status::Ok {
+            return next;
+        }
+        let speed = match (self.speed, next.speed) {
+            (Some(mut s), Some(n)) => {
+                let mut medians = s
+                    .between
+                    .as_ref()
+                    .map(|b| b.medians.clone())
+                    .unwrap_or_else(|| vec![s.summary.median]);
+                medians.push(n.summary.median);
+                s.timings.warmup.extend(n.timings.warmup);
+                s.timings.samples.extend(n.timings.samples);
+                if let Some(pooled) = stats::Summary::of(&s.timings.samples) {
+                    s.summary = pooled;
+                }
+                s.between = stats::Between::of(&medians);
+                Some(s)
+            }
+            (s, n) => s.or(n),
+        };
+        let memory = match (self.memory, next.memory) {
+            (Some(a), Some(b)) => Some(if b.peak_rss > a.peak_rss { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        Measurement {
+            speed,
+            memory,
+            reason: self.reason.or(next.reason),
+            ..self
         }
     }
 

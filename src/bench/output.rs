@@ -236,7 +236,7 @@ fn hf_csv(r: &ResultsFile, mode: Mode, metric: Metric) -> Result<Vec<u8>> {
 }
 
 /// Column names of the tidy results file.
-pub const TIDY_COLUMNS: [&str; 44] = [
+pub const TIDY_COLUMNS: [&str; 48] = [
     "model",
     "mode",
     "batch_size",
@@ -281,6 +281,10 @@ pub const TIDY_COLUMNS: [&str; 44] = [
     "threads",
     "weights",
     "seed",
+    "processes",
+    "process_mean_median_s",
+    "between_ci95_low_s",
+    "between_ci95_high_s",
 ];
 
 fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
@@ -292,6 +296,7 @@ fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
     for cell in &r.plan {
         let Some(m) = r.find(cell) else { continue };
         let s = m.speed.as_ref().map(|s| &s.summary);
+        let between = m.speed.as_ref().and_then(|s| s.between.as_ref());
         let mem = m.memory.as_ref();
         let row: Vec<String> = vec![
             m.cell.model.clone(),
@@ -350,6 +355,10 @@ fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
             }
             .into(),
             m.settings.seed.to_string(),
+            m.processes().to_string(),
+            f(between.map(|b| b.center)),
+            f(between.map(|b| b.low)),
+            f(between.map(|b| b.high)),
         ];
         w.write_record(&row)?;
     }
@@ -357,7 +366,12 @@ fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
 }
 
 /// Whether a recorded measurement counts as finished for `--resume` (crashes are retried only
-/// with `--retry-failed`).
-pub fn is_finished(m: &Measurement, retry_failed: bool) -> bool {
-    !(retry_failed && matches!(m.status, Status::Crashed | Status::Failed))
+/// with `--retry-failed`), when each cell is to be timed in `processes` processes: a cell with
+/// timings from fewer is measured again (memory-only cells need one).
+pub fn is_finished(m: &Measurement, retry_failed: bool, processes: usize) -> bool {
+    match m.status {
+        Status::Crashed | Status::Failed => !retry_failed,
+        Status::Ok if m.speed.is_some() => m.processes() >= processes.max(1),
+        _ => true,
+    }
 }

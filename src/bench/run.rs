@@ -36,6 +36,8 @@ pub struct BenchConfig {
     pub max_memory: Option<u64>,
     /// Continue the run already in `files.dir`, skipping finished cells.
     pub resume: bool,
+    /// Time each cell in this many child processes, interleaved in rounds (1: one process).
+    pub processes: usize,
     /// With `resume`, run crashed and failed cells again.
     pub retry_failed: bool,
     /// Measure the machine's matmul peak first (cells then report their share of it).
@@ -99,6 +101,7 @@ impl BenchConfig {
             files: OutputFiles::in_dir(dir),
             max_memory: None,
             resume: false,
+            processes: 1,
             retry_failed: false,
             measure_peak: true,
             find_max_batch: None,
@@ -128,6 +131,15 @@ impl BenchConfig {
         }
         if self.batch_sizes.contains(&0) || self.sequence_lengths.contains(&0) {
             return Err(input("batch sizes and sequence lengths must be at least 1"));
+        }
+        if self.processes == 0 {
+            return Err(input("--processes must be at least 1"));
+        }
+        if self.processes > 1 && matches!(self.isolation, Isolation::InProcess) {
+            return Err(input(format!(
+                "--processes {} times each cell in separate processes; drop --in-process",
+                self.processes
+            )));
         }
         if self.threads.is_empty() || self.threads.contains(&0) {
             return Err(input("thread counts must be at least 1"));
@@ -206,6 +218,7 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
         isolation: config.isolation.clone(),
         max_memory,
         retry_failed: config.retry_failed,
+        processes: config.processes,
     };
 
     // A resumed run keeps the peaks it measured, so its cells' shares of peak stay

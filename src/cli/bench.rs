@@ -89,6 +89,11 @@ pub struct BenchArgs {
     /// Run cells in this process instead of a fresh child process each.
     #[arg(long, alias = "no_multi_process")]
     pub in_process: bool,
+    /// Time each cell in K separate child processes, interleaved with the other cells in K
+    /// rounds, so the intervals include the machine's drift between processes (default: 3
+    /// on the CPU, 1 on a GPU or --in-process).
+    #[arg(long, value_name = "K")]
+    pub processes: Option<usize>,
     /// Continue an interrupted run in --output-dir, skipping finished cells.
     #[arg(long)]
     pub resume: bool,
@@ -172,6 +177,9 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
         child_isolation()?
     };
     config.max_memory = max_memory;
+    config.processes = args
+        .processes
+        .unwrap_or_else(|| default_processes(&config.isolation, &config.settings.device));
     config.resume = args.resume;
     config.retry_failed = args.retry_failed;
     config.measure_peak = !args.no_peak;
@@ -179,6 +187,18 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
     config.validate()?;
     Ok(config)
 }
+
+/// Processes per cell unless told: three child processes on the CPU (so intervals include
+/// drift between processes), one on a GPU or in this process.
+pub(crate) fn default_processes(isolation: &Isolation, device: &str) -> usize {
+    match isolation {
+        Isolation::Child { .. } if device == "cpu" => DEFAULT_CPU_PROCESSES,
+        _ => 1,
+    }
+}
+
+/// See [`default_processes`].
+pub const DEFAULT_CPU_PROCESSES: usize = 3;
 
 /// Each cell in a fresh child process of this binary.
 pub(crate) fn child_isolation() -> Result<Isolation> {
@@ -233,7 +253,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
 /// Runs a bench with progress bars on the terminal and prints its summary table.
 pub(crate) fn run_with_bars(config: &BenchConfig) -> Result<BenchOutcome> {
-    let mut observer = BarObserver::new(config.plan().len());
+    let mut observer = BarObserver::new(config.plan().len() * config.processes.max(1));
     let outcome = run_bench(config, &mut observer);
     observer.finish();
     let outcome = outcome?;

@@ -82,11 +82,22 @@ fn results_path(p: &Path) -> PathBuf {
 /// The per-cell table, one line per cell and a line of notes under cells that have one.
 fn table(c: &Comparison) -> String {
     let mut s = format!(
-        "{:<32} {:<9} {:>5} {:>5}  {:>11} {:>11}  {:>27}  {:>8}  verdict\n",
-        "model", "mode", "batch", "seq", "base median", "new median", "change [95% CI]", "p-value"
+        "{:<32} {:<9} {:>5} {:>5}  {:>11} {:>11}  {:>27}  {:>8}  {:>9}  verdict\n",
+        "model",
+        "mode",
+        "batch",
+        "seq",
+        "base median",
+        "new median",
+        "change [95% CI]",
+        "p-value",
+        "processes"
     );
     for row in &c.cells {
         let dash = || "-".to_string();
+        let processes = row.speed.as_ref().map_or_else(dash, |sp| {
+            format!("{} / {}", sp.base_processes, sp.new_processes)
+        });
         let (base, new, change, p) = match &row.speed {
             Some(sp) => (
                 fmt_time(sp.base_median_s),
@@ -97,7 +108,11 @@ fn table(c: &Comparison) -> String {
                     pct(sp.change_low),
                     pct(sp.change_high)
                 ),
-                fmt_p(sp.p_value),
+                if sp.two_level {
+                    "2-level".to_string()
+                } else {
+                    fmt_p(sp.p_value)
+                },
             ),
             None => (dash(), dash(), dash(), dash()),
         };
@@ -110,7 +125,7 @@ fn table(c: &Comparison) -> String {
             v => v.to_string(),
         };
         s += &format!(
-            "{:<32} {:<9} {:>5} {:>5}  {:>11} {:>11}  {:>27}  {:>8}  {}\n",
+            "{:<32} {:<9} {:>5} {:>5}  {:>11} {:>11}  {:>27}  {:>8}  {:>9}  {}\n",
             row.cell.model,
             row.cell.mode.as_str(),
             row.cell.batch_size,
@@ -119,6 +134,7 @@ fn table(c: &Comparison) -> String {
             new,
             change,
             p,
+            processes,
             verdict
         );
         if let Some(note) = &row.note {

@@ -92,6 +92,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         let dir = sub.map_or(root.clone(), |s| root.join(s));
         let mut config = BenchConfig::new(Some(preset), &args.models, settings.clone(), &dir);
         config.isolation = super::bench::child_isolation()?;
+        config.processes =
+            super::bench::default_processes(&config.isolation, &config.settings.device);
         config.validate()?;
         benches.push(config);
     }

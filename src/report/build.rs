@@ -272,6 +272,26 @@ fn summary_section(cx: &Context) -> Vec<Block> {
         cx.env("candle_version"),
         cx.env("weights"),
     ))];
+    let processes = cx
+        .results
+        .measurements
+        .iter()
+        .filter_map(|m| m.speed.as_ref().map(|s| s.processes()))
+        .max()
+        .unwrap_or(1);
+    blocks.push(Block::Paragraph(if processes > 1 {
+        format!(
+            "Each cell was timed in {processes} separate processes, interleaved with the other \
+             cells in {processes} rounds; intervals marked 2-level (and the speed ratios) come \
+             from the spread between processes, so they include the machine's drift between \
+             them (Student's t over the process medians)."
+        )
+    } else {
+        "Each cell was timed in one process: its interval describes the noise within that \
+         process, not the machine's drift between processes (`bench --processes 3` measures \
+         that)."
+            .to_string()
+    }));
     if let Some(p) = &cx.opts.price {
         blocks.push(Block::Paragraph(format!(
             "Dollar costs use {} at {} USD per hour{}{}. A cost per 1000 sequences is the time of 1000 sequences of the cell's shape at its measured throughput; a cost per 1000 questions uses the evaluation's own throughput and windows per question.",
@@ -311,17 +331,24 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
             if sweep {
                 row.push(m.cell.threads.to_string());
             }
+            let sp = m.speed.as_ref();
             row.extend([
                 s.map(|s| fmt_time(s.median)).unwrap_or_else(dash),
-                s.map(|s| {
-                    format!(
-                        "[{}, {}]",
-                        fmt_time(s.median_ci_low),
-                        fmt_time(s.median_ci_high)
-                    )
+                sp.map(|sp| {
+                    let (_, low, high) = sp.median_interval();
+                    let level = if sp.between.is_some() {
+                        " (2-level)"
+                    } else {
+                        ""
+                    };
+                    format!("[{}, {}]{level}", fmt_time(low), fmt_time(high))
                 })
                 .unwrap_or_else(dash),
-                s.map(|s| s.n.to_string()).unwrap_or_else(dash),
+                sp.map(|sp| match sp.processes() {
+                    1 => sp.summary.n.to_string(),
+                    k => format!("{} in {k} processes", sp.summary.n),
+                })
+                .unwrap_or_else(dash),
                 m.tokens_per_s()
                     .map(|t| format!("{t:.0}"))
                     .unwrap_or_else(dash),

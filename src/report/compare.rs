@@ -7,12 +7,18 @@
 //! about the shape of timing distributions. A cell is a regression only when the difference is
 //! both significant (`p < alpha`) and larger than a practical threshold: with thousands of runs
 //! a 0.5% difference is significant, but nobody should be paged for it.
+//!
+//! When both runs timed the cell in several processes (`bench --processes K`), the samples
+//! of one run are not independent draws (they share each process's drift), so the rank test
+//! would overstate significance: the interval then comes from the process medians
+//! ([`stats::Between`]), and the difference is significant only when that interval of the
+//! ratio excludes 1.
 
 use serde::Serialize;
 
 use crate::bench::output::ResultsFile;
-use crate::bench::stats::{self, Summary};
-use crate::bench::{Cell, Measurement, Status};
+use crate::bench::stats;
+use crate::bench::{Cell, Measurement, Speed, Status};
 
 /// What counts as a change.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -74,6 +80,12 @@ pub struct SpeedChange {
     pub new_median_s: f64,
     pub base_runs: usize,
     pub new_runs: usize,
+    /// Processes each run timed the cell in.
+    pub base_processes: usize,
+    pub new_processes: usize,
+    /// Whether the verdict rests on the processes' two-level interval (both runs had several)
+    /// rather than on the rank test of the pooled samples.
+    pub two_level: bool,
     /// `new_median / base_median - 1`: +0.20 is 20% slower.
     pub change: f64,
     /// Conservative interval of `change` from the two medians' 95% CIs.
@@ -195,9 +207,16 @@ pub fn compare_cell(
             return row(Verdict::NotComparable, None, Some(why.join("; ")));
         }
     };
-    let (base_samples, base_summary) = bs;
-    let (new_samples, new_summary) = ns;
-    let (ratio, low, high) = stats::ratio_interval(new_summary, base_summary);
+    let (base_samples, base_speed) = bs;
+    let (new_samples, new_speed) = ns;
+    let (base_summary, new_summary) = (&base_speed.summary, &new_speed.summary);
+    let two_level = base_speed.between.is_some() && new_speed.between.is_some();
+    let (ratio, low, high) = stats::ratio_interval(
+        new_summary,
+        new_speed.between.as_ref(),
+        base_summary,
+        base_speed.between.as_ref(),
+    );
     let Some(test) = stats::mann_whitney_u(base_samples, new_samples) else {
         return row(
             Verdict::NotComparable,
@@ -206,7 +225,11 @@ pub fn compare_cell(
         );
     };
     let change = ratio - 1.0;
-    let significant = test.p_value < opts.alpha;
+    let significant = if two_level {
+        low > 1.0 || high < 1.0
+    } else {
+        test.p_value < opts.alpha
+    };
     let verdict = if significant && change > opts.threshold {
         Verdict::Regressed
     } else if significant && change < -opts.threshold {
@@ -216,7 +239,15 @@ pub fn compare_cell(
     };
     // With few runs even completely separated samples cannot reach alpha: say so, rather than
     // let "no change" read as evidence of no change.
-    let note = if verdict == Verdict::NoChange {
+    let note = if verdict == Verdict::NoChange && two_level {
+        Some(format!(
+            "two-level interval over {} and {} processes: {:+.1}% to {:+.1}%",
+            base_speed.processes(),
+            new_speed.processes(),
+            100.0 * (low - 1.0),
+            100.0 * (high - 1.0)
+        ))
+    } else if verdict == Verdict::NoChange {
         let (nb, nn) = (base_samples.len(), new_samples.len());
         let separated: Vec<f64> = (0..nb + nn).map(|i| i as f64).collect();
         let best = stats::mann_whitney_u(&separated[..nb], &separated[nb..]);
@@ -237,6 +268,9 @@ pub fn compare_cell(
             new_median_s: new_summary.median,
             base_runs: base_samples.len(),
             new_runs: new_samples.len(),
+            base_processes: base_speed.processes(),
+            new_processes: new_speed.processes(),
+            two_level,
             change,
             change_low: low - 1.0,
             change_high: high - 1.0,
@@ -247,8 +281,8 @@ pub fn compare_cell(
     )
 }
 
-/// The timed samples and their summary, or why there are none.
-fn timed(m: &Measurement) -> Result<(&[f64], &Summary), String> {
+/// The timed samples and their speed, or why there are none.
+fn timed(m: &Measurement) -> Result<(&[f64], &Speed), String> {
     if m.status != Status::Ok {
         return Err(match &m.reason {
             Some(r) => format!("{} ({r})", m.status.as_str()),
@@ -257,7 +291,7 @@ fn timed(m: &Measurement) -> Result<(&[f64], &Summary), String> {
     }
     match &m.speed {
         Some(s) if !s.timings.samples.is_empty() && s.summary.median > 0.0 => {
-            Ok((&s.timings.samples, &s.summary))
+            Ok((&s.timings.samples, s))
         }
         _ => Err("no timings (run without speed measurement?)".into()),
     }
@@ -335,12 +369,13 @@ mod tests {
     }
 
     fn measured(cell: Cell, samples: Vec<f64>) -> Measurement {
-        let summary = Summary::of(&samples).unwrap();
+        let summary = stats::Summary::of(&samples).unwrap();
         Measurement {
             cell,
             status: Status::Ok,
             reason: None,
             speed: Some(Speed {
+                between: None,
                 timings: Timings {
                     warmup: vec![],
                     samples,
@@ -368,6 +403,42 @@ mod tests {
             Some(&measured(cell(1), new)),
             &CompareOptions::default(),
         )
+    }
+
+    /// Timed in three processes each: the verdict rests on the process medians. Pooled
+    /// samples 20% apart are a regression when the processes agree, and no change (with the
+    /// interval in the note) when the processes scatter as widely as the difference, although
+    /// the rank test of the pooled samples would call it significant.
+    #[test]
+    fn several_processes_are_judged_by_their_medians() {
+        let with_processes = |medians: [f64; 3]| {
+            let mut m = measured(cell(1), samples(60, medians[1]));
+            let speed = m.speed.as_mut().unwrap();
+            speed.between = stats::Between::of(&medians);
+            m
+        };
+        let judge = |base: [f64; 3], new: [f64; 3]| {
+            compare_cell(
+                &cell(1),
+                Some(&with_processes(base)),
+                Some(&with_processes(new)),
+                &CompareOptions::default(),
+            )
+        };
+        let tight = judge([0.099, 0.1, 0.101], [0.119, 0.12, 0.121]);
+        assert_eq!(tight.verdict, Verdict::Regressed);
+        let s = tight.speed.unwrap();
+        assert!(s.two_level && s.base_processes == 3 && s.new_processes == 3);
+        let loose = judge([0.07, 0.1, 0.13], [0.09, 0.12, 0.15]);
+        assert_eq!(loose.verdict, Verdict::NoChange);
+        assert!(
+            loose.speed.as_ref().unwrap().p_value < 0.05,
+            "pooled samples look separated"
+        );
+        assert!(loose
+            .note
+            .unwrap()
+            .contains("two-level interval over 3 and 3 processes"));
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub fn timings(seed: u64, median_s: f64) -> Vec<f64> {
 pub fn measured(cell: Cell, samples: Vec<f64>) -> Measurement {
     Measurement {
         speed: Some(Speed {
+            between: None,
             summary: Summary::of(&samples).unwrap(),
             timings: Timings {
                 warmup: vec![samples[0] * 1.5],
