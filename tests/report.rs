@@ -479,3 +479,46 @@ fn loadgen_runs_join_the_report() {
         .any(|p| p.ends_with("plots/latency_vs_load_1.png")));
     assert!(section.contains("Latency under load: simulated"));
 }
+
+/// The drift monitor's samples become the report's "Machine drift" section: the plot of the
+/// calibration over the run, and the cell measured while the machine ran 30% slow flagged by
+/// name.
+#[test]
+fn drift_samples_are_plotted_and_slow_cells_flagged() {
+    use bertbench::bench::drift::DriftSample;
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = |s: f64, at: f64| DriftSample {
+        calibration_s: s,
+        load_1m: Some(0.5),
+        cpus: 2,
+        at_unix_s: 1.7e9 + at,
+    };
+    let mut ms = Vec::new();
+    for (i, seq) in SEQS.iter().enumerate() {
+        let mut m = exact(
+            cell_at("small", Mode::Inference, 1, *seq),
+            1e-3,
+            1 << 20,
+            1024,
+        );
+        let slow = if *seq == 128 { 1.3 } else { 1.0 };
+        m.drift = vec![
+            sample(0.004 * slow, i as f64 * 10.0),
+            sample(0.004, i as f64 * 10.0 + 5.0),
+        ];
+        ms.push(m);
+    }
+    write_run(tmp.path(), ms);
+    let files = bertbench::report::build::write_report(tmp.path(), &Default::default()).unwrap();
+    let md = std::fs::read_to_string(&files.markdown).unwrap();
+    let section = &md[md.find("## Machine drift").expect("a drift section")..];
+    assert!(section.contains("8 in all"), "{section}");
+    let flagged: Vec<&str> = section.lines().filter(|l| l.starts_with("- ")).collect();
+    assert_eq!(flagged.len(), 1, "{section}");
+    assert!(
+        flagged[0].contains("sequence 128") && flagged[0].contains("30% slower"),
+        "{section}"
+    );
+    assert!(tmp.path().join("plots/drift.png").is_file());
+    assert!(files.plots.iter().any(|p| p.ends_with("plots/drift.png")));
+}

@@ -243,6 +243,12 @@ pub fn run_cell(
         None
     };
 
+    // The drift monitor, after the timings (see `drift`): CPU processes that timed the cell.
+    let drift = if speed.is_some() && device.is_cpu() {
+        vec![super::drift::calibrate()]
+    } else {
+        Vec::new()
+    };
     Ok(Measurement {
         cell: cell.clone(),
         status: Status::Ok,
@@ -252,5 +258,6 @@ pub fn run_cell(
         flops,
         estimated_bytes,
         settings: settings.clone(),
+        drift,
     })
 }

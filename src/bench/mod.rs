@@ -8,6 +8,7 @@
 //! cells, largest-batch search) as one call.
 
 pub mod cell;
+pub mod drift;
 pub mod env;
 pub mod flops;
 pub mod gpu;
@@ -202,6 +203,9 @@ pub struct Measurement {
     /// Memory the engine estimated before running (bytes).
     pub estimated_bytes: u64,
     pub settings: CellSettings,
+    /// The drift monitor's calibration, one per process that timed the cell (CPU only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<drift::DriftSample>,
 }
 
 impl Measurement {
@@ -223,6 +227,7 @@ impl Measurement {
             flops,
             estimated_bytes,
             settings: settings.clone(),
+            drift: Vec::new(),
         }
     }
 
@@ -275,6 +280,8 @@ impl Measurement {
             }
             (s, n) => s.or(n),
         };
+        let mut drift = self.drift;
+        drift.extend(next.drift);
         let memory = match (self.memory, next.memory) {
             (Some(a), Some(b)) => Some(if b.peak_rss > a.peak_rss { b } else { a }),
             (a, b) => a.or(b),
@@ -282,6 +289,7 @@ impl Measurement {
         Measurement {
             speed,
             memory,
+            drift,
             reason: self.reason.or(next.reason),
             ..self
         }

@@ -9,6 +9,7 @@ use super::cost::{cost_to_reach_f1, usd_for_seconds, usd_per_1000_questions, Pri
 use super::observe;
 use super::plot::{self, Chart, Metric, Point, Series};
 use super::render::{self, Block};
+use crate::bench::drift;
 use crate::bench::memory::to_mb;
 use crate::bench::output::{atomic_write, ResultsFile};
 use crate::bench::run::MAX_BATCH_FILE;
@@ -223,6 +224,8 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
     for mode in [Mode::Inference, Mode::Training] {
         blocks.extend(results_section(&cx, mode));
     }
+    let (drift_blocks, mut drift_plots) = drift_section(&cx)?;
+    blocks.extend(drift_blocks);
     blocks.extend(max_batch_section(dir, &mut warnings));
     blocks.extend(accuracy_section(&cx, &evals));
     blocks.extend(training_section(&cx, &trainings));
@@ -230,6 +233,7 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
     blocks.extend(serving_blocks);
     let (plot_blocks, mut plots) = plots_section(&cx, &evals)?;
     plots.append(&mut serving_plots);
+    plots.append(&mut drift_plots);
     blocks.extend(plot_blocks);
     blocks.extend(environment_section(&results));
 
@@ -497,6 +501,83 @@ fn accuracy_section(cx: &Context, evals: &[Accuracy]) -> Vec<Block> {
             rows,
         },
     ]
+}
+
+/// The drift monitor: how fast the machine ran the calibration product while each cell was
+/// measured, as a plot over the run, and the cells measured while it was slow or busy.
+fn drift_section(cx: &Context) -> Result<(Vec<Block>, Vec<PathBuf>)> {
+    let series = drift::series(cx.results);
+    if series.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let samples: usize = series.iter().map(|(_, s)| s.len()).sum();
+    let mut blocks = vec![
+        Block::Heading(2, "Machine drift".into()),
+        Block::Paragraph(format!(
+            "Every process that timed a cell also timed a fixed calibration product (64 x 768 \
+             by 768 x 768, best of five) right after, {samples} in all: the machine's own speed \
+             while the cell was measured. A cell is flagged when a calibration of its ran more \
+             than {:.0}% slower than the run's best, or the load average exceeded the logical \
+             CPUs.",
+            100.0 * drift::SLOW_THRESHOLD
+        )),
+    ];
+    let slow = drift::slow_cells(cx.results, drift::SLOW_THRESHOLD);
+    blocks.push(Block::Bullets(if slow.is_empty() {
+        vec!["No cell was measured while the machine ran slow or busy.".into()]
+    } else {
+        slow.iter()
+            .map(|s| {
+                let mut text = format!(
+                    "{} {} batch {}, sequence {}, {} threads: the calibration ran up to {:.0}% \
+                     slower than the run's best",
+                    cx.name(&s.cell.model),
+                    s.cell.mode.as_str(),
+                    s.cell.batch_size,
+                    s.cell.sequence_length,
+                    s.cell.threads,
+                    100.0 * s.slowdown
+                );
+                if let Some(l) = s.busy_load {
+                    text += &format!("; load average {l:.2} above the logical CPUs");
+                }
+                text
+            })
+            .collect()
+    }));
+    let chart = Chart {
+        title: "Machine drift: the calibration product over the run".into(),
+        x_label: "seconds since the first cell".into(),
+        y_label: "calibration product (ms)".into(),
+        log_x: false,
+        log_y: false,
+        series: series
+            .iter()
+            .map(|(threads, s)| Series {
+                label: format!("{threads} threads"),
+                points: s
+                    .iter()
+                    .map(|&(x, y)| Point {
+                        x,
+                        y: y * 1e3,
+                        interval: None,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        label_points: false,
+    };
+    let plots_dir = cx.dir.join("plots");
+    std::fs::create_dir_all(&plots_dir)
+        .with_context(|| format!("creating {}", plots_dir.display()))?;
+    let png = plots_dir.join("drift.png");
+    plot::render(&chart, &png, (1000, 500))?;
+    blocks.push(Block::Figure {
+        caption: chart.title.clone(),
+        png: "plots/drift.png".into(),
+        svg: plot::render_svg_string(&chart, (1000, 500))?,
+    });
+    Ok((blocks, vec![png]))
 }
 
 /// Load-generator runs found in the folder (`loadgen.json`, from `bertbench loadgen`): each

@@ -386,6 +386,7 @@ mod tests {
             flops: 1,
             estimated_bytes: 0,
             settings: settings(2),
+            drift: Vec::new(),
         }
     }
 

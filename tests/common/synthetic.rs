@@ -69,6 +69,7 @@ pub fn failed(cell: Cell, status: Status) -> Measurement {
         flops: 1_000_000,
         estimated_bytes: 0,
         settings: settings(),
+        drift: Vec::new(),
     }
 }
 
