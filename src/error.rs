@@ -34,6 +34,17 @@ pub fn input(msg: impl Into<String>) -> anyhow::Error {
     Error::Input(msg.into()).into()
 }
 
+/// Reads a JSON file into `T`; a file that cannot be read, or is not `what` (e.g. "an
+/// eval_results.json of this bertbench"), is an input error naming the file.
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| input(format!("{}: cannot read: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| input(format!("{}: not {what} ({e})", path.display())))
+}
+
 /// Shorthand for an unavailable-model error as an `anyhow::Error`.
 pub fn unavailable(msg: impl Into<String>) -> anyhow::Error {
     Error::Unavailable(msg.into()).into()

@@ -120,14 +120,7 @@ impl EvalResults {
 
     /// Reads `path`; anything that is not this schema is an input error naming the file.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| input(format!("{}: cannot read: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| {
-            input(format!(
-                "{}: not an eval_results.json of this bertbench ({e})",
-                path.display()
-            ))
-        })
+        crate::error::read_json(path, "an eval_results.json of this bertbench")
     }
 }
 

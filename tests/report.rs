@@ -394,21 +394,13 @@ fn thread_sweep_scaling_is_observed_and_drawn() {
 fn loadgen_runs_join_the_report() {
     use bertbench::report::cost::resolve_price;
     use bertbench::serve::loadgen::{LoadgenJob, Setup};
-    use bertbench::serve::{BatcherConfig, RunSettings, Scenario, SearchSettings, Server};
-    use common::serving::{query, Simulated};
+    use bertbench::serve::{RunSettings, Scenario, SearchSettings, Server};
+    use common::serving::{batcher, query, Simulated};
     use std::time::Duration;
 
     let tmp = tempfile::tempdir().unwrap();
     synthetic_run(tmp.path());
-    let server = Server::start(
-        Simulated::new(0, 10),
-        BatcherConfig {
-            max_batch: 1,
-            max_queue_delay: Duration::ZERO,
-            queue_capacity: 100,
-            workers: 1,
-        },
-    );
+    let server = Server::start(Simulated::new(0, 10), batcher(1, 0, 100, 1));
     let queries: Vec<_> = (0..4).map(|i| query(i, 1, 16)).collect();
     // The questions' ids must exist in a dataset for scoring; an empty one scores nothing.
     let dataset = bertbench::squad::Dataset {

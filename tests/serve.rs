@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bertbench::serve::scenario::{self, offline, search, single_stream};
-use bertbench::serve::{BatcherConfig, Query, Rejected, RunSettings, SearchSettings, Server};
-use common::serving::{query, Simulated};
+use bertbench::serve::{Query, Rejected, RunSettings, SearchSettings, Server};
+use common::serving::{batcher, query, Simulated};
 
 /// Many queries from four threads at once: every admitted query is answered exactly once,
 /// with its own answer; no batch holds more than `max_batch` windows or mixes run lengths;
@@ -19,15 +19,7 @@ use common::serving::{query, Simulated};
 #[test]
 fn the_batcher_never_overfills_mixes_loses_or_repeats() {
     let engine = Simulated::new(1, 0);
-    let server = Arc::new(Server::start(
-        engine.clone(),
-        BatcherConfig {
-            max_batch: 4,
-            max_queue_delay: Duration::from_millis(2),
-            queue_capacity: 10_000,
-            workers: 2,
-        },
-    ));
+    let server = Arc::new(Server::start(engine.clone(), batcher(4, 2, 10_000, 2)));
     let (tx, rx) = channel();
     let mut expected_windows = 0;
     let mut expected: HashMap<usize, String> = HashMap::new();
@@ -96,15 +88,7 @@ fn the_batcher_never_overfills_mixes_loses_or_repeats() {
 #[test]
 fn the_queue_delay_is_a_bound_and_full_batches_do_not_wait() {
     let run = |delay_ms: u64, queries: usize| -> Vec<Duration> {
-        let server = Server::start(
-            Simulated::new(1, 0),
-            BatcherConfig {
-                max_batch: 4,
-                max_queue_delay: Duration::from_millis(delay_ms),
-                queue_capacity: 100,
-                workers: 1,
-            },
-        );
+        let server = Server::start(Simulated::new(1, 0), batcher(4, delay_ms, 100, 1));
         let (tx, rx) = channel();
         for i in 0..queries {
             let tx = tx.clone();
@@ -138,15 +122,7 @@ fn the_queue_delay_is_a_bound_and_full_batches_do_not_wait() {
 /// is answered, and the server counts the refusals.
 #[test]
 fn overload_refuses_instead_of_queueing_without_bound() {
-    let server = Server::start(
-        Simulated::new(0, 30),
-        BatcherConfig {
-            max_batch: 1,
-            max_queue_delay: Duration::ZERO,
-            queue_capacity: 3,
-            workers: 1,
-        },
-    );
+    let server = Server::start(Simulated::new(0, 30), batcher(1, 0, 3, 1));
     let (tx, rx) = channel();
     let (mut admitted, mut refused) = (0, 0);
     for i in 0..20 {
@@ -197,15 +173,7 @@ fn settings(min_ms: u64, min_count: usize, percentile: f64) -> RunSettings {
 /// latency is the cost, Offline's throughput about 100/s, and the records carry every stage.
 #[test]
 fn scenarios_measure_a_known_system() {
-    let server = Server::start(
-        Simulated::new(0, 10),
-        BatcherConfig {
-            max_batch: 1,
-            max_queue_delay: Duration::ZERO,
-            queue_capacity: 1000,
-            workers: 1,
-        },
-    );
+    let server = Server::start(Simulated::new(0, 10), batcher(1, 0, 1000, 1));
     let queries: Vec<Query> = (0..10).map(|i| query(i, 1, 16)).collect();
     let p = single_stream(&server, &queries, &settings(300, 20, 90.0), 0, &mut |_| {});
     let s = &p.summary;
@@ -232,15 +200,7 @@ fn scenarios_measure_a_known_system() {
 /// and keeps every run's curve.
 #[test]
 fn the_server_search_finds_a_known_capacity() {
-    let sut = Server::start(
-        Simulated::new(0, 10),
-        BatcherConfig {
-            max_batch: 1,
-            max_queue_delay: Duration::ZERO,
-            queue_capacity: 200,
-            workers: 1,
-        },
-    );
+    let sut = Server::start(Simulated::new(0, 10), batcher(1, 0, 200, 1));
     let queries: Vec<Query> = (0..10).map(|i| query(i, 1, 16)).collect();
     let o = search(
         &sut,
@@ -299,6 +259,30 @@ fn dev() -> std::path::PathBuf {
     common::shared().join("data/squad/dev-v1.1.json.gz")
 }
 
+/// `bertbench eval` of MiniLM on the first `limit` dev questions (batch 5) into `dir`: its
+/// answers, the reference every answer under load must equal.
+fn eval_predictions(dir: &std::path::Path, limit: usize) -> HashMap<String, String> {
+    let mut cmd = common::bin();
+    cmd.arg("eval")
+        .arg("--model")
+        .arg(common::minilm_dir())
+        .arg("--dataset")
+        .arg(dev())
+        .arg("--output-dir")
+        .arg(dir)
+        .args([
+            "--limit",
+            &limit.to_string(),
+            "--batch-size",
+            "5",
+            "--threads",
+            "2",
+        ]);
+    let (code, _, stderr) = common::run(&mut cmd);
+    assert_eq!(code, 0, "{stderr}");
+    bertbench::squad::read_predictions(&dir.join("predictions.json")).unwrap()
+}
+
 /// `bertbench loadgen` on MiniLM with `args`, into `out`.
 fn loadgen(out: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let mut cmd = common::bin();
@@ -321,18 +305,7 @@ fn loadgen(out: &std::path::Path, args: &[&str]) -> (i32, String, String) {
 fn answers_under_load_are_evals_answers() {
     let tmp = tempfile::tempdir().unwrap();
     let eval_dir = tmp.path().join("eval");
-    let mut cmd = common::bin();
-    cmd.arg("eval")
-        .arg("--model")
-        .arg(common::minilm_dir())
-        .arg("--dataset")
-        .arg(dev())
-        .arg("--output-dir")
-        .arg(&eval_dir)
-        .args(["--limit", "24", "--batch-size", "5", "--threads", "2"]);
-    let (code, _, stderr) = common::run(&mut cmd);
-    assert_eq!(code, 0, "{stderr}");
-    let expected = bertbench::squad::read_predictions(&eval_dir.join("predictions.json")).unwrap();
+    let expected = eval_predictions(&eval_dir, 24);
     let eval = bertbench::eval::EvalResults::read(&eval_dir.join("eval_results.json")).unwrap();
     for (name, args) in [
         ("offline", vec!["--scenario", "offline", "--max-batch", "4"]),
@@ -571,18 +544,7 @@ fn the_http_server_answers_and_refuses_clearly() {
 fn loadgen_over_http_gives_evals_answers() {
     let s = start_server(&[]);
     let tmp = tempfile::tempdir().unwrap();
-    let eval_dir = tmp.path().join("eval");
-    let mut cmd = common::bin();
-    cmd.arg("eval")
-        .arg("--model")
-        .arg(common::minilm_dir())
-        .arg("--dataset")
-        .arg(dev())
-        .arg("--output-dir")
-        .arg(&eval_dir)
-        .args(["--limit", "12", "--threads", "2"]);
-    let (code, _, stderr) = common::run(&mut cmd);
-    assert_eq!(code, 0, "{stderr}");
+    let expected = eval_predictions(&tmp.path().join("eval"), 12);
     let out = tmp.path().join("remote");
     let mut cmd = common::bin();
     cmd.args(["loadgen", "--model", "remote-minilm", "--url", &s.base])
@@ -604,7 +566,7 @@ fn loadgen_over_http_gives_evals_answers() {
     assert!(stdout.contains("driving http://"), "{stdout}");
     assert_eq!(
         bertbench::squad::read_predictions(&out.join("predictions.json")).unwrap(),
-        bertbench::squad::read_predictions(&eval_dir.join("predictions.json")).unwrap()
+        expected
     );
     // No server there: a clear error and exit 4.
     let mut cmd = common::bin();

@@ -10,11 +10,12 @@
 //! It runs after the timings (not before) so that the memory measurement, taken first, never
 //! sees its buffers.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::output::ResultsFile;
+use super::timer::{measure, TimingPolicy};
 use super::Cell;
 use crate::compute::packed::{packed_linear, PackedWeight};
 use crate::compute::{MatMut, MatRef};
@@ -45,9 +46,14 @@ pub fn calibrate() -> DriftSample {
     let packed = PackedWeight::pack(&w, 1, N, K);
     let mut out = vec![0f32; M * N];
     let threads = rayon::current_num_threads();
-    let mut best = f64::INFINITY;
-    for run in 0..6 {
-        let t = Instant::now();
+    let policy = TimingPolicy {
+        warmup_max_runs: 1,
+        min_runs: 5,
+        min_time: Duration::ZERO,
+        max_runs: 5,
+        ..TimingPolicy::default()
+    };
+    let step = || {
         packed_linear(
             MatRef::new(&x, M, K, K),
             &packed,
@@ -56,10 +62,11 @@ pub fn calibrate() -> DriftSample {
             MatMut::new(&mut out, M, N, N),
             threads,
         );
-        if run > 0 {
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-    }
+        Ok(())
+    };
+    let best = measure(&policy, step, |_, _| {})
+        .map(|t| t.samples.iter().copied().fold(f64::INFINITY, f64::min))
+        .unwrap_or(f64::NAN);
     DriftSample {
         calibration_s: best,
         load_1m: load_average(),

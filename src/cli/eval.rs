@@ -10,6 +10,19 @@ use crate::device::device_name;
 use crate::eval::{EvalConfig, EvalJob};
 use crate::squad::{DecodeConfig, FeatureConfig};
 
+/// How questions become windows and windows answers: the tokenizer, the windowing and the
+/// decoding; shared by every command that answers questions (`eval`, `loadgen`, `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct AnswerArgs {
+    /// Tokenizer: a model directory, tokenizer.json or vocab.txt (default: the model's own).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    pub windows: FeatureConfig,
+    #[command(flatten)]
+    pub decode: DecodeConfig,
+}
+
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     #[command(flatten)]
@@ -23,13 +36,8 @@ pub struct EvalArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = crate::eval::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
-    /// Tokenizer: a model directory, tokenizer.json or vocab.txt (default: the model's own).
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
     #[command(flatten)]
-    pub windows: FeatureConfig,
-    #[command(flatten)]
-    pub decode: DecodeConfig,
+    pub answers: AnswerArgs,
     /// Where predictions.json, nbest_predictions.json and eval_results.json go
     /// (default: eval-results/<date-time>).
     #[arg(long)]
@@ -45,11 +53,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         dataset: args.dataset.clone(),
         limit: args.limit,
         config: EvalConfig {
-            features: args.windows,
-            decode: args.decode,
+            features: args.answers.windows,
+            decode: args.answers.decode,
             batch_size: args.batch_size,
         },
-        tokenizer: args.tokenizer.clone(),
+        tokenizer: args.answers.tokenizer.clone(),
         output_dir: args
             .output_dir
             .clone()

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 
+use super::eval::AnswerArgs;
 use super::model::ModelArgs;
 use super::report::PriceArgs;
 use crate::compute::Isa;
@@ -18,7 +19,7 @@ use crate::serve::http::{HttpLimits, HttpServer, HttpSut};
 use crate::serve::loadgen::{LoadgenJob, Setup};
 use crate::serve::scenario::{queries_from, Progress, RunSettings, Scenario, SearchSettings, STOP};
 use crate::serve::{BatcherConfig, QaEngine, Server, Sut};
-use crate::squad::{load_tokenizer, read_dataset, tokenizer_path, DecodeConfig, FeatureConfig};
+use crate::squad::{load_tokenizer, read_dataset, tokenizer_path};
 
 /// `bertbench serve`'s arguments.
 #[derive(Debug, Args)]
@@ -83,13 +84,8 @@ pub struct EngineArgs {
     /// Threads taking batches (each forward pass uses every compute thread).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Tokenizer: a model directory, tokenizer.json or vocab.txt (default: the model's own).
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
     #[command(flatten)]
-    pub windows: FeatureConfig,
-    #[command(flatten)]
-    pub decode: DecodeConfig,
+    pub answers: AnswerArgs,
 }
 
 impl EngineArgs {
@@ -110,7 +106,7 @@ impl EngineArgs {
                 return Err(input(format!("{flag} must be at least 1")));
             }
         }
-        self.windows.validate()?;
+        self.answers.windows.validate()?;
         Ok(BatcherConfig {
             max_batch: self.max_batch,
             max_queue_delay: Duration::from_secs_f64(self.max_queue_delay_ms / 1e3),
@@ -123,9 +119,9 @@ impl EngineArgs {
     /// and dtype.
     fn open(&self, model: &ModelArgs) -> Result<(QaEngine, String, String)> {
         let opened = model.open()?;
-        crate::eval::check_windows(&self.windows, opened.model.config())?;
+        crate::eval::check_windows(&self.answers.windows, opened.model.config())?;
         let tokenizer = load_tokenizer(&tokenizer_path(
-            self.tokenizer.as_deref(),
+            self.answers.tokenizer.as_deref(),
             opened.dir.as_deref(),
             &model.model,
         )?)?;
@@ -133,8 +129,8 @@ impl EngineArgs {
         let engine = QaEngine {
             model: opened.model,
             tokenizer,
-            features: self.windows,
-            decode: self.decode,
+            features: self.answers.windows,
+            decode: self.answers.decode,
         };
         Ok((engine, opened.source, dtype))
     }
@@ -324,8 +320,8 @@ pub fn loadgen(args: LoadgenArgs) -> Result<()> {
         isa: Isa::current().name().to_string(),
         cpu: crate::bench::env::cpu_model(),
         dtype: String::new(),
-        max_seq_length: args.engine.windows.max_seq_length,
-        doc_stride: args.engine.windows.doc_stride,
+        max_seq_length: args.engine.answers.windows.max_seq_length,
+        doc_stride: args.engine.answers.windows.doc_stride,
     };
     // The system under test: a server at --url, or the model in this process.
     let (sut, local): (Box<dyn Sut>, Option<Arc<Server>>) = match &args.url {

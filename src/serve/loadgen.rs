@@ -151,14 +151,7 @@ impl LoadgenResults {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| input(format!("{}: cannot read: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| {
-            input(format!(
-                "{}: not a loadgen.json of this bertbench ({e})",
-                path.display()
-            ))
-        })
+        crate::error::read_json(path, "a loadgen.json of this bertbench")
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bertbench::eval::{run_length, LogitRows};
-use bertbench::serve::{Answer, Engine, Query};
+use bertbench::serve::{Answer, BatcherConfig, Engine, Query};
 use bertbench::squad::Feature;
 
 /// A model stand-in: a query `"w{n}l{len}"` becomes `n` windows of `len` real tokens; a
@@ -74,5 +74,20 @@ pub fn query(id: usize, n: usize, len: usize) -> Query {
         id: format!("q{id}"),
         question: Arc::from(format!("w{n}l{len}").as_str()),
         context: Arc::from(""),
+    }
+}
+
+/// A batcher's settings: most windows per batch, queue delay (ms), capacity, workers.
+pub fn batcher(
+    max_batch: usize,
+    delay_ms: u64,
+    queue_capacity: usize,
+    workers: usize,
+) -> BatcherConfig {
+    BatcherConfig {
+        max_batch,
+        max_queue_delay: Duration::from_millis(delay_ms),
+        queue_capacity,
+        workers,
     }
 }
