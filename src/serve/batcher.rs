@@ -360,10 +360,11 @@ impl Shared {
             return;
         }
         let t = Instant::now();
-        let windows = Arc::try_unwrap(p.windows).unwrap_or_else(|w| (*w).clone());
+        // The batch just run still holds the windows (an `Arc` each): borrow, never copy.
+        let windows: &[Feature] = &p.windows;
         let answer = self
             .engine
-            .decode(&p.question, &p.context, &windows, (p.starts, p.ends));
+            .decode(&p.question, &p.context, windows, (p.starts, p.ends));
         let finished = Instant::now();
         let first = p.first_start.unwrap_or(end);
         let stages = Stages {
