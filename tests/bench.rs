@@ -461,7 +461,7 @@ fn thread_sweep_measures_every_cell_at_each_count() {
 }
 
 /// `--processes K`: every cell timed in K child processes, their medians and the two-level
-/// interval in results.json and results.csv; `--resume` with a larger K adds processes to the
+/// interval (its spread pooled over the run's cells) in results.json and results.csv; `--resume` with a larger K adds processes to the
 /// cells that have fewer; K = 1 keeps one process and no two-level interval; several
 /// processes in this process are refused.
 #[test]
@@ -485,6 +485,33 @@ fn cells_are_timed_in_several_processes() {
         assert!(low <= center && center <= high);
         // The pooled samples are both processes' runs (3 each at least).
         assert!(m["speed"]["timings"]["samples"].as_array().unwrap().len() >= 6);
+    }
+    // The spread is pooled over the run's two cells (one degree of freedom each), on a
+    // relative scale: recomputed here from the process medians.
+    let (mut ss, mut df) = (0.0, 0);
+    for model in ["bert", "distilbert"] {
+        let medians: Vec<f64> = find(&res, model, 1, 16)["speed"]["between"]["medians"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let mean = medians.iter().sum::<f64>() / medians.len() as f64;
+        ss += medians
+            .iter()
+            .map(|m| (m / mean - 1.0).powi(2))
+            .sum::<f64>();
+        df += medians.len() - 1;
+    }
+    let pooled = (ss / df as f64).sqrt();
+    for model in ["bert", "distilbert"] {
+        let between = &find(&res, model, 1, 16)["speed"]["between"];
+        assert_eq!(between["df"].as_u64(), Some(2), "{between}");
+        let got = between["pooled_relative_sd"].as_f64().unwrap();
+        assert!(
+            (got - pooled).abs() <= 1e-12 * pooled.max(1.0),
+            "{got} vs {pooled}"
+        );
     }
     let rows = csv_rows(&out.join("results.csv"));
     let col = |name: &str| rows[0].iter().position(|h| h == name).unwrap();

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::memory::to_mb;
 use super::peak::PeakShape;
-use super::{Cell, CellSettings, Measurement, Mode, Status};
+use super::{stats, Cell, CellSettings, Measurement, Mode, Status};
 use crate::error::input;
 
 /// Where each output goes.
@@ -87,6 +87,8 @@ impl ResultsFile {
         for shape in results.peak_matmul.iter_mut().filter(|s| s.threads == 0) {
             shape.threads = threads;
         }
+        // Files from before the pooled spread get it too, so every reader sees one interval.
+        results.pool_between();
         Ok(results)
     }
 
@@ -110,6 +112,30 @@ impl ResultsFile {
     pub fn find(&self, cell: &Cell) -> Option<&Measurement> {
         self.measurements.iter().rev().find(|m| &m.cell == cell)
     }
+
+    /// Gives every cell timed in several processes the two-level interval from the run's
+    /// pooled spread ([`stats::Pool`]), pooled over the cells at the same thread count (drift
+    /// scales a thread count's cells alike; a different count shares the machine differently).
+    pub fn pool_between(&mut self) {
+        let counts = super::distinct(self.measurements.iter().map(|m| m.cell.threads));
+        for threads in counts {
+            let at = |m: &&mut Measurement| m.cell.threads == threads && m.status == Status::Ok;
+            let pool = stats::Pool::of(
+                self.measurements
+                    .iter()
+                    .filter(|m| m.cell.threads == threads && m.status == Status::Ok)
+                    .filter_map(|m| m.speed.as_ref()?.between.as_ref())
+                    .map(|b| b.medians.as_slice()),
+            );
+            for m in self.measurements.iter_mut().filter(at) {
+                if let Some(b) = m.speed.as_mut().and_then(|s| s.between.as_mut()) {
+                    if let Some(pooled) = stats::Between::pooled(&b.medians, pool.as_ref()) {
+                        *b = pooled;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Keeps the results of a run and rewrites the output files after each cell.
@@ -119,7 +145,8 @@ pub struct ResultsWriter {
 }
 
 impl ResultsWriter {
-    pub fn new(files: OutputFiles, results: ResultsFile) -> Result<Self> {
+    pub fn new(files: OutputFiles, mut results: ResultsFile) -> Result<Self> {
+        results.pool_between();
         std::fs::create_dir_all(&files.dir).map_err(|e| {
             input(format!(
                 "cannot create output directory {}: {e}",
@@ -135,6 +162,7 @@ impl ResultsWriter {
     pub fn push(&mut self, m: Measurement) -> Result<()> {
         self.results.measurements.retain(|old| old.cell != m.cell);
         self.results.measurements.push(m);
+        self.results.pool_between();
         self.write_all()
     }
 
