@@ -6,13 +6,16 @@
 # timed each cell in several (`--processes K`, bench's default on the CPU), else the
 # within-process one. Prints a Markdown table; run it on an idle machine.
 #
-# usage: scripts/bench-repeatability.sh [OUTPUT_DIR] [extra bench flags...]
+# usage: [BERTBENCH=path/to/bertbench] scripts/bench-repeatability.sh [OUTPUT_DIR] [extra bench flags...]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-"$root/bench-results/repeatability-$(date +%Y%m%d-%H%M%S)"}
 shift || true
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-bin="$root/target/release/bertbench"
+# BERTBENCH names a built binary to use (so a build can't change it mid-run); else build one.
+if [[ -z "${BERTBENCH:-}" ]]; then
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+fi
+bin=${BERTBENCH:-"$root/target/release/bertbench"}
 for run in a b; do
   "$bin" bench --models bert-base-uncased distilbert-base-uncased squeezebert/squeezebert-uncased \
     --batch-sizes 1 8 --sequence-lengths 128 --no-memory --min-time 5 --output-dir "$out/$run" "$@" >/dev/null
