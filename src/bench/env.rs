@@ -31,6 +31,16 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`), empty if unknown:
+/// a merged study lists the hosts its shards ran on.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn os_name() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()
@@ -80,6 +90,7 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
         ("system", os_name()),
         ("os", std::env::consts::OS.to_string()),
         ("kernel", kernel()),
+        ("hostname", hostname()),
         ("cpu", cpu_model()),
         ("architecture", std::env::consts::ARCH.to_string()),
         ("logical_cpus", logical_cpus().to_string()),

@@ -158,7 +158,8 @@ impl Configs {
     }
 }
 
-fn step_flops(config: &ModelConfig, cell: &Cell) -> u64 {
+/// Analytic FLOPs of one step of `cell`.
+pub fn step_flops(config: &ModelConfig, cell: &Cell) -> u64 {
     match cell.mode {
         Mode::Inference => forward_flops(config, cell.batch_size, cell.sequence_length),
         Mode::Training => training_step_flops(config, cell.batch_size, cell.sequence_length),

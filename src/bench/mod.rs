@@ -17,6 +17,7 @@ pub mod memory;
 pub mod output;
 pub mod peak;
 pub mod run;
+pub mod shard;
 pub mod stats;
 pub mod timer;
 

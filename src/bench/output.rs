@@ -55,6 +55,9 @@ pub struct ResultsFile {
     /// The cells planned, in order (so a resumed run knows the whole grid).
     pub plan: Vec<Cell>,
     pub measurements: Vec<Measurement>,
+    /// A shard of a larger grid (`bench --shard K/N`): which one, and the whole grid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<super::shard::ShardRecord>,
 }
 
 impl ResultsFile {

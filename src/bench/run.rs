@@ -10,9 +10,11 @@ use anyhow::Result;
 
 use super::grid::{self, Isolation, MaxBatch, Observer, Preset, RunOptions, STUDY_MODELS};
 use super::output::{OutputFiles, ResultsFile, ResultsWriter};
+use super::shard::{self, Shard, ShardRecord};
 use super::{distinct, env, memory, peak, Cell, CellSettings, Mode, TimingPolicy};
 use crate::device::{parse_device, Precision};
 use crate::error::input;
+use crate::hub::HubConfig;
 
 /// Everything a bench run needs; built by the CLI from its flags, or by [`BenchConfig::new`].
 #[derive(Debug, Clone)]
@@ -45,6 +47,8 @@ pub struct BenchConfig {
     /// Search the largest batch that fits for each model, mode and sequence length, up to
     /// this batch size.
     pub find_max_batch: Option<usize>,
+    /// Measure only this part of the grid ([`super::shard`]).
+    pub shard: Option<Shard>,
 }
 
 /// Settings for `threads` compute threads on the CPU in f32 with the default timing policy.
@@ -105,6 +109,7 @@ impl BenchConfig {
             retry_failed: false,
             measure_peak: true,
             find_max_batch: None,
+            shard: None,
         }
     }
 
@@ -167,6 +172,11 @@ impl BenchConfig {
         if self.find_max_batch == Some(0) {
             return Err(input("--max-batch-cap must be at least 1"));
         }
+        if let (Some(shard), Some(_)) = (self.shard, self.find_max_batch) {
+            return Err(input(format!(
+                "--shard {shard} splits the grid's cells; --find-max-batch searches outside the                  grid: run the search on its own"
+            )));
+        }
         let t = &self.settings.timing;
         if t.min_runs == 0 || t.max_runs == 0 {
             return Err(input("--repeat and --max-runs must be at least 1"));
@@ -195,7 +205,7 @@ pub struct BenchOutcome {
 /// results is refused unless `config.resume`.
 pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<BenchOutcome> {
     config.validate()?;
-    let plan = config.plan();
+    let grid_plan = config.plan();
     let files = config.files.clone();
     let previous = if files.results_json.exists() {
         if !config.resume {
@@ -208,6 +218,49 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
     } else {
         None
     };
+    // A shard measures its part of the grid and records the whole grid for `merge`.
+    let (plan, shard) = match config.shard {
+        Some(shard) => {
+            let hub = HubConfig::from_env(config.settings.offline);
+            let costs = shard::flops_cost(&grid_plan, &mut grid::Configs::default(), &hub)?;
+            let record = ShardRecord {
+                index: shard.index,
+                count: shard.count,
+                grid: grid_plan.clone(),
+            };
+            (shard.select(&grid_plan, &costs), Some(record))
+        }
+        None => (grid_plan, None),
+    };
+    if let Some(prev) = &previous {
+        let dir = files.dir.display();
+        match (&prev.shard, &shard) {
+            (None, None) => {}
+            (Some(old), Some(new)) if old == new => {}
+            (Some(old), Some(new)) if old.grid == new.grid => {
+                return Err(input(format!(
+                    "{dir} holds shard {}/{} of this grid; resume it with --shard {}/{}, not {}/{}",
+                    old.index, old.count, old.index, old.count, new.index, new.count
+                )))
+            }
+            (Some(old), _) => {
+                return Err(input(format!(
+                    "{dir} holds shard {}/{} of a grid of {} cells; resume it with the same grid                      and --shard {}/{}",
+                    old.index,
+                    old.count,
+                    old.grid.len(),
+                    old.index,
+                    old.count
+                )))
+            }
+            (None, Some(new)) => {
+                return Err(input(format!(
+                    "{dir} holds an unsharded run; --shard {}/{} cannot resume it (drop --shard)",
+                    new.index, new.count
+                )))
+            }
+        }
+    }
     let max_memory = config
         .max_memory
         .or_else(memory::available_memory)
@@ -264,6 +317,7 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
     }
     results.peak_matmul = peak_matmul;
     results.settings = Some(settings.clone());
+    results.shard = shard;
     for cell in &plan {
         if !results.plan.contains(cell) {
             results.plan.push(cell.clone());

@@ -10,7 +10,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::bench::cell::{run_cell, Phase};
 use crate::bench::grid::{self, ChildJob, ChildReply, Isolation, Observer, Preset};
-use crate::bench::output::{OutputFiles, ResultsFile};
+use crate::bench::output::{OutputFiles, ResultsFile, ResultsWriter};
+use crate::bench::shard::{self, MergeOptions, ShardChoice};
 use crate::bench::{
     env, fmt_time, memory, peak, run_bench, BenchConfig, BenchOutcome, Cell, CellSettings,
     Measurement, Mode, Status, TimingPolicy,
@@ -94,6 +95,12 @@ pub struct BenchArgs {
     /// on the CPU, 1 on a GPU or --in-process).
     #[arg(long, value_name = "K")]
     pub processes: Option<usize>,
+    /// Measure only part K of N of the grid (1-based, e.g. 2/4), balanced by the cells' FLOPs,
+    /// for a cluster; `auto` reads the part from a Slurm job array (SLURM_ARRAY_TASK_ID) or a
+    /// Kubernetes Indexed Job (JOB_COMPLETION_INDEX, with BERTBENCH_SHARD_COUNT). `bertbench
+    /// merge` joins the parts.
+    #[arg(long, value_name = "K/N|auto")]
+    pub shard: Option<ShardChoice>,
     /// Continue an interrupted run in --output-dir, skipping finished cells.
     #[arg(long)]
     pub resume: bool,
@@ -184,6 +191,7 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
     config.retry_failed = args.retry_failed;
     config.measure_peak = !args.no_peak;
     config.find_max_batch = args.find_max_batch.then_some(args.max_batch_cap);
+    config.shard = args.shard.map(ShardChoice::resolve).transpose()?;
     config.validate()?;
     Ok(config)
 }
@@ -244,6 +252,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     // their cell's count through their environment.
     args.compute.use_pool()?;
     let outcome = run_with_bars(&config)?;
+    if let Some(shard) = &outcome.results.shard {
+        println!(
+            "\nshard {}/{}: {} of the grid's {} cells (join the shards with `bertbench merge`)",
+            shard.index,
+            shard.count,
+            outcome.plan.len(),
+            shard.grid.len()
+        );
+    }
     if !outcome.max_batch.is_empty() {
         print_max_batch(&outcome.max_batch, outcome.max_memory);
     }
@@ -324,7 +341,9 @@ impl Observer for BarObserver {
         ));
     }
 
-    fn cell_started(&mut self, _index: usize, _total: usize, cell: &Cell) {
+    fn cell_started(&mut self, _index: usize, total: usize, cell: &Cell) {
+        // A shard runs part of the planned grid: the count comes with its first cell.
+        self.overall.set_length(total as u64);
         self.cell.set_message(format!("{cell}: starting"));
     }
 
@@ -553,5 +572,48 @@ pub fn peak(args: PeakArgs) -> Result<()> {
         );
     }
     println!("peak: {best:.1} GFLOP/s");
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The merged result folder to create (refused if it already holds anything).
+    pub output_dir: PathBuf,
+    /// The shards' result folders (`bench --shard K/N --output-dir ...`).
+    #[arg(required = true, num_args = 1..)]
+    pub shard_dirs: Vec<PathBuf>,
+    /// Merge even when cells of the grid are missing (they stay in the plan, unmeasured, and
+    /// the environment file counts them).
+    #[arg(long)]
+    pub allow_missing: bool,
+}
+
+pub fn merge(args: MergeArgs) -> Result<()> {
+    let out = &args.output_dir;
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(input(format!(
+            "{} already exists and is not empty: choose a new folder for the merged results",
+            out.display()
+        )));
+    }
+    let merged = shard::merge(
+        &args.shard_dirs,
+        MergeOptions {
+            allow_missing: args.allow_missing,
+        },
+    )?;
+    let cells = merged.plan.len();
+    let measured = merged.measurements.len();
+    let writer = ResultsWriter::new(OutputFiles::in_dir(out), merged)?;
+    print_summary(&writer.results, &writer.results.plan);
+    println!(
+        "\nmerged {} shards: {measured} of {cells} cells, in {}",
+        args.shard_dirs.len(),
+        out.display()
+    );
     Ok(())
 }

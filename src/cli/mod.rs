@@ -33,6 +33,8 @@ pub enum Command {
     Logits(model::LogitsArgs),
     /// Measure speed and memory over models x batch sizes x sequence lengths.
     Bench(Box<bench::BenchArgs>),
+    /// Join the result folders of a grid's shards (`bench --shard K/N`) into one.
+    Merge(bench::MergeArgs),
     /// Measure this machine's practical matrix-multiply rate (GFLOP/s).
     Peak(bench::PeakArgs),
     /// Internal: measure one cell described on stdin (bench runs each cell this way).
@@ -69,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Info(args) => model::info(args),
         Command::Logits(args) => model::logits(args),
         Command::Bench(args) => bench::bench(*args),
+        Command::Merge(args) => bench::merge(args),
         Command::Peak(args) => bench::peak(args),
         Command::BenchCell(args) => bench::bench_cell(args),
         Command::Eval(args) => eval::eval(*args),

@@ -6,8 +6,10 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::bench::Mode;
+use crate::error::input;
 use crate::report::build::{write_report, ReportOptions};
 use crate::report::cost::{resolve_price, Price};
+use crate::report::machines::{load_machines, write_machines_report, MachinePrices};
 use crate::report::plot::{self, Metric};
 
 #[derive(Debug, Args)]
@@ -94,14 +96,31 @@ pub fn plot(args: PlotArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// A bench output directory (with results.json); eval_results.json files inside it add
-    /// accuracy.
-    pub results_dir: PathBuf,
+    /// A bench output directory (with results.json; eval_results.json and loadgen.json files
+    /// inside it add accuracy and serving), or several, one per machine, for a report across
+    /// machines (then --output-dir is required).
+    #[arg(required = true, num_args = 1..)]
+    pub results_dirs: Vec<PathBuf>,
+    /// Where the report goes (default for one folder: that folder).
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Names of the machines, one per folder (default: from each folder's env.csv).
+    #[arg(long, num_args = 1..)]
+    pub machine_names: Vec<String>,
     /// Names to show instead of the models', in order of first appearance.
     #[arg(long, num_args = 1..)]
     pub short_model_names: Vec<String>,
-    #[command(flatten)]
-    pub price: PriceArgs,
+    /// Hourly price in USD: one for one folder, one per folder (in their order) for several
+    /// (takes precedence over --prices).
+    #[arg(long, num_args = 1..)]
+    pub price_per_hour: Vec<f64>,
+    /// A TOML price table, or `builtin` for the built-in one; with several folders every
+    /// machine is priced by the entry of its name.
+    #[arg(long)]
+    pub prices: Option<String>,
+    /// The machine to take from the price table (one folder only).
+    #[arg(long)]
+    pub machine: Option<String>,
 }
 
 /// Where the hourly price for dollar costs comes from.
@@ -129,11 +148,45 @@ impl PriceArgs {
 }
 
 pub fn report(args: ReportArgs) -> Result<()> {
-    let opts = ReportOptions {
-        short_names: args.short_model_names.clone(),
-        price: args.price.resolve()?,
+    let files = match args.results_dirs.as_slice() {
+        [dir] => {
+            if !args.machine_names.is_empty() {
+                return Err(input("--machine-names names the folders of a report across machines; give several folders"));
+            }
+            if args.price_per_hour.len() > 1 {
+                return Err(input(format!(
+                    "--price-per-hour gives {} prices for one folder",
+                    args.price_per_hour.len()
+                )));
+            }
+            let opts = ReportOptions {
+                short_names: args.short_model_names.clone(),
+                price: resolve_price(
+                    args.price_per_hour.first().copied(),
+                    args.prices.as_deref(),
+                    args.machine.as_deref(),
+                )?,
+                output_dir: args.output_dir.clone(),
+            };
+            write_report(dir, &opts)?
+        }
+        dirs => {
+            let Some(out) = &args.output_dir else {
+                return Err(input(
+                    "a report across machines needs --output-dir (it belongs to no one folder)",
+                ));
+            };
+            if args.machine.is_some() {
+                return Err(input(
+                    "--machine picks one price for one folder; across machines, name each \
+                     machine (--machine-names) after its entry in --prices",
+                ));
+            }
+            let prices = MachinePrices::from_flags(&args.price_per_hour, args.prices.as_deref())?;
+            let machines = load_machines(dirs, &args.machine_names, &prices)?;
+            write_machines_report(&machines, out, &args.short_model_names)?
+        }
     };
-    let files = write_report(&args.results_dir, &opts)?;
     for w in &files.warnings {
         eprintln!("warning: {w}");
     }

@@ -15,6 +15,7 @@ use crate::bench::{BenchConfig, CellSettings};
 use crate::error::input;
 use crate::eval::{EvalConfig, EvalJob};
 use crate::report::build::{write_report, ReportOptions};
+use crate::report::machines::{load_machines, write_machines_report, MachinePrices};
 use crate::squad::{DecodeConfig, FeatureConfig};
 
 /// What `run` measures.
@@ -50,6 +51,14 @@ pub struct RunArgs {
     pub eval_limit: usize,
     #[command(flatten)]
     pub price: PriceArgs,
+    /// Other machines' `run` (or `bench`) folders of the same preset: a report across machines
+    /// (this one first) goes into `machines/` (for --preset seed, each experiment's folder is
+    /// compared with the same-named folder of each).
+    #[arg(long, num_args = 1.., value_name = "DIR")]
+    pub compare_with: Vec<PathBuf>,
+    /// Names of the machines for --compare-with: this one first, then one per folder.
+    #[arg(long, num_args = 1..)]
+    pub machine_names: Vec<String>,
     /// Never contact the Hub.
     #[arg(long)]
     pub offline: bool,
@@ -62,6 +71,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         ));
     }
     let price = args.price.resolve()?;
+    if !args.machine_names.is_empty() && args.machine_names.len() != args.compare_with.len() + 1 {
+        return Err(input(format!(
+            "--machine-names gives {} names for {} machines (this one and {} --compare-with \
+             folders)",
+            args.machine_names.len(),
+            args.compare_with.len() + 1,
+            args.compare_with.len()
+        )));
+    }
     let root = match &args.output_dir {
         Some(d) if d.exists() && std::fs::read_dir(d)?.next().is_some() => {
             return Err(input(format!(
@@ -87,6 +105,25 @@ pub fn run(args: RunArgs) -> Result<()> {
         offline: args.offline,
         ..default_settings(args.compute.threads())
     };
+    // The other machines' folders for each experiment, checked before any work.
+    let mut others: Vec<Vec<PathBuf>> = Vec::new();
+    for (_, sub) in &presets {
+        let dirs: Vec<PathBuf> = args
+            .compare_with
+            .iter()
+            .map(|d| sub.map_or(d.clone(), |s| d.join(s)))
+            .collect();
+        for d in &dirs {
+            if !d.join("results.json").is_file() {
+                return Err(input(format!(
+                    "--compare-with: {} has no results.json (give the other machine's `run` \
+                     folder of the same --preset)",
+                    d.display()
+                )));
+            }
+        }
+        others.push(dirs);
+    }
     let mut benches = Vec::new();
     for (preset, sub) in presets {
         let dir = sub.map_or(root.clone(), |s| root.join(s));
@@ -159,6 +196,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let opts = ReportOptions {
         short_names: Vec::new(),
         price,
+        output_dir: None,
     };
     for dir in &reports {
         // Evaluations live under the root; a report folder sees them when it is the root.
@@ -170,6 +208,30 @@ pub fn run(args: RunArgs) -> Result<()> {
             "\nreport: {} ({} plots)",
             files.html.display(),
             files.plots.len()
+        );
+        for o in files.observations.iter().take(6) {
+            println!("  - {o}");
+        }
+    }
+    for (dir, other) in reports.iter().zip(&others) {
+        if other.is_empty() {
+            continue;
+        }
+        let mut dirs = vec![dir.clone()];
+        dirs.extend(other.iter().cloned());
+        // This machine's --price-per-hour cannot price the others: costs across machines
+        // need a table that names them all.
+        let prices = match args.price.price_per_hour {
+            Some(_) => MachinePrices::None,
+            None => MachinePrices::from_flags(&[], args.price.prices.as_deref())?,
+        };
+        let machines = load_machines(&dirs, &args.machine_names, &prices)?;
+        let out = dir.join("machines");
+        let files = write_machines_report(&machines, &out, &[])?;
+        println!(
+            "\nreport across {} machines: {}",
+            machines.len(),
+            files.html.display()
         );
         for o in files.observations.iter().take(6) {
             println!("  - {o}");

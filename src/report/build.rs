@@ -28,6 +28,8 @@ pub struct ReportOptions {
     pub short_names: Vec<String>,
     /// Hourly price of the machine, for dollar costs (none: no cost columns).
     pub price: Option<Price>,
+    /// Where the report and its plots go (none: the results folder).
+    pub output_dir: Option<PathBuf>,
 }
 
 /// What was written.
@@ -55,7 +57,7 @@ struct Accuracy {
 }
 
 /// A model argument as a short label: a local path by its last component, a Hub id as is.
-fn display_name(model: &str) -> String {
+pub(crate) fn display_name(model: &str) -> String {
     let path = Path::new(model);
     if path.is_absolute() || model.starts_with('.') {
         path.file_name()
@@ -68,7 +70,7 @@ fn display_name(model: &str) -> String {
 
 /// Every file named `name` under `dir`, skipping `checkpoint-*` folders (a training run's
 /// intermediate states are not separate results), in path order.
-fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+pub(crate) fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -158,6 +160,8 @@ fn find_training_runs(dir: &Path, warnings: &mut Vec<String>) -> Vec<Training> {
 /// What every section reads: the folder, its results, the options and the models' names.
 struct Context<'a> {
     dir: &'a Path,
+    /// Where the report and its plots are written.
+    out: &'a Path,
     results: &'a ResultsFile,
     opts: &'a ReportOptions,
     /// The models in plan order.
@@ -193,7 +197,7 @@ impl Context<'_> {
     }
 }
 
-/// Writes `report.md`, `report.html` and `plots/*.png` into `dir`, from `dir/results.json`
+/// Writes `report.md`, `report.html` and `plots/*.png` into `dir` (or `opts.output_dir`), from `dir/results.json`
 /// and whatever evaluations and fine-tuning runs sit in the folder. Each section is built by
 /// its own function below, in the order the report shows them.
 pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
@@ -206,8 +210,16 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
         )));
     }
     let results = ResultsFile::read(&results_path)?;
+    let out = opts.output_dir.as_deref().unwrap_or(dir);
+    std::fs::create_dir_all(out).map_err(|e| {
+        input(format!(
+            "cannot create output directory {}: {e}",
+            out.display()
+        ))
+    })?;
     let cx = Context {
         dir,
+        out,
         results: &results,
         opts,
         models: observe::models(&results),
@@ -237,8 +249,8 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
     blocks.extend(plot_blocks);
     blocks.extend(environment_section(&results));
 
-    let markdown = dir.join("report.md");
-    let html = dir.join("report.html");
+    let markdown = out.join("report.md");
+    let html = out.join("report.html");
     atomic_write(&markdown, render::markdown(&blocks).as_bytes())?;
     atomic_write(&html, render::html("bertbench report", &blocks).as_bytes())?;
     Ok(ReportFiles {
@@ -567,7 +579,7 @@ fn drift_section(cx: &Context) -> Result<(Vec<Block>, Vec<PathBuf>)> {
             .collect(),
         label_points: false,
     };
-    let plots_dir = cx.dir.join("plots");
+    let plots_dir = cx.out.join("plots");
     std::fs::create_dir_all(&plots_dir)
         .with_context(|| format!("creating {}", plots_dir.display()))?;
     let png = plots_dir.join("drift.png");
@@ -664,7 +676,7 @@ fn serving_section(
         },
     ];
     let mut files = Vec::new();
-    let plots_dir = cx.dir.join("plots");
+    let plots_dir = cx.out.join("plots");
     for (i, (_, r)) in found.iter().enumerate() {
         if r.scenario != Scenario::Server || r.runs.iter().all(|x| x.answered == 0) {
             continue;
@@ -810,7 +822,7 @@ fn charts(cx: &Context, evals: &[Accuracy]) -> Vec<(Chart, String)> {
 /// section and the PNG files.
 fn plots_section(cx: &Context, evals: &[Accuracy]) -> Result<(Vec<Block>, Vec<PathBuf>)> {
     let charts = charts(cx, evals);
-    let plots_dir = cx.dir.join("plots");
+    let plots_dir = cx.out.join("plots");
     std::fs::create_dir_all(&plots_dir)
         .with_context(|| format!("creating {}", plots_dir.display()))?;
     let mut blocks = Vec::new();

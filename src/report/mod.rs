@@ -1,9 +1,10 @@
 //! From numbers to answers: plots, computed observations, dollar cost, run comparison and the
-//! generated report.
+//! generated report, for one machine or several.
 
 pub mod build;
 pub mod compare;
 pub mod cost;
+pub mod machines;
 pub mod observe;
 pub mod plot;
 pub mod render;

@@ -1,0 +1,795 @@
+//! One report across machines: the same study's result folders from different machines side by
+//! side, speed ratios between the machines with intervals, and, with a price per machine, the
+//! dollar cost of each machine x model and the cheapest machine for each model at each shape
+//! (and at the latency bound, where `loadgen` results sit in the folders).
+//!
+//! A machine is one result folder (a run, or shards merged with `bertbench merge`), named from
+//! its environment file (CPU or GPU model, logical CPUs) unless the user names it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use super::build::{display_name, files_named, ReportFiles};
+use super::cost::{usd_per_1000_questions, Price, PriceTable, BUILTIN};
+use super::plot::{self, Chart, Metric, Series};
+use super::render::{self, Block};
+use crate::bench::memory::to_mb;
+use crate::bench::output::{atomic_write, ResultsFile};
+use crate::bench::shard::env_value;
+use crate::bench::stats::ratio_interval;
+use crate::bench::{distinct, fmt_time, Cell, Measurement, Mode, Status};
+use crate::error::input;
+use crate::serve::loadgen::{self, LoadgenResults};
+use crate::serve::Scenario;
+
+/// One machine's results.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub name: String,
+    pub dir: PathBuf,
+    pub results: ResultsFile,
+    /// Its hourly price, when known.
+    pub price: Option<Price>,
+}
+
+/// Where the machines' prices come from.
+#[derive(Debug, Clone, Default)]
+pub enum MachinePrices {
+    /// No prices: no cost tables.
+    #[default]
+    None,
+    /// One USD-per-hour price per folder, in the folders' order.
+    PerFolder(Vec<f64>),
+    /// A price table with an entry per machine name ([`PriceTable::find`]).
+    Table(PriceTable),
+}
+
+impl MachinePrices {
+    /// From the command line: one price per folder wins over a table (a path, or `builtin`);
+    /// neither, no prices.
+    pub fn from_flags(per_folder: &[f64], table: Option<&str>) -> Result<Self> {
+        Ok(match (per_folder, table) {
+            ([_, ..], _) => MachinePrices::PerFolder(per_folder.to_vec()),
+            ([], Some(BUILTIN)) => MachinePrices::Table(PriceTable::builtin()?),
+            ([], Some(path)) => MachinePrices::Table(PriceTable::from_file(Path::new(path))?),
+            ([], None) => MachinePrices::None,
+        })
+    }
+}
+
+/// A machine's name from its environment: the GPU when the run used one, else the CPU model
+/// (without trademark marks and "Processor"), and its logical CPUs.
+pub fn machine_label(results: &ResultsFile) -> String {
+    let gpu = env_value(results, "gpu");
+    let device = env_value(results, "device");
+    if device.starts_with("cuda") && !gpu.is_empty() && !gpu.starts_with("N/A") {
+        return gpu.to_string();
+    }
+    let cpu = env_value(results, "cpu")
+        .replace("(R)", "")
+        .replace("(TM)", "")
+        .replace(" Processor", "")
+        .replace(" CPU", "");
+    let cpu = cpu.split_whitespace().collect::<Vec<_>>().join(" ");
+    let cpu = if cpu.is_empty() {
+        "unknown CPU".into()
+    } else {
+        cpu
+    };
+    match env_value(results, "logical_cpus") {
+        "" => cpu,
+        n => format!("{cpu}, {n} CPUs"),
+    }
+}
+
+/// Reads the folders as machines, named by `names` (one per folder, unique) or from their
+/// environment (a name two folders share gets `#2`, `#3`), priced by `prices`.
+pub fn load_machines(
+    dirs: &[PathBuf],
+    names: &[String],
+    prices: &MachinePrices,
+) -> Result<Vec<Machine>> {
+    if !names.is_empty() && names.len() != dirs.len() {
+        return Err(input(format!(
+            "--machine-names gives {} names for {} result folders: give one per folder",
+            names.len(),
+            dirs.len()
+        )));
+    }
+    if let MachinePrices::PerFolder(p) = prices {
+        if p.len() != dirs.len() {
+            return Err(input(format!(
+                "--price-per-hour gives {} prices for {} result folders: give one per folder, \
+                 in the folders' order",
+                p.len(),
+                dirs.len()
+            )));
+        }
+    }
+    let mut machines: Vec<Machine> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let path = dir.join("results.json");
+        if !path.is_file() {
+            return Err(input(format!(
+                "{}: no results.json (each folder is one machine's `bertbench bench` output)",
+                dir.display()
+            )));
+        }
+        let results = ResultsFile::read(&path)?;
+        let name = match names.get(i) {
+            Some(n) if n.trim().is_empty() => {
+                return Err(input("--machine-names: a name is empty"));
+            }
+            Some(n) => {
+                if machines.iter().any(|m| m.name == *n) {
+                    return Err(input(format!("--machine-names: {n:?} is given twice")));
+                }
+                n.clone()
+            }
+            None => {
+                let base = machine_label(&results);
+                let taken = machines
+                    .iter()
+                    .filter(|m| m.name == base || m.name.starts_with(&format!("{base} #")))
+                    .count();
+                if taken == 0 {
+                    base
+                } else {
+                    format!("{base} #{}", taken + 1)
+                }
+            }
+        };
+        let price = match prices {
+            MachinePrices::None => None,
+            MachinePrices::PerFolder(p) => {
+                let usd = p[i];
+                if !usd.is_finite() || usd < 0.0 {
+                    return Err(input(format!(
+                        "--price-per-hour must be finite numbers >= 0, got {usd}"
+                    )));
+                }
+                Some(Price {
+                    name: name.clone(),
+                    description: None,
+                    usd_per_hour: usd,
+                    source: None,
+                    date: None,
+                })
+            }
+            MachinePrices::Table(t) => Some(t.find(&name).with_context(|| {
+                format!("pricing machine {name:?} ({}); name the machines after the table's entries with --machine-names", dir.display())
+            })?.clone()),
+        };
+        machines.push(Machine {
+            name,
+            dir: dir.clone(),
+            results,
+            price,
+        });
+    }
+    Ok(machines)
+}
+
+/// The thread count a machine is compared at: its largest (a folder that swept thread counts
+/// is compared at the most it was given).
+fn compared_threads(m: &Machine) -> usize {
+    m.results.plan.iter().map(|c| c.threads).max().unwrap_or(0)
+}
+
+/// One machine's measurement of a cell of `model` at a shape, at [`compared_threads`].
+fn cell_of<'a>(
+    m: &'a Machine,
+    model: &str,
+    shape: (Mode, usize, usize),
+) -> Option<&'a Measurement> {
+    let (mode, batch, seq) = shape;
+    let threads = compared_threads(m);
+    m.results
+        .measurements
+        .iter()
+        .rev()
+        .find(|x| {
+            x.cell.model == model
+                && x.cell.threads == threads
+                && (x.cell.mode, x.cell.batch_size, x.cell.sequence_length) == (mode, batch, seq)
+        })
+        .filter(|x| x.status == Status::Ok)
+}
+
+/// The models and shapes any machine measured, in first-seen plan order.
+fn grid(machines: &[Machine]) -> (Vec<String>, Vec<(Mode, usize, usize)>) {
+    let cells: Vec<&Cell> = machines
+        .iter()
+        .flat_map(|m| m.results.plan.iter())
+        .collect();
+    let models = distinct(cells.iter().map(|c| c.model.clone()));
+    let mut shapes = distinct(
+        cells
+            .iter()
+            .map(|c| (c.mode, c.batch_size, c.sequence_length)),
+    );
+    shapes.sort();
+    (models, shapes)
+}
+
+/// "123.4 ms [120.1, 130.2]" from a measurement's best interval (2-level when it has one).
+fn time_with_interval(m: &Measurement) -> Option<String> {
+    let s = m.speed.as_ref()?;
+    let (point, low, high) = s.median_interval();
+    Some(format!(
+        "{} [{}, {}]",
+        fmt_time(point),
+        fmt_time(low),
+        fmt_time(high)
+    ))
+}
+
+/// Seconds per step at the level the interval is from.
+fn point_time(m: &Measurement) -> Option<f64> {
+    m.speed.as_ref().map(|s| s.median_interval().0)
+}
+
+/// Dollars per 1,000 sequences of the cell's shape (one sequence per question) on `price`.
+fn usd_per_1000(m: &Measurement, price: &Price) -> Option<f64> {
+    let t = point_time(m)?;
+    Some(usd_per_1000_questions(
+        m.cell.batch_size as f64 / t,
+        1.0,
+        price.usd_per_hour,
+    ))
+}
+
+/// Writes `report.md`, `report.html` and `plots/*.png` into `out`, comparing `machines`.
+pub fn write_machines_report(
+    machines: &[Machine],
+    out: &Path,
+    short_names: &[String],
+) -> Result<ReportFiles> {
+    if machines.len() < 2 {
+        return Err(input(
+            "a report across machines needs at least two result folders",
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| {
+        input(format!(
+            "cannot create output directory {}: {e}",
+            out.display()
+        ))
+    })?;
+    let (models, shapes) = grid(machines);
+    let name = |model: &str| -> String {
+        models
+            .iter()
+            .position(|m| m == model)
+            .and_then(|i| short_names.get(i).cloned())
+            .unwrap_or_else(|| display_name(model))
+    };
+    let mut warnings = Vec::new();
+    let mut observations = Vec::new();
+    let mut blocks = vec![
+        Block::Heading(1, "bertbench report: comparing machines".into()),
+        Block::Paragraph(format!(
+            "{} machines, {} models, {} shapes. Times are medians per step with their 95% \
+             interval (2-level, across processes, where a machine timed cells in several). A \
+             speed ratio is the first machine's time over the other's (above 1: the other is \
+             faster), with the conservative interval of the two intervals.",
+            machines.len(),
+            models.len(),
+            shapes.len()
+        )),
+    ];
+    blocks.extend(machines_section(machines));
+
+    // Side by side, ratios against the first machine, memory.
+    let base = &machines[0];
+    for mode in [Mode::Inference, Mode::Training] {
+        let at: Vec<_> = shapes.iter().copied().filter(|s| s.0 == mode).collect();
+        if at.is_empty() {
+            continue;
+        }
+        let mut header = vec!["model".to_string(), "batch".into(), "seq".into()];
+        header.extend(machines.iter().map(|m| m.name.clone()));
+        header.push("fastest".into());
+        let mut time_rows = Vec::new();
+        let mut ratio_rows = Vec::new();
+        let mut memory_rows = Vec::new();
+        for model in &models {
+            for &shape in &at {
+                let cells: Vec<Option<&Measurement>> =
+                    machines.iter().map(|m| cell_of(m, model, shape)).collect();
+                if cells.iter().all(Option::is_none) {
+                    continue;
+                }
+                let lead = vec![name(model), shape.1.to_string(), shape.2.to_string()];
+                let mut row = lead.clone();
+                row.extend(
+                    cells
+                        .iter()
+                        .map(|c| c.and_then(time_with_interval).unwrap_or_else(|| "-".into())),
+                );
+                let fastest = cells
+                    .iter()
+                    .zip(machines)
+                    .filter_map(|(c, m)| Some((point_time((*c)?)?, &m.name)))
+                    .min_by(|a, b| a.0.total_cmp(&b.0));
+                row.push(
+                    fastest
+                        .map(|(_, n)| n.clone())
+                        .unwrap_or_else(|| "-".into()),
+                );
+                time_rows.push(row);
+
+                let mut row = lead.clone();
+                for (c, m) in cells.iter().zip(machines).skip(1) {
+                    row.push(match (cells[0], c) {
+                        (Some(b), Some(o)) => {
+                            let (bs, os) = (b.speed.as_ref(), o.speed.as_ref());
+                            match (bs, os) {
+                                (Some(bs), Some(os)) => {
+                                    let (r, lo, hi) = ratio_interval(
+                                        &bs.summary,
+                                        bs.between.as_ref(),
+                                        &os.summary,
+                                        os.between.as_ref(),
+                                    );
+                                    if lo > 1.0 || hi < 1.0 {
+                                        observations.push(format!(
+                                            "{} {} b{} s{}: {} is {r:.2}x as fast as {} [{lo:.2}, {hi:.2}].",
+                                            name(model),
+                                            mode.as_str(),
+                                            shape.1,
+                                            shape.2,
+                                            m.name,
+                                            base.name
+                                        ));
+                                    }
+                                    format!("{r:.2} [{lo:.2}, {hi:.2}]")
+                                }
+                                _ => "-".into(),
+                            }
+                        }
+                        _ => "-".into(),
+                    });
+                }
+                ratio_rows.push(row);
+
+                let mut row = lead;
+                let mems: Vec<Option<f64>> = cells
+                    .iter()
+                    .map(|c| c.and_then(|c| c.memory.as_ref()).map(|m| to_mb(m.peak_rss)))
+                    .collect();
+                if mems.iter().any(Option::is_some) {
+                    row.extend(
+                        mems.iter()
+                            .map(|v| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())),
+                    );
+                    memory_rows.push(row);
+                }
+            }
+        }
+        let title = match mode {
+            Mode::Inference => "Inference",
+            Mode::Training => "Training",
+        };
+        blocks.push(Block::Heading(2, format!("{title}: time per step")));
+        blocks.push(Block::Table {
+            header: header.clone(),
+            rows: time_rows,
+        });
+        let mut ratio_header = vec!["model".to_string(), "batch".into(), "seq".into()];
+        ratio_header.extend(
+            machines
+                .iter()
+                .skip(1)
+                .map(|m| format!("{} vs {}", m.name, base.name)),
+        );
+        blocks.push(Block::Heading(
+            3,
+            format!("{title}: speed relative to {}", base.name),
+        ));
+        blocks.push(Block::Table {
+            header: ratio_header,
+            rows: ratio_rows,
+        });
+        if !memory_rows.is_empty() {
+            let mut mem_header = vec!["model".to_string(), "batch".into(), "seq".into()];
+            mem_header.extend(machines.iter().map(|m| format!("{} peak RSS MB", m.name)));
+            blocks.push(Block::Heading(3, format!("{title}: peak memory")));
+            blocks.push(Block::Table {
+                header: mem_header,
+                rows: memory_rows,
+            });
+        }
+        if machines.iter().all(|m| m.price.is_some()) {
+            let (b, o) = cost_section(machines, &models, &at, &name, title);
+            blocks.extend(b);
+            observations.extend(o);
+        }
+    }
+    if machines.iter().any(|m| m.price.is_none()) {
+        blocks.push(Block::Paragraph(
+            "No cost tables: give every machine a price (`--price-per-hour` once per folder, \
+             or `--prices TABLE` with an entry named after each machine)."
+                .into(),
+        ));
+    }
+    blocks.extend(serving_section(
+        machines,
+        &name,
+        &mut warnings,
+        &mut observations,
+    ));
+    let (plot_blocks, plots) = plots_section(machines, out, short_names)?;
+    blocks.extend(plot_blocks);
+    blocks.insert(2, Block::Heading(2, "Observations".into()));
+    blocks.insert(
+        3,
+        Block::Bullets(if observations.is_empty() {
+            vec!["No speed ratio between machines excludes 1: no machine is faster beyond the intervals.".into()]
+        } else {
+            observations.clone()
+        }),
+    );
+    let markdown = out.join("report.md");
+    let html = out.join("report.html");
+    let title = "bertbench report: comparing machines";
+    atomic_write(&markdown, render::markdown(&blocks).as_bytes())?;
+    atomic_write(&html, render::html(title, &blocks).as_bytes())?;
+    Ok(ReportFiles {
+        markdown,
+        html,
+        plots,
+        observations,
+        warnings,
+    })
+}
+
+/// The machines' facts, one row each.
+fn machines_section(machines: &[Machine]) -> Vec<Block> {
+    let header = [
+        "machine",
+        "folder",
+        "CPU",
+        "CPUs",
+        "RAM MB",
+        "GPU",
+        "kernels",
+        "L2 KiB",
+        "threads compared",
+        "processes per cell",
+        "measured",
+        "bertbench",
+        "USD/hour",
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows = machines
+        .iter()
+        .map(|m| {
+            let r = &m.results;
+            let e = |k: &str| env_value(r, k).to_string();
+            let processes = r
+                .measurements
+                .iter()
+                .filter_map(|x| x.speed.as_ref().map(|s| s.processes()))
+                .max()
+                .unwrap_or(0);
+            vec![
+                m.name.clone(),
+                m.dir.display().to_string(),
+                e("cpu"),
+                e("logical_cpus"),
+                e("cpu_ram_mb"),
+                e("gpu"),
+                e("isa"),
+                e("l2_cache_kib"),
+                compared_threads(m).to_string(),
+                processes.to_string(),
+                format!("{} {} UTC", e("date"), e("time")),
+                format!("{} ({})", e("bertbench_version"), e("git_commit")),
+                m.price
+                    .as_ref()
+                    .map(|p| format!("{}", p.usd_per_hour))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    vec![
+        Block::Heading(2, "Machines".into()),
+        Block::Table { header, rows },
+    ]
+}
+
+/// USD per 1,000 sequences per machine x model at each shape, and the cheapest machine.
+fn cost_section(
+    machines: &[Machine],
+    models: &[String],
+    shapes: &[(Mode, usize, usize)],
+    name: &dyn Fn(&str) -> String,
+    title: &str,
+) -> (Vec<Block>, Vec<String>) {
+    let mut header = vec!["model".to_string(), "batch".into(), "seq".into()];
+    header.extend(machines.iter().map(|m| format!("{} USD", m.name)));
+    header.push("cheapest".into());
+    let mut rows = Vec::new();
+    let mut observations = Vec::new();
+    for model in models {
+        let mut wins: Vec<String> = Vec::new();
+        for &shape in shapes {
+            let costs: Vec<Option<f64>> = machines
+                .iter()
+                .map(|m| usd_per_1000(cell_of(m, model, shape)?, m.price.as_ref()?))
+                .collect();
+            if costs.iter().all(Option::is_none) {
+                continue;
+            }
+            let cheapest = costs
+                .iter()
+                .zip(machines)
+                .filter_map(|(c, m)| Some(((*c)?, &m.name)))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            let mut row = vec![name(model), shape.1.to_string(), shape.2.to_string()];
+            row.extend(
+                costs
+                    .iter()
+                    .map(|c| c.map(|c| format!("{c:.5}")).unwrap_or_else(|| "-".into())),
+            );
+            row.push(
+                cheapest
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_else(|| "-".into()),
+            );
+            if let Some((_, n)) = cheapest {
+                wins.push(n.clone());
+            }
+            rows.push(row);
+        }
+        for m in distinct(wins.iter().cloned()) {
+            let n = wins.iter().filter(|w| **w == m).count();
+            observations.push(format!(
+                "{} ({}): {m} is the cheapest machine at {n} of {} shapes.",
+                name(model),
+                title.to_lowercase(),
+                wins.len()
+            ));
+        }
+    }
+    (
+        vec![
+            Block::Heading(3, format!("{title}: USD per 1000 sequences")),
+            Block::Paragraph(
+                "The time of 1000 sequences of the cell's shape at its measured throughput, on \
+                 each machine's hourly price (one sequence per question; the machine busy all \
+                 the time it is paid for)."
+                    .into(),
+            ),
+            Block::Table { header, rows },
+        ],
+        observations,
+    )
+}
+
+/// Serving results (`loadgen`) found in the machines' folders: each model's rate per machine in
+/// each scenario and, with prices, USD per million questions and the cheapest machine.
+fn serving_section(
+    machines: &[Machine],
+    name: &dyn Fn(&str) -> String,
+    warnings: &mut Vec<String>,
+    observations: &mut Vec<String>,
+) -> Vec<Block> {
+    // (machine index, results)
+    let mut found: Vec<(usize, LoadgenResults)> = Vec::new();
+    for (i, m) in machines.iter().enumerate() {
+        for p in files_named(&m.dir, loadgen::RESULTS_FILE) {
+            match LoadgenResults::read(&p) {
+                Ok(r) => found.push((i, r)),
+                Err(e) => warnings.push(format!("skipped {e:#}")),
+            }
+        }
+    }
+    if found.is_empty() {
+        return Vec::new();
+    }
+    let priced = machines.iter().all(|m| m.price.is_some());
+    let keys = distinct(
+        found
+            .iter()
+            .map(|(_, r)| (r.setup.model.clone(), r.scenario, r.metric_name.clone())),
+    );
+    let mut header = vec!["model".to_string(), "scenario".into(), "metric".into()];
+    header.extend(machines.iter().map(|m| m.name.clone()));
+    if priced {
+        header.extend(
+            machines
+                .iter()
+                .map(|m| format!("{} USD per million", m.name)),
+        );
+        header.push("cheapest".into());
+    }
+    let mut rows = Vec::new();
+    for (model, scenario, metric) in keys {
+        let per: Vec<Option<&LoadgenResults>> = (0..machines.len())
+            .map(|i| {
+                found
+                    .iter()
+                    .rev()
+                    .find(|(j, r)| {
+                        *j == i
+                            && r.setup.model == model
+                            && r.scenario == scenario
+                            && r.metric_name == metric
+                    })
+                    .map(|(_, r)| r)
+            })
+            .collect();
+        let mut row = vec![name(&model), scenario.name().to_string(), metric.clone()];
+        row.extend(per.iter().map(|r| {
+            r.and_then(|r| r.metric)
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into())
+        }));
+        if priced {
+            let usd: Vec<Option<f64>> = per
+                .iter()
+                .zip(machines)
+                .map(|(r, m)| {
+                    let qps = r.and_then(|r| r.qps())?;
+                    Some(1e6 / qps / 3600.0 * m.price.as_ref()?.usd_per_hour)
+                })
+                .collect();
+            row.extend(
+                usd.iter()
+                    .map(|u| u.map(|u| format!("{u:.2}")).unwrap_or_else(|| "-".into())),
+            );
+            let cheapest = usd
+                .iter()
+                .zip(machines)
+                .filter_map(|(u, m)| Some(((*u)?, &m.name)))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            if let (Some((u, n)), Scenario::Server) = (cheapest, scenario) {
+                observations.push(format!(
+                    "{} served within its latency bound: cheapest on {n}, {u:.2} USD per million questions.",
+                    name(&model)
+                ));
+            }
+            row.push(
+                cheapest
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+        rows.push(row);
+    }
+    vec![
+        Block::Heading(2, "Serving under load".into()),
+        Block::Paragraph(
+            "From `bertbench loadgen` results in each machine's folder: SingleStream, the judged \
+             latency percentile (ms); Offline, answered questions per second; Server, the \
+             highest rate meeting the latency bound. USD per million questions is the machine \
+             busy at that rate all the time it is paid for."
+                .into(),
+        ),
+        Block::Table { header, rows },
+    ]
+}
+
+/// Time and memory against sequence length and batch size, one line per machine x model (x
+/// the other axis), into `out/plots`.
+fn plots_section(
+    machines: &[Machine],
+    out: &Path,
+    short_names: &[String],
+) -> Result<(Vec<Block>, Vec<PathBuf>)> {
+    let plots_dir = out.join("plots");
+    std::fs::create_dir_all(&plots_dir)
+        .with_context(|| format!("creating {}", plots_dir.display()))?;
+    let mut blocks = Vec::new();
+    let mut files = Vec::new();
+    for mode in [Mode::Inference, Mode::Training] {
+        for (metric, mname) in [(Metric::Time, "time"), (Metric::Memory, "memory")] {
+            for along_batch in [false, true] {
+                let series: Vec<Series> = machines
+                    .iter()
+                    .flat_map(|m| {
+                        let names: Vec<String> = if short_names.is_empty() {
+                            super::observe::models(&m.results)
+                                .iter()
+                                .map(|x| display_name(x))
+                                .collect()
+                        } else {
+                            short_names.to_vec()
+                        };
+                        plot::series_from_results(&m.results, mode, metric, along_batch, &names)
+                            .into_iter()
+                            .map(|s| Series {
+                                label: format!("{}: {}", m.name, s.label),
+                                points: s.points,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                if !series.iter().any(|s| s.points.len() >= 2) {
+                    continue;
+                }
+                let file = format!(
+                    "{}_{mname}_vs_{}",
+                    mode.as_str(),
+                    if along_batch { "batch" } else { "sequence" }
+                );
+                let mut chart: Chart = plot::hf_chart(series, metric, mode, along_batch, true);
+                chart.title = format!("{} across machines", chart.title);
+                let png = plots_dir.join(format!("{file}.png"));
+                plot::render(&chart, &png, (1100, 700))?;
+                blocks.push(Block::Figure {
+                    caption: chart.title.clone(),
+                    png: format!("plots/{file}.png"),
+                    svg: plot::render_svg_string(&chart, (1100, 700))?,
+                });
+                files.push(png);
+            }
+        }
+    }
+    if !blocks.is_empty() {
+        blocks.insert(0, Block::Heading(2, "Plots".into()));
+    }
+    Ok((blocks, files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_env(pairs: &[(&str, &str)]) -> ResultsFile {
+        ResultsFile {
+            environment: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..ResultsFile::default()
+        }
+    }
+
+    #[test]
+    fn machines_are_named_from_their_environment() {
+        let cpu = with_env(&[
+            ("cpu", "Intel(R) Xeon(R) Platinum 8488C CPU @ 2.40GHz"),
+            ("logical_cpus", "8"),
+            ("device", "cpu"),
+            ("gpu", "N/A"),
+        ]);
+        assert_eq!(
+            machine_label(&cpu),
+            "Intel Xeon Platinum 8488C @ 2.40GHz, 8 CPUs"
+        );
+        let amd = with_env(&[
+            ("cpu", "AMD EPYC 9R14 96-Core Processor"),
+            ("logical_cpus", "2"),
+        ]);
+        assert_eq!(machine_label(&amd), "AMD EPYC 9R14 96-Core, 2 CPUs");
+        let gpu = with_env(&[
+            ("cpu", "AMD EPYC"),
+            ("device", "cuda:0"),
+            ("gpu", "NVIDIA H200"),
+        ]);
+        assert_eq!(machine_label(&gpu), "NVIDIA H200");
+        assert_eq!(machine_label(&with_env(&[])), "unknown CPU");
+    }
+
+    #[test]
+    fn prices_come_per_folder_or_from_a_table() {
+        assert!(matches!(
+            MachinePrices::from_flags(&[], None).unwrap(),
+            MachinePrices::None
+        ));
+        assert!(matches!(
+            MachinePrices::from_flags(&[0.1, 0.2], Some(BUILTIN)).unwrap(),
+            MachinePrices::PerFolder(p) if p == [0.1, 0.2]
+        ));
+        assert!(matches!(
+            MachinePrices::from_flags(&[], Some(BUILTIN)).unwrap(),
+            MachinePrices::Table(_)
+        ));
+        assert!(MachinePrices::from_flags(&[], Some("/no/such/prices.toml")).is_err());
+    }
+}
