@@ -264,6 +264,32 @@ fn run_produces_the_whole_result_folder() {
     // `run` never reuses a folder.
     let (code, _, stderr) = run(bin().args(["run", "--offline", "--output-dir"]).arg(&out));
     assert_eq!(code, 3, "{stderr}");
+    // A second machine's run compared with the first: a report across both in machines/.
+    let second = tmp.path().join("second");
+    let run_again = |compare_with: &std::path::Path| {
+        run(bin()
+            .args(["run", "--offline", "--threads", "1", "--models"])
+            .arg(parity_dir("bert"))
+            .arg(parity_dir("distilbert"))
+            .arg("--compare-with")
+            .arg(compare_with)
+            .args(["--machine-names", "here", "there", "--output-dir"])
+            .arg(&second))
+    };
+    let (code, _, stderr) = run_again(&tmp.path().join("nothing-here"));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("no results.json"), "{stderr}");
+    assert!(!second.exists(), "refused before any work");
+    let (code, stdout, stderr) = run_again(&out);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("report across 2 machines"), "{stdout}");
+    let md = std::fs::read_to_string(second.join("machines/report.md")).unwrap();
+    assert!(
+        md.contains("## Machines")
+            && md.contains("| here |")
+            && md.contains("speed relative to here"),
+        "{md}"
+    );
 }
 
 /// A fine-tuning run inside the folder adds time and dollars to each evaluated F1.

@@ -330,7 +330,8 @@ impl BarObserver {
 impl Observer for BarObserver {
     fn peak_started(&mut self, threads: usize) {
         self.say(format!(
-            "measuring this machine's matmul peak ({threads} threads)..."
+            "measuring this machine's matmul peak ({})...",
+            crate::bench::threads_label(threads)
         ));
     }
 

@@ -515,40 +515,54 @@ fn cost_section(
     let mut rows = Vec::new();
     let mut observations = Vec::new();
     for model in models {
-        let mut wins: Vec<String> = Vec::new();
+        // (cheapest machine, whether the runner-up costs more beyond the intervals)
+        let mut wins: Vec<(String, bool)> = Vec::new();
         for &shape in shapes {
-            let costs: Vec<Option<f64>> = machines
+            let priced: Vec<Option<(f64, &Measurement, &Price)>> = machines
                 .iter()
-                .map(|m| usd_per_1000(cell_of(m, model, shape)?, m.price.as_ref()?))
+                .map(|m| {
+                    let cell = cell_of(m, model, shape)?;
+                    let price = m.price.as_ref()?;
+                    Some((usd_per_1000(cell, price)?, cell, price))
+                })
                 .collect();
-            if costs.iter().all(Option::is_none) {
+            if priced.iter().all(Option::is_none) {
                 continue;
             }
-            let cheapest = costs
+            let mut ranked: Vec<(usize, (f64, &Measurement, &Price))> = priced
                 .iter()
-                .zip(machines)
-                .filter_map(|(c, m)| Some(((*c)?, &m.name)))
-                .min_by(|a, b| a.0.total_cmp(&b.0));
+                .enumerate()
+                .filter_map(|(i, p)| Some((i, (*p)?)))
+                .collect();
+            ranked.sort_by(|a, b| a.1 .0.total_cmp(&b.1 .0));
             let mut row = vec![name(model), shape.1.to_string(), shape.2.to_string()];
-            row.extend(
-                costs
-                    .iter()
-                    .map(|c| c.map(|c| format!("{c:.5}")).unwrap_or_else(|| "-".into())),
-            );
-            row.push(
-                cheapest
-                    .map(|(_, n)| n.clone())
-                    .unwrap_or_else(|| "-".into()),
-            );
-            if let Some((_, n)) = cheapest {
-                wins.push(n.clone());
-            }
+            row.extend(priced.iter().map(|p| {
+                p.map(|(c, ..)| format!("{c:.5}"))
+                    .unwrap_or_else(|| "-".into())
+            }));
+            row.push(match ranked.as_slice() {
+                [] => "-".into(),
+                [(i, _)] => machines[*i].name.clone(),
+                [(i, (_, best, best_price)), (j, (_, next, next_price)), ..] => {
+                    let (_, lo, _) = cost_ratio(next, next_price, best, best_price);
+                    let clear = lo > 1.0;
+                    wins.push((machines[*i].name.clone(), clear));
+                    if clear {
+                        machines[*i].name.clone()
+                    } else {
+                        format!("{} (tied with {})", machines[*i].name, machines[*j].name)
+                    }
+                }
+            });
             rows.push(row);
         }
-        for m in distinct(wins.iter().cloned()) {
-            let n = wins.iter().filter(|w| **w == m).count();
+        let names: Vec<String> = wins.iter().map(|(n, _)| n.clone()).collect();
+        for m in distinct(names) {
+            let n = wins.iter().filter(|(w, _)| *w == m).count();
+            let clear = wins.iter().filter(|(w, c)| *w == m && *c).count();
             observations.push(format!(
-                "{} ({}): {m} is the cheapest machine at {n} of {} shapes.",
+                "{} ({}): {m} is the cheapest machine at {n} of {} shapes ({clear} beyond the \
+                 intervals of the runner-up's cost).",
                 name(model),
                 title.to_lowercase(),
                 wins.len()
@@ -561,13 +575,32 @@ fn cost_section(
             Block::Paragraph(
                 "The time of 1000 sequences of the cell's shape at its measured throughput, on \
                  each machine's hourly price (one sequence per question; the machine busy all \
-                 the time it is paid for)."
+                 the time it is paid for). The cheapest machine is \"tied\" with the runner-up \
+                 when the interval of their cost ratio (the speed ratio's, times the prices' \
+                 ratio) includes 1."
                     .into(),
             ),
             Block::Table { header, rows },
         ],
         observations,
     )
+}
+
+/// The ratio of two machines' cost per sequence at one cell, `a` over `b`, with the interval
+/// of their speed ratio ([`ratio_interval`]) scaled by the prices' ratio.
+fn cost_ratio(a: &Measurement, pa: &Price, b: &Measurement, pb: &Price) -> (f64, f64, f64) {
+    let (Some(sa), Some(sb)) = (a.speed.as_ref(), b.speed.as_ref()) else {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    };
+    // Cost per sequence is time per step / batch x price, and the batches are the same cell's.
+    let (r, lo, hi) = ratio_interval(
+        &sa.summary,
+        sa.between.as_ref(),
+        &sb.summary,
+        sb.between.as_ref(),
+    );
+    let prices = pa.usd_per_hour / pb.usd_per_hour;
+    (r * prices, lo * prices, hi * prices)
 }
 
 /// Serving results (`loadgen`) found in the machines' folders: each model's rate per machine in
@@ -718,7 +751,15 @@ fn plots_section(
                     if along_batch { "batch" } else { "sequence" }
                 );
                 let mut chart: Chart = plot::hf_chart(series, metric, mode, along_batch, true);
-                chart.title = format!("{} across machines", chart.title);
+                chart.title = format!(
+                    "{} across machines, by {}",
+                    chart.title,
+                    if along_batch {
+                        "batch size"
+                    } else {
+                        "sequence length"
+                    }
+                );
                 let png = plots_dir.join(format!("{file}.png"));
                 plot::render(&chart, &png, (1100, 700))?;
                 blocks.push(Block::Figure {
