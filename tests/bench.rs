@@ -48,28 +48,6 @@ fn results(dir: &Path) -> serde_json::Value {
     read_json(&dir.join("results.json"))
 }
 
-/// The measurement of one cell in results.json.
-fn find<'a>(
-    res: &'a serde_json::Value,
-    model: &str,
-    batch: u64,
-    seq: u64,
-) -> &'a serde_json::Value {
-    res["measurements"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| {
-            m["cell"]["model"]
-                .as_str()
-                .unwrap()
-                .ends_with(&format!("/{model}"))
-                && m["cell"]["batch_size"] == batch
-                && m["cell"]["sequence_length"] == seq
-        })
-        .unwrap_or_else(|| panic!("no measurement for {model} b{batch} s{seq}"))
-}
-
 #[test]
 fn csv_layouts_and_failures_as_rows() {
     let tmp = tempfile::tempdir().unwrap();
@@ -170,7 +148,7 @@ fn csv_layouts_and_failures_as_rows() {
     }
 
     // Raw samples in results.json, and the environment file with Hugging Face's keys and more.
-    let m = find(&res, "bert", 2, 16);
+    let m = measurement_of(&res, "bert", 2, 16);
     let samples = m["speed"]["timings"]["samples"].as_array().unwrap();
     assert_eq!(
         samples.len() as u64,
@@ -209,13 +187,13 @@ fn crashed_child_is_a_row_and_resume_finishes_the_grid() {
     let (code, _, stderr) = run(&mut first);
     assert_eq!(code, 0, "{stderr}");
     let before = results(&out);
-    let crashed = find(&before, "distilbert", 2, 16);
+    let crashed = measurement_of(&before, "distilbert", 2, 16);
     assert_eq!(crashed["status"], "crashed");
     assert!(
         crashed["reason"].as_str().unwrap().contains("signal 6"),
         "{crashed}"
     );
-    assert_eq!(find(&before, "bert", 2, 16)["status"], "ok");
+    assert_eq!(measurement_of(&before, "bert", 2, 16)["status"], "ok");
 
     // Without --resume the directory is protected.
     let (code, _, stderr) = run(&mut bench(
@@ -243,15 +221,15 @@ fn crashed_child_is_a_row_and_resume_finishes_the_grid() {
     let after = results(&out);
     for (model, b) in [("bert", 1), ("bert", 2), ("distilbert", 1)] {
         assert_eq!(
-            find(&before, model, b, 16)["speed"]["timings"],
-            find(&after, model, b, 16)["speed"]["timings"],
+            measurement_of(&before, model, b, 16)["speed"]["timings"],
+            measurement_of(&after, model, b, 16)["speed"]["timings"],
             "{model} b{b} was measured again"
         );
     }
-    assert_eq!(find(&after, "distilbert", 2, 16)["status"], "ok");
+    assert_eq!(measurement_of(&after, "distilbert", 2, 16)["status"], "ok");
     for model in ["bert", "distilbert"] {
         for b in [1, 2] {
-            assert_eq!(find(&after, model, b, 32)["status"], "ok");
+            assert_eq!(measurement_of(&after, model, b, 32)["status"], "ok");
         }
     }
     assert_eq!(csv_rows(&out.join("inference_time.csv")).len(), 1 + 8);
@@ -275,9 +253,9 @@ fn memory_grows_with_the_batch() {
     assert_eq!(code, 0, "{stderr}");
     let res = results(&out);
     for model in ["bert", "distilbert"] {
-        let small = &find(&res, model, 1, 128)["memory"];
-        let big = &find(&res, model, 64, 128)["memory"];
-        assert!(small.is_object() && find(&res, model, 1, 128)["speed"].is_null());
+        let small = &measurement_of(&res, model, 1, 128)["memory"];
+        let big = &measurement_of(&res, model, 64, 128)["memory"];
+        assert!(small.is_object() && measurement_of(&res, model, 1, 128)["speed"].is_null());
         let peak = |m: &serde_json::Value| m["peak_rss"].as_u64().unwrap();
         let alloc = |m: &serde_json::Value| m["alloc_peak"].as_u64().unwrap();
         assert!(
@@ -312,7 +290,7 @@ fn memory_limit_refuses_cells_and_bounds_the_batch_search() {
     ));
     assert_eq!(code, 0, "{stderr}");
     let res = results(&out);
-    let m = find(&res, "bert", 1, 16);
+    let m = measurement_of(&res, "bert", 1, 16);
     assert_eq!(m["status"], "too_large");
     assert!(m["reason"].as_str().unwrap().contains("--max-memory"));
 
@@ -473,7 +451,7 @@ fn cells_are_timed_in_several_processes() {
     assert_eq!(code, 0, "{stderr}");
     let res = results(&out);
     for model in ["bert", "distilbert"] {
-        let m = find(&res, model, 1, 16);
+        let m = measurement_of(&res, model, 1, 16);
         let between = &m["speed"]["between"];
         let medians = between["medians"].as_array().unwrap();
         assert_eq!(medians.len(), 2, "{m}");
@@ -490,7 +468,7 @@ fn cells_are_timed_in_several_processes() {
     // relative scale: recomputed here from the process medians.
     let (mut ss, mut df) = (0.0, 0);
     for model in ["bert", "distilbert"] {
-        let medians: Vec<f64> = find(&res, model, 1, 16)["speed"]["between"]["medians"]
+        let medians: Vec<f64> = measurement_of(&res, model, 1, 16)["speed"]["between"]["medians"]
             .as_array()
             .unwrap()
             .iter()
@@ -505,7 +483,7 @@ fn cells_are_timed_in_several_processes() {
     }
     let pooled = (ss / df as f64).sqrt();
     for model in ["bert", "distilbert"] {
-        let between = &find(&res, model, 1, 16)["speed"]["between"];
+        let between = &measurement_of(&res, model, 1, 16)["speed"]["between"];
         assert_eq!(between["df"].as_u64(), Some(2), "{between}");
         let got = between["pooled_relative_sd"].as_f64().unwrap();
         assert!(
@@ -523,7 +501,7 @@ fn cells_are_timed_in_several_processes() {
     let (code, _, stderr) = run(bench(&out, &grid).args(["--processes", "3", "--resume"]));
     assert_eq!(code, 0, "{stderr}");
     let res = results(&out);
-    let m = find(&res, "bert", 1, 16);
+    let m = measurement_of(&res, "bert", 1, 16);
     assert_eq!(
         m["speed"]["between"]["medians"].as_array().unwrap().len(),
         3
@@ -532,7 +510,7 @@ fn cells_are_timed_in_several_processes() {
     let one = tmp.path().join("k1");
     let (code, _, stderr) = run(bench(&one, &grid).args(["--processes", "1"]));
     assert_eq!(code, 0, "{stderr}");
-    let m = find(&results(&one), "bert", 1, 16).clone();
+    let m = measurement_of(&results(&one), "bert", 1, 16).clone();
     assert!(m["speed"].get("between").is_none(), "{m}");
     let rows = csv_rows(&one.join("results.csv"));
     let p = rows[0].iter().position(|h| h == "processes").unwrap();

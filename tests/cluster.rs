@@ -324,18 +324,7 @@ fn a_report_compares_machines_with_their_prices() {
     for model in ["bert", "distilbert"] {
         for seq in [8u64, 16] {
             let time = |j: &serde_json::Value| {
-                j["measurements"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|m| {
-                        m["cell"]["model"]
-                            .as_str()
-                            .unwrap()
-                            .ends_with(&format!("/{model}"))
-                            && m["cell"]["sequence_length"] == seq
-                    })
-                    .unwrap()["speed"]["summary"]["median"]
+                measurement_of(j, model, 1, seq)["speed"]["summary"]["median"]
                     .as_f64()
                     .unwrap()
             };

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 
 use super::cost::{cost_to_reach_f1, usd_for_seconds, usd_per_1000_questions, Price};
 use super::observe;
-use super::plot::{self, Chart, Metric, Point, Series};
+use super::plot::{self, Chart, Point, Series};
 use super::render::{self, Block};
 use crate::bench::drift;
 use crate::bench::memory::to_mb;
@@ -249,17 +249,38 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
     blocks.extend(plot_blocks);
     blocks.extend(environment_section(&results));
 
-    let markdown = out.join("report.md");
-    let html = out.join("report.html");
-    atomic_write(&markdown, render::markdown(&blocks).as_bytes())?;
-    atomic_write(&html, render::html("bertbench report", &blocks).as_bytes())?;
-    Ok(ReportFiles {
-        markdown,
-        html,
+    ReportFiles::write(
+        out,
+        "bertbench report",
+        &blocks,
         plots,
         observations,
         warnings,
-    })
+    )
+}
+
+impl ReportFiles {
+    /// Writes `blocks` as `out/report.md` and `out/report.html` (titled `title`).
+    pub(crate) fn write(
+        out: &Path,
+        title: &str,
+        blocks: &[Block],
+        plots: Vec<PathBuf>,
+        observations: Vec<String>,
+        warnings: Vec<String>,
+    ) -> Result<Self> {
+        let markdown = out.join("report.md");
+        let html = out.join("report.html");
+        atomic_write(&markdown, render::markdown(blocks).as_bytes())?;
+        atomic_write(&html, render::html(title, blocks).as_bytes())?;
+        Ok(Self {
+            markdown,
+            html,
+            plots,
+            observations,
+            warnings,
+        })
+    }
 }
 
 /// What was measured, where, with what, and the price the costs use.
@@ -582,13 +603,8 @@ fn drift_section(cx: &Context) -> Result<(Vec<Block>, Vec<PathBuf>)> {
     let plots_dir = cx.out.join("plots");
     std::fs::create_dir_all(&plots_dir)
         .with_context(|| format!("creating {}", plots_dir.display()))?;
-    let png = plots_dir.join("drift.png");
-    plot::render(&chart, &png, (1000, 500))?;
-    blocks.push(Block::Figure {
-        caption: chart.title.clone(),
-        png: "plots/drift.png".into(),
-        svg: plot::render_svg_string(&chart, (1000, 500))?,
-    });
+    let (fig, png) = figure(&chart, &plots_dir, "drift", (1000, 500))?;
+    blocks.push(fig);
     Ok((blocks, vec![png]))
 }
 
@@ -685,13 +701,8 @@ fn serving_section(
             .with_context(|| format!("creating {}", plots_dir.display()))?;
         let chart = loadgen::latency_chart(r);
         let name = format!("latency_vs_load_{}", i + 1);
-        let png = plots_dir.join(format!("{name}.png"));
-        plot::render(&chart, &png, (1000, 650))?;
-        blocks.push(Block::Figure {
-            caption: chart.title.clone(),
-            png: format!("plots/{name}.png"),
-            svg: plot::render_svg_string(&chart, (1000, 650))?,
-        });
+        let (fig, png) = figure(&chart, &plots_dir, &name, (1000, 650))?;
+        blocks.push(fig);
         files.push(png);
     }
     Ok((blocks, files))
@@ -790,30 +801,21 @@ fn charts(cx: &Context, evals: &[Accuracy]) -> Vec<(Chart, String)> {
             "pareto_f1_latency".into(),
         ));
     }
-    for mode in [Mode::Inference, Mode::Training] {
-        for (metric, mname) in [(Metric::Time, "time"), (Metric::Memory, "memory")] {
-            for along_batch in [false, true] {
-                let series = plot::series_from_results(
-                    cx.results,
-                    mode,
-                    metric,
-                    along_batch,
-                    &cx.opts.short_names,
-                );
-                if !series.iter().any(|s| s.points.len() >= 2) {
-                    continue;
-                }
-                let name = format!(
-                    "{}_{mname}_vs_{}",
-                    mode.as_str(),
-                    if along_batch { "batch" } else { "sequence" }
-                );
-                charts.push((
-                    plot::hf_chart(series, metric, mode, along_batch, true),
-                    name,
-                ));
-            }
+    for view in plot::views() {
+        let series = plot::series_from_results(
+            cx.results,
+            view.mode,
+            view.metric,
+            view.along_batch,
+            &cx.opts.short_names,
+        );
+        if !series.iter().any(|s| s.points.len() >= 2) {
+            continue;
         }
+        charts.push((
+            plot::hf_chart(series, view.metric, view.mode, view.along_batch, true),
+            view.name,
+        ));
     }
     charts
 }
@@ -831,17 +833,31 @@ fn plots_section(cx: &Context, evals: &[Accuracy]) -> Result<(Vec<Block>, Vec<Pa
         blocks.push(Block::Heading(2, "Plots".into()));
     }
     for (chart, name) in &charts {
-        let png = plots_dir.join(format!("{name}.png"));
-        plot::render(chart, &png, (1000, 650))?;
-        let svg = plot::render_svg_string(chart, (1000, 650))?;
-        blocks.push(Block::Figure {
-            caption: chart.title.clone(),
-            png: format!("plots/{name}.png"),
-            svg,
-        });
+        let (fig, png) = figure(chart, &plots_dir, name, (1000, 650))?;
+        blocks.push(fig);
         files.push(png);
     }
     Ok((blocks, files))
+}
+
+/// Renders `chart` to `plots_dir/NAME.png` and as the report's figure (the PNG linked from
+/// `plots/NAME.png`, the SVG inline); returns the figure and the PNG's path.
+pub(crate) fn figure(
+    chart: &Chart,
+    plots_dir: &Path,
+    name: &str,
+    size: (u32, u32),
+) -> Result<(Block, PathBuf)> {
+    std::fs::create_dir_all(plots_dir)
+        .with_context(|| format!("creating {}", plots_dir.display()))?;
+    let png = plots_dir.join(format!("{name}.png"));
+    plot::render(chart, &png, size)?;
+    let block = Block::Figure {
+        caption: chart.title.clone(),
+        png: format!("plots/{name}.png"),
+        svg: plot::render_svg_string(chart, size)?,
+    };
+    Ok((block, png))
 }
 
 /// The environment file as a table.

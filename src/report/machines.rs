@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use super::build::{display_name, files_named, ReportFiles};
+use super::build::{display_name, figure, files_named, ReportFiles};
 use super::cost::{usd_per_1000_questions, Price, PriceTable, BUILTIN};
-use super::plot::{self, Chart, Metric, Series};
-use super::render::{self, Block};
+use super::plot::{self, Chart, Series};
+use super::render::Block;
 use crate::bench::memory::to_mb;
-use crate::bench::output::{atomic_write, ResultsFile};
+use crate::bench::output::ResultsFile;
 use crate::bench::shard::env_value;
 use crate::bench::stats::ratio_interval;
 use crate::bench::{distinct, fmt_time, Cell, Measurement, Mode, Status};
@@ -431,18 +431,14 @@ pub fn write_machines_report(
             observations.clone()
         }),
     );
-    let markdown = out.join("report.md");
-    let html = out.join("report.html");
-    let title = "bertbench report: comparing machines";
-    atomic_write(&markdown, render::markdown(&blocks).as_bytes())?;
-    atomic_write(&html, render::html(title, &blocks).as_bytes())?;
-    Ok(ReportFiles {
-        markdown,
-        html,
+    ReportFiles::write(
+        out,
+        "bertbench report: comparing machines",
+        &blocks,
         plots,
         observations,
         warnings,
-    })
+    )
 }
 
 /// The machines' facts, one row each.
@@ -719,57 +715,47 @@ fn plots_section(
         .with_context(|| format!("creating {}", plots_dir.display()))?;
     let mut blocks = Vec::new();
     let mut files = Vec::new();
-    for mode in [Mode::Inference, Mode::Training] {
-        for (metric, mname) in [(Metric::Time, "time"), (Metric::Memory, "memory")] {
-            for along_batch in [false, true] {
-                let series: Vec<Series> = machines
-                    .iter()
-                    .flat_map(|m| {
-                        let names: Vec<String> = if short_names.is_empty() {
-                            super::observe::models(&m.results)
-                                .iter()
-                                .map(|x| display_name(x))
-                                .collect()
-                        } else {
-                            short_names.to_vec()
-                        };
-                        plot::series_from_results(&m.results, mode, metric, along_batch, &names)
-                            .into_iter()
-                            .map(|s| Series {
-                                label: format!("{}: {}", m.name, s.label),
-                                points: s.points,
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .collect();
-                if !series.iter().any(|s| s.points.len() >= 2) {
-                    continue;
-                }
-                let file = format!(
-                    "{}_{mname}_vs_{}",
-                    mode.as_str(),
-                    if along_batch { "batch" } else { "sequence" }
-                );
-                let mut chart: Chart = plot::hf_chart(series, metric, mode, along_batch, true);
-                chart.title = format!(
-                    "{} across machines, by {}",
-                    chart.title,
-                    if along_batch {
-                        "batch size"
-                    } else {
-                        "sequence length"
-                    }
-                );
-                let png = plots_dir.join(format!("{file}.png"));
-                plot::render(&chart, &png, (1100, 700))?;
-                blocks.push(Block::Figure {
-                    caption: chart.title.clone(),
-                    png: format!("plots/{file}.png"),
-                    svg: plot::render_svg_string(&chart, (1100, 700))?,
-                });
-                files.push(png);
-            }
+    for view in plot::views() {
+        let series: Vec<Series> = machines
+            .iter()
+            .flat_map(|m| {
+                let names: Vec<String> = if short_names.is_empty() {
+                    super::observe::models(&m.results)
+                        .iter()
+                        .map(|x| display_name(x))
+                        .collect()
+                } else {
+                    short_names.to_vec()
+                };
+                plot::series_from_results(
+                    &m.results,
+                    view.mode,
+                    view.metric,
+                    view.along_batch,
+                    &names,
+                )
+                .into_iter()
+                .map(|s| Series {
+                    label: format!("{}: {}", m.name, s.label),
+                    points: s.points,
+                })
+                .collect::<Vec<_>>()
+            })
+            .collect();
+        if !series.iter().any(|s| s.points.len() >= 2) {
+            continue;
         }
+        let mut chart: Chart =
+            plot::hf_chart(series, view.metric, view.mode, view.along_batch, true);
+        let axis = if view.along_batch {
+            "batch size"
+        } else {
+            "sequence length"
+        };
+        chart.title = format!("{} across machines, by {axis}", chart.title);
+        let (fig, png) = figure(&chart, &plots_dir, &view.name, (1100, 700))?;
+        blocks.push(fig);
+        files.push(png);
     }
     if !blocks.is_empty() {
         blocks.insert(0, Block::Heading(2, "Plots".into()));

@@ -289,6 +289,35 @@ fn group(rows: Vec<Row>, along_batch: bool, short_names: &[String]) -> Vec<Serie
     series
 }
 
+/// One of the time and memory views a report plots: a mode, a metric, an x axis, and its
+/// file name (`inference_time_vs_sequence`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    pub mode: Mode,
+    pub metric: Metric,
+    pub along_batch: bool,
+    pub name: String,
+}
+
+/// The eight views (two modes x time and memory x along sequence or batch), in report order.
+pub fn views() -> Vec<View> {
+    let mut out = Vec::new();
+    for mode in [Mode::Inference, Mode::Training] {
+        for (metric, what) in [(Metric::Time, "time"), (Metric::Memory, "memory")] {
+            for along_batch in [false, true] {
+                let axis = if along_batch { "batch" } else { "sequence" };
+                out.push(View {
+                    mode,
+                    metric,
+                    along_batch,
+                    name: format!("{}_{what}_vs_{axis}", mode.as_str()),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The chart Hugging Face's script would draw for these series.
 pub fn hf_chart(
     series: Vec<Series>,

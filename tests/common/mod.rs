@@ -108,3 +108,25 @@ pub fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The measurement of one cell in a results.json: the model by its last path component.
+pub fn measurement_of<'a>(
+    res: &'a serde_json::Value,
+    model: &str,
+    batch: u64,
+    seq: u64,
+) -> &'a serde_json::Value {
+    res["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            m["cell"]["model"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/{model}"))
+                && m["cell"]["batch_size"] == batch
+                && m["cell"]["sequence_length"] == seq
+        })
+        .unwrap_or_else(|| panic!("no measurement for {model} b{batch} s{seq}"))
+}
