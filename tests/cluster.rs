@@ -276,8 +276,9 @@ fn a_killed_shard_resumes() {
 
 /// Two result folders as two machines (here: the same grid at one and at two threads, named
 /// as machines): side-by-side times, the ratio of each cell recomputed from the two
-/// results.json, the cheapest machine per cell from the prices, and plots with a line per
-/// machine x model; and the refusals of a report across machines.
+/// results.json, the cheapest machine per cell from the prices, the serving rates of loadgen
+/// runs in the folders with their cost, and plots with a line per machine x model; and the
+/// refusals of a report across machines.
 #[test]
 fn a_report_compares_machines_with_their_prices() {
     let tmp = tempfile::tempdir().unwrap();
@@ -288,6 +289,19 @@ fn a_report_compares_machines_with_their_prices() {
     let grid_2 = [&grid[..], &["--threads", "2"]].concat();
     let (code, _, stderr) = run(&mut bench(&b, &grid_2));
     assert_eq!(code, 0, "{stderr}");
+    // Serving results in each machine's folder (MiniLM, every one of 12 questions once).
+    for (dir, threads) in [(&a, "1"), (&b, "2")] {
+        let (code, _, stderr) = run(bin()
+            .arg("loadgen")
+            .arg("--model")
+            .arg(minilm_dir())
+            .arg("--dataset")
+            .arg(shared().join("data/squad/dev-v1.1.json.gz"))
+            .args(["--scenario", "offline", "--accuracy", "--limit", "12"])
+            .args(["--threads", threads, "--output-dir"])
+            .arg(dir.join("loadgen-minilm")));
+        assert_eq!(code, 0, "{stderr}");
+    }
     let out = tmp.path().join("machines");
     let report = |extra: &[&str]| {
         run(bin()
@@ -360,6 +374,26 @@ fn a_report_compares_machines_with_their_prices() {
             assert!(last.starts_with(cheapest), "{cost_row}");
         }
     }
+    // The serving table: each machine's rate from its loadgen.json, USD per million questions
+    // at its price, and the cheaper machine.
+    let qps = |dir: &Path| {
+        read_json(&dir.join("loadgen-minilm/loadgen.json"))["metric"]
+            .as_f64()
+            .unwrap()
+    };
+    let (qa, qb) = (qps(&a), qps(&b));
+    let per_million = |q: f64, price: f64| 1e6 / q / 3600.0 * price;
+    let (ua, ub) = (per_million(qa, 0.10), per_million(qb, 0.35));
+    let row = md
+        .lines()
+        .find(|l| l.contains("| offline |"))
+        .unwrap_or_else(|| panic!("no serving row:\n{md}"));
+    assert!(
+        row.contains(&format!("| {qa:.2} | {qb:.2} | {ua:.2} | {ub:.2} |")),
+        "{row}"
+    );
+    let cheaper = if ua <= ub { "| small |" } else { "| large |" };
+    assert!(row.ends_with(cheaper), "{row}");
     for plot in [
         "inference_time_vs_sequence.png",
         "inference_memory_vs_sequence.png",
