@@ -59,7 +59,7 @@ impl MachinePrices {
 }
 
 /// A machine's name from its environment: the GPU when the run used one, else the CPU model
-/// (without trademark marks and "Processor"), and its logical CPUs.
+/// (without trademark marks and "Processor"), its logical CPUs and its memory.
 pub fn machine_label(results: &ResultsFile) -> String {
     let gpu = env_value(results, "gpu");
     let device = env_value(results, "device");
@@ -72,15 +72,18 @@ pub fn machine_label(results: &ResultsFile) -> String {
         .replace(" Processor", "")
         .replace(" CPU", "");
     let cpu = cpu.split_whitespace().collect::<Vec<_>>().join(" ");
-    let cpu = if cpu.is_empty() {
+    let mut label = if cpu.is_empty() {
         "unknown CPU".into()
     } else {
         cpu
     };
-    match env_value(results, "logical_cpus") {
-        "" => cpu,
-        n => format!("{cpu}, {n} CPUs"),
+    if let Ok(n) = env_value(results, "logical_cpus").parse::<usize>() {
+        label.push_str(&format!(", {n} CPUs"));
     }
+    if let Ok(mb) = env_value(results, "cpu_ram_mb").parse::<f64>() {
+        label.push_str(&format!(", {:.0} GB", mb / 1024.0));
+    }
+    label
 }
 
 /// Reads the folders as machines, named by `names` (one per folder, unique) or from their
@@ -782,12 +785,13 @@ mod tests {
         let cpu = with_env(&[
             ("cpu", "Intel(R) Xeon(R) Platinum 8488C CPU @ 2.40GHz"),
             ("logical_cpus", "8"),
+            ("cpu_ram_mb", "31642"),
             ("device", "cpu"),
             ("gpu", "N/A"),
         ]);
         assert_eq!(
             machine_label(&cpu),
-            "Intel Xeon Platinum 8488C @ 2.40GHz, 8 CPUs"
+            "Intel Xeon Platinum 8488C @ 2.40GHz, 8 CPUs, 31 GB"
         );
         let amd = with_env(&[
             ("cpu", "AMD EPYC 9R14 96-Core Processor"),
