@@ -596,6 +596,7 @@ fn drift_section(cx: &Context) -> Result<(Vec<Block>, Vec<PathBuf>)> {
                         interval: None,
                     })
                     .collect(),
+                ..Default::default()
             })
             .collect(),
         label_points: false,
@@ -786,6 +787,7 @@ fn charts(cx: &Context, evals: &[Accuracy]) -> Vec<(Chart, String)> {
                     y: a.f1,
                     interval: None,
                 }],
+                ..Default::default()
             })
             .collect();
         charts.push((

@@ -719,9 +719,12 @@ fn plots_section(
     let mut blocks = Vec::new();
     let mut files = Vec::new();
     for view in plot::views() {
+        // A machine's lines keep the colours of the first machine's (one model, one colour)
+        // and take its own dash pattern: solid, dashed, dotted.
         let series: Vec<Series> = machines
             .iter()
-            .flat_map(|m| {
+            .enumerate()
+            .flat_map(|(k, m)| {
                 let names: Vec<String> = if short_names.is_empty() {
                     super::observe::models(&m.results)
                         .iter()
@@ -738,9 +741,12 @@ fn plots_section(
                     &names,
                 )
                 .into_iter()
-                .map(|s| Series {
+                .enumerate()
+                .map(|(i, s)| Series {
                     label: format!("{}: {}", m.name, s.label),
                     points: s.points,
+                    color: Some(i),
+                    dash: k.min(2) as u8,
                 })
                 .collect::<Vec<_>>()
             })

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use plotters::coord::combinators::BindKeyPoints;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
 use crate::bench::output::ResultsFile;
@@ -30,10 +31,16 @@ pub struct Point {
 }
 
 /// A labelled line.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Series {
     pub label: String,
     pub points: Vec<Point>,
+    /// Its colour, as an index into the palette (default: its position in the chart), so
+    /// lines of one model on several machines can share a colour.
+    pub color: Option<usize>,
+    /// Its dash pattern: 0 solid, 1 dashed, 2 dotted (a machine's lines in a chart across
+    /// machines).
+    pub dash: u8,
 }
 
 /// Everything needed to draw one chart.
@@ -279,6 +286,7 @@ fn group(rows: Vec<Row>, along_batch: bool, short_names: &[String]) -> Vec<Serie
             .or_insert_with(|| Series {
                 label: format!("{} - {key_name}: {}", name(&model), key_value),
                 points: Vec::new(),
+                ..Default::default()
             });
         entry.points.push(Point { x, y, interval });
     }
@@ -504,16 +512,28 @@ where
         .draw()
         .map_err(err)?;
     for (i, s) in chart.series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()].to_rgba();
+        let color = PALETTE[s.color.unwrap_or(i) % PALETTE.len()].to_rgba();
         let style = ShapeStyle {
             color,
             filled: true,
             stroke_width: 2,
         };
-        ctx.draw_series(LineSeries::new(s.points.iter().map(|p| (p.x, p.y)), style))
-            .map_err(err)?
-            .label(&s.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
+        let points = s.points.iter().map(|p| (p.x, p.y));
+        let drawn = match s.dash {
+            0 => ctx.draw_series(LineSeries::new(points, style)),
+            1 => ctx.draw_series(DashedLineSeries::new(points, 10, 6, style)),
+            _ => ctx.draw_series(DashedLineSeries::new(points, 3, 5, style)),
+        };
+        let dash = s.dash;
+        drawn.map_err(err)?.label(&s.label).legend(move |(x, y)| {
+            // The legend's sample line in the series' pattern (solid: one long dash).
+            let (on, off) = match dash {
+                0 => (40, 1),
+                1 => (10, 6),
+                _ => (3, 5),
+            };
+            DashedPathElement::new(vec![(x, y), (x + 22, y)], on, off, style)
+        });
         ctx.draw_series(s.points.iter().map(|p| Circle::new((p.x, p.y), 4, style)))
             .map_err(err)?;
         ctx.draw_series(s.points.iter().filter_map(|p| {

@@ -468,6 +468,7 @@ pub fn latency_chart(results: &LoadgenResults) -> Chart {
                 })
             })
             .collect(),
+        ..Default::default()
     };
     let mut series = vec![
         line("p50", &|r| r.latency.p50_ms),
@@ -485,6 +486,7 @@ pub fn latency_chart(results: &LoadgenResults) -> Chart {
                     interval: None,
                 })
                 .collect(),
+            ..Default::default()
         });
     }
     Chart {
