@@ -321,7 +321,8 @@ fn summary_section(cx: &Context) -> Vec<Block> {
             "Each cell was timed in {processes} separate processes, interleaved with the other \
              cells in {processes} rounds; intervals marked 2-level (and the speed ratios) come \
              from the spread between processes, so they include the machine's drift between \
-             them (Student's t over the process medians)."
+             them (Student's t over the process medians, their relative spread pooled over the \
+             run's cells)."
         )
     } else {
         "Each cell was timed in one process: its interval describes the noise within that \
