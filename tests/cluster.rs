@@ -229,12 +229,23 @@ fn shards_merge_into_the_whole_grid_and_refuse_what_does_not_belong() {
 fn a_killed_shard_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("shard-1");
-    // Cells of at least 0.3 s each, so there is time to kill it between cells.
-    let mut child = bench(&dir, &["--shard", "1/2", "--min-time", "0.3"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Cells of at least 0.3 s each (no cap on the runs), so there is time to kill it between
+    // cells.
+    let mut child = bench(
+        &dir,
+        &[
+            "--shard",
+            "1/2",
+            "--min-time",
+            "0.3",
+            "--max-runs",
+            "1000000",
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     let start = Instant::now();
     let measured_so_far = || {
         std::fs::read_to_string(dir.join("results.json"))
