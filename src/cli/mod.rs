@@ -55,7 +55,8 @@ pub enum Command {
     Plot(report::PlotArgs),
     /// The main job: bench the study's three models, then plots and the report, in a new folder.
     Run(run::RunArgs),
-    /// Write report.md and a self-contained report.html for a bench output directory.
+    /// Write report.md and a self-contained report.html for a bench output directory, or one
+    /// across machines for several (one folder per machine).
     Report(report::ReportArgs),
     /// Score SQuAD v1.1 predictions with the official metric; prints {"exact_match": .., "f1": ..}.
     Score(squad::ScoreArgs),
