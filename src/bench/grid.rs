@@ -594,6 +594,7 @@ pub fn write_max_batch_csv(rows: &[MaxBatch], limit: u64, path: &std::path::Path
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// K rounds, each cell once per round, round r starting at cell r: each cell's processes
     /// fall in every part of the run.
@@ -609,8 +610,6 @@ mod tests {
         assert_eq!(interleaved(4, 1), [(0, 0), (0, 1), (0, 2), (0, 3)]);
         assert!(interleaved(0, 3).is_empty());
     }
-
-    use super::*;
 
     #[test]
     fn plan_order_and_presets() {

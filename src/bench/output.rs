@@ -111,6 +111,14 @@ impl ResultsFile {
         super::distinct(self.plan.iter().map(|c| c.threads))
     }
 
+    /// A value of the environment file (`env.csv`), if the run recorded it.
+    pub fn env(&self, key: &str) -> Option<&str> {
+        self.environment
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Measurement of a cell, the latest if several.
     pub fn find(&self, cell: &Cell) -> Option<&Measurement> {
         self.measurements.iter().rev().find(|m| &m.cell == cell)

@@ -149,20 +149,10 @@ pub struct ShardRecord {
 /// kind, so it is compared within 5%).
 pub const MACHINE_KEYS: [&str; 5] = ["cpu", "logical_cpus", "gpu", "isa", "cpu_ram_mb"];
 
-/// A value of a results file's environment, empty when missing.
-pub fn env_value<'a>(results: &'a ResultsFile, key: &str) -> &'a str {
-    results
-        .environment
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
-}
-
 /// How two runs' machines differ, if they do (`None`: the same kind).
 pub fn machine_difference(a: &ResultsFile, b: &ResultsFile) -> Option<String> {
     for key in MACHINE_KEYS {
-        let (va, vb) = (env_value(a, key), env_value(b, key));
+        let (va, vb) = (a.env(key).unwrap_or(""), b.env(key).unwrap_or(""));
         let same = match (key, va.parse::<f64>(), vb.parse::<f64>()) {
             ("cpu_ram_mb", Ok(x), Ok(y)) => (x - y).abs() <= 0.05 * x.max(y),
             _ => va == vb,
@@ -353,7 +343,7 @@ pub fn merge(dirs: &[PathBuf], opts: MergeOptions) -> Result<ResultsFile> {
     let hosts = distinct(
         parts
             .iter()
-            .map(|p| env_value(&p.results, "hostname").to_string()),
+            .map(|p| p.results.env("hostname").unwrap_or("").to_string()),
     );
     let mut shards: Vec<&Part> = parts.iter().collect();
     shards.sort_by_key(|p| p.record.index);

@@ -178,8 +178,8 @@ pub fn median_ci_ranks(n: usize, level: f64) -> (usize, usize, f64) {
 /// `mean ± t(0.975, K - 1) · s / √K`. The variance of a process median is the drift's variance
 /// plus the within-process noise's, and `s²` estimates exactly that sum, so the interval covers
 /// both (a simulation test injects drift and checks the coverage). With three processes
-/// `t = 4.30`: wide, and the spread `s` of three draws is itself so uncertain that an interval
-/// is narrow by chance about one time in six.
+/// `t = 4.30`: wide, and the spread `s` of three draws is itself so uncertain that it falls
+/// below half its true value about one time in five (`P(χ²₂ < 0.5) = 0.22`).
 ///
 /// A run's cells share the machine, and its drift scales their times alike, so a run pools
 /// the relative spread of all its cells' process medians ([`Pool`]) for more degrees of
@@ -308,22 +308,14 @@ pub fn t_975(df: usize) -> f64 {
     }
 }
 
-/// Ratio of two medians with an interval: each side's two-level interval ([`Between`]) when it
-/// was measured in several processes, else its within-process one; conservative
-/// ([lo_a/hi_b, hi_a/lo_b]), with the point from the same level as the intervals.
-pub fn ratio_interval(
-    a: &Summary,
-    a_between: Option<&Between>,
-    b: &Summary,
-    b_between: Option<&Between>,
-) -> (f64, f64, f64) {
-    let side = |s: &Summary, w: Option<&Between>| match w {
-        Some(w) => (w.center, w.low.max(f64::MIN_POSITIVE), w.high),
-        None => (s.median, s.median_ci_low, s.median_ci_high),
-    };
-    let (ma, la, ha) = side(a, a_between);
-    let (mb, lb, hb) = side(b, b_between);
-    (ma / mb, la / hb, ha / lb)
+/// Ratio of two cells' medians with an interval: each side's point and interval at the level
+/// that covers the most ([`super::Speed::median_interval`]: across processes when it was
+/// timed in several, else within the one); conservative ([lo_a/hi_b, hi_a/lo_b]).
+pub fn ratio_interval(a: &super::Speed, b: &super::Speed) -> (f64, f64, f64) {
+    let (ma, la, ha) = a.median_interval();
+    let (mb, lb, hb) = b.median_interval();
+    // A wide two-level interval can reach below zero: a time is never negative.
+    (ma / mb, la.max(0.0) / hb, ha / lb.max(f64::MIN_POSITIVE))
 }
 
 /// A two-sided Mann-Whitney U test (Wilcoxon rank-sum) of two independent samples.
@@ -737,14 +729,32 @@ mod tests {
     #[test]
     fn ratios_use_the_two_level_interval_when_there_is_one() {
         assert!(Between::of(&[1.0]).is_none());
-        let a = Summary::of(&[2.0, 2.0, 2.0, 2.0, 2.0, 2.0]).unwrap();
-        let b = Summary::of(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0]).unwrap();
-        assert_eq!(ratio_interval(&a, None, &b, None), (2.0, 2.0, 2.0));
+        let speed = |v: f64, between: Option<Between>| crate::bench::Speed {
+            timings: crate::bench::Timings {
+                warmup: vec![],
+                samples: vec![v; 6],
+            },
+            summary: Summary::of(&[v; 6]).unwrap(),
+            between,
+        };
+        assert_eq!(
+            ratio_interval(&speed(2.0, None), &speed(1.0, None)),
+            (2.0, 2.0, 2.0)
+        );
         let wa = Between::of(&[1.9, 2.0, 2.1]).unwrap();
         let wb = Between::of(&[0.9, 1.0, 1.1]).unwrap();
-        let (r, lo, hi) = ratio_interval(&a, Some(&wa), &b, Some(&wb));
+        let (r, lo, hi) =
+            ratio_interval(&speed(2.0, Some(wa.clone())), &speed(1.0, Some(wb.clone())));
         assert!((r - 2.0).abs() < 1e-12);
         assert!((lo - wa.low / wb.high).abs() < 1e-12 && (hi - wa.high / wb.low).abs() < 1e-12);
         assert!(lo < 2.0 && hi > 2.0);
+        // An interval reaching below zero bounds the ratio by 0 and a huge number, never a
+        // negative one.
+        let wide = Between::of(&[0.1, 1.0, 1.9]).unwrap();
+        assert!(wide.low < 0.0);
+        let (_, lo, hi) = ratio_interval(&speed(1.0, Some(wide.clone())), &speed(1.0, None));
+        assert_eq!(lo, 0.0);
+        let (_, lo, hi2) = ratio_interval(&speed(1.0, None), &speed(1.0, Some(wide)));
+        assert!(lo > 0.0 && hi2 > 1e300 && hi < 1e300);
     }
 }

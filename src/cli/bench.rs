@@ -416,7 +416,6 @@ fn print_summary(results: &ResultsFile, plan: &[Cell]) {
         let Some(m) = results.find(cell) else {
             continue;
         };
-        let s = m.speed.as_ref().map(|s| &s.summary);
         let opt = |x: Option<String>| x.unwrap_or_else(|| "-".into());
         let gflops = m
             .gflops()
@@ -432,12 +431,11 @@ fn print_summary(results: &ResultsFile, plan: &[Cell]) {
             m.cell.batch_size,
             m.cell.sequence_length,
             m.cell.threads,
-            opt(s.map(|s| fmt_time(s.median))),
-            opt(s.map(|s| format!(
-                "[{}, {}]",
-                fmt_time(s.median_ci_low),
-                fmt_time(s.median_ci_high)
-            ))),
+            opt(m.speed.as_ref().map(|sp| fmt_time(sp.median_interval().0))),
+            opt(m.speed.as_ref().map(|sp| {
+                let (_, low, high) = sp.median_interval();
+                format!("[{}, {}]", fmt_time(low), fmt_time(high))
+            })),
             opt(m.samples_per_s().map(|v| format!("{v:.1}"))),
             opt(m.tokens_per_s().map(|v| format!("{v:.0}"))),
             opt(gflops),
@@ -461,10 +459,8 @@ fn print_summary(results: &ResultsFile, plan: &[Cell]) {
         let _ = writeln!(out, "\nwarning: {noisy} cell(s) were noisy (see `reason` in results.csv): the machine was busy or the cells too short");
     }
     let kernels = results
-        .environment
-        .iter()
-        .find(|(k, _)| k == "isa")
-        .map(|(_, isa)| format!(", {isa} kernels"))
+        .env("isa")
+        .map(|isa| format!(", {isa} kernels"))
         .unwrap_or_default();
     for threads in results.thread_counts() {
         if let Some(p) = results.peak_gflops(threads) {

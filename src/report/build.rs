@@ -180,12 +180,7 @@ impl Context<'_> {
 
     /// A value of the environment file, empty when missing.
     fn env(&self, key: &str) -> String {
-        self.results
-            .environment
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+        self.results.env(key).unwrap_or_default().to_string()
     }
 
     /// A path inside the folder, relative to it.
@@ -359,7 +354,6 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
     let rows = cells
         .iter()
         .map(|m| {
-            let s = m.speed.as_ref().map(|s| &s.summary);
             let dash = || "-".to_string();
             let mut row = vec![
                 cx.name(&m.cell.model),
@@ -371,7 +365,10 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
             }
             let sp = m.speed.as_ref();
             row.extend([
-                s.map(|s| fmt_time(s.median)).unwrap_or_else(dash),
+                // The point of the interval beside it (with several processes, the mean of
+                // their medians).
+                sp.map(|sp| fmt_time(sp.median_interval().0))
+                    .unwrap_or_else(dash),
                 sp.map(|sp| {
                     let (_, low, high) = sp.median_interval();
                     let level = if sp.between.is_some() {
@@ -603,8 +600,6 @@ fn drift_section(cx: &Context) -> Result<(Vec<Block>, Vec<PathBuf>)> {
         label_points: false,
     };
     let plots_dir = cx.out.join("plots");
-    std::fs::create_dir_all(&plots_dir)
-        .with_context(|| format!("creating {}", plots_dir.display()))?;
     let (fig, png) = figure(&chart, &plots_dir, "drift", (1000, 500))?;
     blocks.push(fig);
     Ok((blocks, vec![png]))
@@ -699,8 +694,6 @@ fn serving_section(
         if r.scenario != Scenario::Server || r.runs.iter().all(|x| x.answered == 0) {
             continue;
         }
-        std::fs::create_dir_all(&plots_dir)
-            .with_context(|| format!("creating {}", plots_dir.display()))?;
         let chart = loadgen::latency_chart(r);
         let name = format!("latency_vs_load_{}", i + 1);
         let (fig, png) = figure(&chart, &plots_dir, &name, (1000, 650))?;
@@ -828,8 +821,6 @@ fn charts(cx: &Context, evals: &[Accuracy]) -> Vec<(Chart, String)> {
 fn plots_section(cx: &Context, evals: &[Accuracy]) -> Result<(Vec<Block>, Vec<PathBuf>)> {
     let charts = charts(cx, evals);
     let plots_dir = cx.out.join("plots");
-    std::fs::create_dir_all(&plots_dir)
-        .with_context(|| format!("creating {}", plots_dir.display()))?;
     let mut blocks = Vec::new();
     let mut files = Vec::new();
     if !charts.is_empty() {

@@ -76,6 +76,8 @@ impl std::fmt::Display for Verdict {
 /// How the speed of a cell changed. Times are seconds per step.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpeedChange {
+    /// The medians the change is computed from: each run's median, or, when it timed the
+    /// cell in several processes, the mean of its process medians (the two-level point).
     pub base_median_s: f64,
     pub new_median_s: f64,
     pub base_runs: usize,
@@ -209,14 +211,8 @@ pub fn compare_cell(
     };
     let (base_samples, base_speed) = bs;
     let (new_samples, new_speed) = ns;
-    let (base_summary, new_summary) = (&base_speed.summary, &new_speed.summary);
     let two_level = base_speed.between.is_some() && new_speed.between.is_some();
-    let (ratio, low, high) = stats::ratio_interval(
-        new_summary,
-        new_speed.between.as_ref(),
-        base_summary,
-        base_speed.between.as_ref(),
-    );
+    let (ratio, low, high) = stats::ratio_interval(new_speed, base_speed);
     let Some(test) = stats::mann_whitney_u(base_samples, new_samples) else {
         return row(
             Verdict::NotComparable,
@@ -264,8 +260,8 @@ pub fn compare_cell(
     row(
         verdict,
         Some(SpeedChange {
-            base_median_s: base_summary.median,
-            new_median_s: new_summary.median,
+            base_median_s: base_speed.median_interval().0,
+            new_median_s: new_speed.median_interval().0,
             base_runs: base_samples.len(),
             new_runs: new_samples.len(),
             base_processes: base_speed.processes(),
@@ -317,12 +313,7 @@ fn settings_warnings(base: &ResultsFile, new: &ResultsFile) -> Vec<String> {
         weights(n.load_weights).into(),
     );
     // The tier that ran, from the environment file (runs before it was recorded have none).
-    let isa = |r: &ResultsFile| {
-        r.environment
-            .iter()
-            .find(|(k, _)| k == "isa")
-            .map(|(_, v)| v.clone())
-    };
+    let isa = |r: &ResultsFile| r.env("isa").map(str::to_string);
     if let (Some(x), Some(y)) = (isa(base), isa(new)) {
         differ("CPU kernels (isa)", x, y);
     }

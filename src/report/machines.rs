@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use super::build::{display_name, figure, files_named, ReportFiles};
-use super::cost::{usd_per_1000_questions, Price, PriceTable, BUILTIN};
+use super::cost::{usd_for_seconds, usd_per_1000_questions, Price, PriceTable, BUILTIN};
 use super::plot::{self, Chart, Series};
 use super::render::Block;
 use crate::bench::memory::to_mb;
 use crate::bench::output::ResultsFile;
-use crate::bench::shard::env_value;
 use crate::bench::stats::ratio_interval;
 use crate::bench::{distinct, fmt_time, Cell, Measurement, Mode, Status};
 use crate::error::input;
@@ -61,12 +60,14 @@ impl MachinePrices {
 /// A machine's name from its environment: the GPU when the run used one, else the CPU model
 /// (without trademark marks and "Processor"), its logical CPUs and its memory.
 pub fn machine_label(results: &ResultsFile) -> String {
-    let gpu = env_value(results, "gpu");
-    let device = env_value(results, "device");
+    let gpu = results.env("gpu").unwrap_or("");
+    let device = results.env("device").unwrap_or("");
     if device.starts_with("cuda") && !gpu.is_empty() && !gpu.starts_with("N/A") {
         return gpu.to_string();
     }
-    let cpu = env_value(results, "cpu")
+    let cpu = results
+        .env("cpu")
+        .unwrap_or("")
         .replace("(R)", "")
         .replace("(TM)", "")
         .replace(" Processor", "")
@@ -77,10 +78,10 @@ pub fn machine_label(results: &ResultsFile) -> String {
     } else {
         cpu
     };
-    if let Ok(n) = env_value(results, "logical_cpus").parse::<usize>() {
+    if let Ok(n) = results.env("logical_cpus").unwrap_or("").parse::<usize>() {
         label.push_str(&format!(", {n} CPUs"));
     }
-    if let Ok(mb) = env_value(results, "cpu_ram_mb").parse::<f64>() {
+    if let Ok(mb) = results.env("cpu_ram_mb").unwrap_or("").parse::<f64>() {
         label.push_str(&format!(", {:.0} GB", mb / 1024.0));
     }
     label
@@ -330,12 +331,7 @@ pub fn write_machines_report(
                             let (bs, os) = (b.speed.as_ref(), o.speed.as_ref());
                             match (bs, os) {
                                 (Some(bs), Some(os)) => {
-                                    let (r, lo, hi) = ratio_interval(
-                                        &bs.summary,
-                                        bs.between.as_ref(),
-                                        &os.summary,
-                                        os.between.as_ref(),
-                                    );
+                                    let (r, lo, hi) = ratio_interval(bs, os);
                                     if lo > 1.0 || hi < 1.0 {
                                         observations.push(format!(
                                             "{} {} b{} s{}: {} is {r:.2}x as fast as {} [{lo:.2}, {hi:.2}].",
@@ -467,7 +463,7 @@ fn machines_section(machines: &[Machine]) -> Vec<Block> {
         .iter()
         .map(|m| {
             let r = &m.results;
-            let e = |k: &str| env_value(r, k).to_string();
+            let e = |k: &str| r.env(k).unwrap_or("").to_string();
             let processes = r
                 .measurements
                 .iter()
@@ -592,12 +588,7 @@ fn cost_ratio(a: &Measurement, pa: &Price, b: &Measurement, pb: &Price) -> (f64,
         return (f64::NAN, f64::NAN, f64::NAN);
     };
     // Cost per sequence is time per step / batch x price, and the batches are the same cell's.
-    let (r, lo, hi) = ratio_interval(
-        &sa.summary,
-        sa.between.as_ref(),
-        &sb.summary,
-        sb.between.as_ref(),
-    );
+    let (r, lo, hi) = ratio_interval(sa, sb);
     let prices = pa.usd_per_hour / pb.usd_per_hour;
     (r * prices, lo * prices, hi * prices)
 }
@@ -667,7 +658,7 @@ fn serving_section(
                 .zip(machines)
                 .map(|(r, m)| {
                     let qps = r.and_then(|r| r.qps())?;
-                    Some(1e6 / qps / 3600.0 * m.price.as_ref()?.usd_per_hour)
+                    Some(usd_for_seconds(1e6 / qps, m.price.as_ref()?.usd_per_hour))
                 })
                 .collect();
             row.extend(
@@ -714,8 +705,6 @@ fn plots_section(
     short_names: &[String],
 ) -> Result<(Vec<Block>, Vec<PathBuf>)> {
     let plots_dir = out.join("plots");
-    std::fs::create_dir_all(&plots_dir)
-        .with_context(|| format!("creating {}", plots_dir.display()))?;
     let mut blocks = Vec::new();
     let mut files = Vec::new();
     for view in plot::views() {

@@ -80,17 +80,13 @@ pub fn speed_ratios(results: &ResultsFile) -> Vec<SpeedRatio> {
                     continue;
                 };
                 // ratio of the slower's time over the faster's
-                let (faster, slower, fast, slow) = if sa.summary.median <= sb.summary.median {
-                    (a, b, sa, sb)
-                } else {
-                    (b, a, sb, sa)
-                };
-                let (ratio, low, high) = ratio_interval(
-                    &slow.summary,
-                    slow.between.as_ref(),
-                    &fast.summary,
-                    fast.between.as_ref(),
-                );
+                let (faster, slower, fast, slow) =
+                    if sa.median_interval().0 <= sb.median_interval().0 {
+                        (a, b, sa, sb)
+                    } else {
+                        (b, a, sb, sa)
+                    };
+                let (ratio, low, high) = ratio_interval(slow, fast);
                 out.push(SpeedRatio {
                     mode: ma.cell.mode,
                     batch_size: ma.cell.batch_size,
@@ -401,12 +397,7 @@ pub fn thread_scaling(results: &ResultsFile) -> Vec<Scaling> {
         let (Some(a), Some(b)) = (&few.speed, &many.speed) else {
             continue;
         };
-        let (speedup, low, high) = ratio_interval(
-            &a.summary,
-            a.between.as_ref(),
-            &b.summary,
-            b.between.as_ref(),
-        );
+        let (speedup, low, high) = ratio_interval(a, b);
         out.push(Scaling {
             model: few.cell.model.clone(),
             mode: few.cell.mode,

@@ -123,8 +123,8 @@ pub fn series_from_hf_csv(
     Ok(group(rows, along_batch, short_names))
 }
 
-/// Series from a bench run's results (`results.json`): medians with their 95% CI for time,
-/// peak resident MB for memory.
+/// Series from a bench run's results (`results.json`): medians with their 95% CI for time
+/// (the two-level one for cells timed in several processes), peak resident MB for memory.
 pub fn series_from_results(
     results: &ResultsFile,
     mode: Mode,
@@ -141,8 +141,9 @@ pub fn series_from_results(
         .filter_map(|m| {
             let (y, interval) = match metric {
                 Metric::Time => {
-                    let s = &m.speed.as_ref()?.summary;
-                    (s.median, Some((s.median_ci_low, s.median_ci_high)))
+                    // The best-covering interval (2-level with several processes) and its point.
+                    let (point, low, high) = m.speed.as_ref()?.median_interval();
+                    (point, Some((low, high)))
                 }
                 Metric::Memory => (
                     crate::bench::memory::to_mb(m.memory.as_ref()?.peak_rss),
