@@ -1,11 +1,14 @@
 //! Benchmark (not a test) of the linear layers' two products at BERT-base shapes: the `gemm`
 //! crate's on weights as loaded (training) and [`packed_linear`] on weights packed once
 //! (inference). Distinct weights per repetition, so they come from memory as in a forward.
-//! First it measures the CPU's multiply-add ceiling, which no product can pass, so the rates
-//! below can be read as a fraction of it.
+//! It also measures the CPU's multiply-add ceiling, which no product can pass, so the rates
+//! can be read as a fraction of it.
 //!
-//! usage: cargo run --release --example kernels [threads] [auto|avx512|avx2|portable]
-//! (the tier may also come from `BERTBENCH_ISA`, as for the binary's `--isa`)
+//! usage: cargo run --release --example kernels -- [threads] [auto|avx512|avx2|portable]
+//!        [--packed-only] [--rows 128,384,...] [--rounds N]
+//! (the tier may also come from `BERTBENCH_ISA`, as for the binary's `--isa`). Each cell is
+//! the best of `--rounds` timings: on a shared VM a round can lose a fifth of its speed to a
+//! neighbour, and the ceiling it is compared with is a best of five too.
 
 use std::time::Instant;
 
@@ -13,15 +16,35 @@ use bertbench::compute::dense::{dense_linear, parallelism};
 use bertbench::compute::packed::{self, packed_linear, PackedWeight};
 use bertbench::compute::{Isa, MatMut, MatRef};
 use bertbench::runtime::IsaChoice;
-use clap::ValueEnum;
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser)]
+struct Args {
+    /// Compute threads.
+    #[arg(default_value_t = 2)]
+    threads: usize,
+    /// Kernel tier (default: `BERTBENCH_ISA`, else the best the CPU has).
+    isa: Option<IsaChoice>,
+    /// Time only the packed product (the `gemm` crate's takes most of a full run).
+    #[arg(long)]
+    packed_only: bool,
+    /// Row counts to time.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 16, 32, 64, 128, 384, 1024, 3072])]
+    rows: Vec<usize>,
+    /// Timings per cell; the best is kept.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let threads: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
+    let args = Args::parse();
+    let threads = args.threads;
     let choice = args
-        .next()
-        .or_else(|| std::env::var("BERTBENCH_ISA").ok())
-        .map(|name| IsaChoice::from_str(&name, true).expect("auto, avx512, avx2 or portable"))
+        .isa
+        .or_else(|| {
+            let name = std::env::var("BERTBENCH_ISA").ok()?;
+            Some(IsaChoice::from_str(&name, true).expect("auto, avx512, avx2 or portable"))
+        })
         .unwrap_or_default();
     let isa = bertbench::runtime::use_isa(choice).unwrap_or_else(|e| panic!("{e:#}"));
     bertbench::runtime::use_threads(threads).expect("thread pool");
@@ -31,60 +54,130 @@ fn main() {
         Isa::available_names(),
         bertbench::compute::cache::CacheSizes::detect()
     );
-    let ceiling = fma_ceiling(isa, threads).map(|(one, all)| {
-        println!(
-            "multiply-add ceiling: {one:.1} GFLOP/s on one thread; on {threads}: {all:.1} \
-             measured, {:.1} derived (one thread's x {threads}, used below)",
-            one * threads as f64
-        );
-        one * threads as f64
-    });
-    println!("| m | k x n | gemm crate ms | GFLOP/s | pre-packed ms | GFLOP/s | of ceiling |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
-    for (k, n) in [(768, 768), (768, 3072), (3072, 768)] {
-        let copies = (256 << 20) / (4 * k * n);
-        let weights: Vec<Vec<f32>> = (0..copies)
-            .map(|c| (0..k * n).map(|i| ((i + c) % 13) as f32 * 0.01).collect())
-            .collect();
-        let packed: Vec<PackedWeight> = weights
-            .iter()
-            .map(|w| PackedWeight::pack(w, 1, n, k))
-            .collect();
-        let bias = vec![0.1f32; n];
-        for m in [1, 8, 16, 32, 64, 128, 384, 1024, 3072] {
-            // Rows padded as the model's buffers are (see `packed::activation_stride`).
-            let lda = packed::activation_stride(k);
-            let x: Vec<f32> = (0..m * lda).map(|i| (i % 7) as f32 * 0.1).collect();
-            let mut out = vec![0f32; m * n];
-            let mut time = |prepacked: bool| {
-                let mut best = f64::MAX;
-                for _round in 0..3 {
+    // The ceiling is measured before and after the products and the higher kept, so a slow
+    // stretch of a shared VM during one measurement does not flatter the products.
+    let before = fma_ceiling(isa, threads);
+    // Weights for every shape are made first, then each round times every cell once: the
+    // best of a cell's rounds is then spread over the whole run, not one stretch of it.
+    struct Shape {
+        k: usize,
+        n: usize,
+        weights: Vec<Vec<f32>>,
+        packed: Vec<PackedWeight>,
+        bias: Vec<f32>,
+        next: usize,
+    }
+    let mut shapes: Vec<Shape> = [(768, 768), (768, 3072), (3072, 768)]
+        .into_iter()
+        .map(|(k, n)| {
+            let copies = (256 << 20) / (4 * k * n);
+            let weights: Vec<Vec<f32>> = (0..copies)
+                .map(|c| (0..k * n).map(|i| ((i + c) % 13) as f32 * 0.01).collect())
+                .collect();
+            let packed = weights
+                .iter()
+                .map(|w| PackedWeight::pack(w, 1, n, k))
+                .collect();
+            let bias = vec![0.1f32; n];
+            Shape {
+                k,
+                n,
+                weights,
+                packed,
+                bias,
+                next: 0,
+            }
+        })
+        .collect();
+    let products: &[bool] = if args.packed_only {
+        &[true]
+    } else {
+        &[false, true]
+    };
+    // (shape, m) -> best seconds of the gemm crate's product and of the packed one.
+    let mut best = vec![[f64::MAX; 2]; shapes.len() * args.rows.len()];
+    for round in 0..args.rounds.max(1) {
+        for (s, shape) in shapes.iter_mut().enumerate() {
+            let (k, n) = (shape.k, shape.n);
+            let copies = shape.packed.len();
+            for (i, &m) in args.rows.iter().enumerate() {
+                // Rows padded as the model's buffers are (see `packed::activation_stride`).
+                let lda = packed::activation_stride(k);
+                let x: Vec<f32> = (0..m * lda).map(|i| (i % 7) as f32 * 0.1).collect();
+                let mut out = vec![0f32; m * n];
+                // Enough products per timing to last ~20 ms, each on weights not used since
+                // the last pass over all copies (256 MiB: they come from memory, as in a
+                // forward).
+                let reps = ((4e9 / (2.0 * (m * k * n) as f64)) as usize).clamp(1, copies);
+                for &prepacked in products {
                     let start = Instant::now();
-                    for (w, pw) in weights.iter().zip(&packed) {
+                    for c in (shape.next..shape.next + reps).map(|c| c % copies) {
                         let xv = MatRef::new(&x, m, k, lda);
                         let ov = MatMut::new(&mut out, m, n, n);
                         if prepacked {
-                            packed_linear(xv, pw, Some(&bias), None, ov, threads);
+                            packed_linear(
+                                xv,
+                                &shape.packed[c],
+                                Some(&shape.bias),
+                                None,
+                                ov,
+                                threads,
+                            );
                         } else {
-                            let wv = MatRef::new(w, n, k, k);
-                            dense_linear(xv, wv, Some(&bias), ov, parallelism());
+                            let wv = MatRef::new(&shape.weights[c], n, k, k);
+                            dense_linear(xv, wv, Some(&shape.bias), ov, parallelism());
                         }
                     }
-                    best = best.min(start.elapsed().as_secs_f64() / copies as f64);
+                    let cell = &mut best[s * args.rows.len() + i][prepacked as usize];
+                    *cell = cell.min(start.elapsed().as_secs_f64() / reps as f64);
+                    shape.next += reps;
                 }
-                best
-            };
-            let (crate_s, packed_s) = (time(false), time(true));
-            let gf = |t: f64| 2.0 * (m * k * n) as f64 / t / 1e9;
-            println!(
-                "| {m} | {k}x{n} | {:.3} | {:.1} | {:.3} | {:.1} | {} |",
-                crate_s * 1e3,
-                gf(crate_s),
-                packed_s * 1e3,
-                gf(packed_s),
-                ceiling.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gf(packed_s) / c))
-            );
+            }
         }
+        eprintln!("round {} of {} done", round + 1, args.rounds.max(1));
+    }
+    let rows = &args.rows;
+    let cells: Vec<_> = shapes
+        .iter()
+        .enumerate()
+        .flat_map(|(s, shape)| {
+            let best = &best;
+            rows.iter().enumerate().map(move |(i, &m)| {
+                let [crate_s, packed_s] = best[s * rows.len() + i];
+                (
+                    m,
+                    shape.k,
+                    shape.n,
+                    (crate_s < f64::MAX).then_some(crate_s),
+                    packed_s,
+                )
+            })
+        })
+        .collect();
+    let ceiling = before
+        .zip(fma_ceiling(isa, threads))
+        .map(|((one0, all0), (one1, all1))| {
+            let (one, all) = (one0.max(one1), all0.max(all1));
+            println!(
+                "multiply-add ceiling: {one:.1} GFLOP/s on one thread (best before and after the \
+             products: {one0:.1}, {one1:.1}); on {threads}: {all:.1} measured, {:.1} derived \
+             (one thread's x {threads}, used below)",
+                one * threads as f64
+            );
+            one * threads as f64
+        });
+    println!("| m | k x n | gemm crate ms | GFLOP/s | pre-packed ms | GFLOP/s | of ceiling |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (m, k, n, crate_s, packed_s) in cells {
+        let gf = |t: f64| 2.0 * (m * k * n) as f64 / t / 1e9;
+        let crate_cols =
+            crate_s.map_or("- | -".into(), |t| format!("{:.3} | {:.1}", t * 1e3, gf(t)));
+        println!(
+            "| {m} | {k}x{n} | {crate_cols} | {:.3} | {:.1} | {} |",
+            packed_s * 1e3,
+            gf(packed_s),
+            ceiling.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gf(packed_s) / c))
+        );
     }
 }
 

@@ -462,8 +462,8 @@ impl Job<'_> {
 /// One register tile: `rows x cols` outputs at `c` (row stride `ldc`) from `rows` activation
 /// rows at `a` (row stride `lda`, `kc` values each, read in place: each value is broadcast
 /// once per tile, so packing them would cost more than it saves) and `np` weight panels from
-/// `b` (`kc` rows of 16 each, panels `b_panel_stride` apart). Starts from the output
-/// (`accumulate`), the bias or zero.
+/// `b` (`kc` rows of 16 each, panels `b_panel_stride` apart). Adds to the output
+/// (`accumulate`: a later block of inputs), or starts from the bias or zero.
 ///
 /// The tile's invariant, which every `unsafe fn` taking one relies on: `a` is readable for
 /// `rows` rows of `kc` values at `lda`; `b` is readable and 64-byte aligned for `kc` rows of
@@ -698,15 +698,7 @@ mod avx512 {
             ((1u32 << cols) - 1) as __mmask16
         });
         let mut acc = [[_mm512_setzero_ps(); NP]; R];
-        if t.accumulate {
-            for (r, row) in acc.iter_mut().enumerate() {
-                for (j, v) in row.iter_mut().enumerate() {
-                    // SAFETY: row r < R; panel j's columns j*16.. hold at least one output of
-                    // the tile and the mask enables only those.
-                    *v = unsafe { _mm512_maskz_loadu_ps(masks[j], t.c.add(r * t.ldc + j * PANEL)) };
-                }
-            }
-        } else if let Some(bias) = t.bias {
+        if let (false, Some(bias)) = (t.accumulate, t.bias) {
             for j in 0..NP {
                 // SAFETY: the bias has `cols` values; the mask enables panel j's among them.
                 let b = unsafe { _mm512_maskz_loadu_ps(masks[j], bias.as_ptr().add(j * PANEL)) };
@@ -715,8 +707,10 @@ mod avx512 {
                 }
             }
         }
-        // The output lines are written once, at the end: fetch them for writing now, so the
-        // final stores do not stall on them (measured 1-5% of a forward at 1x128). A prefetch
+        // The output lines are read (when accumulating) and written once, at the end: fetch
+        // them for writing now, so the final loads and stores do not stall on them (measured
+        // 1-5% of a forward at 1x128; a block of inputs after the first finds its outputs in
+        // L2 or beyond, and adding them after the loop hides that wait). A prefetch
         // reads nothing and may name any address; `wrapping_add` forms it without a claim
         // that it is in bounds.
         for r in 0..R {
@@ -739,8 +733,17 @@ mod avx512 {
         }
         for (r, row) in acc.iter().enumerate() {
             for (j, v) in row.iter().enumerate() {
-                // SAFETY: as for the accumulating load: only the tile's outputs are enabled.
-                unsafe { _mm512_mask_storeu_ps(t.c.add(r * t.ldc + j * PANEL), masks[j], *v) };
+                // SAFETY: row r < R; panel j's columns j*16.. hold at least one output of the
+                // tile (readable when accumulating) and the mask enables only those.
+                let c = unsafe { t.c.add(r * t.ldc + j * PANEL) };
+                let v = if t.accumulate {
+                    // SAFETY: as above.
+                    _mm512_add_ps(*v, unsafe { _mm512_maskz_loadu_ps(masks[j], c) })
+                } else {
+                    *v
+                };
+                // SAFETY: as above.
+                unsafe { _mm512_mask_storeu_ps(c, masks[j], v) };
             }
         }
     }
@@ -751,8 +754,12 @@ mod avx2 {
     use super::{Tile, PANEL};
     use std::arch::x86_64::*;
 
-    /// How many inputs ahead of use the tile prefetches its weight panel's rows.
-    const PREFETCH_INPUTS: usize = 16;
+    /// How many inputs ahead of use the block's first tile prefetches its weight panel's rows:
+    /// 4 KiB, 64 lines in flight, about what covers a memory latency at the rate the tile
+    /// consumes them (one line per ~6 cycles). On the Zen 4 (one thread, `--isa avx2`, builds
+    /// alternated over 6 rounds; docs/performance.md): 64 against 16, the mean of the medians
+    /// over 12 shapes with 8-1024 rows +6% (84.1 against 79.5 GFLOP/s); 128 gained less.
+    const PREFETCH_INPUTS: usize = 64;
 
     /// Lane masks for `maskload`/`maskstore`: `MASKS[8 - n..]` enables the first `n` lanes.
     const MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -816,15 +823,7 @@ mod avx2 {
             unsafe { _mm256_loadu_si256(MASKS[8 - lanes..].as_ptr() as *const __m256i) }
         });
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        if t.accumulate {
-            for (r, row) in acc.iter_mut().enumerate() {
-                for (h, v) in row.iter_mut().enumerate().take(halves) {
-                    // SAFETY: row r < R; half h < halves starts at an output of the tile
-                    // and the mask enables only the tile's outputs.
-                    *v = unsafe { _mm256_maskload_ps(t.c.add(r * t.ldc + h * 8), masks[h]) };
-                }
-            }
-        } else if let Some(bias) = t.bias {
+        if let (false, Some(bias)) = (t.accumulate, t.bias) {
             for h in 0..halves {
                 // SAFETY: the bias has `cols` values; half h < halves starts inside them and
                 // the mask enables only those.
@@ -833,6 +832,14 @@ mod avx2 {
                     row[h] = b;
                 }
             }
+        }
+        // The outputs are read (when accumulating) and written only after the loop: fetch
+        // their lines now, so neither waits on them (a prefetch reads nothing and may name
+        // any address: `wrapping_add` forms it without claiming it is in bounds).
+        for r in 0..R {
+            let row = t.c.wrapping_add(r * t.ldc);
+            _mm_prefetch::<_MM_HINT_ET0>(row as *const i8);
+            _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(PANEL - 1) as *const i8);
         }
         // One pointer per activation row, so each broadcast is one instruction (row + 4p):
         // computing the rows' addresses from `lda` inside the loop cost a third more
@@ -880,10 +887,42 @@ mod avx2 {
             step!(p);
             p += 1;
         }
-        for (r, row) in acc.iter().enumerate() {
-            for (h, v) in row.iter().enumerate().take(halves) {
-                // SAFETY: as for the accumulating load: only the tile's outputs are enabled.
-                unsafe { _mm256_maskstore_ps(t.c.add(r * t.ldc + h * 8), masks[h], *v) };
+        // A masked store is microcoded on AMD CPUs (Zen 4: one per ~12 cycles against one
+        // plain store per cycle), which a tile of a short product (SqueezeBERT's 192 inputs
+        // per group, a block of `kc` inputs) pays twelve times: full panels store plainly.
+        // Accumulating, the outputs are added after the loop, not loaded before it: a block
+        // of inputs after the first finds them in L2 or beyond, and the loop hides the wait.
+        if t.cols == PANEL {
+            for (r, row) in acc.iter().enumerate() {
+                for (h, v) in row.iter().enumerate() {
+                    // SAFETY: row r < R; the panel's 16 columns are all outputs of the tile,
+                    // readable when accumulating.
+                    let c = unsafe { t.c.add(r * t.ldc + h * 8) };
+                    let v = if t.accumulate {
+                        // SAFETY: as above.
+                        _mm256_add_ps(*v, unsafe { _mm256_loadu_ps(c) })
+                    } else {
+                        *v
+                    };
+                    // SAFETY: as above.
+                    unsafe { _mm256_storeu_ps(c, v) };
+                }
+            }
+        } else {
+            for (r, row) in acc.iter().enumerate() {
+                for (h, v) in row.iter().enumerate().take(halves) {
+                    // SAFETY: row r < R; half h < halves starts at an output of the tile and
+                    // the mask enables only the tile's outputs (readable when accumulating).
+                    let c = unsafe { t.c.add(r * t.ldc + h * 8) };
+                    let v = if t.accumulate {
+                        // SAFETY: as above.
+                        _mm256_add_ps(*v, unsafe { _mm256_maskload_ps(c, masks[h]) })
+                    } else {
+                        *v
+                    };
+                    // SAFETY: as above.
+                    unsafe { _mm256_maskstore_ps(c, masks[h], v) };
+                }
             }
         }
     }
