@@ -887,9 +887,10 @@ mod avx2 {
             step!(p);
             p += 1;
         }
-        // A masked store is microcoded on AMD CPUs (Zen 4: one per ~12 cycles against one
-        // plain store per cycle), which a tile of a short product (SqueezeBERT's 192 inputs
-        // per group, a block of `kc` inputs) pays twelve times: full panels store plainly.
+        // A masked store is microcoded on AMD CPUs, many times the cost of a plain one, and a
+        // tile of a short product (SqueezeBERT's 192 inputs per group, attention's heads)
+        // paid twelve: full panels store plainly (one thread, 12 BERT-base shapes: mean of
+        // the medians 84.8 -> 92.9 GFLOP/s; docs/performance.md).
         // Accumulating, the outputs are added after the loop, not loaded before it: a block
         // of inputs after the first finds them in L2 or beyond, and the loop hides the wait.
         if t.cols == PANEL {
