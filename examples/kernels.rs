@@ -16,15 +16,16 @@ use bertbench::compute::dense::{dense_linear, parallelism};
 use bertbench::compute::packed::{self, packed_linear, PackedWeight};
 use bertbench::compute::{Isa, MatMut, MatRef};
 use bertbench::runtime::IsaChoice;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 #[derive(Parser)]
 struct Args {
     /// Compute threads.
     #[arg(default_value_t = 2)]
     threads: usize,
-    /// Kernel tier (default: `BERTBENCH_ISA`, else the best the CPU has).
-    isa: Option<IsaChoice>,
+    /// Kernel tier, as the binary's `--isa`.
+    #[arg(value_enum, env = "BERTBENCH_ISA", default_value_t = IsaChoice::Auto)]
+    isa: IsaChoice,
     /// Time only the packed product (the `gemm` crate's takes most of a full run).
     #[arg(long)]
     packed_only: bool,
@@ -39,14 +40,7 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let threads = args.threads;
-    let choice = args
-        .isa
-        .or_else(|| {
-            let name = std::env::var("BERTBENCH_ISA").ok()?;
-            Some(IsaChoice::from_str(&name, true).expect("auto, avx512, avx2 or portable"))
-        })
-        .unwrap_or_default();
-    let isa = bertbench::runtime::use_isa(choice).unwrap_or_else(|e| panic!("{e:#}"));
+    let isa = bertbench::runtime::use_isa(args.isa).unwrap_or_else(|e| panic!("{e:#}"));
     bertbench::runtime::use_threads(threads).expect("thread pool");
     println!(
         "kernel: {} ({} available), {threads} threads, {}",
@@ -66,6 +60,8 @@ fn main() {
         packed: Vec<PackedWeight>,
         bias: Vec<f32>,
         next: usize,
+        /// Per row count: the activations and the output, made once.
+        buffers: Vec<(Vec<f32>, Vec<f32>)>,
     }
     let mut shapes: Vec<Shape> = [(768, 768), (768, 3072), (3072, 768)]
         .into_iter()
@@ -79,6 +75,16 @@ fn main() {
                 .map(|w| PackedWeight::pack(w, 1, n, k))
                 .collect();
             let bias = vec![0.1f32; n];
+            // Rows padded as the model's buffers are (see `packed::activation_stride`).
+            let lda = packed::activation_stride(k);
+            let buffers = args
+                .rows
+                .iter()
+                .map(|&m| {
+                    let x = (0..m * lda).map(|i| (i % 7) as f32 * 0.1).collect();
+                    (x, vec![0f32; m * n])
+                })
+                .collect();
             Shape {
                 k,
                 n,
@@ -86,6 +92,7 @@ fn main() {
                 packed,
                 bias,
                 next: 0,
+                buffers,
             }
         })
         .collect();
@@ -95,16 +102,14 @@ fn main() {
         &[false, true]
     };
     // (shape, m) -> best seconds of the gemm crate's product and of the packed one.
-    let mut best = vec![[f64::MAX; 2]; shapes.len() * args.rows.len()];
+    let mut best = vec![[None::<f64>; 2]; shapes.len() * args.rows.len()];
     for round in 0..args.rounds.max(1) {
         for (s, shape) in shapes.iter_mut().enumerate() {
             let (k, n) = (shape.k, shape.n);
             let copies = shape.packed.len();
+            let lda = packed::activation_stride(k);
             for (i, &m) in args.rows.iter().enumerate() {
-                // Rows padded as the model's buffers are (see `packed::activation_stride`).
-                let lda = packed::activation_stride(k);
-                let x: Vec<f32> = (0..m * lda).map(|i| (i % 7) as f32 * 0.1).collect();
-                let mut out = vec![0f32; m * n];
+                let (x, out) = &mut shape.buffers[i];
                 // Enough products per timing to last ~20 ms, each on weights not used since
                 // the last pass over all copies (256 MiB: they come from memory, as in a
                 // forward).
@@ -112,8 +117,8 @@ fn main() {
                 for &prepacked in products {
                     let start = Instant::now();
                     for c in (shape.next..shape.next + reps).map(|c| c % copies) {
-                        let xv = MatRef::new(&x, m, k, lda);
-                        let ov = MatMut::new(&mut out, m, n, n);
+                        let xv = MatRef::new(x, m, k, lda);
+                        let ov = MatMut::new(out, m, n, n);
                         if prepacked {
                             packed_linear(
                                 xv,
@@ -129,31 +134,14 @@ fn main() {
                         }
                     }
                     let cell = &mut best[s * args.rows.len() + i][prepacked as usize];
-                    *cell = cell.min(start.elapsed().as_secs_f64() / reps as f64);
+                    let t = start.elapsed().as_secs_f64() / reps as f64;
+                    *cell = Some(cell.map_or(t, |best| best.min(t)));
                     shape.next += reps;
                 }
             }
         }
         eprintln!("round {} of {} done", round + 1, args.rounds.max(1));
     }
-    let rows = &args.rows;
-    let cells: Vec<_> = shapes
-        .iter()
-        .enumerate()
-        .flat_map(|(s, shape)| {
-            let best = &best;
-            rows.iter().enumerate().map(move |(i, &m)| {
-                let [crate_s, packed_s] = best[s * rows.len() + i];
-                (
-                    m,
-                    shape.k,
-                    shape.n,
-                    (crate_s < f64::MAX).then_some(crate_s),
-                    packed_s,
-                )
-            })
-        })
-        .collect();
     let ceiling = before
         .zip(fma_ceiling(isa, threads))
         .map(|((one0, all0), (one1, all1))| {
@@ -168,16 +156,21 @@ fn main() {
         });
     println!("| m | k x n | gemm crate ms | GFLOP/s | pre-packed ms | GFLOP/s | of ceiling |");
     println!("|---|---|---:|---:|---:|---:|---:|");
-    for (m, k, n, crate_s, packed_s) in cells {
-        let gf = |t: f64| 2.0 * (m * k * n) as f64 / t / 1e9;
-        let crate_cols =
-            crate_s.map_or("- | -".into(), |t| format!("{:.3} | {:.1}", t * 1e3, gf(t)));
-        println!(
-            "| {m} | {k}x{n} | {crate_cols} | {:.3} | {:.1} | {} |",
-            packed_s * 1e3,
-            gf(packed_s),
-            ceiling.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gf(packed_s) / c))
-        );
+    for (s, shape) in shapes.iter().enumerate() {
+        let (k, n) = (shape.k, shape.n);
+        for (i, &m) in args.rows.iter().enumerate() {
+            let [crate_s, packed_s] = best[s * args.rows.len() + i];
+            let packed_s = packed_s.expect("every round times the packed product");
+            let gf = |t: f64| 2.0 * (m * k * n) as f64 / t / 1e9;
+            let crate_cols =
+                crate_s.map_or("- | -".into(), |t| format!("{:.3} | {:.1}", t * 1e3, gf(t)));
+            println!(
+                "| {m} | {k}x{n} | {crate_cols} | {:.3} | {:.1} | {} |",
+                packed_s * 1e3,
+                gf(packed_s),
+                ceiling.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gf(packed_s) / c))
+            );
+        }
     }
 }
 
