@@ -31,9 +31,11 @@ import argparse
 import csv
 import datetime as dt
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -236,7 +238,8 @@ def measure_torch(args, inputs: dict) -> dict:
     model = AutoModelForQuestionAnswering.from_pretrained(args.model_dir, **kwargs)
     batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
     info = {"attn_implementation": model.config._attn_implementation,
-            "torch_threads": torch.get_num_threads(), "baseline_rss_mb": baseline}
+            "torch_threads": torch.get_num_threads(), "baseline_rss_mb": baseline,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if args.mode == "inference":
         model.eval()
 
@@ -287,7 +290,8 @@ def measure_ort(args, inputs: dict) -> dict:
     def step():
         session.run(None, feed)
 
-    info = {"providers": session.get_providers(), "baseline_rss_mb": baseline}
+    info = {"providers": session.get_providers(), "baseline_rss_mb": baseline,
+            "onnxruntime_file": ort.__file__}
     info.update(measure_steps(step, timing_policy(args)))
     return info
 
@@ -498,15 +502,76 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def worker_env(threads: int) -> dict:
-    """The environment of every measured process: OpenMP/MKL thread counts pinned too."""
+def worker_env(threads: int, avx2: bool = False, capped_ort: Path | None = None) -> dict:
+    """The environment of every child process: OpenMP/MKL thread counts pinned too; with
+    `avx2` (the --isa avx2 cap), bertbench and PyTorch held to AVX2+FMA, and ONNX Runtime
+    loaded from `capped_ort` (see `cap_ort`)."""
     env = dict(os.environ)
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[key] = str(threads)
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_VERBOSITY"] = "error"
     env["TQDM_DISABLE"] = "1"
+    if avx2:
+        env.update(TORCH_AVX2_ENV)
+        env["BERTBENCH_ISA"] = "avx2"
+    if capped_ort is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(capped_ort), os.environ.get("PYTHONPATH")) if p)
     return env
+
+
+# PyTorch's own switches that hold it to AVX2: ATen's kernels, oneDNN's and MKL's.
+TORCH_AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2",
+                  "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def cap_ort(dest: Path) -> int:
+    """Copies the installed onnxruntime package into `dest` with every XGETBV instruction of
+    its libraries replaced by `mov al, 7; nop`: the process then reads the OS's enabled
+    register state as x87+SSE+AVX and no AVX-512 (opmask, ZMM) state, so MLAS and ORT's CPU
+    feature checks take their AVX2/FMA3 kernels. ONNX Runtime has no switch for this. Only the
+    low byte of the register is set: the upper bits it leaves are the AVX-512/AMX state bits'
+    neighbours, which every check masks off or pairs with a CPUID bit this CPU lacks. The
+    instructions are found with objdump's disassembly (not by searching bytes, which could hit
+    the middle of another instruction). Returns how many were patched; refuses zero."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        raise BenchError("--isa avx2 needs objdump (Debian/Ubuntu: apt install binutils) to "
+                         "cap ONNX Runtime's instruction set")
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or spec.origin is None:
+        raise BenchError("onnxruntime is not installed")
+    src = Path(spec.origin).parent
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest / "onnxruntime")
+    patched = 0
+    for lib in sorted((dest / "onnxruntime" / "capi").glob("*.so*")):
+        headers = subprocess.run([objdump, "-h", str(lib)], capture_output=True, text=True,
+                                 check=True).stdout
+        # Section lines: index, name, size, VMA, LMA, file offset, alignment.
+        spans = [(int(m[3], 16), int(m[3], 16) + int(m[2], 16), int(m[5], 16)) for m in
+                 re.finditer(r"^\s*\d+\s+(\S+)\s+([0-9a-f]+)\s+([0-9a-f]+)\s+([0-9a-f]+)"
+                             r"\s+([0-9a-f]+)", headers, re.M)]
+        code = subprocess.run([objdump, "-d", str(lib)], capture_output=True, text=True,
+                              check=True).stdout
+        sites = [int(m[1], 16) for m in
+                 re.finditer(r"^\s*([0-9a-f]+):\s+0f 01 d0\s+xgetbv", code, re.M)]
+        if not sites:
+            continue
+        data = bytearray(lib.read_bytes())
+        for addr in sites:
+            off = next((o + addr - v for v, end, o in spans if v <= addr < end), None)
+            if off is None or data[off:off + 3] != b"\x0f\x01\xd0":
+                raise BenchError(f"cannot map XGETBV at {addr:#x} in {lib} to its file bytes")
+            data[off:off + 3] = b"\xb0\x07\x90"
+        lib.write_bytes(data)
+        patched += len(sites)
+    if patched == 0:
+        raise BenchError(f"no XGETBV instruction found in {src}/capi: cannot cap ONNX "
+                         "Runtime's instruction set")
+    return patched
 
 
 class Runner:
@@ -515,8 +580,24 @@ class Runner:
     def __init__(self, args):
         self.args = args
         self.out = Path(args.output_dir)
-        self.env = worker_env(args.threads)
         self.script = str(Path(__file__).resolve())
+        self.avx2 = args.isa == "avx2"
+        self.capped_ort = None
+        if self.avx2 and not args.training:
+            self.capped_ort = args.output_dir / "ort-avx2"
+            # In a child: the disassembly is ~1 GB of text, and a child's peak RSS starts from
+            # its parent's (Linux keeps the high-water mark across fork and exec), so the
+            # measured processes would inherit it.
+            log = self.out / "logs" / "cap-ort.log"
+            code, _, stdout = run_child([sys.executable, self.script, "cap-ort", "--dest",
+                                         str(self.capped_ort)], log, worker_env(args.threads))
+            if code != 0:
+                raise BenchError(f"capping ONNX Runtime at AVX2 failed (exit {code}); log "
+                                 f"{log}:\n{tail(log)}")
+            args.ort_xgetbv_patched = json.loads(stdout.strip().splitlines()[-1])["patched"]
+            print(f"ONNX Runtime capped at AVX2: {args.ort_xgetbv_patched} XGETBV instructions "
+                  f"patched in a copy under {self.capped_ort}", flush=True)
+        self.env = worker_env(args.threads, self.avx2, self.capped_ort)
         self.mode = "training" if args.training else "inference"
         self.runtimes = ("torch", "bertbench") if args.training else RUNTIMES
         self.rows: list[dict] = []
@@ -600,7 +681,23 @@ class Runner:
             row["peak_rss_mb"] = round(result["self_peak_rss_mb"], 1)
         row["details"] = {k: v for k, v in result.items()
                           if k not in ("samples", "warmup", "baseline_rss_mb")}
+        wrong = self.isa_cap_broken(runtime, row["details"])
+        if wrong:
+            row.update(status="failed", reason=f"{wrong} (log {log})")
         return row
+
+    def isa_cap_broken(self, runtime: str, details: dict) -> str | None:
+        """Under --isa avx2, why a measurement did not run capped (None when it did)."""
+        if not self.avx2:
+            return None
+        if runtime == "bertbench" and details.get("isa") != "avx2":
+            return f"bertbench ran its {details.get('isa')} kernels, not avx2"
+        if runtime == "torch" and details.get("cpu_capability") != "AVX2":
+            return f"PyTorch reports CPU capability {details.get('cpu_capability')}, not AVX2"
+        if runtime == "ort" and not str(details.get("onnxruntime_file", "")).startswith(
+                str(self.capped_ort)):
+            return f"ONNX Runtime loaded from {details.get('onnxruntime_file')}, not the copy"
+        return None
 
     def run(self, models: list[str], shapes_of) -> None:
         """Prepares every model, then the rounds: shape by shape, every runtime, the runtime
@@ -665,7 +762,8 @@ def read_bertbench_result(bench_dir: Path) -> dict:
     timings = m["speed"]["timings"]
     env = dict(data.get("environment", []))
     return {"samples": timings["samples"], "warmup": timings["warmup"],
-            "bertbench_reason": m.get("reason"), "git_commit": env.get("git_commit")}
+            "bertbench_reason": m.get("reason"), "git_commit": env.get("git_commit"),
+            "isa": env.get("isa")}
 
 
 def load_average() -> float | None:
@@ -709,6 +807,52 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_identity() -> str:
+    """What names the CPU beyond its (often generic, in VMs) model name: family and model
+    numbers, the widest vector extension, and the cache sizes of CPU 0 from sysfs."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    parts = []
+    if "cpu family" in fields and "model" in fields:
+        parts.append(f"family {fields['cpu family']} model {fields['model']}")
+    flags = cpu_flags()
+    parts.append("AVX-512" if "avx512f" in flags else "AVX2+FMA" if {"avx2", "fma"} <= flags
+                 else "no AVX2")
+    caches = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind != "Instruction":
+            caches.append(f"L{level}{'d' if kind == 'Data' else ''} {size.replace('K', ' KiB')}")
+    if caches:
+        parts.append(", ".join(caches) + " (CPU 0)")
+    return "; ".join(parts)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def package_version(name: str) -> str:
     """An installed package's version, without importing it."""
     try:
@@ -735,7 +879,7 @@ def environment(args) -> dict:
         mem_gib = float("nan")
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "memory_gib": round(mem_gib, 1),
+        "cpu": cpu_model(), "cpu_identity": cpu_identity(), "logical_cpus": os.cpu_count(), "memory_gib": round(mem_gib, 1),
         "threads": args.threads, "os": platform.platform(),
         "python": platform.python_version(), "torch": package_version("torch"),
         "transformers": package_version("transformers"),
@@ -803,6 +947,28 @@ def summarize(rows: list[dict], runtimes: tuple[str, ...]) -> list[dict]:
     return out
 
 
+def isa_text(args, rows: list[dict], runtimes: tuple[str, ...]) -> str:
+    """Which kernels each runtime ran, as its measurements reported them."""
+    def seen(runtime: str, key: str) -> str:
+        values = sorted({str(r["details"].get(key)) for r in rows
+                         if r["runtime"] == runtime and r["status"] == "ok"})
+        return "/".join(values) or "not measured"
+    parts = [f"bertbench `{seen('bertbench', 'isa')}` kernels",
+             f"PyTorch CPU capability {seen('torch', 'cpu_capability')}"]
+    if "ort" in runtimes:
+        if getattr(args, "ort_xgetbv_patched", None):
+            parts.append("ONNX Runtime from a copy of its libraries whose "
+                         f"{args.ort_xgetbv_patched} XGETBV instructions report no AVX-512 "
+                         "register state (it has no switch; MLAS then runs its FMA3 kernels)")
+        else:
+            parts.append("ONNX Runtime's own choice (MLAS's best kernels for this CPU)")
+    if args.isa == "avx2":
+        return ("capped at AVX2+FMA for every runtime (`--isa avx2`; PyTorch through "
+                + ", ".join(f"{k}={v}" for k, v in TORCH_AVX2_ENV.items()) + "): "
+                + "; ".join(parts))
+    return "; ".join(parts)
+
+
 def render_summary(args, env: dict, prepared: dict, rows: list[dict], mode: str,
                    runtimes: tuple[str, ...]) -> str:
     """summary.md: the machine, versions and method, then one Markdown table."""
@@ -810,7 +976,8 @@ def render_summary(args, env: dict, prepared: dict, rows: list[dict], mode: str,
     training = mode == "training"
     lines = [f"# bertbench vs {'PyTorch' if training else 'PyTorch and ONNX Runtime'}: "
              f"{mode}, fp32, CPU", ""]
-    lines.append(f"- Machine: {env['cpu']}, {env['logical_cpus']} logical CPUs, "
+    lines.append(f"- Machine: {env['cpu']} ({env.get('cpu_identity', '')}), "
+                 f"{env['logical_cpus']} logical CPUs, "
                  f"{env['memory_gib']} GiB; {env['threads']} threads for every runtime")
     lines.append(f"- Date: {env['date_utc']}")
     # The commit each bertbench measurement reported (more than one if the binary was rebuilt
@@ -836,6 +1003,7 @@ def render_summary(args, env: dict, prepared: dict, rows: list[dict], mode: str,
                      f"`{args.torch_attn}`{f' ({attn_text})' if attn_text else ''}; "
                      "ONNX Runtime: TorchScript export (opset 17), CPU EP, ORT_ENABLE_ALL, "
                      "inter-op threads 1; bertbench: `bench --load-weights` of the same weights")
+    lines.append(f"- Instruction set: {isa_text(args, rows, runtimes)}")
     lines.append(f"- Timing (every runtime): warm-up until two runs agree within 5% (at most "
                  f"{args.max_warmup_runs} runs, 10 s), then at least {args.repeat} runs and "
                  f"{args.min_time:g} s (at most {args.max_runs} runs, {args.max_time:g} s); "
@@ -969,6 +1137,13 @@ def main_parser() -> argparse.ArgumentParser:
                    help="time a training step (forward, QA loss, backward, AdamW) against "
                         "PyTorch instead of inference")
     add_timing_args(p)
+    p.add_argument("--isa", choices=("avx2",),
+                   help="hold every runtime to AVX2+FMA on a CPU with AVX-512, to measure the "
+                        "tier AVX2-only CPUs get: bertbench --isa avx2; PyTorch through "
+                        + ", ".join(f"{k}={v}" for k, v in TORCH_AVX2_ENV.items())
+                        + "; ONNX Runtime, which has no switch, from a copy whose XGETBV "
+                        "instructions report no AVX-512 register state (needs objdump). "
+                        "Default: each runtime's best for the CPU")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest allowed max abs difference of logits between runtimes "
                         "(default 1e-4)")
@@ -1015,11 +1190,14 @@ def worker_parser() -> argparse.ArgumentParser:
     q.add_argument("--torch-attn", default="default")
     q.add_argument("--work-dir", required=True)
     q.set_defaults(func=cmd_prepare)
+    c = sub.add_parser("cap-ort", help="copy onnxruntime capped at AVX2; prints JSON")
+    c.add_argument("--dest", type=Path, required=True)
+    c.set_defaults(func=lambda a: print(json.dumps({"patched": cap_ort(a.dest)})))
     return p
 
 
-OWN_OUTPUTS = ("bin", "models", "onnx", "agreement", "bertbench", "logs", "results.csv",
-               "results.json", "summary.md")
+OWN_OUTPUTS = ("bin", "models", "onnx", "agreement", "bertbench", "logs", "ort-avx2",
+               "results.csv", "results.json", "summary.md")
 
 
 def prepare_output_dir(args) -> None:
@@ -1045,6 +1223,8 @@ def check_args(args) -> None:
     for name in ("threads", "rounds", "repeat", "max_runs", "max_warmup_runs"):
         if getattr(args, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.isa == "avx2" and not {"avx2", "fma"} <= cpu_flags():
+        raise BenchError("--isa avx2: this CPU lacks AVX2 or FMA")
     if args.min_time < 0 or args.max_time < 0:
         raise BenchError("--min-time and --max-time must not be negative")
     if not args.models:
@@ -1093,10 +1273,12 @@ def check_shapes(models: list[str], shapes_of) -> None:
 
 
 def delete_weights(out: Path) -> None:
-    """Removes the saved weights, ONNX files and the binary's copy (configs stay)."""
+    """Removes the saved weights, ONNX files and the binary's and ONNX Runtime's copies
+    (configs stay)."""
     for pattern in ("models/*/*.safetensors", "onnx/*/*", "bin/bertbench"):
         for path in out.glob(pattern):
             path.unlink()
+    shutil.rmtree(out / "ort-avx2", ignore_errors=True)
 
 
 def main_command(argv: list[str]) -> int:
@@ -1136,7 +1318,7 @@ def main_command(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     """Dispatches to the main command or to an internal one."""
     try:
-        if argv[:1] and argv[0] in ("measure", "prepare"):
+        if argv[:1] and argv[0] in ("measure", "prepare", "cap-ort"):
             args = worker_parser().parse_args(argv)
             args.func(args)
             return 0
