@@ -42,19 +42,26 @@ pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: &[f32]) {
 #[inline(always)]
 pub(crate) fn softmax_row_unnormalized(row: &mut [f32], scale: f32, mask: &[f32]) -> f32 {
     assert_eq!(row.len(), mask.len());
+    // The running maxima are a compare and select, not `f32::max`: its NaN rule (the other
+    // operand wins) has no single vector instruction, and it kept this loop scalar (a
+    // `vcmpunordss` and a blend per value; `perf annotate` put 40% of the softmax's time
+    // here). `v > top ? v : top` is one `vmaxps`; a NaN score is passed over the same way.
     let mut top = [f32::NEG_INFINITY; 8];
     let mut chunks = row.chunks_exact_mut(8);
     for (c, m) in (&mut chunks).zip(mask.chunks_exact(8)) {
+        // Whole arrays, so the multiply-adds are one vector instruction too.
+        let (c, m): (&mut [f32; 8], &[f32; 8]) = (c.try_into().unwrap(), m.try_into().unwrap());
+        let v: [f32; 8] = std::array::from_fn(|i| c[i].mul_add(scale, m[i]));
+        *c = v;
         for i in 0..8 {
-            c[i] = c[i].mul_add(scale, m[i]);
-            top[i] = top[i].max(c[i]);
+            top[i] = if v[i] > top[i] { v[i] } else { top[i] };
         }
     }
     let done = row.len() / 8 * 8;
     let mut tail_top = f32::NEG_INFINITY;
     for (v, m) in row[done..].iter_mut().zip(&mask[done..]) {
         *v = v.mul_add(scale, *m);
-        tail_top = tail_top.max(*v);
+        tail_top = if *v > tail_top { *v } else { tail_top };
     }
     let top = top.iter().fold(tail_top, |a, b| a.max(*b));
     let mut acc = [0f32; 8];
