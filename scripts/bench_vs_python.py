@@ -531,8 +531,9 @@ def cap_ort(dest: Path) -> int:
     its libraries replaced by `mov al, 7; nop`: the process then reads the OS's enabled
     register state as x87+SSE+AVX and no AVX-512 (opmask, ZMM) state, so MLAS and ORT's CPU
     feature checks take their AVX2/FMA3 kernels. ONNX Runtime has no switch for this. Only the
-    low byte of the register is set: the upper bits it leaves are the AVX-512/AMX state bits'
-    neighbours, which every check masks off or pairs with a CPUID bit this CPU lacks. The
+    low byte (bits 0-7, which hold the x87/SSE/AVX and all three AVX-512 state bits) is set:
+    the bits above it keep whatever the register held, and those are AMX's and later
+    extensions' state, which no fp32 kernel depends on. The
     instructions are found with objdump's disassembly (not by searching bytes, which could hit
     the middle of another instruction). Returns how many were patched; refuses zero."""
     objdump = shutil.which("objdump")
@@ -795,21 +796,9 @@ def write_results_csv(path: Path, rows: list[dict]) -> None:
                         "samples_s": " ".join(f"{s:.9g}" for s in r.get("samples", []))})
 
 
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_identity() -> str:
-    """What names the CPU beyond its (often generic, in VMs) model name: family and model
-    numbers, the widest vector extension, and the cache sizes of CPU 0 from sysfs."""
+def cpuinfo() -> dict[str, str]:
+    """The first processor's `key: value` fields of /proc/cpuinfo (empty where there is
+    none): the one reader of it here."""
     fields = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -820,6 +809,23 @@ def cpu_identity() -> str:
                 fields[key.strip()] = value.strip()
     except OSError:
         pass
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU model name."""
+    return cpuinfo().get("model name") or platform.processor() or "unknown"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo has none)."""
+    return set(cpuinfo().get("flags", "").split())
+
+
+def cpu_identity() -> str:
+    """What names the CPU beyond its (often generic, in VMs) model name: family and model
+    numbers, the widest vector extension, and the cache sizes of CPU 0 from sysfs."""
+    fields = cpuinfo()
     parts = []
     if "cpu family" in fields and "model" in fields:
         parts.append(f"family {fields['cpu family']} model {fields['model']}")
@@ -839,18 +845,6 @@ def cpu_identity() -> str:
     if caches:
         parts.append(", ".join(caches) + " (CPU 0)")
     return "; ".join(parts)
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def package_version(name: str) -> str:
@@ -879,7 +873,8 @@ def environment(args) -> dict:
         mem_gib = float("nan")
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_model(), "cpu_identity": cpu_identity(), "logical_cpus": os.cpu_count(), "memory_gib": round(mem_gib, 1),
+        "cpu": cpu_model(), "cpu_identity": cpu_identity(), "logical_cpus": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
         "threads": args.threads, "os": platform.platform(),
         "python": platform.python_version(), "torch": package_version("torch"),
         "transformers": package_version("transformers"),
@@ -1224,7 +1219,7 @@ def check_args(args) -> None:
         if getattr(args, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
     if args.isa == "avx2" and not {"avx2", "fma"} <= cpu_flags():
-        raise BenchError("--isa avx2: this CPU lacks AVX2 or FMA")
+        raise BenchError("--isa avx2: /proc/cpuinfo lists no AVX2 and FMA on this CPU")
     if args.min_time < 0 or args.max_time < 0:
         raise BenchError("--min-time and --max-time must not be negative")
     if not args.models:
