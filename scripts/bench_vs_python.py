@@ -533,9 +533,8 @@ def cap_ort(dest: Path) -> int:
     feature checks take their AVX2/FMA3 kernels. ONNX Runtime has no switch for this. Only the
     low byte (bits 0-7, which hold the x87/SSE/AVX and all three AVX-512 state bits) is set:
     the bits above it keep whatever the register held, and those are AMX's and later
-    extensions' state, which no fp32 kernel depends on. The
-    instructions are found with objdump's disassembly (not by searching bytes, which could hit
-    the middle of another instruction). Returns how many were patched; refuses zero."""
+    extensions' state, which no fp32 kernel depends on (see `patch_xgetbv`). Returns how many
+    were patched; refuses zero."""
     objdump = shutil.which("objdump")
     if objdump is None:
         raise BenchError("--isa avx2 needs objdump (Debian/Ubuntu: apt install binutils) to "
@@ -547,32 +546,55 @@ def cap_ort(dest: Path) -> int:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest / "onnxruntime")
-    patched = 0
-    for lib in sorted((dest / "onnxruntime" / "capi").glob("*.so*")):
-        headers = subprocess.run([objdump, "-h", str(lib)], capture_output=True, text=True,
-                                 check=True).stdout
-        # Section lines: index, name, size, VMA, LMA, file offset, alignment.
-        spans = [(int(m[3], 16), int(m[3], 16) + int(m[2], 16), int(m[5], 16)) for m in
-                 re.finditer(r"^\s*\d+\s+(\S+)\s+([0-9a-f]+)\s+([0-9a-f]+)\s+([0-9a-f]+)"
-                             r"\s+([0-9a-f]+)", headers, re.M)]
-        code = subprocess.run([objdump, "-d", str(lib)], capture_output=True, text=True,
-                              check=True).stdout
-        sites = [int(m[1], 16) for m in
-                 re.finditer(r"^\s*([0-9a-f]+):\s+0f 01 d0\s+xgetbv", code, re.M)]
-        if not sites:
-            continue
-        data = bytearray(lib.read_bytes())
-        for addr in sites:
-            off = next((o + addr - v for v, end, o in spans if v <= addr < end), None)
-            if off is None or data[off:off + 3] != b"\x0f\x01\xd0":
-                raise BenchError(f"cannot map XGETBV at {addr:#x} in {lib} to its file bytes")
-            data[off:off + 3] = b"\xb0\x07\x90"
-        lib.write_bytes(data)
-        patched += len(sites)
+    patched = sum(patch_xgetbv(lib, objdump)
+                  for lib in sorted((dest / "onnxruntime" / "capi").glob("*.so*")))
     if patched == 0:
         raise BenchError(f"no XGETBV instruction found in {src}/capi: cannot cap ONNX "
                          "Runtime's instruction set")
     return patched
+
+
+def patch_xgetbv(lib: Path, objdump: str) -> int:
+    """Replaces, in place, every XGETBV instruction (`0f 01 d0`) of the shared library `lib`
+    with `mov al, 7; nop` (`b0 07 90`, the same length). The instructions are those objdump's
+    disassembly lists, mapped to file offsets through the section headers, so three bytes that
+    happen to spell XGETBV inside another instruction are left alone. Returns how many were
+    patched (the file is not rewritten when there are none)."""
+    headers = subprocess.run([objdump, "-h", str(lib)], capture_output=True, text=True,
+                             check=True).stdout
+    # Section lines: index, name, size, VMA, LMA, file offset, alignment.
+    spans = [(int(m[3], 16), int(m[3], 16) + int(m[2], 16), int(m[5], 16)) for m in
+             re.finditer(r"^\s*\d+\s+(\S+)\s+([0-9a-f]+)\s+([0-9a-f]+)\s+([0-9a-f]+)"
+                         r"\s+([0-9a-f]+)", headers, re.M)]
+    code = subprocess.run([objdump, "-d", str(lib)], capture_output=True, text=True,
+                          check=True).stdout
+    sites = [int(m[1], 16) for m in
+             re.finditer(r"^\s*([0-9a-f]+):\s+0f 01 d0\s+xgetbv", code, re.M)]
+    if not sites:
+        return 0
+    data = bytearray(lib.read_bytes())
+    for addr in sites:
+        off = next((o + addr - v for v, end, o in spans if v <= addr < end), None)
+        if off is None or data[off:off + 3] != b"\x0f\x01\xd0":
+            raise BenchError(f"cannot map XGETBV at {addr:#x} in {lib} to its file bytes")
+        data[off:off + 3] = b"\xb0\x07\x90"
+    lib.write_bytes(data)
+    return len(sites)
+
+
+def isa_cap_broken(runtime: str, details: dict, capped_ort: Path | None) -> str | None:
+    """Under --isa avx2, why a measurement did not run capped (None when it did), from what
+    the measuring process reported: bertbench's kernel tier, PyTorch's CPU capability, and the
+    file ONNX Runtime was imported from (which must be under `capped_ort`, the patched copy)."""
+    if runtime == "bertbench" and details.get("isa") != "avx2":
+        return f"bertbench ran its {details.get('isa')} kernels, not avx2"
+    if runtime == "torch" and details.get("cpu_capability") != "AVX2":
+        return f"PyTorch reports CPU capability {details.get('cpu_capability')}, not AVX2"
+    if runtime == "ort":
+        loaded = details.get("onnxruntime_file")
+        if capped_ort is None or loaded is None or not Path(loaded).is_relative_to(capped_ort):
+            return f"ONNX Runtime loaded from {loaded}, not the copy"
+    return None
 
 
 class Runner:
@@ -682,23 +704,10 @@ class Runner:
             row["peak_rss_mb"] = round(result["self_peak_rss_mb"], 1)
         row["details"] = {k: v for k, v in result.items()
                           if k not in ("samples", "warmup", "baseline_rss_mb")}
-        wrong = self.isa_cap_broken(runtime, row["details"])
+        wrong = isa_cap_broken(runtime, row["details"], self.capped_ort) if self.avx2 else None
         if wrong:
             row.update(status="failed", reason=f"{wrong} (log {log})")
         return row
-
-    def isa_cap_broken(self, runtime: str, details: dict) -> str | None:
-        """Under --isa avx2, why a measurement did not run capped (None when it did)."""
-        if not self.avx2:
-            return None
-        if runtime == "bertbench" and details.get("isa") != "avx2":
-            return f"bertbench ran its {details.get('isa')} kernels, not avx2"
-        if runtime == "torch" and details.get("cpu_capability") != "AVX2":
-            return f"PyTorch reports CPU capability {details.get('cpu_capability')}, not AVX2"
-        if runtime == "ort" and not str(details.get("onnxruntime_file", "")).startswith(
-                str(self.capped_ort)):
-            return f"ONNX Runtime loaded from {details.get('onnxruntime_file')}, not the copy"
-        return None
 
     def run(self, models: list[str], shapes_of) -> None:
         """Prepares every model, then the rounds: shape by shape, every runtime, the runtime
