@@ -199,6 +199,10 @@ fn shards_merge_into_the_whole_grid_and_refuse_what_does_not_belong() {
     assert!(stderr.contains("--shard 2/3"), "{stderr}");
     let (code, _, stderr) = run(&mut bench(s2, &["--resume"]));
     assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("of a grid of 8 cells; resume it with the same grid and --shard 2/3\n"),
+        "{stderr}"
+    );
     let (code, _, stderr) = run(&mut bench(&whole, &["--shard", "1/3", "--resume"]));
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("unsharded"), "{stderr}");

@@ -174,7 +174,8 @@ impl BenchConfig {
         }
         if let (Some(shard), Some(_)) = (self.shard, self.find_max_batch) {
             return Err(input(format!(
-                "--shard {shard} splits the grid's cells; --find-max-batch searches outside the                  grid: run the search on its own"
+                "--shard {shard} splits the grid's cells; --find-max-batch searches outside the \
+                 grid: run the search on its own"
             )));
         }
         let t = &self.settings.timing;
@@ -245,7 +246,8 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
             }
             (Some(old), _) => {
                 return Err(input(format!(
-                    "{dir} holds shard {}/{} of a grid of {} cells; resume it with the same grid                      and --shard {}/{}",
+                    "{dir} holds shard {}/{} of a grid of {} cells; resume it with the same grid \
+                     and --shard {}/{}",
                     old.index,
                     old.count,
                     old.grid.len(),
@@ -395,5 +397,12 @@ mod tests {
         assert!(cfg.validate().is_err());
         cfg.settings.device = "cpu".into();
         cfg.validate().unwrap();
+        cfg.shard = Some(Shard::new(1, 2).unwrap());
+        cfg.find_max_batch = Some(64);
+        assert_eq!(
+            cfg.validate().unwrap_err().to_string(),
+            "--shard 1/2 splits the grid's cells; --find-max-batch searches outside the grid: \
+             run the search on its own"
+        );
     }
 }
