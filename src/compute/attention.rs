@@ -105,13 +105,13 @@ pub fn attention(
                 };
             }
             let inv = &mut slot.inverse_sums;
-            dispatch!({
+            dispatch!(M => {
                 for (row, inv) in slot
                     .scores
                     .chunks_exact_mut(score_stride)
                     .zip(inv.iter_mut())
                 {
-                    *inv = softmax_row_unnormalized(&mut row[..seq], scale, key_mask);
+                    *inv = softmax_row_unnormalized::<M>(&mut row[..seq], scale, key_mask);
                 }
             });
             if !portable {
@@ -218,9 +218,9 @@ pub fn attention_train_forward(
                 Parallelism::None,
             );
             let key_mask = &mask[bi * seq..(bi + 1) * seq];
-            dispatch!({
+            dispatch!(M => {
                 for row in p.chunks_exact_mut(seq) {
-                    softmax_row(row, scale, key_mask);
+                    softmax_row::<M>(row, scale, key_mask);
                 }
             });
             let c_view = MatMut::new(c, seq, d, d);

@@ -8,10 +8,15 @@ use std::sync::OnceLock;
 /// compiled twice, chosen per call (the check is a cached load). The body's closure must be
 /// inlined into the target-feature function: compiled on its own it has no FMA, and every
 /// `mul_add` in it becomes a call to the software `fmaf` (measured: a SqueezeBERT forward at
-/// 384 tokens three times slower), hence `#[inline(always)]`. On a CPU without FMA the plain
-/// body runs, and `mul_add` is that software call: slow, but exact.
+/// 384 tokens three times slower), hence `#[inline(always)]`.
+///
+/// `dispatch!(M => body)` also names, as the type `M`, how the body computes `a * b + c`
+/// ([`MulAdd`]): [`Fused`] in the AVX2+FMA build, [`Plain`] in the other. A body that calls
+/// `M::mul_add` rather than `f32::mul_add` thus gets one instruction where the CPU has one and
+/// a multiply and an add where it has none, never a call per element that keeps the loop from
+/// vectorising.
 macro_rules! dispatch {
-    ($body:expr) => {{
+    ($m:ident => $body:expr) => {{
         #[cfg(target_arch = "x86_64")]
         {
             /// Runs `f` compiled with AVX2 and FMA enabled.
@@ -23,6 +28,8 @@ macro_rules! dispatch {
                 f()
             }
             if $crate::compute::isa::Isa::current().has_avx2() {
+                #[allow(dead_code)]
+                type $m = $crate::compute::isa::Fused;
                 // SAFETY: `has_avx2` is true only for tiers this CPU was detected to run,
                 // and both need AVX2 and FMA (see `Isa::detect_all`).
                 unsafe {
@@ -32,15 +39,61 @@ macro_rules! dispatch {
                     )
                 }
             } else {
+                #[allow(dead_code)]
+                type $m = $crate::compute::isa::Plain;
                 $body
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
+            #[allow(dead_code)]
+            type $m = $crate::compute::isa::Plain;
             $body
         }
     }};
+    ($body:expr) => {
+        dispatch!(_Unused => $body)
+    };
 }
+
+/// How an element-wise body computes `a * b + c`, chosen by [`dispatch!`] for the build it
+/// runs in (a type, so the choice is made when the body is compiled, not per element).
+pub trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// One fused multiply-add, rounded once: a single instruction where the code is compiled with
+/// FMA (the AVX2+FMA build; every ARMv8 core).
+pub enum Fused {}
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// A multiply, then an add, rounded twice (within an ulp or so of [`Fused`]; the tests hold
+/// both forms to the same error bounds).
+pub enum Unfused {}
+
+impl MulAdd for Unfused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// The form of the build without target features: fused where the target's baseline has the
+/// instruction (aarch64; x86-64 built with `-C target-feature=+fma`), else unfused. On an
+/// x86-64 CPU without FMA (the `portable` tier there) `f32::mul_add` is a call to the software
+/// `fmaf`, correctly rounded but a call per element: it took half of a SqueezeBERT forward's
+/// time under `--isa portable` (perf, Zen 5, 2 threads) and kept GELU from vectorising.
+#[cfg(any(target_arch = "aarch64", target_feature = "fma"))]
+pub type Plain = Fused;
+/// See the other definition.
+#[cfg(not(any(target_arch = "aarch64", target_feature = "fma")))]
+pub type Plain = Unfused;
 
 /// The instruction sets the kernels are written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

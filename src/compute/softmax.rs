@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::isa::MulAdd;
 use super::math::exp_nonpositive;
 use super::PAR_MIN_ELEMS;
 
@@ -26,10 +27,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Softmax of one row of attention scores: `softmax(scores * scale + mask)`, in place.
+/// Softmax of one row of attention scores: `softmax(scores * scale + mask)`, in place. `M`:
+/// how `a * b + c` is computed ([`MulAdd`], chosen by `dispatch!`).
 #[inline(always)]
-pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: &[f32]) {
-    let inv = softmax_row_unnormalized(row, scale, mask);
+pub(crate) fn softmax_row<M: MulAdd>(row: &mut [f32], scale: f32, mask: &[f32]) {
+    let inv = softmax_row_unnormalized::<M>(row, scale, mask);
     for v in row.iter_mut() {
         *v *= inv;
     }
@@ -40,7 +42,11 @@ pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: &[f32]) {
 /// (`head_dim` values, not `seq`). Two passes: scale, mask and maximum; then exponential and
 /// sum (eight partial results each, so they vectorise).
 #[inline(always)]
-pub(crate) fn softmax_row_unnormalized(row: &mut [f32], scale: f32, mask: &[f32]) -> f32 {
+pub(crate) fn softmax_row_unnormalized<M: MulAdd>(
+    row: &mut [f32],
+    scale: f32,
+    mask: &[f32],
+) -> f32 {
     assert_eq!(row.len(), mask.len());
     // The running maxima are a compare and select, not `f32::max`: its NaN rule (the other
     // operand wins) has no single vector instruction, and it kept this loop scalar (a
@@ -51,7 +57,7 @@ pub(crate) fn softmax_row_unnormalized(row: &mut [f32], scale: f32, mask: &[f32]
     for (c, m) in (&mut chunks).zip(mask.chunks_exact(8)) {
         // Whole arrays, so the multiply-adds are one vector instruction too.
         let (c, m): (&mut [f32; 8], &[f32; 8]) = (c.try_into().unwrap(), m.try_into().unwrap());
-        let v: [f32; 8] = std::array::from_fn(|i| c[i].mul_add(scale, m[i]));
+        let v: [f32; 8] = std::array::from_fn(|i| M::mul_add(c[i], scale, m[i]));
         *c = v;
         for i in 0..8 {
             top[i] = if v[i] > top[i] { v[i] } else { top[i] };
@@ -60,7 +66,7 @@ pub(crate) fn softmax_row_unnormalized(row: &mut [f32], scale: f32, mask: &[f32]
     let done = row.len() / 8 * 8;
     let mut tail_top = f32::NEG_INFINITY;
     for (v, m) in row[done..].iter_mut().zip(&mask[done..]) {
-        *v = v.mul_add(scale, *m);
+        *v = M::mul_add(*v, scale, *m);
         tail_top = if *v > tail_top { *v } else { tail_top };
     }
     let top = top.iter().fold(tail_top, |a, b| a.max(*b));
@@ -68,13 +74,13 @@ pub(crate) fn softmax_row_unnormalized(row: &mut [f32], scale: f32, mask: &[f32]
     let mut chunks = row.chunks_exact_mut(8);
     for c in &mut chunks {
         for i in 0..8 {
-            c[i] = exp_nonpositive(c[i] - top);
+            c[i] = exp_nonpositive::<M>(c[i] - top);
             acc[i] += c[i];
         }
     }
     let mut tail = 0.0;
     for v in chunks.into_remainder() {
-        *v = exp_nonpositive(*v - top);
+        *v = exp_nonpositive::<M>(*v - top);
         tail += *v;
     }
     1.0 / (acc.iter().sum::<f32>() + tail)
@@ -106,6 +112,7 @@ pub fn softmax_backward(y: &[f32], dy: &mut [f32], cols: usize, scale: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::isa::{Fused, Unfused};
     use crate::compute::testing::random;
 
     fn reference(x: &[f32], scale: f32, mask: &[f32]) -> Vec<f64> {
@@ -120,8 +127,7 @@ mod tests {
         e.iter().map(|v| v / total).collect()
     }
 
-    #[test]
-    fn softmax_rows_match_a_reference_and_masked_keys_get_exactly_zero() {
+    fn rows_match_the_reference<M: MulAdd>(form: &str) {
         // Lengths around the eight-lane chunks, masked keys inside and at the end.
         for n in [1, 7, 8, 9, 23, 64] {
             let x = random(n, n as u64);
@@ -132,17 +138,28 @@ mod tests {
             mask[0] = 0.0; // at least one real key
             let want = reference(&x, 0.25, &mask);
             let mut row = x.clone();
-            softmax_row(&mut row, 0.25, &mask);
+            softmax_row::<M>(&mut row, 0.25, &mask);
             let mut unnormalized = x.clone();
-            let inv = softmax_row_unnormalized(&mut unnormalized, 0.25, &mask);
+            let inv = softmax_row_unnormalized::<M>(&mut unnormalized, 0.25, &mask);
             for i in 0..n {
-                assert!((row[i] as f64 - want[i]).abs() < 1e-6, "n {n} key {i}");
+                assert!(
+                    (row[i] as f64 - want[i]).abs() < 1e-6,
+                    "{form}: n {n} key {i}"
+                );
                 assert!((unnormalized[i] * inv - row[i]).abs() < 1e-6);
                 if mask[i] == f32::MIN {
-                    assert_eq!(row[i], 0.0, "masked key {i} of {n}");
+                    assert_eq!(row[i], 0.0, "{form}: masked key {i} of {n}");
                 }
             }
         }
+    }
+
+    /// Both builds' forms (`dispatch!` runs the fused one with AVX2+FMA, the unfused one on an
+    /// x86 CPU without FMA).
+    #[test]
+    fn softmax_rows_match_a_reference_and_masked_keys_get_exactly_zero() {
+        rows_match_the_reference::<Fused>("fused");
+        rows_match_the_reference::<Unfused>("unfused");
     }
 
     #[test]
@@ -152,7 +169,7 @@ mod tests {
         let dy = random(rows * cols, 2);
         let mut y = x.clone();
         for row in y.chunks_exact_mut(cols) {
-            softmax_row(row, 1.0, &vec![0.0; cols]);
+            softmax_row::<Fused>(row, 1.0, &vec![0.0; cols]);
         }
         let mut dx = dy.clone();
         softmax_backward(&y, &mut dx, cols, scale);
