@@ -26,6 +26,9 @@ pub struct CacheSizes {
 impl CacheSizes {
     /// What is assumed where nothing can be read: 32 KiB L1d and 512 KiB L2 (AMD Zen 2/3,
     /// Intel client cores have 1.25-2 MiB; taking the smaller errs towards blocks that fit).
+    /// Erring small is cheap: on a Zen 5 with 1 MiB of L2, the blocks this size gives ran the
+    /// BERT-base products within that VM's run-to-run spread of the blocks its own L2 gives
+    /// (docs/performance.md, "Blocks sized for a 512 KiB L2").
     pub const ASSUMED: Self = Self {
         l1d: 32 << 10,
         l2: 512 << 10,
