@@ -358,6 +358,21 @@ fn bad_arguments_are_explained() {
     }
 }
 
+/// On the portable tier the encoder multiplies on candle's matmul, so `peak` times that one
+/// only (the packed product's plain-Rust tile runs no encoder product there).
+#[test]
+fn peak_on_the_portable_tier_times_the_product_it_multiplies_with() {
+    let (code, stdout, stderr) =
+        run(bin().args(["peak", "--isa", "portable", "--threads", "1", "--json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["isa"], "portable");
+    let shapes = json["shapes"].as_array().unwrap();
+    assert_eq!(shapes.len(), 3, "{stdout}");
+    assert!(shapes.iter().all(|s| s["kernel"] == "candle"), "{stdout}");
+    assert!(json["peak_gflops"].as_f64().unwrap() > 0.0);
+}
+
 /// `--threads 1 2`: every cell at each count, in its own child process with that many
 /// threads, a `threads` column in Hugging Face's files and the tidy one, and the summary's;
 /// in-process runs and commands other than bench refuse several counts.
