@@ -64,7 +64,8 @@ pub enum IsaChoice {
     Avx512,
     /// AVX2+FMA register kernels (x86-64): what most x86 machines run.
     Avx2,
-    /// Plain Rust kernels, for any CPU (Arm, old x86).
+    /// The `gemm` crate's products (its own NEON/AVX/SSE kernels) and compiler-vectorised
+    /// element-wise passes, for any CPU (Arm, old x86).
     Portable,
 }
 
