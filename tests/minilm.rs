@@ -3,14 +3,14 @@
 
 mod common;
 
-use bertbench::models::{self, ForwardCtx, TokenInputs};
+use bertbench::models::{self, ForwardCtx};
 use candle_core::{DType, Device};
 use common::*;
 
 #[test]
 fn minilm_hidden_states_match_transformers() {
     let dir = minilm_dir();
-    let reference = read_json(&shared().join("fixtures/minilm_reference.json"));
+    let (reference, inputs) = minilm_reference();
     let (model, report) = models::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
     // A base checkpoint: the QA head is new, the pooler and position_ids are not used.
     assert_eq!(
@@ -22,12 +22,6 @@ fn minilm_hidden_states_match_transformers() {
         "{:?}",
         report.unused
     );
-    let inputs: TokenInputs = serde_json::from_value(serde_json::json!({
-        "input_ids": reference["input_ids"],
-        "attention_mask": reference["attention_mask"],
-        "token_type_ids": reference["token_type_ids"],
-    }))
-    .unwrap();
     inputs
         .validate(model.config(), "minilm_reference.json")
         .unwrap();

@@ -46,6 +46,23 @@ fn portable_tier_matches_transformers() {
     }
 }
 
+/// Real weights at the tier's full path (encoder on the `gemm` crate, GELU and the softmax in
+/// the plain build, which multiplies and adds unfused on x86 without FMA): all-MiniLM-L6-v2's
+/// hidden states against transformers', as tests/minilm.rs checks them on the best tier
+/// (the largest difference on a Zen 5: 1.2e-5).
+#[test]
+fn portable_tier_matches_transformers_on_real_minilm_weights() {
+    portable();
+    let (reference, inputs) = minilm_reference();
+    let (mut model, _) = models::load_dir(&minilm_dir(), DType::F32, &Device::Cpu).unwrap();
+    model.prepare_for_inference();
+    let batch = inputs.to_batch(&Device::Cpu).unwrap();
+    let out = model.forward(&batch, &mut ForwardCtx::inference()).unwrap();
+    let got = to_f64(&out.last_hidden_state);
+    let diff = max_abs_diff(&got, &flatten(&reference["last_hidden_state"]));
+    assert!(diff <= 1e-4, "max abs diff {diff:e}");
+}
+
 /// As tests/eval.rs checks on the best tier: a window's logits, bit for bit, whatever the
 /// batch size.
 #[test]

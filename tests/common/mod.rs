@@ -99,6 +99,18 @@ fn fetch_minilm() -> PathBuf {
     dir
 }
 
+/// transformers' reference for MiniLM (`fixtures/minilm_reference.json`) and its inputs.
+pub fn minilm_reference() -> (serde_json::Value, bertbench::models::TokenInputs) {
+    let reference = read_json(&shared().join("fixtures/minilm_reference.json"));
+    let inputs = serde_json::from_value(serde_json::json!({
+        "input_ids": reference["input_ids"],
+        "attention_mask": reference["attention_mask"],
+        "token_type_ids": reference["token_type_ids"],
+    }))
+    .unwrap();
+    (reference, inputs)
+}
+
 /// Runs the binary and returns (exit code, stdout, stderr).
 pub fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
     let out = cmd.output().expect("running bertbench");
