@@ -46,9 +46,9 @@ pub fn measure_peak(
     policy: &TimingPolicy,
 ) -> Result<Vec<PeakShape>> {
     // Not on the portable tier: its forward multiplies on candle's matmul (the `gemm` crate;
-    // see `QaModel::prepare_for_inference`), and the packed product's plain-Rust tile, which
-    // it would time instead, runs no encoder product there (~14 GFLOP/s on a Zen 5).
-    let packed = device.is_cpu() && dtype == DType::F32 && Isa::current() != Isa::Portable;
+    // `Isa::packs_weights`), and the packed product's plain-Rust tile, which it would time
+    // instead, runs no encoder product there (~14 GFLOP/s on a Zen 5).
+    let packed = device.is_cpu() && dtype == DType::F32 && Isa::current().packs_weights();
     let threads = rayon::current_num_threads();
     let mut shapes = Vec::new();
     for &(m, k, n) in &SHAPES {
@@ -134,10 +134,10 @@ mod tests {
             ..TimingPolicy::default()
         };
         let shapes = measure_peak(&Device::Cpu, DType::F32, &policy).unwrap();
-        let kernels: &[&str] = if Isa::current() == Isa::Portable {
-            &["candle"]
-        } else {
+        let kernels: &[&str] = if Isa::current().packs_weights() {
             &["candle", "packed"]
+        } else {
+            &["candle"]
         };
         assert_eq!(shapes.len(), kernels.len() * SHAPES.len());
         for &kernel in kernels {

@@ -74,10 +74,10 @@ pub fn attention(
     });
     // The scores are the left operand of `p v`: rows padded as the product prefers.
     let score_stride = packed::activation_stride(seq);
-    // The portable tier multiplies on the `gemm` crate (see `QaModel::prepare_for_inference`);
-    // the others on the packed product, each head's keys and values packed per task. Either
-    // way a head's products have the shape of its sequence alone, whatever the batch.
-    let portable = Isa::current() == Isa::Portable;
+    // The portable tier multiplies on the `gemm` crate (`Isa::packs_weights`); the others on
+    // the packed product, each head's keys and values packed per task. Either way a head's
+    // products have the shape of its sequence alone, whatever the batch.
+    let portable = !Isa::current().packs_weights();
     let run = |(index, slot): (usize, &mut Slot)| {
         slot.scores.resize(seq * score_stride, 0.0);
         slot.inverse_sums.resize(seq, 0.0);

@@ -178,6 +178,16 @@ impl Isa {
         matches!(self, Self::Avx512 | Self::Avx2)
     }
 
+    /// Whether inference multiplies on the packed product ([`super::packed`], this tier's
+    /// register kernel). The portable tier does not: its encoder keeps the weights as loaded
+    /// and multiplies on the `gemm` crate (NEON, AVX and scalar kernels, maintained and tested
+    /// upstream), whose kernels beat the packed product's plain-Rust tile, which exists to check
+    /// the register kernels. The one place this choice is made: the model's packing, the
+    /// attention's per-head products and `peak` all ask here.
+    pub fn packs_weights(self) -> bool {
+        self != Self::Portable
+    }
+
     /// The tier's name, as `--isa` spells it.
     pub fn name(self) -> &'static str {
         match self {

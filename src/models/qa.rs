@@ -107,8 +107,7 @@ impl QaModel {
     ///
     /// On the portable tier (a CPU without a register kernel here, such as Arm, or
     /// `--isa portable`) the encoder keeps its weights as loaded: its products then run on the
-    /// `gemm` crate (NEON, AVX and scalar kernels, maintained and tested upstream) rather than
-    /// on the packed product's plain-Rust tile, which exists to check the register kernels.
+    /// `gemm` crate ([`crate::compute::Isa::packs_weights`]).
     pub fn prepare_for_inference(&mut self) {
         let blocks = match &mut self.encoder {
             Encoder::Bert(m) => m.blocks_mut(),
@@ -117,7 +116,7 @@ impl QaModel {
         };
         // Freed pages go back block by block: the heap cannot always reuse a freed weight's
         // space for the next packed one (sizes differ), and the peak would grow by the gaps.
-        let pack_encoder = crate::compute::Isa::current() != crate::compute::Isa::Portable;
+        let pack_encoder = crate::compute::Isa::current().packs_weights();
         for block in blocks.iter_mut().filter(|_| pack_encoder) {
             block.pack();
             crate::runtime::release_free_memory();
