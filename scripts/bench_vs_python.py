@@ -826,9 +826,10 @@ def cpu_model() -> str:
     return cpuinfo().get("model name") or platform.processor() or "unknown"
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo has none)."""
-    return set(cpuinfo().get("flags", "").split())
+def cpu_flags(fields: dict[str, str] | None = None) -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo has none), from `fields` when the
+    caller has read them already."""
+    return set((cpuinfo() if fields is None else fields).get("flags", "").split())
 
 
 def cpu_identity() -> str:
@@ -838,7 +839,7 @@ def cpu_identity() -> str:
     parts = []
     if "cpu family" in fields and "model" in fields:
         parts.append(f"family {fields['cpu family']} model {fields['model']}")
-    flags = cpu_flags()
+    flags = cpu_flags(fields)
     parts.append("AVX-512" if "avx512f" in flags else "AVX2+FMA" if {"avx2", "fma"} <= flags
                  else "no AVX2")
     caches = []
