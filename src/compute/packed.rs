@@ -176,15 +176,19 @@ impl PackedWeight {
                 // Full panels of a row-major view (weights as loaded, the attention's keys):
                 // 16x16 blocks transposed in registers, the inputs past the last whole block
                 // by the loop below.
-                let mut from = 0;
                 #[cfg(target_arch = "x86_64")]
-                if cols == PANEL && w.col_stride() == 1 && Isa::current() == Isa::Avx512 {
+                let from = if cols == PANEL && w.col_stride() == 1 && Isa::current() == Isa::Avx512
+                {
                     let src = &w.data()[p * PANEL * w.stride()..];
-                    // SAFETY: AVX-512 is available; the view was bounds-checked for its 16
-                    // rows from here, `w.stride` apart, of `k` values each.
+                    // SAFETY: AVX-512 is available; the view was bounds-checked for its
+                    // 16 rows from here, `w.stride` apart, of `k` values each.
                     unsafe { avx512::transpose_panel(dst, src, w.stride()) };
-                    from = k / PANEL * PANEL;
-                }
+                    k / PANEL * PANEL
+                } else {
+                    0
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let from = 0;
                 // A transpose, one output's inputs at a time (contiguous for a row-major
                 // view).
                 for c in 0..cols {
@@ -236,7 +240,14 @@ impl PackedWeight {
     }
 
     fn panel(&self, g: usize, p: usize) -> &[PanelRow] {
-        &self.rows[(g * self.panels() + p) * self.k..][..self.k]
+        &self.panels_from(g, p)[..self.k]
+    }
+
+    /// Panel `p` of group `g` and every one after it: the slice a tile reading several
+    /// panels takes its pointer from (one taken from a single panel's slice may not reach
+    /// the next).
+    fn panels_from(&self, g: usize, p: usize) -> &[PanelRow] {
+        &self.rows[(g * self.panels() + p) * self.k..]
     }
 }
 
@@ -417,7 +428,7 @@ impl Job<'_> {
                         a: rows.data().as_ptr(),
                         lda: self.x.stride(),
                         // The first of `nps` panels, from input `pc`.
-                        b: self.w.panel(self.g, p)[pc..].as_ptr().cast::<f32>(),
+                        b: self.w.panels_from(self.g, p)[pc..].as_ptr().cast::<f32>(),
                         b_panel_stride: self.w.k * PANEL,
                         kc,
                         // SAFETY: row ic, column col0 is inside the output the caller
@@ -508,10 +519,17 @@ impl Tile<'_> {
             // SAFETY: AVX2 and FMA are available (caller); one panel per tile.
             Isa::Avx2 => unsafe { avx2::rows(self) },
             _ => {
-                for r0 in (0..self.rows).step_by(MR_MAX) {
-                    // SAFETY: r0 + rows <= self.rows, so the sub-tile keeps the invariant;
-                    // it has at most MR_MAX rows, as `portable` needs.
-                    unsafe { self.sub(r0, MR_MAX.min(self.rows - r0)).portable() };
+                // One panel at a time: the tier's own `np` is 1, but any count the invariant
+                // allows is computed in full.
+                for j in 0..np.min(self.cols.div_ceil(PANEL)) {
+                    // SAFETY: panel j < np is readable `b_panel_stride` floats on, and its
+                    // outputs (and bias values) start j * PANEL < cols columns in.
+                    let panel = unsafe { self.panel(j) };
+                    for r0 in (0..self.rows).step_by(MR_MAX) {
+                        // SAFETY: r0 + rows <= self.rows, so the sub-tile keeps the
+                        // invariant; it has at most MR_MAX rows, as `portable` needs.
+                        unsafe { panel.sub(r0, MR_MAX.min(self.rows - r0)).portable() };
+                    }
                 }
             }
         }
@@ -531,6 +549,23 @@ impl Tile<'_> {
             // SAFETY: as for `a`.
             c: unsafe { self.c.add(r0 * self.ldc) },
             rows,
+            ..*self
+        }
+    }
+
+    /// Panel `j`'s columns of this tile, as a one-panel tile.
+    ///
+    /// # Safety
+    /// The tile's invariant with more than `j` panels, and `j * PANEL < cols`.
+    #[inline(always)]
+    unsafe fn panel(&self, j: usize) -> Self {
+        Tile {
+            // SAFETY: panel j is one of the tile's panels.
+            b: unsafe { self.b.add(j * self.b_panel_stride) },
+            // SAFETY: column j * PANEL < cols is an output of every row.
+            c: unsafe { self.c.add(j * PANEL) },
+            cols: PANEL.min(self.cols - j * PANEL),
+            bias: self.bias.map(|b| &b[j * PANEL..]),
             ..*self
         }
     }
@@ -976,6 +1011,45 @@ mod tests {
             .iter()
             .all(|r| r.0[PANEL - pad..] == [0.0; PANEL][..pad]));
         assert!(finite(&packed));
+    }
+
+    /// The plain tile given two panels (as AVX-512's tiles are) computes both, the second
+    /// partial, from the bias and then accumulating: the fallback is not limited to its own
+    /// panel count.
+    #[test]
+    fn portable_tile_computes_every_panel_it_is_given() {
+        let (rows, k, n) = (5, 9, PANEL + 4);
+        let (x, w, bias) = (values(rows * k, 5), values(n * k, 6), values(n, 7));
+        let packed = PackedWeight::pack(&w, 1, n, k);
+        let mut out = vec![f32::NAN; rows * n];
+        for accumulate in [false, true] {
+            let tile = Tile {
+                a: x.as_ptr(),
+                lda: k,
+                b: packed.panels_from(0, 0).as_ptr().cast::<f32>(),
+                b_panel_stride: k * PANEL,
+                kc: k,
+                c: out.as_mut_ptr(),
+                ldc: n,
+                rows,
+                cols: n,
+                accumulate,
+                bias: (!accumulate).then_some(&bias[..]),
+            };
+            // SAFETY: `x` holds rows x k at k; the weight's two panels of k rows are
+            // `k * PANEL` floats apart; `out` holds rows x n at n; the bias n values.
+            unsafe { tile.run(Isa::Portable, 2) };
+        }
+        for r in 0..rows {
+            for o in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[o * k + i] as f64)
+                    .sum();
+                let want = bias[o] as f64 + 2.0 * dot;
+                let got = out[r * n + o] as f64;
+                assert!((got - want).abs() < 1e-5, "({r},{o}) {got} vs {want}");
+            }
+        }
     }
 
     /// The rule on the two machines of this project's kind, and its invariants on others.
