@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds bertbench for 64-bit Arm Linux (aarch64: AWS Graviton, Ampere; the code Apple silicon
+# runs too) with warnings denied, and runs the library's tests and the parity tests against
+# transformers there, under qemu's user-mode emulator. Arm machines get the portable tier (the
+# `gemm` crate's NEON kernels, the fused multiply-add element-wise passes), which an x86 machine
+# never compiles: this is what keeps that build and its numbers checked without an Arm machine.
+# Emulation proves behaviour, not speed.
+#
+# Rust's own aarch64 standard library cannot be fetched here (rustup's servers are not a package
+# registry), so the cross build uses Debian's toolchain for it: `rustc-web`/`cargo-web` (the
+# same Rust release line as rustup's stable) with `libstd-rust-web-dev:arm64`, gcc's aarch64
+# linker, and `qemu-user`, installed with apt-get when missing (Debian 12; needs root).
+# The test binaries run on the arm64 C library that `libstd-rust-web-dev:arm64` brings
+# (/lib/ld-linux-aarch64.so.1), not with `qemu-aarch64 -L /usr/aarch64-linux-gnu`: that
+# mixes the cross package's loader with the multiarch libc, a different glibc build, and
+# the first `pthread_create` then loops forever.
+#
+# Cold: about 8 minutes of build on 2 cores, then about 3 of tests; its own target folder
+# (target/aarch64 unless CARGO_TARGET_DIR is set) keeps the build for the next run.
+# Extra arguments go to `cargo test`, e.g. `scripts/check-aarch64.sh --test portable`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+triple=aarch64-unknown-linux-gnu
+if ! [ -x /usr/bin/cargo ] || ! [ -d "/usr/lib/rustlib/$triple" ] \
+  || ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
+  if ! command -v apt-get >/dev/null; then
+    echo "check-aarch64: needs Debian's rustc-web, cargo-web, libstd-rust-web-dev:arm64," \
+      "gcc-aarch64-linux-gnu and qemu-user (apt-get not found)" >&2
+    exit 1
+  fi
+  dpkg --add-architecture arm64
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user >/dev/null
+fi
+
+# Debian's cargo and rustc, not rustup's (which has no aarch64 standard library here); a
+# compiler without that library fails here, with a clear message, not mid-build.
+export PATH="/usr/bin:$PATH"
+if ! /usr/bin/rustc --target "$triple" --print sysroot >/dev/null 2>&1; then
+  echo "check-aarch64: /usr/bin/rustc cannot target $triple" >&2
+  exit 1
+fi
+echo "check-aarch64: $(/usr/bin/rustc --version), $(qemu-aarch64 --version | head -1)" >&2
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/aarch64}"
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
+export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+# Warnings are errors for this crate only (dependencies' lints stay capped): an unused item on
+# Arm is one an x86 `cargo clippy -D warnings` cannot see.
+export RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
+
+# The parity tests spawn no binary; tests that run the CLI would need the kernel to run aarch64
+# executables (binfmt_misc), which a container rarely allows, so they are not part of this check.
+if [ $# -eq 0 ]; then
+  set -- --lib --test parity
+fi
+/usr/bin/cargo test --release --target "$triple" "$@"
