@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds bertbench for 64-bit Arm Linux (aarch64: AWS Graviton, Ampere; the code Apple silicon
-# runs too) with warnings denied, and runs the library's tests and the parity tests against
-# transformers there, under qemu's user-mode emulator. Arm machines get the portable tier (the
+# runs too) with warnings denied, and runs the library's tests, the parity tests against
+# transformers and the `score` CLI's exit-code tests there, under qemu's user-mode emulator. Arm machines get the portable tier (the
 # `gemm` crate's NEON kernels, the fused multiply-add element-wise passes), which an x86 machine
 # never compiles: this is what keeps that build and its numbers checked without an Arm machine.
 # Emulation proves behaviour, not speed.
@@ -53,9 +53,11 @@ export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 # Arm is one an x86 `cargo clippy -D warnings` cannot see.
 export RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
 
-# The parity tests spawn no binary; tests that run the CLI would need the kernel to run aarch64
-# executables (binfmt_misc), which a container rarely allows, so they are not part of this check.
+# Tests that spawn the CLI (the parity test of every kernel tier does) run it through qemu too:
+# cargo's runner starts only the test executables, and a container seldom lets the kernel run
+# aarch64 executables itself (binfmt_misc). See bin() in tests/common/mod.rs.
+export BERTBENCH_TEST_RUNNER=qemu-aarch64
 if [ $# -eq 0 ]; then
-  set -- --lib --test parity
+  set -- --lib --test parity --test cli_score
 fi
 /usr/bin/cargo test --release --target "$triple" "$@"

@@ -1,16 +1,17 @@
 //! `bertbench score` end to end: the exact output line, warnings and exit codes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use bertbench::squad::read_dataset;
 
 fn dev_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/squad/dev-v1.1.json.gz")
+    common::shared().join("data/squad/dev-v1.1.json.gz")
 }
 
 fn score(dataset: &Path, predictions: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_bertbench"))
+    common::bin()
         .arg("score")
         .arg(dataset)
         .arg(predictions)

@@ -74,9 +74,20 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// The bertbench binary built for these tests.
+/// The bertbench binary built for these tests. Where it was built for another CPU
+/// architecture, `BERTBENCH_TEST_RUNNER` names the emulator that runs it (`qemu-aarch64` in
+/// `scripts/check-aarch64.sh`): cargo's target runner starts the test executable, not the
+/// binaries a test spawns, and a container seldom lets the kernel run foreign executables.
 pub fn bin() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_bertbench"))
+    let exe = env!("CARGO_BIN_EXE_bertbench");
+    match std::env::var_os("BERTBENCH_TEST_RUNNER").filter(|r| !r.is_empty()) {
+        Some(runner) => {
+            let mut cmd = std::process::Command::new(runner);
+            cmd.arg(exe);
+            cmd
+        }
+        None => std::process::Command::new(exe),
+    }
 }
 
 /// The all-MiniLM-L6-v2 checkpoint, fetched by `scripts/fetch-minilm.sh` on first use.
