@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds bertbench for 64-bit Arm Linux (aarch64: AWS Graviton, Ampere; the code Apple silicon
 # runs too) with warnings denied, and runs the library's tests, the parity tests against
-# transformers and the `score` CLI's exit-code tests there, under qemu's user-mode emulator. Arm machines get the portable tier (the
-# `gemm` crate's NEON kernels, the fused multiply-add element-wise passes), which an x86 machine
-# never compiles: this is what keeps that build and its numbers checked without an Arm machine.
+# transformers and the `score` CLI's exit-code tests there, under qemu's user-mode emulator.
+# Arm machines get the portable tier (the `gemm` crate's NEON kernels, the fused multiply-add
+# element-wise passes), which an x86 machine never compiles: this is what keeps that build and
+# its answers checked without an Arm machine.
 # Emulation proves behaviour, not speed.
 #
 # Rust's own aarch64 standard library cannot be fetched here (rustup's servers are not a package
