@@ -115,26 +115,36 @@ fn main() {
                 // forward).
                 let reps = ((4e9 / (2.0 * (m * k * n) as f64)) as usize).clamp(1, copies);
                 for &prepacked in products {
-                    let start = Instant::now();
-                    for c in (shape.next..shape.next + reps).map(|c| c % copies) {
-                        let xv = MatRef::new(x, m, k, lda);
-                        let ov = MatMut::new(out, m, n, n);
-                        if prepacked {
-                            packed_linear(
-                                xv,
-                                &shape.packed[c],
-                                Some(&shape.bias),
-                                None,
-                                ov,
-                                threads,
-                            );
-                        } else {
-                            let wv = MatRef::new(&shape.weights[c], n, k, k);
-                            dense_linear(xv, wv, Some(&shape.bias), ov, parallelism());
+                    // Timed as a forward or a training step calls the products: from a thread
+                    // of the compute pool, whose other threads are still spinning from the
+                    // last product. Called from outside the pool, each product is injected
+                    // into it and waited for: 12-66 us more per two-way split on a 2-vCPU
+                    // Zen 5 (2-15 us from inside), up to a tenth of a 128-row 768x768
+                    // product, which no forward pays (docs/performance.md).
+                    let (packed_weights, next) = (&shape.packed, shape.next);
+                    let (weights, bias) = (&shape.weights, &shape.bias);
+                    let t = bertbench::runtime::on_compute_pool(|| {
+                        let start = Instant::now();
+                        for c in (next..next + reps).map(|c| c % copies) {
+                            let xv = MatRef::new(x, m, k, lda);
+                            let ov = MatMut::new(out, m, n, n);
+                            if prepacked {
+                                packed_linear(
+                                    xv,
+                                    &packed_weights[c],
+                                    Some(bias),
+                                    None,
+                                    ov,
+                                    threads,
+                                );
+                            } else {
+                                let wv = MatRef::new(&weights[c], n, k, k);
+                                dense_linear(xv, wv, Some(bias), ov, parallelism());
+                            }
                         }
-                    }
+                        start.elapsed().as_secs_f64() / reps as f64
+                    });
                     let cell = &mut best[s * args.rows.len() + i][prepacked as usize];
-                    let t = start.elapsed().as_secs_f64() / reps as f64;
                     *cell = Some(cell.map_or(t, |best| best.min(t)));
                     shape.next += reps;
                 }
