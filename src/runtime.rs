@@ -84,9 +84,11 @@ impl IsaChoice {
 /// Chooses the CPU kernels' tier for this process, once, and returns the tier in force: `auto`
 /// takes the best this CPU has. A tier the CPU lacks is refused with what it can run instead,
 /// and so is a tier other than the one already running (it is fixed before the first
-/// computation).
+/// computation). A malformed `BERTBENCH_BLOCKING` (the products' blocks, for tuning runs) is
+/// refused here too, before anything is computed with blocks it did not ask for.
 pub fn use_isa(choice: IsaChoice) -> Result<Isa> {
     init();
+    crate::compute::packed::Blocking::forced().map_err(crate::error::input)?;
     match choice.isa() {
         None => Ok(Isa::current()),
         Some(isa) if !Isa::available().contains(&isa) => Err(crate::error::unavailable(format!(

@@ -173,6 +173,43 @@ fn csv_layouts_and_failures_as_rows() {
     }
 }
 
+/// `BERTBENCH_BLOCKING` (the products' blocks, for tuning runs): a malformed value is refused
+/// by name before anything is measured; a valid one is used and recorded in `env.csv`, where a
+/// run without it says `rule` (blocks sized from the cache sizes recorded beside it).
+#[test]
+fn a_forced_blocking_is_checked_and_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = [
+        "--batch-sizes",
+        "1",
+        "--sequence-lengths",
+        "16",
+        "--no-memory",
+    ];
+    let bad = tmp.path().join("bad");
+    let (code, _, stderr) =
+        run(bench(&bad, &grid).env(bertbench::compute::packed::BLOCKING_ENV, "84"));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("BERTBENCH_BLOCKING=\"84\": expected MC,KC"),
+        "{stderr}"
+    );
+    assert!(!bad.join("results.csv").exists());
+    for (value, want) in [(None, "rule"), (Some(" 6, 16"), "6,16")] {
+        let out = tmp.path().join(want.replace(',', "-"));
+        let mut cmd = bench(&out, &grid);
+        match value {
+            Some(v) => cmd.env(bertbench::compute::packed::BLOCKING_ENV, v),
+            None => cmd.env_remove(bertbench::compute::packed::BLOCKING_ENV),
+        };
+        let (code, _, stderr) = run(&mut cmd);
+        assert_eq!(code, 0, "{stderr}");
+        let env = csv_rows(&out.join("env.csv"));
+        let row = env.iter().find(|r| r[0] == "blocking");
+        assert_eq!(row.map(|r| r[1].as_str()), Some(want), "{env:?}");
+    }
+}
+
 #[test]
 fn crashed_child_is_a_row_and_resume_finishes_the_grid() {
     let tmp = tempfile::tempdir().unwrap();

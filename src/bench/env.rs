@@ -60,6 +60,16 @@ fn kernel() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// How the products' blocks were sized: `rule` (from the cache sizes beside it), or the
+/// `MC,KC` that `BERTBENCH_BLOCKING` forced on every product of the run.
+fn blocking() -> String {
+    match crate::compute::packed::Blocking::forced() {
+        Ok(Some(b)) => format!("{},{}", b.mc, b.kc),
+        // A malformed value is refused before a run computes (`runtime::use_isa`).
+        _ => "rule".into(),
+    }
+}
+
 /// Logical CPUs this process may use.
 pub fn logical_cpus() -> usize {
     std::thread::available_parallelism()
@@ -104,6 +114,7 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
             caches.l3.map_or("N/A".into(), |b| (b >> 10).to_string()),
         ),
         ("cache_sizes_detected", caches.detected.to_string()),
+        ("blocking", blocking()),
         ("cpu_ram_mb", mb(memory::total_memory())),
         ("available_ram_mb_at_start", mb(memory::available_memory())),
         ("date", now.format("%Y-%m-%d").to_string()),

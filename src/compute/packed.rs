@@ -44,18 +44,46 @@ impl Blocking {
     /// when set (read once; for tuning runs), else [`Blocking::rule`] on the detected caches.
     /// Under Miri, which interprets every step, blocks of a few rows and inputs let small tests
     /// cross every block edge.
+    ///
+    /// A malformed variable is not used here (a product cannot fail); commands refuse it
+    /// before they compute ([`Blocking::forced`], checked by `runtime::use_isa`).
     pub fn for_product(k: usize, isa: Isa) -> Self {
         if cfg!(miri) {
             return Self { mc: 12, kc: 16 };
         }
-        static FORCED: OnceLock<Option<Blocking>> = OnceLock::new();
-        let forced = FORCED.get_or_init(|| {
-            let v = std::env::var(BLOCKING_ENV).ok()?;
-            let (mc, kc) = v.split_once(',')?;
+        match Self::forced() {
+            Ok(Some(forced)) => forced,
+            _ => Self::rule(k, &CacheSizes::detect(), isa),
+        }
+    }
+
+    /// The blocking `BERTBENCH_BLOCKING` fixes for every product of this process (read once):
+    /// `None` when it is unset, an error naming the variable and what it holds when it is not
+    /// `MC,KC` with both at least 1.
+    pub fn forced() -> Result<Option<Self>, String> {
+        static FORCED: OnceLock<Result<Option<Blocking>, String>> = OnceLock::new();
+        FORCED
+            .get_or_init(|| Self::parse_forced(std::env::var_os(BLOCKING_ENV).as_deref()))
+            .clone()
+    }
+
+    /// [`Blocking::forced`] on a given value of the variable.
+    fn parse_forced(value: Option<&std::ffi::OsStr>) -> Result<Option<Self>, String> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let text = value.to_string_lossy();
+        let parsed = text.split_once(',').and_then(|(mc, kc)| {
             let (mc, kc) = (mc.trim().parse().ok()?, kc.trim().parse().ok()?);
             (mc >= 1 && kc >= 1).then_some(Blocking { mc, kc })
         });
-        forced.unwrap_or_else(|| Self::rule(k, &CacheSizes::detect(), isa))
+        parsed.map(Some).ok_or_else(|| {
+            format!(
+                "{BLOCKING_ENV}={text:?}: expected MC,KC (activation rows and inputs per block \
+                 of a product, both at least 1, e.g. 84,768); unset it to size the blocks from \
+                 the caches"
+            )
+        })
     }
 
     /// The rule: the block of activations a thread re-reads for every weight panel of its
@@ -1053,6 +1081,25 @@ mod tests {
     }
 
     /// The rule on the two machines of this project's kind, and its invariants on others.
+    #[test]
+    fn a_forced_blocking_is_parsed_or_refused_by_name() {
+        use std::ffi::OsStr;
+        let parse = |v: &str| Blocking::parse_forced(Some(OsStr::new(v)));
+        assert_eq!(Blocking::parse_forced(None), Ok(None));
+        assert_eq!(parse("84,768"), Ok(Some(Blocking { mc: 84, kc: 768 })));
+        assert_eq!(
+            parse(" 60 , 1024 "),
+            Ok(Some(Blocking { mc: 60, kc: 1024 }))
+        );
+        for bad in [
+            "", "84", "84,", "0,768", "84,0", "84,768,1", "-1,768", "a,b", "84;768",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.starts_with(&format!("{BLOCKING_ENV}=")), "{bad:?}: {e}");
+            assert!(e.contains("expected MC,KC"), "{bad:?}: {e}");
+        }
+    }
+
     #[test]
     fn blocking_follows_the_l2_cache() {
         let caches = |l2_kib: usize| CacheSizes {

@@ -289,6 +289,11 @@ fn summary_section(cx: &Context) -> Vec<Block> {
         (l1, l2) if l1.is_empty() || l2.is_empty() => String::new(),
         (l1, l2) => format!(" (L1d {l1} KiB, L2 {l2} KiB per core)"),
     };
+    // Blocks forced by BERTBENCH_BLOCKING instead of sized from those caches ("rule").
+    let kernels = match cx.env("blocking") {
+        b if b.is_empty() || b == "rule" => kernels,
+        b => format!("{kernels} blocks forced to {b} by BERTBENCH_BLOCKING,"),
+    };
     let mut blocks = vec![Block::Paragraph(format!(
         "{} cells of {} on {}{caches} ({} threads,{kernels} {}, {}), {} {} UTC, bertbench {} ({}), candle {}. Models use {} weights.",
         cx.results.plan.len(),

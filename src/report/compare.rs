@@ -317,6 +317,11 @@ fn settings_warnings(base: &ResultsFile, new: &ResultsFile) -> Vec<String> {
     if let (Some(x), Some(y)) = (isa(base), isa(new)) {
         differ("CPU kernels (isa)", x, y);
     }
+    // How the products' blocks were sized (`rule`, or forced by BERTBENCH_BLOCKING).
+    let blocking = |r: &ResultsFile| r.env("blocking").map(str::to_string);
+    if let (Some(x), Some(y)) = (blocking(base), blocking(new)) {
+        differ("product blocking", x, y);
+    }
     out
 }
 
@@ -514,6 +519,29 @@ mod tests {
         );
         assert!(c.has_regression());
         assert_eq!(c.warnings, ["threads differs: base 2, new 4"]);
+
+        // The kernels' tier and blocks, from the environment files (absent in older runs).
+        let env = |isa: &str, blocking: &str| {
+            [("isa", isa), ("blocking", blocking)]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .to_vec()
+        };
+        let (mut b2, mut n2) = (base.clone(), new.clone());
+        b2.settings = Some(settings(2));
+        n2.settings = Some(settings(2));
+        b2.environment = env("avx512", "rule");
+        n2.environment = env("avx2", "84,768");
+        assert_eq!(
+            compare(&b2, &n2, &CompareOptions::default()).warnings,
+            [
+                "CPU kernels (isa) differs: base avx512, new avx2",
+                "product blocking differs: base rule, new 84,768"
+            ]
+        );
+        n2.environment = env("avx512", "rule");
+        assert!(compare(&b2, &n2, &CompareOptions::default())
+            .warnings
+            .is_empty());
         assert_eq!(
             c.summary(),
             "1 cell(s) compared: 1 regressed, 0 improved, 0 no change; 1 only in base; \
