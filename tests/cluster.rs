@@ -190,6 +190,20 @@ fn shards_merge_into_the_whole_grid_and_refuse_what_does_not_belong() {
     });
     refused("m7", &[s1, s2, &other], &[], "different kinds of machine");
     refused("m7", &[s1, s2, &other], &[], "bertbench report");
+    // Blocks forced by BERTBENCH_BLOCKING in one shard only.
+    let other = edited_copy(s3, &tmp.path().join("blocking"), |j| {
+        for pair in j["environment"].as_array_mut().unwrap() {
+            if pair[0] == "blocking" {
+                pair[1] = "84,768".into();
+            }
+        }
+    });
+    refused(
+        "m9",
+        &[s1, s2, &other],
+        &[],
+        "blocking \"rule\" vs \"84,768\"",
+    );
     // An unsharded run is not a shard.
     refused("m8", &[s1, s2, &whole], &[], "not a shard");
 

@@ -243,6 +243,15 @@ pub fn merge(dirs: &[PathBuf], opts: MergeOptions) -> Result<ResultsFile> {
                  the timing policy)",
             ));
         }
+        // The products' blocks (sized by rule, or forced by BERTBENCH_BLOCKING).
+        let blocking = |r: &ResultsFile| r.env("blocking").unwrap_or("").to_string();
+        if blocking(&p.results) != blocking(&first.results) {
+            return Err(other(&format!(
+                "the products' blocks differ (env.csv blocking {:?} vs {:?})",
+                blocking(&first.results),
+                blocking(&p.results)
+            )));
+        }
         if let Some(diff) = machine_difference(&first.results, &p.results) {
             return Err(input(format!(
                 "{} and {} ran on different kinds of machine ({diff}): results from different \
