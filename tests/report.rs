@@ -148,6 +148,40 @@ fn hf_csv(path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
+/// The summary names the kernels and the caches the run had, from its environment file: an L2
+/// shared by hardware threads as such, and blocks forced by `BERTBENCH_BLOCKING`.
+#[test]
+fn the_summary_names_kernels_caches_and_forced_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    synthetic_run(tmp.path());
+    let path = tmp.path().join("results.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let env = json["environment"].as_array_mut().unwrap();
+    env.retain(|pair| !["isa", "blocking"].contains(&pair[0].as_str().unwrap()));
+    for (k, v) in [
+        ("isa", "avx2"),
+        ("l1d_cache_kib", "48"),
+        ("l2_cache_kib", "1280"),
+        ("l2_cache_shared_by", "2"),
+        ("blocking", "84,768"),
+    ] {
+        env.push(serde_json::json!([k, v]));
+    }
+    std::fs::write(&path, json.to_string()).unwrap();
+    let (code, _, stderr) = run(bin().arg("report").arg(tmp.path()));
+    assert_eq!(code, 0, "{stderr}");
+    let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("(L1d 48 KiB, L2 1280 KiB per 2 logical CPUs)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("avx2 kernels, blocks forced to 84,768 by BERTBENCH_BLOCKING,"),
+        "{md}"
+    );
+}
+
 #[test]
 fn every_plot_option_gives_a_valid_picture() {
     let tmp = tempfile::tempdir().unwrap();

@@ -109,6 +109,7 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
         ("isa_available", crate::compute::Isa::available_names()),
         ("l1d_cache_kib", (caches.l1d >> 10).to_string()),
         ("l2_cache_kib", (caches.l2 >> 10).to_string()),
+        ("l2_cache_shared_by", caches.l2_shared_by.to_string()),
         (
             "l3_cache_kib",
             caches.l3.map_or("N/A".into(), |b| (b >> 10).to_string()),

@@ -53,7 +53,7 @@ impl Blocking {
         }
         match Self::forced() {
             Ok(Some(forced)) => forced,
-            _ => Self::rule(k, &CacheSizes::detect(), isa),
+            _ => Self::rule(k, &CacheSizes::detect(), isa, rayon::current_num_threads()),
         }
     }
 
@@ -87,18 +87,21 @@ impl Blocking {
     }
 
     /// The rule: the block of activations a thread re-reads for every weight panel of its
-    /// columns (`mc` rows of `kc` inputs) fills at most half of the L2 cache, leaving the other
-    /// half to the panels streaming past it and the outputs. The inputs are split into as few
+    /// columns (`mc` rows of `kc` inputs) fills at most half of the L2 cache the thread has
+    /// (all of it, or its share where `threads` compute threads may share one: SMT siblings,
+    /// see [`CacheSizes::l2_per_thread`]), leaving the other half to the panels streaming past
+    /// it and the outputs. The inputs are split into as few
     /// equal blocks as keep room for at least 48 rows (four AVX-512 tiles; each extra block
     /// re-reads and re-writes the outputs once), and `mc` is then as many whole tiles as fit.
     ///
     /// On the 2-vCPU Zen 4 (1 MiB L2) this gives one block of inputs for every BERT-family
     /// product up to 2,730 inputs, and 168 rows at 768 inputs; on a Zen 3 (512 KiB L2),
     /// 84 rows at 768 inputs, and the 3,072-input product in three blocks of 1,024 by 60 rows
-    /// (measurements: docs/performance.md).
-    pub fn rule(k: usize, caches: &CacheSizes, isa: Isa) -> Self {
+    /// (measurements: docs/performance.md). Two threads sharing a 1.25 MiB L2 (an Intel SMT
+    /// core) get the blocks of a 640 KiB one each.
+    pub fn rule(k: usize, caches: &CacheSizes, isa: Isa, threads: usize) -> Self {
         let mr = isa.tile_rows();
-        let budget = caches.l2 / 2 / std::mem::size_of::<f32>();
+        let budget = caches.l2_per_thread(threads) / 2 / std::mem::size_of::<f32>();
         let kc_max = (budget / 48).max(PANEL);
         let blocks = k.max(1).div_ceil(kc_max);
         let kc = k.max(1).div_ceil(blocks);
@@ -1105,16 +1108,31 @@ mod tests {
         let caches = |l2_kib: usize| CacheSizes {
             l1d: 32 << 10,
             l2: l2_kib << 10,
+            l2_shared_by: 1,
             l3: Some(32 << 20),
             detected: true,
         };
-        let b = |k, l2, isa| Blocking::rule(k, &caches(l2), isa);
+        let b = |k, l2, isa| Blocking::rule(k, &caches(l2), isa, 2);
         // Zen 4, 1 MiB L2, AVX-512 (tiles of 12 rows).
         assert_eq!(b(768, 1024, Isa::Avx512), Blocking { mc: 168, kc: 768 });
         assert_eq!(b(3072, 1024, Isa::Avx512), Blocking { mc: 84, kc: 1536 });
         // Zen 3, 512 KiB L2, AVX2 (tiles of 6 rows).
         assert_eq!(b(768, 512, Isa::Avx2), Blocking { mc: 84, kc: 768 });
         assert_eq!(b(3072, 512, Isa::Avx2), Blocking { mc: 60, kc: 1024 });
+        // An L2 two threads share is sized as half of it for each, as long as two compute
+        // threads run: 1 MiB shared by an SMT pair gives the blocks of 512 KiB to each.
+        let shared = CacheSizes {
+            l2_shared_by: 2,
+            ..caches(1024)
+        };
+        assert_eq!(
+            Blocking::rule(768, &shared, Isa::Avx2, 2),
+            b(768, 512, Isa::Avx2)
+        );
+        assert_eq!(
+            Blocking::rule(768, &shared, Isa::Avx2, 1),
+            b(768, 1024, Isa::Avx2)
+        );
         for l2 in [128, 256, 512, 1024, 1280, 2048] {
             for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
                 for k in [1, 16, 64, 768, 3072, 100_000] {

@@ -287,7 +287,12 @@ fn summary_section(cx: &Context) -> Vec<Block> {
     };
     let caches = match (cx.env("l1d_cache_kib"), cx.env("l2_cache_kib")) {
         (l1, l2) if l1.is_empty() || l2.is_empty() => String::new(),
-        (l1, l2) => format!(" (L1d {l1} KiB, L2 {l2} KiB per core)"),
+        // An L2 that hardware threads or a cluster's cores share (runs before this was
+        // recorded have no count).
+        (l1, l2) => match cx.env("l2_cache_shared_by").as_str() {
+            "" | "1" => format!(" (L1d {l1} KiB, L2 {l2} KiB per core)"),
+            n => format!(" (L1d {l1} KiB, L2 {l2} KiB per {n} logical CPUs)"),
+        },
     };
     // Blocks forced by BERTBENCH_BLOCKING instead of sized from those caches ("rule").
     let kernels = match cx.env("blocking") {
