@@ -147,7 +147,7 @@ impl fmt::Display for CacheSizes {
         let kib = |b: usize| b >> 10;
         write!(f, "L1d {} KiB, L2 {} KiB", kib(self.l1d), kib(self.l2))?;
         if self.l2_shared_by > 1 {
-            write!(f, " (shared by {} CPUs)", self.l2_shared_by)?;
+            write!(f, " (shared by {} logical CPUs)", self.l2_shared_by)?;
         }
         if let Some(l3) = self.l3 {
             write!(f, ", L3 {} KiB", kib(l3))?;
@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(c.l2_per_thread(8), 640 << 10);
         assert_eq!(
             c.to_string(),
-            "L1d 48 KiB, L2 1280 KiB (shared by 2 CPUs), L3 55296 KiB"
+            "L1d 48 KiB, L2 1280 KiB (shared by 2 logical CPUs), L3 55296 KiB"
         );
     }
 
