@@ -88,7 +88,9 @@ impl IsaChoice {
 /// refused here too, before anything is computed with blocks it did not ask for.
 pub fn use_isa(choice: IsaChoice) -> Result<Isa> {
     init();
-    crate::compute::packed::Blocking::forced().map_err(crate::error::input)?;
+    if let Err(e) = crate::compute::packed::Blocking::forced() {
+        return Err(crate::error::input(e.clone()));
+    }
     match choice.isa() {
         None => Ok(Isa::current()),
         Some(isa) if !Isa::available().contains(&isa) => Err(crate::error::unavailable(format!(

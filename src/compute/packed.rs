@@ -52,7 +52,7 @@ impl Blocking {
             return Self { mc: 12, kc: 16 };
         }
         match Self::forced() {
-            Ok(Some(forced)) => forced,
+            Ok(Some(forced)) => *forced,
             _ => Self::rule(k, &CacheSizes::detect(), isa, rayon::current_num_threads()),
         }
     }
@@ -60,11 +60,10 @@ impl Blocking {
     /// The blocking `BERTBENCH_BLOCKING` fixes for every product of this process (read once):
     /// `None` when it is unset, an error naming the variable and what it holds when it is not
     /// `MC,KC` with both at least 1.
-    pub fn forced() -> Result<Option<Self>, String> {
+    /// Borrowed, not copied: every product asks.
+    pub fn forced() -> &'static Result<Option<Self>, String> {
         static FORCED: OnceLock<Result<Option<Blocking>, String>> = OnceLock::new();
-        FORCED
-            .get_or_init(|| Self::parse_forced(std::env::var_os(BLOCKING_ENV).as_deref()))
-            .clone()
+        FORCED.get_or_init(|| Self::parse_forced(std::env::var_os(BLOCKING_ENV).as_deref()))
     }
 
     /// [`Blocking::forced`] on a given value of the variable.
@@ -1083,7 +1082,7 @@ mod tests {
         }
     }
 
-    /// The rule on the two machines of this project's kind, and its invariants on others.
+    /// `BERTBENCH_BLOCKING`'s values: `MC,KC` (spaces allowed), or an error naming the variable.
     #[test]
     fn a_forced_blocking_is_parsed_or_refused_by_name() {
         use std::ffi::OsStr;
@@ -1103,6 +1102,7 @@ mod tests {
         }
     }
 
+    /// The rule on the two machines of this project's kind, and its invariants on others.
     #[test]
     fn blocking_follows_the_l2_cache() {
         let caches = |l2_kib: usize| CacheSizes {
