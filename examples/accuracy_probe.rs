@@ -38,7 +38,9 @@ fn main() -> Result<()> {
             let dir = Path::new(&args[1]);
             let (limit, max_seq_length, doc_stride) = (num(3)?, num(4)?, num(5)?);
             let (mut model, _) = bertbench::models::load_dir(dir, DType::F32, &Device::Cpu)?;
-            model.prepare_for_inference();
+            model
+                .prepare_for_inference(bertbench::device::Precision::F32)
+                .unwrap();
             let tokenizer = load_tokenizer(dir)?;
             let dataset = read_dataset(Path::new(&args[2]))?.first_questions(limit);
             let examples: Vec<_> = dataset.examples().collect();

@@ -5,7 +5,11 @@
 //! can be read as a fraction of it.
 //!
 //! usage: cargo run --release --example kernels -- [threads] [auto|avx512|avx2|portable]
-//!        [--packed-only] [--rows 128,384,...] [--rounds N]
+//!        [--packed-only] [--int8] [--rows 128,384,...] [--rounds N]
+//!
+//! `--int8` times the int8 product instead ([`int8_linear`], on activations already quantized,
+//! and the quantization itself) against the `vpdpbusd` ceiling where the CPU has AVX-512
+//! VNNI.
 //! (the tier may also come from `BERTBENCH_ISA`, as for the binary's `--isa`). Each cell is
 //! the best of `--rounds` timings: on a shared VM a round can lose a fifth of its speed to a
 //! neighbour, and the ceiling it is compared with is a best of five too.
@@ -13,6 +17,7 @@
 use std::time::Instant;
 
 use bertbench::compute::dense::{dense_linear, parallelism};
+use bertbench::compute::int8::{int8_linear, Int8Kernel, QuantizedRows, QuantizedWeight};
 use bertbench::compute::packed::{self, packed_linear, PackedWeight};
 use bertbench::compute::{Isa, MatMut, MatRef};
 use bertbench::runtime::IsaChoice;
@@ -29,6 +34,9 @@ struct Args {
     /// Time only the packed product (the `gemm` crate's takes most of a full run).
     #[arg(long)]
     packed_only: bool,
+    /// Time the int8 product (and the activations' quantization) instead.
+    #[arg(long)]
+    int8: bool,
     /// Row counts to time.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 16, 32, 64, 128, 384, 1024, 3072])]
     rows: Vec<usize>,
@@ -48,6 +56,10 @@ fn main() {
         Isa::available_names(),
         bertbench::compute::cache::CacheSizes::detect()
     );
+    if args.int8 {
+        int8_table(&args);
+        return;
+    }
     // The ceiling is measured before and after the products and the higher kept, so a slow
     // stretch of a shared VM during one measurement does not flatter the products.
     let before = fma_ceiling(isa, threads);
@@ -184,6 +196,137 @@ fn main() {
     }
 }
 
+/// The int8 product's table: per shape and row count, the best of `--rounds` timings of the
+/// product on activations quantized beforehand, and of that quantization alone, against the
+/// `vpdpbusd` ceiling (64 multiply-adds an instruction) where the kernel is VNNI's.
+fn int8_table(args: &Args) {
+    let threads = args.threads;
+    let kernel = Int8Kernel::current();
+    println!("int8 kernel: {}", kernel.name());
+    let before = vnni_ceiling(kernel, threads);
+    struct Shape {
+        k: usize,
+        n: usize,
+        weights: Vec<QuantizedWeight>,
+        next: usize,
+        buffers: Vec<(Vec<f32>, QuantizedRows, Vec<f32>)>,
+    }
+    let mut shapes: Vec<Shape> = [(768, 768), (768, 3072), (3072, 768)]
+        .into_iter()
+        .map(|(k, n)| {
+            // 256 MiB of int8 weights in all: they come from memory, as in a forward.
+            let copies = (256 << 20) / (k * n);
+            let weights = (0..copies)
+                .map(|c| {
+                    let w: Vec<f32> = (0..k * n)
+                        .map(|i| ((i + c) % 13) as f32 * 0.01 - 0.06)
+                        .collect();
+                    QuantizedWeight::quantize(&w, 1, n, k)
+                })
+                .collect();
+            let buffers = args
+                .rows
+                .iter()
+                .map(|&m| {
+                    let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+                    let mut q = QuantizedRows::new();
+                    q.quantize(MatRef::new(&x, m, k, k), 1, threads);
+                    (x, q, vec![0f32; m * n])
+                })
+                .collect();
+            Shape {
+                k,
+                n,
+                weights,
+                next: 0,
+                buffers,
+            }
+        })
+        .collect();
+    // (shape, m) -> best seconds of the product and of the quantization.
+    let mut best = vec![[f64::MAX; 2]; shapes.len() * args.rows.len()];
+    for round in 0..args.rounds.max(1) {
+        for (s, shape) in shapes.iter_mut().enumerate() {
+            let (k, n) = (shape.k, shape.n);
+            let copies = shape.weights.len();
+            for (i, &m) in args.rows.iter().enumerate() {
+                let reps = ((8e9 / (2.0 * (m * k * n) as f64)) as usize).clamp(1, copies);
+                let (x, q, out) = &mut shape.buffers[i];
+                let (weights, next) = (&shape.weights, shape.next);
+                let [product, quantize] = bertbench::runtime::on_compute_pool(|| {
+                    let start = Instant::now();
+                    for c in (next..next + reps).map(|c| c % copies) {
+                        int8_linear(
+                            q,
+                            &weights[c],
+                            None,
+                            None,
+                            MatMut::new(out, m, n, n),
+                            threads,
+                        );
+                    }
+                    let product = start.elapsed().as_secs_f64() / reps as f64;
+                    let start = Instant::now();
+                    for _ in 0..reps {
+                        q.quantize(MatRef::new(x, m, k, k), 1, threads);
+                    }
+                    [product, start.elapsed().as_secs_f64() / reps as f64]
+                });
+                let cell = &mut best[s * args.rows.len() + i];
+                cell[0] = cell[0].min(product);
+                cell[1] = cell[1].min(quantize);
+                shape.next += reps;
+            }
+        }
+        eprintln!("round {} of {} done", round + 1, args.rounds.max(1));
+    }
+    let ceiling = before.zip(vnni_ceiling(kernel, threads)).map(|(a, b)| {
+        let one = a.max(b);
+        println!(
+            "vpdpbusd ceiling: {one:.0} GOP/s on one thread (best before and after: {a:.0}, \
+             {b:.0}); x {threads} threads = {:.0}, used below",
+            one * threads as f64
+        );
+        one * threads as f64
+    });
+    println!("| m | k x n | int8 ms | GOP/s | of ceiling | quantizing the input ms |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (s, shape) in shapes.iter().enumerate() {
+        let (k, n) = (shape.k, shape.n);
+        for (i, &m) in args.rows.iter().enumerate() {
+            let [product, quantize] = best[s * args.rows.len() + i];
+            let gops = 2.0 * (m * k * n) as f64 / product / 1e9;
+            println!(
+                "| {m} | {k}x{n} | {:.3} | {gops:.0} | {} | {:.3} |",
+                product * 1e3,
+                ceiling.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gops / c)),
+                quantize * 1e3
+            );
+        }
+    }
+}
+
+/// GOP/s (two per multiply-add) of independent `vpdpbusd` chains on one thread, best of five
+/// (`None` unless the kernel is VNNI's).
+fn vnni_ceiling(kernel: Int8Kernel, threads: usize) -> Option<f64> {
+    let _ = threads;
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Int8Kernel::Vnni512 {
+        let iters = 50_000_000;
+        let mut best = 0f64;
+        for _ in 0..5 {
+            let start = Instant::now();
+            // SAFETY: the VNNI kernel runs only where AVX-512 VNNI is.
+            std::hint::black_box(unsafe { fma::dpbusd_chains(iters) });
+            let ops = (iters * fma::CHAINS * 64 * 2) as f64;
+            best = best.max(ops / start.elapsed().as_secs_f64() / 1e9);
+        }
+        return Some(best);
+    }
+    let _ = kernel;
+    None
+}
+
 /// GFLOP/s of independent fused multiply-add chains of the tier's vector width, nothing loaded
 /// or stored, on one thread and on all `threads` at once, best of five tries each (`None` for
 /// the portable tier). The all-thread figure is printed but not used: on a shared VM a sibling
@@ -239,6 +382,22 @@ mod fma {
             }
         }
         acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+    }
+
+    /// Independent `vpdpbusd` accumulators (64 multiply-adds each per instruction).
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn dpbusd_chains(iters: usize) -> i32 {
+        let (a, b) = (
+            _mm512_set1_epi32(0x0101_0101),
+            _mm512_set1_epi32(0x0102_0102),
+        );
+        let mut acc = [_mm512_setzero_si512(); CHAINS];
+        for _ in 0..iters {
+            for c in acc.iter_mut() {
+                *c = _mm512_dpbusd_epi32(*c, a, b);
+            }
+        }
+        acc.iter().map(|c| _mm512_reduce_add_epi32(*c)).sum()
     }
 
     #[target_feature(enable = "avx2,fma")]

@@ -14,14 +14,28 @@ pub enum Precision {
     F32,
     F16,
     Bf16,
+    /// int8 weights (symmetric, per output channel) and activations quantized per row as they
+    /// arrive, on the CPU's int8 kernels; the rest of the model in f32.
+    Int8,
 }
 
 impl Precision {
+    /// The dtype the model's tensors are built in (f32 for int8, whose weights are quantized
+    /// from f32 ones when the model is prepared for inference).
     pub fn dtype(self) -> DType {
         match self {
-            Precision::F32 => DType::F32,
+            Precision::F32 | Precision::Int8 => DType::F32,
             Precision::F16 => DType::F16,
             Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The precision a model built in `dtype` runs at before any quantization.
+    pub fn of_dtype(dtype: DType) -> Self {
+        match dtype {
+            DType::F16 => Precision::F16,
+            DType::BF16 => Precision::Bf16,
+            _ => Precision::F32,
         }
     }
 
@@ -30,6 +44,7 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }

@@ -405,7 +405,7 @@ impl EvalJob {
             &opened.source,
             &self.dataset,
             self.limit,
-            model.dtype().as_str(),
+            model.precision().as_str(),
             &device_name(model.device()),
             rayon::current_num_threads(),
         );

@@ -86,7 +86,9 @@ fn short_windows() -> FeatureConfig {
 fn batching_does_not_change_any_logit() {
     let dir = minilm_dir();
     let (mut model, _) = models::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
-    model.prepare_for_inference(); // as `eval` runs it
+    model
+        .prepare_for_inference(bertbench::device::Precision::F32)
+        .unwrap(); // as `eval` runs it
     let tokenizer = load_tokenizer(&dir).unwrap();
     let dataset = read_dataset(&dev()).unwrap().first_questions(40);
     let examples: Vec<_> = dataset.examples().collect();

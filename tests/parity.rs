@@ -19,7 +19,9 @@ fn check(family: &str, model: &QaModel) {
     inputs.validate(model.config(), "expected.json").unwrap();
     let batch = inputs.to_batch(&Device::Cpu).unwrap();
     let mut prepared = model.clone();
-    prepared.prepare_for_inference();
+    prepared
+        .prepare_for_inference(bertbench::device::Precision::F32)
+        .unwrap();
     for (path, model, mut ctx) in [
         ("fused", model, ForwardCtx::inference()),
         ("composed", model, ForwardCtx::inference_composed()),
@@ -259,7 +261,9 @@ fn assert_fused_matches_composed(
 ) {
     let model = models::random_model(config, 11, DType::F32, &Device::Cpu).unwrap();
     let mut prepared = model.clone();
-    prepared.prepare_for_inference();
+    prepared
+        .prepare_for_inference(bertbench::device::Precision::F32)
+        .unwrap();
     for &(b, s) in shapes.iter().chain(shapes.first()) {
         let batch = padded_batch(b, s, config.type_vocab_size > 0);
         let composed = model

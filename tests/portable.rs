@@ -23,7 +23,9 @@ fn portable_tier_matches_transformers() {
     for family in FAMILIES {
         let dir = parity_dir(family);
         let (mut model, _) = models::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
-        model.prepare_for_inference();
+        model
+            .prepare_for_inference(bertbench::device::Precision::F32)
+            .unwrap();
         let expected = read_json(&dir.join("expected.json"));
         let inputs = TokenInputs::from_file(&dir.join("expected.json")).unwrap();
         let batch = inputs.to_batch(&Device::Cpu).unwrap();
@@ -55,7 +57,9 @@ fn portable_tier_matches_transformers_on_real_minilm_weights() {
     portable();
     let (reference, inputs) = minilm_reference();
     let (mut model, _) = models::load_dir(&minilm_dir(), DType::F32, &Device::Cpu).unwrap();
-    model.prepare_for_inference();
+    model
+        .prepare_for_inference(bertbench::device::Precision::F32)
+        .unwrap();
     let batch = inputs.to_batch(&Device::Cpu).unwrap();
     let out = model.forward(&batch, &mut ForwardCtx::inference()).unwrap();
     let got = to_f64(&out.last_hidden_state);
@@ -70,7 +74,9 @@ fn portable_tier_logits_do_not_depend_on_the_batch() {
     portable();
     let dir = minilm_dir();
     let (mut model, _) = models::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
-    model.prepare_for_inference();
+    model
+        .prepare_for_inference(bertbench::device::Precision::F32)
+        .unwrap();
     let tokenizer = load_tokenizer(&dir).unwrap();
     let dataset = read_dataset(&shared().join("data/squad/dev-v1.1.json.gz"))
         .unwrap()

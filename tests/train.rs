@@ -302,7 +302,9 @@ fn resume_reproduces_the_uninterrupted_run_and_checkpoints_reload() {
     let (mut reloaded, report) = models::load_dir(&a, DType::F32, &Device::Cpu).unwrap();
     assert!(report.initialised.is_empty());
     // Both run the same kernels (the copy is prepared for inference, as `eval` prepares).
-    reloaded.prepare_for_inference();
+    reloaded
+        .prepare_for_inference(bertbench::device::Precision::F32)
+        .unwrap();
     let inputs: TokenInputs = serde_json::from_str(
         r#"{"input_ids": [[101, 2054, 2003, 1996, 102, 1996, 3007, 102]], "attention_mask": [[1,1,1,1,1,1,1,1]], "token_type_ids": [[0,0,0,0,0,1,1,1]]}"#,
     ).unwrap();

@@ -166,7 +166,7 @@ pub fn run_cell(
             } else {
                 models::random_model(&config, settings.seed, dtype, &device)?
             };
-            model.prepare_for_inference();
+            model.prepare_for_inference(settings.dtype)?;
             Stepper::Inference { model, batch }
         }
         Mode::Training => {

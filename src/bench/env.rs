@@ -107,6 +107,12 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
         ("threads", settings.threads.to_string()),
         ("isa", crate::compute::Isa::current().name().to_string()),
         ("isa_available", crate::compute::Isa::available_names()),
+        (
+            "int8_kernel",
+            crate::compute::int8::Int8Kernel::current()
+                .name()
+                .to_string(),
+        ),
         ("l1d_cache_kib", (caches.l1d >> 10).to_string()),
         ("l2_cache_kib", (caches.l2 >> 10).to_string()),
         ("l2_cache_shared_by", caches.l2_shared_by.to_string()),

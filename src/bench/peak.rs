@@ -2,7 +2,8 @@
 //! model reached. Measured on BERT-like shapes with the products the models use: candle's
 //! matmul (training, other dtypes and devices, and inference on the portable tier) and, for
 //! f32 on the CPU with a register kernel (`avx512`, `avx2`), the packed-weight GEMM of
-//! inference ([`crate::compute::packed`]); the peak is the best of them.
+//! inference ([`crate::compute::packed`]); for int8, the int8 product on activations already
+//! quantized ([`crate::compute::int8`]); the peak is the best of them.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -10,13 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use super::stats::Summary;
 use super::timer::{measure, TimingPolicy};
+use crate::compute::int8::{int8_linear, QuantizedRows, QuantizedWeight};
 use crate::compute::packed::{self, packed_linear, PackedWeight};
 use crate::compute::{Isa, MatMut, MatRef};
+use crate::device::Precision;
 
 /// One measured shape: `(m x k) @ (k x n)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeakShape {
-    /// Which product: `candle` (its matmul) or `packed` (the inference GEMM).
+    /// Which product: `candle` (its matmul), `packed` (the f32 inference GEMM) or `int8`.
     #[serde(default = "candle_kernel")]
     pub kernel: String,
     pub m: usize,
@@ -42,9 +45,11 @@ fn candle_kernel() -> String {
 /// `install` to measure another thread count); the peak is the best median rate.
 pub fn measure_peak(
     device: &Device,
-    dtype: DType,
+    precision: Precision,
     policy: &TimingPolicy,
 ) -> Result<Vec<PeakShape>> {
+    let dtype = precision.dtype();
+    let int8 = device.is_cpu() && precision == Precision::Int8;
     // Not on the portable tier: its forward multiplies on candle's matmul (the `gemm` crate;
     // `Isa::packs_weights`), and the packed product's plain-Rust tile, which it would time
     // instead, runs no encoder product there (~14 GFLOP/s on a Zen 5).
@@ -93,6 +98,23 @@ pub fn measure_peak(
             )?;
             shapes.push(shape("packed", m, k, n, threads, &t.samples));
         }
+        if int8 {
+            let w: Vec<f32> = b.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+            let w = QuantizedWeight::quantize(&w, 1, n, k);
+            let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+            let mut x = QuantizedRows::new();
+            x.quantize(MatRef::new(&a, m, k, k), 1, threads);
+            let mut out = vec![0f32; m * n];
+            let t = measure(
+                policy,
+                || {
+                    int8_linear(&x, &w, None, None, MatMut::new(&mut out, m, n, n), threads);
+                    Ok(())
+                },
+                |_, _| {},
+            )?;
+            shapes.push(shape("int8", m, k, n, threads, &t.samples));
+        }
     }
     Ok(shapes)
 }
@@ -133,7 +155,7 @@ mod tests {
             max_runs: 1,
             ..TimingPolicy::default()
         };
-        let shapes = measure_peak(&Device::Cpu, DType::F32, &policy).unwrap();
+        let shapes = measure_peak(&Device::Cpu, Precision::F32, &policy).unwrap();
         let kernels: &[&str] = if Isa::current().packs_weights() {
             &["candle", "packed"]
         } else {
@@ -150,6 +172,25 @@ mod tests {
                 assert!((s.gflops - flops / s.median_s / 1e9).abs() < 1e-9 * s.gflops);
             }
         }
+    }
+
+    /// At int8 the int8 product is measured too, on every shape.
+    #[test]
+    fn peak_at_int8_measures_the_int8_product() {
+        let policy = TimingPolicy {
+            warmup_max_runs: 1,
+            min_runs: 1,
+            min_time: Duration::ZERO,
+            max_runs: 1,
+            ..TimingPolicy::default()
+        };
+        let shapes = measure_peak(&Device::Cpu, Precision::Int8, &policy).unwrap();
+        let dims: Vec<_> = shapes
+            .iter()
+            .filter(|s| s.kernel == "int8")
+            .map(|s| (s.m, s.k, s.n))
+            .collect();
+        assert_eq!(dims, SHAPES);
     }
 
     /// The rate is FLOPs over the median time, and the peak the best rate, on numbers whose

@@ -163,6 +163,19 @@ impl BenchConfig {
                 "nothing to measure: --no-inference without --training",
             ));
         }
+        if self.settings.dtype == Precision::Int8 && self.modes.contains(&Mode::Training) {
+            return Err(input(
+                "--dtype int8 is an inference precision: --training steps train f32 weights \
+                 (bench them with --dtype f32, or drop --training)",
+            ));
+        }
+        if self.settings.dtype == Precision::Int8 && !self.settings.device.starts_with("cpu") {
+            return Err(input(format!(
+                "--dtype int8 runs on the CPU's int8 kernels, not on {}: use --device cpu, or \
+                 f16/bf16 on a GPU",
+                self.settings.device
+            )));
+        }
         if !self.settings.speed && !self.settings.memory && self.find_max_batch.is_none() {
             return Err(input("nothing to measure: both --no-speed and --no-memory"));
         }
@@ -295,12 +308,12 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
             }
             observer.peak_started(threads);
             let shapes = if threads == rayon::current_num_threads() {
-                peak::measure_peak(&device, settings.dtype.dtype(), &policy)?
+                peak::measure_peak(&device, settings.dtype, &policy)?
             } else {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()?
-                    .install(|| peak::measure_peak(&device, settings.dtype.dtype(), &policy))?
+                    .install(|| peak::measure_peak(&device, settings.dtype, &policy))?
             };
             peak_matmul.extend(shapes);
         }

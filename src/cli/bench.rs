@@ -539,7 +539,7 @@ pub fn peak(args: PeakArgs) -> Result<()> {
         min_time: Duration::from_secs(1),
         ..TimingPolicy::default()
     };
-    let shapes = peak::measure_peak(&device, args.compute.dtype.dtype(), &policy)?;
+    let shapes = peak::measure_peak(&device, args.compute.dtype, &policy)?;
     let best = peak::peak_gflops(&shapes);
     if args.json {
         println!(

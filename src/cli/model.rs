@@ -118,7 +118,7 @@ impl ModelArgs {
             hub: HubConfig::from_env(self.offline),
         };
         let mut opened = models::open(&self.model, &opts)?;
-        opened.model.prepare_for_inference();
+        opened.model.prepare_for_inference(self.compute.dtype)?;
         if let Some(report) = &opened.report {
             warn_about_load(report);
         }

@@ -125,7 +125,7 @@ impl EngineArgs {
             opened.dir.as_deref(),
             &model.model,
         )?)?;
-        let dtype = opened.model.dtype().as_str().to_string();
+        let dtype = opened.model.precision().as_str().to_string();
         let engine = QaEngine {
             model: opened.model,
             tokenizer,

@@ -32,6 +32,7 @@ pub mod attention;
 pub mod cache;
 pub mod dense;
 pub mod dropout;
+pub mod int8;
 pub mod math;
 pub mod norm;
 pub mod ops;

@@ -29,6 +29,7 @@ use super::weights::{Init, Params};
 use crate::compute::attention::{self as fused_attention, AttentionDims, AttentionScratch};
 use crate::compute::dense::{dense_linear, parallelism};
 use crate::compute::dropout::{dropout_mask, DropoutDraw};
+use crate::compute::int8::{int8_linear, QuantizedRows, QuantizedWeight};
 use crate::compute::math::{gelu_erf, gelu_tanh, relu};
 use crate::compute::norm::add_layer_norm;
 use crate::compute::ops::{self, CpuF32};
@@ -122,14 +123,16 @@ impl ForwardCtx {
     }
 }
 
-/// A projection's weight: as loaded (the Hub's layout, any device and dtype), or packed once
-/// for [`packed_linear`] by [`crate::models::QaModel::prepare_for_inference`]. A packed weight
-/// replaces the tensor (the model holds its weights once); the composed ops still work on it,
-/// through a tensor unpacked afresh on each use.
+/// A projection's weight: as loaded (the Hub's layout, any device and dtype), packed once
+/// for [`packed_linear`], or quantized to int8 for [`int8_linear`], by
+/// [`crate::models::QaModel::prepare_for_inference`]. A packed or quantized weight replaces the
+/// tensor (the model holds its weights once); the composed ops still work on it, through a
+/// tensor unpacked (or dequantized) afresh on each use.
 #[derive(Debug, Clone)]
 pub enum Weight {
     Dense(Tensor),
     Packed(Arc<PackedWeight>),
+    Int8(Arc<QuantizedWeight>),
 }
 
 impl Weight {
@@ -142,7 +145,28 @@ impl Weight {
                 (p.groups() * p.n(), p.k()),
                 &Device::Cpu,
             )?),
+            Self::Int8(q) => Cow::Owned(Tensor::from_vec(
+                q.dequantize(),
+                (q.groups() * q.n(), q.k()),
+                &Device::Cpu,
+            )?),
         })
+    }
+
+    /// Quantizes a dense f32 CPU weight that records no gradient to int8 (`groups` blocks of
+    /// `n` rows; see [`QuantizedWeight::quantize`]); anything else stays as it is.
+    fn quantize(&mut self, groups: usize, n: usize) {
+        let Self::Dense(t) = self else { return };
+        if groups * n == 0 {
+            return;
+        }
+        let quantized = CpuF32::of(t).map(|data| {
+            let k = data.len / (groups * n);
+            QuantizedWeight::quantize(data.slice(), groups, n, k)
+        });
+        if let Some(q) = quantized {
+            *self = Self::Int8(Arc::new(q));
+        }
     }
 
     /// Packs a dense f32 CPU weight that records no gradient (`groups` blocks of `n` rows);
@@ -183,6 +207,11 @@ impl Linear {
         self.weight.pack(1, self.bias.dim(0).unwrap_or(0));
     }
 
+    /// Quantizes the weight to int8 for inference (see [`Weight`]).
+    pub fn quantize(&mut self) {
+        self.weight.quantize(1, self.bias.dim(0).unwrap_or(0));
+    }
+
     /// `fused`: one op with its own backward (f32 CPU tensors), as [`ForwardCtx::fused`] says.
     pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -193,6 +222,7 @@ impl Linear {
         let x2 = x.contiguous()?.reshape((rows, *last))?;
         let packed = match &self.weight {
             Weight::Packed(w) if fused => forward_packed(&x2, w, &self.bias)?,
+            Weight::Int8(w) if fused => forward_int8(&x2, w, &self.bias)?,
             _ => None,
         };
         let y = match (packed, &self.weight) {
@@ -229,6 +259,33 @@ fn forward_packed(x: &Tensor, w: &PackedWeight, bias: &Tensor) -> Result<Option<
         None,
         MatMut::new(&mut out, rows, n, n),
         rayon::current_num_threads(),
+    );
+    Ok(Some(Tensor::from_vec(out, (rows, n), &Device::Cpu)?))
+}
+
+/// `x W^T + b` through the int8 product ([`int8_linear`]), for a contiguous f32 CPU `rows x k`
+/// input (`None` otherwise): the input quantized per row, so a row's result does not depend
+/// on what it is batched with either.
+fn forward_int8(x: &Tensor, w: &QuantizedWeight, bias: &Tensor) -> Result<Option<Tensor>> {
+    let (Some(input), Some(bias)) = (CpuF32::of(x), CpuF32::of(bias)) else {
+        return Ok(None);
+    };
+    let (rows, k) = x.dims2()?;
+    let n = w.groups() * w.n();
+    if w.groups() != 1 || w.k() != k || bias.len != n {
+        return Ok(None);
+    }
+    let threads = rayon::current_num_threads();
+    let mut quantized = QuantizedRows::new();
+    quantized.quantize(MatRef::new(input.slice(), rows, k, k), 1, threads);
+    let mut out = vec![0f32; rows * n];
+    int8_linear(
+        &quantized,
+        w,
+        Some(bias.slice()),
+        None,
+        MatMut::new(&mut out, rows, n, n),
+        threads,
     );
     Ok(Some(Tensor::from_vec(out, (rows, n), &Device::Cpu)?))
 }
@@ -398,6 +455,12 @@ impl GroupedPointwiseConv {
         self.weight.pack(self.groups, c_out / self.groups);
     }
 
+    /// Quantizes the weight to int8 for inference (see [`Weight`]), one block per group.
+    pub fn quantize(&mut self) {
+        let c_out = self.bias.dim(0).unwrap_or(0);
+        self.weight.quantize(self.groups, c_out / self.groups);
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, s, c_in) = x.dims3()?;
         let c_out = self.bias.dim(0)?;
@@ -438,6 +501,14 @@ impl Projection {
         }
     }
 
+    /// Quantizes the weight to int8 for inference (see [`Weight`]).
+    pub fn quantize(&mut self) {
+        match self {
+            Projection::Linear(l) => l.quantize(),
+            Projection::Grouped(c) => c.quantize(),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         match self {
             Projection::Linear(l) => l.forward(x, fused),
@@ -469,16 +540,25 @@ pub struct EncoderBlock {
 impl EncoderBlock {
     /// Packs every projection's weight for inference (see [`Weight`]).
     pub fn pack(&mut self) {
-        for p in [
+        self.projections_mut().for_each(Projection::pack);
+    }
+
+    /// Quantizes every projection's weight to int8 for inference (see [`Weight`]).
+    pub fn quantize(&mut self) {
+        self.projections_mut().for_each(Projection::quantize);
+    }
+
+    /// The six projections: attention's query, key, value and output, the feed-forward's two.
+    fn projections_mut(&mut self) -> impl Iterator<Item = &mut Projection> {
+        [
             &mut self.query,
             &mut self.key,
             &mut self.value,
             &mut self.attention_output,
             &mut self.ffn_in,
             &mut self.ffn_out,
-        ] {
-            p.pack();
-        }
+        ]
+        .into_iter()
     }
 
     /// `mask` is the additive `(batch, 1, 1, seq)` mask from [`additive_mask`].
@@ -575,6 +655,38 @@ struct Buffers {
     context: Vec<f32>,
     ffn: Vec<f32>,
     attention: AttentionScratch,
+    /// The int8 projections' input, quantized once for every projection that reads it.
+    quantized: QuantizedRows,
+}
+
+/// A projection's input as the fused path hands it over: the f32 activations, and (for int8
+/// weights) their quantized form, made when a projection first asks and reused by the others
+/// that read the same input (the query, key and value).
+struct Input<'a> {
+    x: MatRef<'a>,
+    buffer: &'a mut QuantizedRows,
+    /// The groups the buffer holds the input quantized for, once it does.
+    quantized_for: Option<usize>,
+}
+
+impl<'a> Input<'a> {
+    fn new(x: MatRef<'a>, buffer: &'a mut QuantizedRows) -> Self {
+        Self {
+            x,
+            buffer,
+            quantized_for: None,
+        }
+    }
+
+    /// The input quantized per row for `groups` blocks of columns.
+    fn quantized(&mut self, groups: usize) -> &QuantizedRows {
+        if self.quantized_for != Some(groups) {
+            let threads = rayon::current_num_threads();
+            self.buffer.quantize(self.x, groups, threads);
+            self.quantized_for = Some(groups);
+        }
+        self.buffer
+    }
 }
 
 /// A projection's weights, readable by the kernels: `groups` blocks (1 for a linear layer)
@@ -583,6 +695,11 @@ enum ProjectionData<'a> {
     /// Packed for [`packed_linear`] (see [`Weight`]).
     Packed {
         weight: &'a PackedWeight,
+        bias: CpuF32<'a>,
+    },
+    /// Quantized for [`int8_linear`].
+    Int8 {
+        weight: &'a QuantizedWeight,
         bias: CpuF32<'a>,
     },
     /// As loaded (a model not prepared for inference).
@@ -602,6 +719,7 @@ impl<'a> ProjectionData<'a> {
         let bias = CpuF32::of(bias)?;
         Some(match weight {
             Weight::Packed(weight) => Self::Packed { weight, bias },
+            Weight::Int8(weight) => Self::Int8 { weight, bias },
             Weight::Dense(w) => Self::Dense {
                 weight: CpuF32::of(w)?,
                 bias,
@@ -612,15 +730,26 @@ impl<'a> ProjectionData<'a> {
 
     fn out_dim(&self) -> usize {
         match self {
-            Self::Packed { bias, .. } | Self::Dense { bias, .. } => bias.len,
+            Self::Packed { bias, .. } | Self::Int8 { bias, .. } | Self::Dense { bias, .. } => {
+                bias.len
+            }
         }
     }
 
     /// `out = act(project(x))`; a grouped projection is one product per group on column
-    /// blocks of `x` and `out`, read and written in place. Packed weights apply `act` inside
-    /// the product (see [`Epilogue`]).
-    fn forward(&self, x: MatRef, mut out: MatMut, act: Option<Epilogue>) {
+    /// blocks of `x` and `out`, read and written in place. Packed and int8 weights apply `act`
+    /// inside the product (see [`Epilogue`]).
+    fn forward(&self, input: &mut Input, mut out: MatMut, act: Option<Epilogue>) {
+        let x = input.x;
         match self {
+            Self::Int8 { weight, bias } => int8_linear(
+                input.quantized(weight.groups()),
+                weight,
+                Some(bias.slice()),
+                act,
+                out,
+                rayon::current_num_threads(),
+            ),
             Self::Packed { weight, bias } => packed_linear(
                 x,
                 weight,
@@ -733,11 +862,12 @@ fn encode_fused(
     }
     for (layer, d) in layers.iter().zip(&blocks) {
         let i = d.ffn_in.out_dim();
-        let x_view = MatRef::new(hidden, rows, h, hs);
+        let quantized = &mut buffers.quantized;
+        let mut x_in = Input::new(MatRef::new(hidden, rows, h, hs), quantized);
         let mut qkv_view = MatMut::new(qkv, rows, 3 * h, qkv_stride);
-        d.query.forward(x_view, qkv_view.columns(0, h), None);
-        d.key.forward(x_view, qkv_view.columns(h, h), None);
-        d.value.forward(x_view, qkv_view.columns(2 * h, h), None);
+        d.query.forward(&mut x_in, qkv_view.columns(0, h), None);
+        d.key.forward(&mut x_in, qkv_view.columns(h, h), None);
+        d.value.forward(&mut x_in, qkv_view.columns(2 * h, h), None);
         let qkv_ref = MatRef::new(qkv, rows, 3 * h, qkv_stride);
         fused_attention::attention(
             qkv_ref.columns(0, h),
@@ -751,7 +881,7 @@ fn encode_fused(
             &mut buffers.attention,
         );
         d.attention_output.forward(
-            MatRef::new(context, rows, h, context_stride),
+            &mut Input::new(MatRef::new(context, rows, h, context_stride), quantized),
             MatMut::new(spare, rows, h, hs),
             None,
         );
@@ -766,12 +896,12 @@ fn encode_fused(
             Activation::Relu => relu,
         };
         d.ffn_in.forward(
-            MatRef::new(hidden, rows, h, hs),
+            &mut Input::new(MatRef::new(hidden, rows, h, hs), quantized),
             MatMut::new(ffn, rows, i, ffn_stride),
             Some(act),
         );
         d.ffn_out.forward(
-            MatRef::new(ffn, rows, i, ffn_stride),
+            &mut Input::new(MatRef::new(ffn, rows, i, ffn_stride), quantized),
             MatMut::new(spare, rows, h, hs),
             None,
         );

@@ -9,6 +9,7 @@ use super::distilbert::DistilBert;
 use super::layers::{additive_mask, ForwardCtx, Linear};
 use super::squeezebert::SqueezeBert;
 use super::weights::{ParamSpec, Params, SpecCollector};
+use crate::device::Precision;
 
 /// Tensor-name prefixes of parameters that a base-model checkpoint lacks and that are then
 /// freshly initialised (with a warning): the QA head, and SqueezeBERT's unused pooler.
@@ -30,6 +31,8 @@ pub struct QaModel {
     qa_outputs: Linear,
     dtype: DType,
     device: Device,
+    /// What inference runs at: the dtype, or int8 once prepared for it.
+    precision: Precision,
 }
 
 /// A batch of token ids as the tokenizer produced them, on the model's device.
@@ -80,6 +83,7 @@ impl QaModel {
             qa_outputs,
             dtype,
             device: device.clone(),
+            precision: Precision::of_dtype(dtype),
         })
     }
 
@@ -99,16 +103,35 @@ impl QaModel {
             .sum())
     }
 
-    /// Readies the model for inference only, on f32 CPU weights: every encoder projection's weight is
-    /// packed once for the fused kernels' GEMM and the loaded tensor dropped, so the model
+    /// Readies the model for inference only at `precision`, on f32 CPU weights: every
+    /// encoder projection's weight is packed once for the fused kernels' GEMM (or, at int8,
+    /// quantized once: [`crate::compute::int8`]) and the loaded tensor dropped, so the model
     /// still holds its weights once (see [`super::layers::Weight`]). A model that will be
     /// trained must not be prepared (its trainable weights are left alone anyway: they record
     /// gradients). Other dtypes and devices are left as they are.
     ///
     /// On the portable tier (a CPU without a register kernel here, such as Arm, or
-    /// `--isa portable`) the encoder keeps its weights as loaded: its products then run on the
-    /// `gemm` crate ([`crate::compute::Isa::packs_weights`]).
-    pub fn prepare_for_inference(&mut self) {
+    /// `--isa portable`) an f32 encoder keeps its weights as loaded: its products then run on
+    /// the `gemm` crate ([`crate::compute::Isa::packs_weights`]).
+    ///
+    /// int8 is refused unless the model is f32 on the CPU (the int8 kernels are CPU kernels).
+    /// The embeddings, LayerNorms, the attention's score products and the QA head stay f32.
+    pub fn prepare_for_inference(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Int8 {
+            if !self.device.is_cpu() || self.dtype != DType::F32 {
+                return Err(crate::error::input(format!(
+                    "int8 runs on the CPU's int8 kernels, from f32 weights: this model is {} on                      {}; use --device cpu, or f16/bf16 on a GPU",
+                    self.dtype.as_str(),
+                    crate::device::device_name(&self.device)
+                )));
+            }
+        } else if precision.dtype() != self.dtype {
+            return Err(crate::error::input(format!(
+                "the model was loaded as {} and cannot be prepared for {}",
+                self.dtype.as_str(),
+                precision.as_str()
+            )));
+        }
         let blocks = match &mut self.encoder {
             Encoder::Bert(m) => m.blocks_mut(),
             Encoder::DistilBert(m) => m.blocks_mut(),
@@ -117,15 +140,27 @@ impl QaModel {
         // Freed pages go back block by block: the heap cannot always reuse a freed weight's
         // space for the next packed one (sizes differ), and the peak would grow by the gaps.
         let pack_encoder = crate::compute::Isa::current().packs_weights();
-        for block in blocks.iter_mut().filter(|_| pack_encoder) {
-            block.pack();
+        for block in blocks.iter_mut() {
+            match precision {
+                Precision::Int8 => block.quantize(),
+                _ if pack_encoder => block.pack(),
+                _ => continue,
+            }
             crate::runtime::release_free_memory();
         }
+        self.precision = precision;
         // The QA head too: not for speed (hidden -> 2 is tiny) but because the packed product
         // computes each row the same way whatever the batch, so a window's logits do not
         // depend on the windows batched with it (the dense path's `gemm` crate picks its
         // kernel by shape and moved the logits' last bits with the batch size).
         self.qa_outputs.pack();
+        Ok(())
+    }
+
+    /// What inference runs at: the dtype the model was built in, or int8 once
+    /// [`Self::prepare_for_inference`] quantized it.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn config(&self) -> &ModelConfig {

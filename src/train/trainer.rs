@@ -150,6 +150,13 @@ impl TrainingArgs {
                 return Err(input(format!("{flag} must be at least 1")));
             }
         }
+        if self.dtype == Precision::Int8 {
+            return Err(input(
+                "--dtype int8 is an inference precision (weights quantized from trained f32 \
+                 ones): train in f32 (or bf16/f16 on a GPU), then eval or bench the checkpoint \
+                 with --dtype int8",
+            ));
+        }
         if self.num_train_epochs == 0 && self.max_steps.is_none() {
             return Err(input("--epochs must be at least 1 (or give --max-steps)"));
         }
@@ -247,7 +254,7 @@ pub fn inference_copy(config: &ModelConfig, model: &TrainableModel) -> Result<Qa
         model.model.dtype(),
         model.model.device(),
     )?;
-    copy.prepare_for_inference();
+    copy.prepare_for_inference(crate::device::Precision::of_dtype(copy.dtype()))?;
     Ok(copy)
 }
 

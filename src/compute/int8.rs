@@ -1,0 +1,1040 @@
+//! int8 products with dynamic quantization: `x W^T + b` with the weight quantized once when an
+//! inference model is prepared ([`QuantizedWeight`]: symmetric int8, one scale per output
+//! channel) and the activations quantized per row as they arrive ([`QuantizedRows`]:
+//! asymmetric uint8, one scale and zero point per row), multiplied with exact int32 sums and
+//! turned back into f32 with the two scales.
+//!
+//! The scheme is ONNX Runtime's `quantize_dynamic` (uint8 activations with a zero point, int8
+//! symmetric per-channel weights; `DynamicQuantizeLinear`'s rounding: half to even, then
+//! saturate) and PyTorch's dynamic quantization, with one change: ONNX Runtime and PyTorch
+//! take one activation scale per tensor, here each row gets its own. A row's outputs then
+//! depend on that row alone, not on the rows batched with it (as with the fp32 product, a
+//! window's logits do not depend on its batch), and a row of small values is not quantized on
+//! the range of a row of large ones. It costs one min/max pass per row, which the per-tensor
+//! scale needs too.
+//!
+//! Arithmetic, per output `(r, o)` with `a` the uint8 row (zero point `z_r`, scale `s_r`) and
+//! `w` the int8 column (scale `s_o`, `Σ_i w_oi = c_o`):
+//! `y = float(Σ_i a_ri w_oi - z_r c_o) * (s_r * s_o) + b_o`, the sum in int32 (exact: at most
+//! 255 * 127 per term), one conversion, one product and one sum in f32. Every kernel computes
+//! exactly this, so every tier gives the same bits (tested).
+//!
+//! Layout: the weight is cut into panels of [`PANEL`] output columns; a panel holds its inputs
+//! four at a time, 64 bytes per four inputs (`[output][input % 4]`), the layout `vpdpbusd`
+//! takes: one load gives 16 outputs' weights for four inputs, and one broadcast gives a row's
+//! four activations. Inputs are padded to a multiple of four with zero weights.
+//!
+//! Kernels: AVX-512 VNNI (`vpdpbusd`, 64 multiply-adds an instruction) where the CPU has it;
+//! elsewhere the same sums in portable Rust, compiled for AVX2 where the CPU has it (the
+//! compiler vectorises them; a hand-written AVX2 kernel is not written yet, so int8 on an
+//! AVX2-only CPU is correct but not fast).
+
+use rayon::prelude::*;
+
+use super::cache::CacheSizes;
+use super::isa::Isa;
+use super::packed::{Epilogue, PANEL};
+use super::view::{MatMut, MatRef, SendPtr};
+
+/// Inputs per 32-bit lane of a panel row (what `vpdpbusd` sums in one lane).
+const QUAD: usize = 4;
+
+/// Rows of a register tile (the AVX-512 kernel's; the portable one takes any).
+const MR: usize = 12;
+
+/// Panels per register tile: 12 rows x 2 panels is 24 accumulators of the 32 registers.
+const NP: usize = 2;
+
+/// Four inputs of a panel's 16 outputs: `[output][input % 4]`, 64-byte aligned for one load.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+struct QuadRow([i8; PANEL * QUAD]);
+
+impl Default for QuadRow {
+    fn default() -> Self {
+        Self([0; PANEL * QUAD])
+    }
+}
+
+/// Which int8 kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Int8Kernel {
+    /// AVX-512 with VNNI (`vpdpbusd` on 512-bit registers).
+    Vnni512,
+    /// The portable sums, compiled for AVX2+FMA (vectorised by the compiler).
+    Avx2,
+    /// The portable sums, no target features.
+    Portable,
+}
+
+impl Int8Kernel {
+    /// The kernel for a tier: VNNI where the tier is AVX-512 and the CPU has VNNI.
+    pub fn for_isa(isa: Isa) -> Self {
+        match isa {
+            Isa::Avx512 if has_vnni512() => Self::Vnni512,
+            Isa::Avx512 | Isa::Avx2 => Self::Avx2,
+            Isa::Portable => Self::Portable,
+        }
+    }
+
+    /// The kernel this process runs (its tier's).
+    pub fn current() -> Self {
+        Self::for_isa(Isa::current())
+    }
+
+    /// Every kernel this CPU can run, best first (tests run them all).
+    pub fn available() -> Vec<Self> {
+        let mut v: Vec<Self> = Isa::available().iter().map(|&i| Self::for_isa(i)).collect();
+        v.dedup();
+        v
+    }
+
+    /// The kernel's name, as the environment file records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vnni512 => "avx512-vnni",
+            Self::Avx2 => "avx2 (compiler-vectorised)",
+            Self::Portable => "portable",
+        }
+    }
+}
+
+/// Whether the CPU has AVX-512 VNNI (and the byte/word instructions its epilogue uses).
+fn has_vnni512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A weight quantized for [`int8_linear`]: `groups` independent `n x k` blocks (a grouped 1x1
+/// convolution; 1 for a linear layer), each int8 with one scale per output, in panels of
+/// [`PANEL`] outputs (the last zero-padded).
+#[derive(Clone, Debug)]
+pub struct QuantizedWeight {
+    quads: Vec<QuadRow>,
+    /// `groups * n` scales: the weight is `q * scale`.
+    scales: Vec<f32>,
+    /// `groups * n` sums of each output's quantized weights (for the zero point).
+    sums: Vec<i32>,
+    n: usize,
+    k: usize,
+    groups: usize,
+}
+
+impl QuantizedWeight {
+    /// Quantizes `w`, `groups * n` rows of `k` (the Hub's `[out, in]` layout, groups one after
+    /// another), each output symmetric on its own largest magnitude: `q = round(w / s)` in
+    /// -127..=127 with `s = max|w| / 127` (half to even; an all-zero output gets `s = 1`).
+    /// Panics unless `w` holds `groups * n * k` values, all finite.
+    pub fn quantize(w: &[f32], groups: usize, n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), groups * n * k, "weight of {groups} x {n} x {k}");
+        assert!(
+            w.iter().all(|v| v.is_finite()),
+            "weight has a non-finite value"
+        );
+        let (panels, kq) = (n.div_ceil(PANEL), k.div_ceil(QUAD));
+        let mut quads = vec![QuadRow::default(); groups * panels * kq];
+        let mut scales = Vec::with_capacity(groups * n);
+        let mut sums = Vec::with_capacity(groups * n);
+        for g in 0..groups {
+            for o in 0..n {
+                let row = &w[(g * n + o) * k..][..k];
+                let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+                let (p, c) = (o / PANEL, o % PANEL);
+                let panel = &mut quads[(g * panels + p) * kq..][..kq];
+                let mut sum = 0i32;
+                for (i, v) in row.iter().enumerate() {
+                    let q = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+                    panel[i / QUAD].0[c * QUAD + i % QUAD] = q;
+                    sum += i32::from(q);
+                }
+                scales.push(scale);
+                sums.push(sum);
+            }
+        }
+        Self {
+            quads,
+            scales,
+            sums,
+            n,
+            k,
+            groups,
+        }
+    }
+
+    /// The quantized weight as floats again (`q * scale`), in the Hub's layout: what the
+    /// product multiplies by.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let mut w = vec![0f32; self.groups * n * k];
+        for g in 0..self.groups {
+            for o in 0..n {
+                let scale = self.scales[g * n + o];
+                for (i, v) in w[(g * n + o) * k..][..k].iter_mut().enumerate() {
+                    *v = f32::from(self.q(g, o, i)) * scale;
+                }
+            }
+        }
+        w
+    }
+
+    /// The quantized value of output `o`, input `i` of group `g`.
+    pub fn q(&self, g: usize, o: usize, i: usize) -> i8 {
+        let (p, c) = (o / PANEL, o % PANEL);
+        self.quads[(g * self.panels() + p) * self.kq() + i / QUAD].0[c * QUAD + i % QUAD]
+    }
+
+    /// The scale of output `o` of group `g`.
+    pub fn scale(&self, g: usize, o: usize) -> f32 {
+        self.scales[g * self.n + o]
+    }
+
+    /// Output columns per group.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs per group.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// Bytes this weight holds (values, scales and sums).
+    pub fn bytes(&self) -> usize {
+        self.quads.len() * std::mem::size_of::<QuadRow>() + self.scales.len() * 8
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    fn kq(&self) -> usize {
+        self.k.div_ceil(QUAD)
+    }
+
+    /// Panel `p` of group `g` and every one after it (a tile reading two panels takes its
+    /// pointer from this slice).
+    fn panels_from(&self, g: usize, p: usize) -> &[QuadRow] {
+        &self.quads[(g * self.panels() + p) * self.kq()..]
+    }
+}
+
+/// Activations quantized per row for [`int8_linear`]: uint8 with a zero point, each row on its
+/// own range (which always includes 0, so 0 is exact): `s = (max - min) / 255`,
+/// `z = round(-min / s)`, `q = clamp(round(x / s) + z, 0, 255)`, rounding half to even.
+/// A row's `groups` blocks of `k` columns are stored one after another, each padded with
+/// zeros to a multiple of four. A buffer: [`Self::quantize`] reuses its memory.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedRows {
+    data: Vec<u8>,
+    scales: Vec<f32>,
+    zeros: Vec<i32>,
+    rows: usize,
+    k: usize,
+    groups: usize,
+}
+
+impl QuantizedRows {
+    /// Nothing quantized yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Quantizes the row-major `x`, whose columns are `groups` blocks of `x.cols() / groups`
+    /// inputs, using up to `threads` threads. Panics unless `groups` divides the columns and
+    /// every value is finite.
+    pub fn quantize(&mut self, x: MatRef, groups: usize, threads: usize) {
+        assert!(x.is_row_major(), "row-major activations");
+        assert!(
+            groups >= 1 && x.cols().is_multiple_of(groups),
+            "{} columns in {groups} groups",
+            x.cols()
+        );
+        let (rows, k) = (x.rows(), x.cols() / groups);
+        let stride = groups * k.div_ceil(QUAD) * QUAD;
+        (self.rows, self.k, self.groups) = (rows, k, groups);
+        self.data.resize(rows * stride, 0);
+        self.scales.resize(rows, 0.0);
+        self.zeros.resize(rows, 0);
+        if rows == 0 || stride == 0 {
+            return;
+        }
+        let work = |(r, ((q, scale), zero)): (usize, ((&mut [u8], &mut f32), &mut i32))| {
+            let src = &x.data()[r * x.stride()..][..x.cols()];
+            (*scale, *zero) = quantize_row(src, q, groups, k);
+        };
+        if threads > 1 && rows * x.cols() >= super::PAR_MIN_ELEMS {
+            self.data
+                .par_chunks_exact_mut(stride)
+                .zip(self.scales.par_iter_mut())
+                .zip(self.zeros.par_iter_mut())
+                .enumerate()
+                .for_each(work);
+        } else {
+            self.data
+                .chunks_exact_mut(stride)
+                .zip(self.scales.iter_mut())
+                .zip(self.zeros.iter_mut())
+                .enumerate()
+                .for_each(work);
+        }
+    }
+
+    /// Rows quantized.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Inputs per group.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// Row `r`'s scale and zero point.
+    pub fn params(&self, r: usize) -> (f32, i32) {
+        (self.scales[r], self.zeros[r])
+    }
+
+    /// Row `r`'s quantized value at input `i` of group `g`.
+    pub fn q(&self, r: usize, g: usize, i: usize) -> u8 {
+        self.data[r * self.stride() + g * self.kp() + i]
+    }
+
+    /// Inputs per group, padded to whole quads.
+    fn kp(&self) -> usize {
+        self.k.div_ceil(QUAD) * QUAD
+    }
+
+    fn stride(&self) -> usize {
+        self.groups * self.kp()
+    }
+}
+
+/// Quantizes one row (`groups` blocks of `k`) into `out` (`groups` blocks of `k` padded to
+/// quads); returns its scale and zero point.
+fn quantize_row(src: &[f32], out: &mut [u8], groups: usize, k: usize) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    let (lo, hi) = if Isa::current().has_avx2() {
+        // SAFETY: both x86 tiers run only where AVX2 and FMA are (`Isa::detect_all`).
+        unsafe { avx2::range(src) }
+    } else {
+        range(src)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (lo, hi) = range(src);
+    assert!(lo.is_finite() && hi.is_finite(), "activation is not finite");
+    let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+    let zero = (-lo / scale).round_ties_even().clamp(0.0, 255.0);
+    let kp = k.div_ceil(QUAD) * QUAD;
+    for g in 0..groups {
+        let (dst, from) = (&mut out[g * kp..][..kp], &src[g * k..][..k]);
+        #[cfg(target_arch = "x86_64")]
+        let done = if Isa::current().has_avx2() {
+            // SAFETY: as above.
+            unsafe { avx2::quantize(from, &mut dst[..k], scale, zero) }
+        } else {
+            0
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = 0;
+        for (d, &f) in dst[done..k].iter_mut().zip(&from[done..]) {
+            *d = quantize(f, scale, zero);
+        }
+        dst[k..].fill(0);
+    }
+    (scale, zero as i32)
+}
+
+/// The smallest and largest of `src` and 0.
+fn range(src: &[f32]) -> (f32, f32) {
+    src.iter().fold((0f32, 0f32), |(lo, hi), &v| {
+        (if v < lo { v } else { lo }, if v > hi { v } else { hi })
+    })
+}
+
+/// One value quantized: `clamp(round(v / scale) + zero, 0, 255)`, half to even.
+#[inline(always)]
+fn quantize(v: f32, scale: f32, zero: f32) -> u8 {
+    ((v / scale).round_ties_even() + zero).clamp(0.0, 255.0) as u8
+}
+
+/// `out = act(x W^T + bias)` for every group `g` (inputs of block `g` of `x` times group `g` of
+/// `w` into columns `g*n..` of `out`), split over `threads` (1: on the calling thread).
+pub fn int8_linear(
+    x: &QuantizedRows,
+    w: &QuantizedWeight,
+    bias: Option<&[f32]>,
+    act: Option<Epilogue>,
+    out: MatMut,
+    threads: usize,
+) {
+    int8_linear_with(Int8Kernel::current(), x, w, bias, act, out, threads)
+}
+
+/// [`int8_linear`] with a chosen kernel (which must be one of [`Int8Kernel::available`]).
+pub fn int8_linear_with(
+    kernel: Int8Kernel,
+    x: &QuantizedRows,
+    w: &QuantizedWeight,
+    bias: Option<&[f32]>,
+    act: Option<Epilogue>,
+    mut out: MatMut,
+    threads: usize,
+) {
+    assert!(
+        Int8Kernel::available().contains(&kernel),
+        "{kernel:?} kernel on this CPU"
+    );
+    let (m, n, k, groups) = (x.rows, w.n, w.k, w.groups);
+    assert_eq!(
+        (x.k, x.groups),
+        (k, groups),
+        "activations quantized as {} x {}",
+        x.groups,
+        x.k
+    );
+    assert_eq!((out.rows(), out.cols()), (m, groups * n), "output shape");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), groups * n, "bias length");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    let tiles = w.panels().div_ceil(NP);
+    let threads = if m * n * k * groups < 1 << 18 {
+        1
+    } else {
+        threads.max(1)
+    };
+    let per_group = threads.div_ceil(groups).min(tiles).max(1);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_stride = out.stride();
+    // Rows per block: their activations (kp bytes each) fill at most half of the thread's L2
+    // while every panel of its columns passes over them (as the fp32 product's rule).
+    let budget = CacheSizes::detect().l2_per_thread(threads) / 2;
+    let mc = if cfg!(miri) {
+        MR
+    } else {
+        (budget / x.kp().max(1) / MR * MR).max(MR)
+    };
+    let run = |item: usize| {
+        let (g, part) = (item / per_group, item % per_group);
+        let chunk = tiles.div_ceil(per_group);
+        let (t0, t1) = (part * chunk, ((part + 1) * chunk).min(tiles));
+        if t0 >= t1 {
+            return;
+        }
+        let (p0, p1) = (t0 * NP, (t1 * NP).min(w.panels()));
+        let job = Job {
+            kernel,
+            x,
+            w,
+            g,
+            bias: bias.map(|b| &b[g * n..(g + 1) * n]),
+            act,
+            // `m > 0` and `n > 0` here, so column g*n of row 0 is inside the output, which
+            // was checked as m x (groups*n) at `out_stride`.
+            out: out_ptr.get().wrapping_add(g * n),
+            out_stride,
+            mc,
+        };
+        // SAFETY: `out` (checked above, exclusively borrowed) holds m rows of this group's
+        // n columns from `job.out` at `out_stride`, and this item alone writes the columns of
+        // panels p0..p1 (items split the panels of a group without overlap).
+        unsafe { job.run(p0, p1) };
+    };
+    let items = groups * per_group;
+    if threads == 1 {
+        (0..items).for_each(run);
+    } else {
+        (0..items).into_par_iter().for_each(run);
+    }
+}
+
+/// One thread's share of a product: panels `p0..p1` of group `g`, all rows.
+struct Job<'a> {
+    kernel: Int8Kernel,
+    x: &'a QuantizedRows,
+    w: &'a QuantizedWeight,
+    g: usize,
+    /// The group's `w.n` biases.
+    bias: Option<&'a [f32]>,
+    act: Option<Epilogue>,
+    /// Element (0, 0) of the group's output columns.
+    out: *mut f32,
+    out_stride: usize,
+    /// Rows per block.
+    mc: usize,
+}
+
+impl Job<'_> {
+    /// Computes the output columns of panels `p0..p1` for every row.
+    ///
+    /// # Safety
+    /// `kernel` must be available; `x` and `w` agree in groups and inputs and `x` has at least
+    /// one row; `p0 < p1 <= w.panels()`; `out` must be valid for writes of `x.rows` rows of
+    /// the columns `p0 * PANEL .. min(p1 * PANEL, w.n)` at `out_stride`, which no one else
+    /// accesses meanwhile.
+    unsafe fn run(&self, p0: usize, p1: usize) {
+        let (m, n, g) = (self.x.rows, self.w.n, self.g);
+        let (kq, stride, kp) = (self.w.kq(), self.x.stride(), self.x.kp());
+        let mut ic = 0;
+        while ic < m {
+            let rows = self.mc.min(m - ic);
+            let mut p = p0;
+            while p < p1 {
+                let nps = NP.min(p1 - p);
+                let col0 = p * PANEL;
+                let cols = (nps * PANEL).min(n - col0);
+                let o0 = g * n + col0;
+                let tile = QTile {
+                    // Rows ic.. of group g's inputs: inside the buffer (ic < m, g < groups).
+                    a: &self.x.data[ic * stride + g * kp..],
+                    lda: stride,
+                    b: self.w.panels_from(g, p),
+                    kq,
+                    row_scales: &self.x.scales[ic..ic + rows],
+                    row_zeros: &self.x.zeros[ic..ic + rows],
+                    col_scales: &self.w.scales[o0..o0 + cols],
+                    col_sums: &self.w.sums[o0..o0 + cols],
+                    bias: self.bias.map(|b| &b[col0..col0 + cols]),
+                    // SAFETY: row ic, column col0 is inside the output the caller
+                    // guarantees (ic < m, col0 < n).
+                    c: unsafe { self.out.add(ic * self.out_stride + col0) },
+                    ldc: self.out_stride,
+                    rows,
+                    cols,
+                };
+                // SAFETY: the tile's invariant: `a` holds `rows` rows at `lda` of kq quads
+                // (the buffer's rows are `stride` long from `g * kp`, and kq quads fit in kp);
+                // `b` holds `nps` panels of kq quads (panels p..p+nps <= p1 exist); the row
+                // and column slices have `rows` and `cols` values; `c` covers rows x cols at
+                // `ldc` (caller); 1 <= cols <= nps * PANEL; the kernel is available (caller).
+                unsafe { tile.run(self.kernel) };
+                p += nps;
+            }
+            if let Some(act) = self.act {
+                let (c0, c1) = (p0 * PANEL, (p1 * PANEL).min(n));
+                for r in ic..ic + rows {
+                    // SAFETY: row r, columns c0..c1 are this job's own outputs (caller's
+                    // guarantee), written above and not aliased meanwhile.
+                    act(unsafe {
+                        std::slice::from_raw_parts_mut(
+                            self.out.add(r * self.out_stride + c0),
+                            c1 - c0,
+                        )
+                    });
+                }
+            }
+            ic += rows;
+        }
+    }
+}
+
+/// A block of `rows x cols` outputs at `c` (row stride `ldc`) from `rows` quantized activation
+/// rows in `a` (`lda` bytes apart, `kq` quads each) and the panels in `b` (`kq` quads each,
+/// one after another).
+///
+/// The tile's invariant, which every `unsafe fn` taking one relies on: `a` holds at least
+/// `(rows - 1) * lda + 4 * kq` bytes; `b` holds `cols.div_ceil(PANEL)` panels of `kq` quads;
+/// `row_scales`/`row_zeros` have `rows` values and `col_scales`/`col_sums` (and `bias`, when
+/// given) `cols`; `c` is writable for `rows` rows of `cols` values at `ldc`, accessed by no
+/// one else; `1 <= cols <= NP * PANEL`.
+struct QTile<'a> {
+    a: &'a [u8],
+    lda: usize,
+    b: &'a [QuadRow],
+    kq: usize,
+    row_scales: &'a [f32],
+    row_zeros: &'a [i32],
+    col_scales: &'a [f32],
+    col_sums: &'a [i32],
+    bias: Option<&'a [f32]>,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl QTile<'_> {
+    /// # Safety
+    /// The tile's invariant (see [`QTile`]); `kernel` is available on this CPU.
+    unsafe fn run(&self, kernel: Int8Kernel) {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512 VNNI is available (caller); the tile's invariant holds.
+            Int8Kernel::Vnni512 => unsafe { vnni::rows(self) },
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Avx2 => {
+                /// # Safety
+                /// The CPU must have AVX2 and FMA; the tile's invariant.
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide(t: &QTile) {
+                    // SAFETY: the caller's guarantee.
+                    unsafe { t.portable() }
+                }
+                // SAFETY: the Avx2 kernel is available only where AVX2 and FMA are.
+                unsafe { wide(self) }
+            }
+            // SAFETY: the tile's invariant.
+            _ => unsafe { self.portable() },
+        }
+    }
+
+    /// The sums in plain Rust, one output row and panel at a time: the reference the register
+    /// kernels are tested against (the same arithmetic, so the same bits).
+    ///
+    /// # Safety
+    /// The tile's invariant.
+    #[inline(always)]
+    unsafe fn portable(&self) {
+        for r in 0..self.rows {
+            let a = &self.a[r * self.lda..][..self.kq * QUAD];
+            for j in 0..self.cols.div_ceil(PANEL) {
+                let b = &self.b[j * self.kq..][..self.kq];
+                let mut acc = [0i32; PANEL];
+                for (quad, w) in a.chunks_exact(QUAD).zip(b) {
+                    for (o, v) in acc.iter_mut().enumerate() {
+                        let ws = &w.0[o * QUAD..][..QUAD];
+                        *v += quad
+                            .iter()
+                            .zip(ws)
+                            .map(|(&x, &y)| i32::from(x) * i32::from(y))
+                            .sum::<i32>();
+                    }
+                }
+                let cols = PANEL.min(self.cols - j * PANEL);
+                for (o, v) in acc.iter().enumerate().take(cols) {
+                    let col = j * PANEL + o;
+                    let y = self.finish(r, col, *v);
+                    // SAFETY: r < rows, col < cols: an output of this tile (invariant).
+                    unsafe { *self.c.add(r * self.ldc + col) = y };
+                }
+            }
+        }
+    }
+
+    /// Output `(r, col)` from its int32 sum: the scheme's one formula (see the module).
+    #[inline(always)]
+    fn finish(&self, r: usize, col: usize, acc: i32) -> f32 {
+        let v = (acc - self.row_zeros[r] * self.col_sums[col]) as f32;
+        let y = v * (self.row_scales[r] * self.col_scales[col]);
+        match self.bias {
+            Some(b) => y + b[col],
+            None => y,
+        }
+    }
+}
+
+/// The activations' quantization with AVX2: the compiler kept both passes scalar (a select per
+/// value for the range, a conversion and an insert per byte), and they cost as much as the
+/// product they feed.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// [`super::range`], eight lanes at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn range(src: &[f32]) -> (f32, f32) {
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let chunks = src.chunks_exact(8);
+        let (tail_lo, tail_hi) = super::range(chunks.remainder());
+        for c in chunks {
+            // SAFETY: the chunk holds 8 values.
+            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            // `min(v, lo)` is `v < lo ? v : lo`: a NaN is passed over, as in `super::range`.
+            lo = _mm256_min_ps(v, lo);
+            hi = _mm256_max_ps(v, hi);
+        }
+        let (mut l, mut h) = ([0f32; 8], [0f32; 8]);
+        // SAFETY: both arrays hold 8 values.
+        unsafe {
+            _mm256_storeu_ps(l.as_mut_ptr(), lo);
+            _mm256_storeu_ps(h.as_mut_ptr(), hi);
+        }
+        let lo = l.iter().fold(tail_lo, |m, &v| if v < m { v } else { m });
+        let hi = h.iter().fold(tail_hi, |m, &v| if v > m { v } else { m });
+        (lo, hi)
+    }
+
+    /// [`super::quantize`] on the first `src.len() / 32 * 32` values into `dst` (as long as
+    /// `src`), 32 at a time, with the same operations (a correctly rounded division, rounding
+    /// half to even), so the same bytes; returns how many it did.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize(src: &[f32], dst: &mut [u8], scale: f32, zero: f32) -> usize {
+        assert_eq!(src.len(), dst.len());
+        let (s, z) = (_mm256_set1_ps(scale), _mm256_set1_ps(zero));
+        let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+        // packs/packus interleave the two 128-bit lanes: this puts the bytes back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let n = src.len() / 32 * 32;
+        for (d, c) in dst[..n].chunks_exact_mut(32).zip(src[..n].chunks_exact(32)) {
+            let q: [__m256i; 4] = std::array::from_fn(|i| {
+                // SAFETY: the chunk holds 32 values; these are 8i..8i+8.
+                let v = unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * i)) };
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm256_div_ps(v, s),
+                );
+                let r = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, z), lo), hi);
+                _mm256_cvttps_epi32(r)
+            });
+            let words = [
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            ];
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words[0], words[1]), order);
+            // SAFETY: the chunk of `dst` holds 32 bytes.
+            unsafe { _mm256_storeu_si256(d.as_mut_ptr().cast(), bytes) };
+        }
+        n
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::{QTile, NP, PANEL, QUAD};
+    use std::arch::x86_64::*;
+
+    /// A block of rows: tiles of 12, then one of the rest, each over one or two panels.
+    ///
+    /// # Safety
+    /// AVX-512F, BW and VNNI available; the tile's invariant.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn rows(t: &QTile) {
+        let two = t.cols > PANEL;
+        let mut r0 = 0;
+        macro_rules! tile {
+            ($r:literal) => {
+                if two {
+                    // SAFETY: rows r0..r0 + $r are the tile's; two panels have columns.
+                    unsafe { tile::<$r, NP>(t, r0) }
+                } else {
+                    // SAFETY: as above, one panel.
+                    unsafe { tile::<$r, 1>(t, r0) }
+                }
+            };
+        }
+        while t.rows - r0 >= 12 {
+            tile!(12);
+            r0 += 12;
+        }
+        match t.rows - r0 {
+            0 => {}
+            1 => tile!(1),
+            2 => tile!(2),
+            3 => tile!(3),
+            4 => tile!(4),
+            5 => tile!(5),
+            6 => tile!(6),
+            7 => tile!(7),
+            8 => tile!(8),
+            9 => tile!(9),
+            10 => tile!(10),
+            _ => tile!(11),
+        }
+    }
+
+    /// Rows `r0..r0 + R` x `P` panels: `R * P` accumulators of 16 int32 lanes, `P` weight
+    /// loads and `R` broadcasts of four activations per four inputs, then the scheme's
+    /// epilogue in the same order of operations as the portable tile.
+    ///
+    /// # Safety
+    /// AVX-512F, BW and VNNI available; the tile's invariant; `r0 + R <= rows`;
+    /// `(P - 1) * 16 < cols <= P * 16`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const R: usize, const P: usize>(t: &QTile, r0: usize) {
+        debug_assert!(r0 + R <= t.rows && t.cols > (P - 1) * PANEL && t.cols <= P * PANEL);
+        let masks: [__mmask16; P] = std::array::from_fn(|j| {
+            let cols = t.cols.saturating_sub(j * PANEL).min(PANEL);
+            ((1u32 << cols) - 1) as __mmask16
+        });
+        // SAFETY: row r0 + r < rows starts inside `a` (invariant: the last row's kq quads end
+        // inside it).
+        let rows: [*const u8; R] =
+            std::array::from_fn(|r| unsafe { t.a.as_ptr().add((r0 + r) * t.lda) });
+        let b = t.b.as_ptr().cast::<i8>();
+        let panel_bytes = t.kq * PANEL * QUAD;
+        let mut acc = [[_mm512_setzero_si512(); P]; R];
+        for q in 0..t.kq {
+            let bv: [__m512i; P] = std::array::from_fn(|j| {
+                // SAFETY: panel j < P holds kq aligned 64-byte quads; this is quad q < kq.
+                unsafe { _mm512_load_si512(b.add(j * panel_bytes + q * 64).cast()) }
+            });
+            for (row, a) in acc.iter_mut().zip(&rows) {
+                // SAFETY: each row holds kq quads of 4 bytes; this is quad q < kq.
+                let four = unsafe { a.add(q * QUAD).cast::<i32>().read_unaligned() };
+                let av = _mm512_set1_epi32(four);
+                for j in 0..P {
+                    row[j] = _mm512_dpbusd_epi32(row[j], av, bv[j]);
+                }
+            }
+        }
+        // The columns' sums, scales and biases: each slice holds `cols` values, panel j's
+        // start j * 16 < cols in, and mask j enables only those.
+        let sums: [__m512i; P] = std::array::from_fn(|j| {
+            // SAFETY: as above.
+            unsafe { _mm512_maskz_loadu_epi32(masks[j], t.col_sums.as_ptr().add(j * PANEL)) }
+        });
+        let scales: [__m512; P] = std::array::from_fn(|j| {
+            // SAFETY: as above.
+            unsafe { _mm512_maskz_loadu_ps(masks[j], t.col_scales.as_ptr().add(j * PANEL)) }
+        });
+        let bias: Option<[__m512; P]> = t.bias.map(|b| {
+            std::array::from_fn(|j| {
+                // SAFETY: as above.
+                unsafe { _mm512_maskz_loadu_ps(masks[j], b.as_ptr().add(j * PANEL)) }
+            })
+        });
+        for (r, row) in acc.iter().enumerate() {
+            let zero = _mm512_set1_epi32(t.row_zeros[r0 + r]);
+            let scale = _mm512_set1_ps(t.row_scales[r0 + r]);
+            for (j, v) in row.iter().enumerate() {
+                let v = _mm512_sub_epi32(*v, _mm512_mullo_epi32(zero, sums[j]));
+                let y = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(scale, scales[j]));
+                let y = match &bias {
+                    Some(b) => _mm512_add_ps(y, b[j]),
+                    None => y,
+                };
+                // SAFETY: row r0 + r < rows; panel j's columns hold at least one output of
+                // the tile, and the mask enables only those.
+                unsafe {
+                    _mm512_mask_storeu_ps(t.c.add((r0 + r) * t.ldc + j * PANEL), masks[j], y)
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32)
+            .map(|v| v / (1u32 << 24) as f32 - 0.5)
+            .collect()
+    }
+
+    fn square(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v *= *v);
+    }
+
+    /// The weight's quantization: symmetric per output, rounding half to even, within half a
+    /// step of the weight; an all-zero output keeps zeros.
+    #[test]
+    fn weights_quantize_per_output_within_half_a_step() {
+        let (n, k) = (19, 10);
+        let mut w = values(n * k, 9);
+        w[3 * k..4 * k].fill(0.0);
+        // Output 5's largest magnitude is negative: it still maps to -127.
+        w[5 * k + 2] = -3.0;
+        let q = QuantizedWeight::quantize(&w, 1, n, k);
+        let back = q.dequantize();
+        for o in 0..n {
+            let max = w[o * k..(o + 1) * k]
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
+            let s = q.scale(0, o);
+            assert_eq!(s, if max > 0.0 { max / 127.0 } else { 1.0 });
+            for i in 0..k {
+                assert!((back[o * k + i] - w[o * k + i]).abs() <= s / 2.0 * 1.0001);
+                assert!((-127..=127).contains(&q.q(0, o, i)));
+            }
+        }
+        assert_eq!(q.q(0, 5, 2), -127);
+        assert!((0..k).all(|i| q.q(0, 3, i) == 0));
+        // Half to even: 2.5 steps -> 2, 3.5 -> 4.
+        let q = QuantizedWeight::quantize(&[127.0, 2.5, 3.5, -2.5], 1, 1, 4);
+        assert_eq!((q.q(0, 0, 1), q.q(0, 0, 2), q.q(0, 0, 3)), (2, 4, -2));
+    }
+
+    /// Rows quantize on their own range, zero exact, the ends at 0 and 255, padding zero.
+    #[test]
+    fn rows_quantize_on_their_own_range() {
+        let x = [
+            -1.0, 0.5, 2.0, 0.0, 0.25, // min -1, max 2
+            3.0, 3.0, 1.0, 2.0, 0.5, // all positive: the range starts at 0
+            0.0, 0.0, 0.0, 0.0, 0.0, // all zero
+        ];
+        let mut q = QuantizedRows::new();
+        q.quantize(MatRef::new(&x, 3, 5, 5), 1, 1);
+        let (s, z) = q.params(0);
+        assert_eq!(s, 3.0 / 255.0);
+        assert_eq!(z, 85);
+        assert_eq!((q.q(0, 0, 0), q.q(0, 0, 2), q.q(0, 0, 3)), (0, 255, 85));
+        assert_eq!(q.params(1), (3.0 / 255.0, 0));
+        assert_eq!(q.q(1, 0, 0), 255);
+        assert_eq!(q.params(2), (1.0, 0));
+        // Padding to a whole quad is zero.
+        assert_eq!(q.data[5..8], [0, 0, 0]);
+        for r in 0..2 {
+            let (s, z) = q.params(r);
+            for i in 0..5 {
+                let back = (f32::from(q.q(r, 0, i)) - z as f32) * s;
+                assert!((back - x[r * 5 + i]).abs() <= s / 2.0 * 1.0001);
+            }
+        }
+        // Groups are padded each on its own; a reused buffer is overwritten.
+        let y = values(2 * 6, 3);
+        q.quantize(MatRef::new(&y, 2, 6, 6), 2, 1);
+        assert_eq!((q.rows(), q.k(), q.groups()), (2, 3, 2));
+        assert_eq!(q.data.len(), 2 * 8);
+        assert_eq!(q.data[3], 0);
+        assert_eq!(q.data[7], 0);
+    }
+
+    /// Every kernel, every edge (partial row tiles, one and two panels, odd inputs, groups,
+    /// strided activations, no bias, an epilogue, threads) against an f64 reference of the
+    /// quantized arithmetic (exact int sums); every kernel gives the portable kernel's bits.
+    #[test]
+    fn int8_linear_matches_the_quantized_reference_on_every_kernel() {
+        let full = [
+            (1, 8, 3, 1),
+            (5, 17, 16, 1),
+            (13, 40, 33, 1),
+            (49, 300, 50, 1),
+            (150, 520, 64, 1),
+            (7, 24, 40, 4),
+            (30, 64, 48, 3),
+            (3, 3072, 20, 1),
+        ];
+        let small = [(1, 8, 3, 1), (5, 7, 16, 1), (13, 19, 33, 1), (3, 5, 7, 2)];
+        let shapes: &[(usize, usize, usize, usize)] = if cfg!(miri) { &small } else { &full };
+        for &(m, k, n, groups) in shapes {
+            let stride = groups * k + 3;
+            let x = values(m * stride, 1);
+            let w = values(groups * n * k, 2);
+            let bias = values(groups * n, 3);
+            let qw = QuantizedWeight::quantize(&w, groups, n, k);
+            let mut qx = QuantizedRows::new();
+            qx.quantize(MatRef::new(&x, m, groups * k, stride), groups, 1);
+            for (with_bias, act) in [
+                (true, None),
+                (false, None),
+                (true, Some(square as Epilogue)),
+            ] {
+                let mut first: Option<Vec<f32>> = None;
+                for kernel in Int8Kernel::available() {
+                    for threads in if cfg!(miri) { vec![1] } else { vec![1, 3] } {
+                        let mut out = vec![f32::NAN; m * groups * n];
+                        int8_linear_with(
+                            kernel,
+                            &qx,
+                            &qw,
+                            with_bias.then_some(&bias[..]),
+                            act,
+                            MatMut::new(&mut out, m, groups * n, groups * n),
+                            threads,
+                        );
+                        for r in 0..m {
+                            let (s, z) = qx.params(r);
+                            for g in 0..groups {
+                                for o in 0..n {
+                                    let sum: i64 = (0..k)
+                                        .map(|i| {
+                                            (i64::from(qx.q(r, g, i)) - i64::from(z))
+                                                * i64::from(qw.q(g, o, i))
+                                        })
+                                        .sum();
+                                    let mut want =
+                                        sum as f64 * f64::from(s) * f64::from(qw.scale(g, o));
+                                    if with_bias {
+                                        want += f64::from(bias[g * n + o]);
+                                    }
+                                    if act.is_some() {
+                                        want *= want;
+                                    }
+                                    let got = f64::from(out[r * groups * n + g * n + o]);
+                                    assert!(
+                                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                        "{kernel:?} {m}x{k}x{n}/{groups} t{threads}: ({r},{g},{o}) {got} vs {want}"
+                                    );
+                                }
+                            }
+                        }
+                        match &first {
+                            None => first = Some(out),
+                            Some(f) => assert!(
+                                f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{kernel:?} t{threads} differs from the first kernel's bits"
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The quantized product is close to the float one: per-row activations and per-output
+    /// weights lose well under 1% of a typical output's magnitude at BERT-like inputs.
+    #[test]
+    fn int8_linear_is_close_to_the_float_product() {
+        let (m, k, n) = if cfg!(miri) {
+            (3, 16, 5)
+        } else {
+            (24, 768, 40)
+        };
+        let x = values(m * k, 4);
+        let w = values(n * k, 5);
+        let qw = QuantizedWeight::quantize(&w, 1, n, k);
+        let mut qx = QuantizedRows::new();
+        qx.quantize(MatRef::new(&x, m, k, k), 1, 1);
+        let mut out = vec![0f32; m * n];
+        int8_linear(&qx, &qw, None, None, MatMut::new(&mut out, m, n, n), 1);
+        let mut err = 0f64;
+        let mut mag = 0f64;
+        for r in 0..m {
+            for o in 0..n {
+                let want: f64 = (0..k)
+                    .map(|i| f64::from(x[r * k + i]) * f64::from(w[o * k + i]))
+                    .sum();
+                err += (f64::from(out[r * n + o]) - want).powi(2);
+                mag += want.powi(2);
+            }
+        }
+        let rel = (err / mag).sqrt();
+        assert!(rel < 0.02, "relative RMS error {rel}");
+    }
+
+    /// A row's outputs do not depend on the other rows quantized with it.
+    #[test]
+    fn a_row_gives_the_same_bits_whatever_it_is_batched_with() {
+        let (k, n) = (40, 20);
+        let x = values(7 * k, 8);
+        let w = values(n * k, 6);
+        let qw = QuantizedWeight::quantize(&w, 1, n, k);
+        let run = |rows: &[f32], m: usize| {
+            let mut qx = QuantizedRows::new();
+            qx.quantize(MatRef::new(rows, m, k, k), 1, 1);
+            let mut out = vec![0f32; m * n];
+            int8_linear(&qx, &qw, None, None, MatMut::new(&mut out, m, n, n), 1);
+            out
+        };
+        let all = run(&x, 7);
+        let alone = run(&x[3 * k..4 * k], 1);
+        assert_eq!(&all[3 * n..4 * n], &alone[..]);
+    }
+}

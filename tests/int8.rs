@@ -1,0 +1,170 @@
+//! int8 inference (`--dtype int8`): the quantized model against transformers' f32 outputs on
+//! the tiny fixtures and on real MiniLM weights, its answers independent of batching, and the
+//! refusals (training, a GPU).
+
+mod common;
+
+use bertbench::device::Precision;
+use bertbench::models::{self, ForwardCtx, QaModel};
+use candle_core::{DType, Device};
+use common::*;
+
+/// The relative RMS error of `got` against `want`: `|got - want| / |want|`.
+fn relative_rms(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let err: f64 = got.iter().zip(want).map(|(g, w)| (g - w).powi(2)).sum();
+    let mag: f64 = want.iter().map(|w| w.powi(2)).sum();
+    (err / mag).sqrt()
+}
+
+fn int8(model: &QaModel) -> QaModel {
+    let mut q = model.clone();
+    q.prepare_for_inference(Precision::Int8).unwrap();
+    assert_eq!(q.precision(), Precision::Int8);
+    q
+}
+
+/// On every family's fixture, the int8 model's logits and hidden states are within a few
+/// percent of transformers' f32 ones (the fused path, the composed path on the dequantized
+/// weights, and the f32 model all close), and clearly not equal to them: the weights really
+/// were quantized.
+#[test]
+fn int8_models_stay_close_to_transformers_f32_outputs() {
+    for family in FAMILIES {
+        let dir = parity_dir(family);
+        let (model, _) = models::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+        let expected = read_json(&dir.join("expected.json"));
+        let inputs = models::TokenInputs::from_file(&dir.join("expected.json")).unwrap();
+        let batch = inputs.to_batch(&Device::Cpu).unwrap();
+        let quantized = int8(&model);
+        for (path, mut ctx) in [
+            ("fused", ForwardCtx::inference()),
+            ("composed", ForwardCtx::inference_composed()),
+        ] {
+            let out = quantized.forward(&batch, &mut ctx).unwrap();
+            for (name, got) in [
+                ("start_logits", &out.start_logits),
+                ("end_logits", &out.end_logits),
+                ("last_hidden_state", &out.last_hidden_state),
+            ] {
+                let want = flatten(&expected["outputs"][name]);
+                let rel = relative_rms(&to_f64(got), &want);
+                assert!(
+                    rel < 0.03,
+                    "{family} {name} ({path}): relative RMS {rel:.4}"
+                );
+                if path == "fused" {
+                    assert!(rel > 1e-5, "{family} {name}: int8 equals f32 ({rel:e})");
+                }
+            }
+        }
+    }
+}
+
+/// Real weights (all-MiniLM-L6-v2, six layers of 384): the int8 hidden states are within 10%
+/// of transformers' f32 ones (relative RMS; 7.0% measured), every token's vector pointing the
+/// same way (cosine above 0.995; 0.9976-0.9999 measured). A wrong zero point or scale moves
+/// them far past these bounds.
+#[test]
+fn int8_minilm_hidden_states_match_transformers_closely() {
+    let (model, _) = models::load_dir(&minilm_dir(), DType::F32, &Device::Cpu).unwrap();
+    let (reference, inputs) = minilm_reference();
+    let batch = inputs.to_batch(&Device::Cpu).unwrap();
+    let out = int8(&model)
+        .forward(&batch, &mut ForwardCtx::inference())
+        .unwrap();
+    let got = to_f64(&out.last_hidden_state);
+    let want = flatten(&reference["last_hidden_state"]);
+    let rel = relative_rms(&got, &want);
+    assert!(rel < 0.10, "relative RMS {rel:.4}");
+    let h = *out.last_hidden_state.dims().last().unwrap();
+    let mask = flatten(&reference["attention_mask"]);
+    for (t, (g, w)) in got.chunks(h).zip(want.chunks(h)).enumerate() {
+        if mask[t] == 0.0 {
+            continue;
+        }
+        let dot: f64 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        let cos = dot / (norm(g) * norm(w));
+        assert!(cos > 0.995, "token {t}: cosine {cos:.5}");
+    }
+}
+
+/// Each row's activations are quantized on its own range, so a sequence's int8 logits are bit
+/// for bit the same alone and batched with others (as at f32: what serving relies on).
+#[test]
+fn int8_logits_do_not_depend_on_the_batch() {
+    let dir = parity_dir("bert");
+    let (model, _) = models::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+    let quantized = int8(&model);
+    let inputs = models::TokenInputs::from_file(&dir.join("expected.json")).unwrap();
+    let both = quantized
+        .forward(
+            &inputs.to_batch(&Device::Cpu).unwrap(),
+            &mut ForwardCtx::inference(),
+        )
+        .unwrap();
+    let both = to_f64(&both.start_logits);
+    let seq = both.len() / 2;
+    for row in 0..2 {
+        let mut one = inputs.clone();
+        one.input_ids = vec![inputs.input_ids[row].clone()];
+        one.attention_mask = vec![inputs.attention_mask[row].clone()];
+        one.token_type_ids = inputs.token_type_ids.as_ref().map(|t| vec![t[row].clone()]);
+        let alone = quantized
+            .forward(
+                &one.to_batch(&Device::Cpu).unwrap(),
+                &mut ForwardCtx::inference(),
+            )
+            .unwrap();
+        assert_eq!(
+            to_f64(&alone.start_logits),
+            both[row * seq..(row + 1) * seq],
+            "row {row}"
+        );
+    }
+}
+
+/// `logits --dtype int8` runs the quantized model: close to the fixture, not equal to it.
+#[test]
+fn the_logits_command_runs_int8() {
+    let (code, stdout, stderr) = run(bin()
+        .args(["logits", "--dtype", "int8", "--threads", "1", "--model"])
+        .arg(parity_dir("distilbert"))
+        .arg("--inputs")
+        .arg(parity_dir("distilbert").join("expected.json")));
+    assert_eq!(code, 0, "{stderr}");
+    let out: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let expected = read_json(&parity_dir("distilbert").join("expected.json"));
+    let got = flatten(&out["start_logits"]);
+    let want = flatten(&expected["outputs"]["start_logits"]);
+    let rel = relative_rms(&got, &want);
+    assert!(rel > 1e-5 && rel < 0.03, "relative RMS {rel}");
+}
+
+/// int8 is an inference precision of the CPU: training at it and benching training steps at it
+/// are refused by name (exit 3), before anything is read or computed.
+#[test]
+fn int8_training_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(bin()
+        .args(["train", "--dtype", "int8", "--random-init", "--model"])
+        .arg(parity_dir("bert"))
+        .arg("--train-file")
+        .arg(shared().join("data/squad/dev-v1.1.json.gz"))
+        .arg("--output-dir")
+        .arg(tmp.path().join("t")));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("--dtype int8 is an inference precision"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("t").exists());
+    let (code, _, stderr) = run(bin()
+        .args(["bench", "--dtype", "int8", "--training", "--models"])
+        .arg(parity_dir("bert"))
+        .arg("--output-dir")
+        .arg(tmp.path().join("b")));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("--training"), "{stderr}");
+}
