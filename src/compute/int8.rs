@@ -61,6 +61,9 @@ impl Default for QuadRow {
 pub enum Int8Kernel {
     /// AVX-512 with VNNI (`vpdpbusd` on 512-bit registers).
     Vnni512,
+    /// AVX-VNNI: the same instruction, VEX-encoded on 256-bit registers (Intel since Alder
+    /// Lake, AMD since Zen 5): what an AVX2 tier has where the CPU offers it.
+    AvxVnni,
     /// The portable sums, compiled for AVX2+FMA (vectorised by the compiler).
     Avx2,
     /// The portable sums, no target features.
@@ -68,10 +71,12 @@ pub enum Int8Kernel {
 }
 
 impl Int8Kernel {
-    /// The kernel for a tier: VNNI where the tier is AVX-512 and the CPU has VNNI.
+    /// The kernel for a tier: `vpdpbusd` where the tier's registers have it (AVX-512 VNNI on
+    /// the AVX-512 tier, AVX-VNNI on the AVX2 tier), else the portable sums.
     pub fn for_isa(isa: Isa) -> Self {
         match isa {
             Isa::Avx512 if has_vnni512() => Self::Vnni512,
+            Isa::Avx512 | Isa::Avx2 if has_avx_vnni() => Self::AvxVnni,
             Isa::Avx512 | Isa::Avx2 => Self::Avx2,
             Isa::Portable => Self::Portable,
         }
@@ -84,18 +89,38 @@ impl Int8Kernel {
 
     /// Every kernel this CPU can run, best first (tests run them all).
     pub fn available() -> Vec<Self> {
-        let mut v: Vec<Self> = Isa::available().iter().map(|&i| Self::for_isa(i)).collect();
-        v.dedup();
-        v
+        let avx2 = Isa::available().contains(&Isa::Avx2);
+        [
+            (Self::Vnni512, avx2 && has_vnni512()),
+            (Self::AvxVnni, avx2 && has_avx_vnni()),
+            (Self::Avx2, avx2),
+            (Self::Portable, true),
+        ]
+        .into_iter()
+        .filter_map(|(k, ok)| ok.then_some(k))
+        .collect()
     }
 
     /// The kernel's name, as the environment file records it.
     pub fn name(self) -> &'static str {
         match self {
             Self::Vnni512 => "avx512-vnni",
+            Self::AvxVnni => "avx-vnni",
             Self::Avx2 => "avx2 (compiler-vectorised)",
             Self::Portable => "portable",
         }
+    }
+}
+
+/// Whether the CPU has AVX-VNNI (the VEX-encoded `vpdpbusd`).
+fn has_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -427,10 +452,12 @@ pub fn int8_linear_with(
     let out_stride = out.stride();
     // Rows per block: their activations (kp bytes each) fill at most half of the thread's L2
     // while every panel of its columns passes over them (as the fp32 product's rule).
-    let budget = CacheSizes::detect().l2_per_thread(threads) / 2;
+    // Under Miri (which cannot read sysfs) one tile of rows per block, so small tests cross
+    // the block edges.
     let mc = if cfg!(miri) {
         MR
     } else {
+        let budget = CacheSizes::detect().l2_per_thread(threads) / 2;
         (budget / x.kp().max(1) / MR * MR).max(MR)
     };
     let run = |item: usize| {
@@ -580,6 +607,9 @@ impl QTile<'_> {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX-512 VNNI is available (caller); the tile's invariant holds.
             Int8Kernel::Vnni512 => unsafe { vnni::rows(self) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-VNNI and AVX2 are available (caller); the tile's invariant holds.
+            Int8Kernel::AvxVnni => unsafe { avx_vnni::rows(self) },
             #[cfg(target_arch = "x86_64")]
             Int8Kernel::Avx2 => {
                 /// # Safety
@@ -822,6 +852,116 @@ mod vnni {
                 unsafe {
                     _mm512_mask_storeu_ps(t.c.add((r0 + r) * t.ldc + j * PANEL), masks[j], y)
                 };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx_vnni {
+    use super::{QTile, PANEL, QUAD};
+    use std::arch::x86_64::*;
+
+    /// A block of rows: tiles of 6 rows, each over every panel of the block (one at a time:
+    /// AVX2 has 16 registers, and 6 rows x 16 outputs take 12 accumulators).
+    ///
+    /// # Safety
+    /// AVX2 and AVX-VNNI available; the tile's invariant.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub unsafe fn rows(t: &QTile) {
+        for j in 0..t.cols.div_ceil(PANEL) {
+            let mut r0 = 0;
+            while t.rows - r0 >= 6 {
+                // SAFETY: rows r0..r0 + 6 are the tile's; panel j has columns.
+                unsafe { tile::<6>(t, r0, j) };
+                r0 += 6;
+            }
+            // SAFETY: as above, for the rows left.
+            unsafe {
+                match t.rows - r0 {
+                    0 => {}
+                    1 => tile::<1>(t, r0, j),
+                    2 => tile::<2>(t, r0, j),
+                    3 => tile::<3>(t, r0, j),
+                    4 => tile::<4>(t, r0, j),
+                    _ => tile::<5>(t, r0, j),
+                }
+            }
+        }
+    }
+
+    /// Rows `r0..r0 + R` of panel `j`: `2R` accumulators of 8 int32 lanes (outputs 0-7 and
+    /// 8-15), two weight loads and `R` broadcasts per four inputs, then the scheme's epilogue
+    /// in the same order of operations as the portable tile. Outputs past `cols` are computed
+    /// in registers (on zero weights) but never stored.
+    ///
+    /// # Safety
+    /// AVX2 and AVX-VNNI available; the tile's invariant; `r0 + R <= rows`; `j * 16 < cols`.
+    #[target_feature(enable = "avx2,avxvnni")]
+    unsafe fn tile<const R: usize>(t: &QTile, r0: usize, j: usize) {
+        debug_assert!(r0 + R <= t.rows && j * PANEL < t.cols);
+        // SAFETY: row r0 + r < rows starts inside `a` (invariant).
+        let rows: [*const u8; R] =
+            std::array::from_fn(|r| unsafe { t.a.as_ptr().add((r0 + r) * t.lda) });
+        // SAFETY: panel j of the tile's panels (j * 16 < cols) holds kq quads.
+        let b = unsafe { t.b.as_ptr().add(j * t.kq) }.cast::<i8>();
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for q in 0..t.kq {
+            // SAFETY: quad q < kq of the panel: 64 aligned bytes, two halves of 32.
+            let bv = unsafe {
+                let p = b.add(q * 64);
+                [
+                    _mm256_load_si256(p.cast()),
+                    _mm256_load_si256(p.add(32).cast()),
+                ]
+            };
+            for (row, a) in acc.iter_mut().zip(&rows) {
+                // SAFETY: each row holds kq quads of 4 bytes; this is quad q < kq.
+                let four = unsafe { a.add(q * QUAD).cast::<i32>().read_unaligned() };
+                let av = _mm256_set1_epi32(four);
+                row[0] = _mm256_dpbusd_avx_epi32(row[0], av, bv[0]);
+                row[1] = _mm256_dpbusd_avx_epi32(row[1], av, bv[1]);
+            }
+        }
+        let cols = PANEL.min(t.cols - j * PANEL);
+        let c0 = j * PANEL;
+        let mut sums = [0i32; PANEL];
+        let mut scales = [0f32; PANEL];
+        let mut bias = [0f32; PANEL];
+        sums[..cols].copy_from_slice(&t.col_sums[c0..c0 + cols]);
+        scales[..cols].copy_from_slice(&t.col_scales[c0..c0 + cols]);
+        if let Some(b) = t.bias {
+            bias[..cols].copy_from_slice(&b[c0..c0 + cols]);
+        }
+        for (r, row) in acc.iter().enumerate() {
+            let zero = _mm256_set1_epi32(t.row_zeros[r0 + r]);
+            let scale = _mm256_set1_ps(t.row_scales[r0 + r]);
+            let mut y = [0f32; PANEL];
+            for (h, v) in row.iter().enumerate() {
+                // SAFETY: the arrays hold 16 values; half h is 8 of them.
+                let (s, sc, bi) = unsafe {
+                    (
+                        _mm256_loadu_si256(sums.as_ptr().add(8 * h).cast()),
+                        _mm256_loadu_ps(scales.as_ptr().add(8 * h)),
+                        _mm256_loadu_ps(bias.as_ptr().add(8 * h)),
+                    )
+                };
+                let v = _mm256_sub_epi32(*v, _mm256_mullo_epi32(zero, s));
+                let out = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(scale, sc));
+                // Without a bias nothing is added, as in the portable tile.
+                let out = if t.bias.is_some() {
+                    _mm256_add_ps(out, bi)
+                } else {
+                    out
+                };
+                // SAFETY: `y` holds 16 values; half h is 8 of them.
+                unsafe { _mm256_storeu_ps(y.as_mut_ptr().add(8 * h), out) };
+            }
+            // SAFETY: row r0 + r < rows; columns c0..c0 + cols are outputs of the tile.
+            let out = unsafe { t.c.add((r0 + r) * t.ldc + c0) };
+            for (c, v) in y.iter().enumerate().take(cols) {
+                // SAFETY: as above, c < cols.
+                unsafe { *out.add(c) = *v };
             }
         }
     }
