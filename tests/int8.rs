@@ -168,3 +168,101 @@ fn int8_training_is_refused_by_name() {
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("--training"), "{stderr}");
 }
+
+/// `bench --dtype f32 int8`: every cell at both precisions, back to back, each in a child at
+/// its own precision; the outputs carry the precision (a `dtype` column in Hugging Face's CSVs,
+/// results.csv and json, env.csv's list), peaks per kind of product, and the report compares
+/// the int8 variant with the f32 model as it compares models.
+#[test]
+fn bench_sweeps_precisions_and_the_report_compares_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sweep");
+    let model = parity_dir("bert");
+    let (code, stdout, stderr) = run(bin()
+        .arg("bench")
+        .arg("--models")
+        .arg(&model)
+        .args([
+            "--batch-sizes",
+            "2",
+            "--sequence-lengths",
+            "16",
+            "--dtype",
+            "f32",
+            "int8",
+        ])
+        .args([
+            "--threads",
+            "1",
+            "--repeat",
+            "3",
+            "--min-time",
+            "0",
+            "--max-warmup-runs",
+            "2",
+        ])
+        .args(["--processes", "1", "--offline", "--output-dir"])
+        .arg(&out));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("bert int8"), "{stdout}");
+    assert!(stdout.contains("int8 product peak"), "{stdout}");
+
+    let csv = |name: &str| -> Vec<Vec<String>> {
+        csv::Reader::from_path(out.join(name))
+            .unwrap()
+            .into_records()
+            .map(|r| r.unwrap().iter().map(String::from).collect())
+            .collect()
+    };
+    let header = csv::Reader::from_path(out.join("inference_time.csv"))
+        .unwrap()
+        .headers()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        header.iter().collect::<Vec<_>>(),
+        ["model", "batch_size", "sequence_length", "dtype", "result"]
+    );
+    let dtypes: Vec<String> = csv("inference_time.csv")
+        .iter()
+        .map(|r| r[3].clone())
+        .collect();
+    assert_eq!(dtypes, ["f32", "int8"]);
+
+    let res = read_json(&out.join("results.json"));
+    let measurements = res["measurements"].as_array().unwrap();
+    assert_eq!(measurements.len(), 2);
+    for (m, want) in measurements.iter().zip(["f32", "int8"]) {
+        assert_eq!(m["status"], "ok", "{m}");
+        assert_eq!(m["cell"]["dtype"], want);
+        // The child ran at the cell's precision, and the row says so.
+        assert_eq!(m["settings"]["dtype"], want);
+    }
+    let kernels: Vec<&str> = res["peak_matmul"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kernel"].as_str().unwrap())
+        .collect();
+    assert!(
+        kernels.contains(&"int8") && kernels.contains(&"packed"),
+        "{kernels:?}"
+    );
+    let env = csv("env.csv");
+    assert!(env.iter().any(|r| r[0] == "dtypes" && r[1] == "f32 int8"));
+    assert!(env.iter().any(|r| r[0] == "int8_kernel"));
+
+    let (code, _, stderr) = run(bin().arg("report").arg(&out));
+    assert_eq!(code, 0, "{stderr}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("bert int8"), "{report}");
+
+    // One precision per run elsewhere.
+    let (code, _, stderr) = run(bin()
+        .args(["logits", "--dtype", "f32", "int8", "--offline", "--model"])
+        .arg(&model)
+        .arg("--inputs")
+        .arg(model.join("expected.json")));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("only bench and run sweep"), "{stderr}");
+}

@@ -176,6 +176,7 @@ mod tests {
             batch_size: 1,
             sequence_length: 8,
             threads,
+            dtype: Some(crate::device::Precision::F32),
         }
     }
 

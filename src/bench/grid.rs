@@ -15,6 +15,7 @@ use super::cell::{self, estimate_bytes, Phase};
 use super::flops::{forward_flops, training_step_flops};
 use super::output::{is_finished, ResultsWriter};
 use super::{Cell, CellSettings, Measurement, Mode, Status};
+use crate::device::Precision;
 use crate::hub::HubConfig;
 use crate::models::{self, ModelConfig};
 
@@ -61,14 +62,15 @@ impl Preset {
 }
 
 /// All cells of a grid, in the Hugging Face script's order (mode, model, batch, sequence),
-/// each shape at every thread count in turn (so the counts of one shape are measured minutes
-/// apart at most, and the machine's drift touches them alike).
+/// each shape at every thread count and precision in turn (so the variants of one shape are
+/// measured minutes apart at most, and the machine's drift touches them alike).
 pub fn plan(
     models: &[String],
     modes: &[Mode],
     batch_sizes: &[usize],
     sequence_lengths: &[usize],
     threads: &[usize],
+    dtypes: &[Precision],
 ) -> Vec<Cell> {
     let mut cells = Vec::new();
     for &mode in modes {
@@ -76,13 +78,16 @@ pub fn plan(
             for &batch_size in batch_sizes {
                 for &sequence_length in sequence_lengths {
                     for &threads in threads {
-                        cells.push(Cell {
-                            model: model.clone(),
-                            mode,
-                            batch_size,
-                            sequence_length,
-                            threads,
-                        });
+                        for &dtype in dtypes {
+                            cells.push(Cell {
+                                model: model.clone(),
+                                mode,
+                                batch_size,
+                                sequence_length,
+                                threads,
+                                dtype: Some(dtype),
+                            });
+                        }
                     }
                 }
             }
@@ -114,11 +119,12 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// The options of one cell: the run's, at the cell's thread count.
+    /// The options of one cell: the run's, at the cell's thread count and precision.
     pub fn for_cell(&self, cell: &Cell) -> Self {
         Self {
             settings: CellSettings {
                 threads: cell.threads,
+                dtype: cell.dtype.unwrap_or(self.settings.dtype),
                 ..self.settings.clone()
             },
             ..self.clone()
@@ -488,6 +494,7 @@ pub fn find_max_batch(
                 batch_size: b,
                 sequence_length,
                 threads: opts.settings.threads,
+                dtype: Some(opts.settings.dtype),
             };
             observer.cell_started(probes.len(), 0, &cell);
             let m = match precheck(&config, &cell, &probe_opts) {
@@ -619,6 +626,7 @@ mod tests {
             &[1, 8],
             &[32, 128],
             &[2],
+            &[Precision::F32],
         );
         assert_eq!(cells.len(), 8);
         assert_eq!(
@@ -629,17 +637,50 @@ mod tests {
                 batch_size: 1,
                 sequence_length: 32,
                 threads: 2,
+                dtype: Some(Precision::F32),
             }
         );
         assert_eq!(cells[1].sequence_length, 128);
         assert_eq!(cells[4].model, "b");
         // Thread counts vary fastest: one shape's counts run back to back.
-        let swept = plan(&["a".into()], &[Mode::Inference], &[1], &[32, 128], &[1, 2]);
+        let swept = plan(
+            &["a".into()],
+            &[Mode::Inference],
+            &[1],
+            &[32, 128],
+            &[1, 2],
+            &[Precision::F32],
+        );
         let order: Vec<(usize, usize)> = swept
             .iter()
             .map(|c| (c.sequence_length, c.threads))
             .collect();
         assert_eq!(order, [(32, 1), (32, 2), (128, 1), (128, 2)]);
+        // Precisions vary fastest of all: a shape's precisions run back to back.
+        let precisions = plan(
+            &["a".into()],
+            &[Mode::Inference],
+            &[1],
+            &[32, 128],
+            &[2],
+            &[Precision::F32, Precision::Int8],
+        );
+        let order: Vec<(usize, Precision)> = precisions
+            .iter()
+            .map(|c| (c.sequence_length, c.precision()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (32, Precision::F32),
+                (32, Precision::Int8),
+                (128, Precision::F32),
+                (128, Precision::Int8)
+            ]
+        );
+        assert_eq!(precisions[1].variant(), "a int8");
+        assert_eq!(Cell::split_variant("a int8"), ("a", " int8"));
+        assert_eq!(Cell::split_variant("org/a"), ("org/a", ""));
         assert_eq!(
             Preset::SeedMemorySeq.grid().sequence_lengths,
             vec![32, 128, 512, 1024]

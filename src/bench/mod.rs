@@ -58,9 +58,45 @@ pub struct Cell {
     /// thread axis have none here; reading them fills in the run's thread count.
     #[serde(default)]
     pub threads: usize,
+    /// Precision (`bench --dtype f32 int8 ...` sweeps them). Results written before the
+    /// precision axis have none here; reading them fills in the run's.
+    #[serde(default)]
+    pub dtype: Option<Precision>,
 }
 
 impl Cell {
+    /// The cell's precision (f32 for a cell made without one).
+    pub fn precision(&self) -> Precision {
+        self.dtype.unwrap_or(Precision::F32)
+    }
+
+    /// The model at the cell's precision, as reports name a row: the model alone at f32, the
+    /// model and the precision otherwise (`bert-base-uncased int8`), so a run that sweeps
+    /// precisions compares them as it compares models.
+    pub fn variant(&self) -> String {
+        match self.precision() {
+            Precision::F32 => self.model.clone(),
+            p => format!("{} {}", self.model, p.as_str()),
+        }
+    }
+
+    /// A [`Self::variant`] label split into the model and the precision's suffix (`" int8"`,
+    /// or empty at f32).
+    pub fn split_variant(label: &str) -> (&str, &str) {
+        for p in [Precision::Int8, Precision::Bf16, Precision::F16] {
+            let suffix = p.as_str();
+            if let Some(model) = label.strip_suffix(suffix).and_then(|m| m.strip_suffix(' ')) {
+                return (model, &label[model.len()..]);
+            }
+        }
+        (label, "")
+    }
+
+    /// Whether two cells ran at the same thread count and precision.
+    pub fn same_setup(&self, other: &Cell) -> bool {
+        (self.threads, self.precision()) == (other.threads, other.precision())
+    }
+
     /// The same step on the same input shape (mode, batch size, sequence length), whatever
     /// the model and thread count.
     pub fn same_shape(&self, other: &Cell) -> bool {
@@ -74,7 +110,7 @@ impl std::fmt::Display for Cell {
         write!(
             f,
             "{} {} b{} s{} t{}",
-            self.model,
+            self.variant(),
             self.mode.as_str(),
             self.batch_size,
             self.sequence_length,

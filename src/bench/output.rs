@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::memory::to_mb;
 use super::peak::PeakShape;
 use super::{stats, Cell, CellSettings, Measurement, Mode, Status};
+use crate::device::Precision;
 use crate::error::input;
 
 /// Where each output goes.
@@ -84,8 +85,15 @@ impl ResultsFile {
             .plan
             .iter_mut()
             .chain(results.measurements.iter_mut().map(|m| &mut m.cell));
-        for cell in cells.filter(|c| c.threads == 0) {
-            cell.threads = threads;
+        let dtype = results.settings.as_ref().map(|s| s.dtype);
+        for cell in cells {
+            if cell.threads == 0 {
+                cell.threads = threads;
+            }
+            // Files from before the precision axis: every cell ran at the run's precision.
+            if cell.dtype.is_none() {
+                cell.dtype = dtype;
+            }
         }
         for shape in results.peak_matmul.iter_mut().filter(|s| s.threads == 0) {
             shape.threads = threads;
@@ -95,12 +103,14 @@ impl ResultsFile {
         Ok(results)
     }
 
-    /// The measured peak matmul rate at `threads` compute threads, if measured.
-    pub fn peak_gflops(&self, threads: usize) -> Option<f64> {
+    /// The measured peak matmul rate at `threads` compute threads for a cell at `precision`,
+    /// if measured: the int8 product's for int8, the others' for the rest.
+    pub fn peak_gflops(&self, threads: usize, precision: Precision) -> Option<f64> {
+        let int8 = precision == Precision::Int8;
         let at: Vec<PeakShape> = self
             .peak_matmul
             .iter()
-            .filter(|s| s.threads == threads)
+            .filter(|s| s.threads == threads && (s.kernel == "int8") == int8)
             .cloned()
             .collect();
         (!at.is_empty()).then(|| super::peak::peak_gflops(&at))
@@ -109,6 +119,11 @@ impl ResultsFile {
     /// The thread counts of the plan, in plan order.
     pub fn thread_counts(&self) -> Vec<usize> {
         super::distinct(self.plan.iter().map(|c| c.threads))
+    }
+
+    /// The precisions of the plan, in plan order.
+    pub fn precisions(&self) -> Vec<Precision> {
+        super::distinct(self.plan.iter().map(|c| c.precision()))
     }
 
     /// A value of the environment file (`env.csv`), if the run recorded it.
@@ -125,16 +140,25 @@ impl ResultsFile {
     }
 
     /// Gives every cell timed in several processes the two-level interval from the run's
-    /// pooled spread ([`stats::Pool`]), pooled over the cells at the same thread count (drift
-    /// scales a thread count's cells alike; a different count shares the machine differently).
+    /// pooled spread ([`stats::Pool`]), pooled over the cells at the same thread count and
+    /// precision (drift scales a thread count's cells alike; a different count shares the
+    /// machine differently, and a different precision runs other kernels).
     pub fn pool_between(&mut self) {
-        let counts = super::distinct(self.measurements.iter().map(|m| m.cell.threads));
-        for threads in counts {
-            let at = |m: &&mut Measurement| m.cell.threads == threads && m.status == Status::Ok;
+        let setups = super::distinct(
+            self.measurements
+                .iter()
+                .map(|m| (m.cell.threads, m.cell.precision())),
+        );
+        for (threads, precision) in setups {
+            let same = move |m: &Measurement| {
+                (m.cell.threads, m.cell.precision()) == (threads, precision)
+                    && m.status == Status::Ok
+            };
+            let at = |m: &&mut Measurement| same(m);
             let pool = stats::Pool::of(
                 self.measurements
                     .iter()
-                    .filter(|m| m.cell.threads == threads && m.status == Status::Ok)
+                    .filter(|m| same(m))
                     .filter_map(|m| m.speed.as_ref()?.between.as_ref())
                     .map(|b| b.medians.as_slice()),
             );
@@ -246,9 +270,13 @@ enum Metric {
 fn hf_csv(r: &ResultsFile, mode: Mode, metric: Metric) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let sweep = r.thread_counts().len() > 1;
+    let precisions = r.precisions().len() > 1;
     let mut header = vec!["model", "batch_size", "sequence_length"];
     if sweep {
         header.push("threads");
+    }
+    if precisions {
+        header.push("dtype");
     }
     header.push("result");
     w.write_record(&header)?;
@@ -267,6 +295,9 @@ fn hf_csv(r: &ResultsFile, mode: Mode, metric: Metric) -> Result<Vec<u8>> {
         ];
         if sweep {
             row.push(cell.threads.to_string());
+        }
+        if precisions {
+            row.push(cell.precision().as_str().to_string());
         }
         row.push(value.unwrap_or_else(|| "N/A".into()));
         w.write_record(&row)?;
@@ -329,7 +360,7 @@ pub const TIDY_COLUMNS: [&str; 48] = [
 fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(TIDY_COLUMNS)?;
-    let peak = |m: &Measurement| r.peak_gflops(m.cell.threads);
+    let peak = |m: &Measurement| r.peak_gflops(m.cell.threads, m.cell.precision());
     let f = |x: Option<f64>| x.map(|v| format!("{v}")).unwrap_or_default();
     let mb = |x: Option<u64>| x.map(|v| format!("{:.2}", to_mb(v))).unwrap_or_default();
     for cell in &r.plan {

@@ -27,6 +27,8 @@ pub struct BenchConfig {
     /// Compute thread counts, each cell measured at every one (in child processes; a run in
     /// this process has one count, this process's).
     pub threads: Vec<usize>,
+    /// Precisions, each cell measured at every one (the first is `settings.dtype`).
+    pub dtypes: Vec<Precision>,
     /// What every cell shares: precision, device, this process's threads, seed, what to
     /// measure, timing.
     pub settings: CellSettings,
@@ -100,6 +102,7 @@ impl BenchConfig {
             batch_sizes,
             sequence_lengths,
             threads: vec![settings.threads],
+            dtypes: vec![settings.dtype],
             settings,
             isolation: Isolation::InProcess,
             files: OutputFiles::in_dir(dir),
@@ -121,7 +124,18 @@ impl BenchConfig {
             &distinct(self.batch_sizes.iter().copied()),
             &distinct(self.sequence_lengths.iter().copied()),
             &distinct(self.threads.iter().copied()),
+            &self.precisions(),
         )
+    }
+
+    /// The precisions every cell is measured at, in order, each once (the settings' when
+    /// none were given).
+    pub fn precisions(&self) -> Vec<Precision> {
+        if self.dtypes.is_empty() {
+            vec![self.settings.dtype]
+        } else {
+            distinct(self.dtypes.iter().copied())
+        }
     }
 
     /// Refuses a configuration that would measure nothing or nonsense, before any work.
@@ -163,13 +177,14 @@ impl BenchConfig {
                 "nothing to measure: --no-inference without --training",
             ));
         }
-        if self.settings.dtype == Precision::Int8 && self.modes.contains(&Mode::Training) {
+        let int8 = self.precisions().contains(&Precision::Int8);
+        if int8 && self.modes.contains(&Mode::Training) {
             return Err(input(
                 "--dtype int8 is an inference precision: --training steps train f32 weights \
                  (bench them with --dtype f32, or drop --training)",
             ));
         }
-        if self.settings.dtype == Precision::Int8 && !self.settings.device.starts_with("cpu") {
+        if int8 && !self.settings.device.starts_with("cpu") {
             return Err(input(format!(
                 "--dtype int8 runs on the CPU's int8 kernels, not on {}: use --device cpu, or \
                  f16/bf16 on a GPU",
@@ -302,18 +317,25 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
             min_time: Duration::from_millis(500),
             ..TimingPolicy::default()
         };
+        // One measurement serves every precision of the run: at int8 it times the int8 product
+        // besides the f32 ones, and each cell takes the peak of its own kind of product.
+        let precision = if config.precisions().contains(&Precision::Int8) {
+            Precision::Int8
+        } else {
+            settings.dtype
+        };
         for threads in distinct(config.threads.iter().copied()) {
             if peak_matmul.iter().any(|s| s.threads == threads) {
                 continue;
             }
             observer.peak_started(threads);
             let shapes = if threads == rayon::current_num_threads() {
-                peak::measure_peak(&device, settings.dtype, &policy)?
+                peak::measure_peak(&device, precision, &policy)?
             } else {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()?
-                    .install(|| peak::measure_peak(&device, settings.dtype, &policy))?
+                    .install(|| peak::measure_peak(&device, precision, &policy))?
             };
             peak_matmul.extend(shapes);
         }
@@ -329,6 +351,11 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
         results
             .environment
             .push(("thread_counts".into(), list.join(" ")));
+    }
+    let precisions = config.precisions();
+    if precisions.len() > 1 {
+        let list: Vec<&str> = precisions.iter().map(|p| p.as_str()).collect();
+        results.environment.push(("dtypes".into(), list.join(" ")));
     }
     results.peak_matmul = peak_matmul;
     results.settings = Some(settings.clone());

@@ -455,6 +455,7 @@ mod tests {
             batch_size: batch,
             sequence_length: seq,
             threads: 1,
+            dtype: Some(crate::device::Precision::F32),
         }
     }
 

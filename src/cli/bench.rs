@@ -17,7 +17,7 @@ use crate::bench::{
     Measurement, Mode, Status, TimingPolicy,
 };
 use crate::cli::model::ComputeArgs;
-use crate::device::parse_device;
+use crate::device::{parse_device, Precision};
 use crate::error::input;
 
 #[derive(Debug, Args)]
@@ -140,7 +140,7 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
         None => None,
     };
     let settings = CellSettings {
-        dtype: args.compute.dtype,
+        dtype: args.compute.precision(),
         device: args.compute.device.clone(),
         threads: args.compute.threads(),
         isa: args.compute.isa,
@@ -170,6 +170,7 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
         config.sequence_lengths = args.sequence_lengths.clone();
     }
     config.threads = args.compute.thread_counts();
+    config.dtypes = args.compute.precisions();
     config.modes.clear();
     if !args.no_inference {
         config.modes.push(Mode::Inference);
@@ -417,16 +418,17 @@ fn print_summary(results: &ResultsFile, plan: &[Cell]) {
             continue;
         };
         let opt = |x: Option<String>| x.unwrap_or_else(|| "-".into());
-        let gflops = m
-            .gflops()
-            .map(|g| match results.peak_gflops(m.cell.threads) {
-                Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
-                None => format!("{g:.1}"),
-            });
+        let gflops =
+            m.gflops().map(
+                |g| match results.peak_gflops(m.cell.threads, m.cell.precision()) {
+                    Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
+                    None => format!("{g:.1}"),
+                },
+            );
         let _ = writeln!(
             out,
             "{:<32} {:<9} {:>5} {:>5} {:>7}  {:>11} {:>23}  {:>10} {:>10} {:>8} {:>9}  {}",
-            m.cell.model,
+            m.cell.variant(),
             m.cell.mode.as_str(),
             m.cell.batch_size,
             m.cell.sequence_length,
@@ -463,12 +465,19 @@ fn print_summary(results: &ResultsFile, plan: &[Cell]) {
         .map(|isa| format!(", {isa} kernels"))
         .unwrap_or_default();
     for threads in results.thread_counts() {
-        if let Some(p) = results.peak_gflops(threads) {
-            let _ = writeln!(
-                out,
-                "machine matmul peak: {p:.1} GFLOP/s ({}{kernels})",
-                crate::bench::threads_label(threads)
-            );
+        for precision in results.precisions() {
+            if let Some(p) = results.peak_gflops(threads, precision) {
+                let what = if precision == Precision::Int8 {
+                    format!("int8 product peak: {p:.1} GOP/s")
+                } else {
+                    format!("machine matmul peak: {p:.1} GFLOP/s")
+                };
+                let _ = writeln!(
+                    out,
+                    "{what} ({}{kernels})",
+                    crate::bench::threads_label(threads)
+                );
+            }
         }
     }
 }
@@ -539,18 +548,18 @@ pub fn peak(args: PeakArgs) -> Result<()> {
         min_time: Duration::from_secs(1),
         ..TimingPolicy::default()
     };
-    let shapes = peak::measure_peak(&device, args.compute.dtype, &policy)?;
+    let shapes = peak::measure_peak(&device, args.compute.precision(), &policy)?;
     let best = peak::peak_gflops(&shapes);
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"threads": threads, "isa": crate::compute::Isa::current().name(), "dtype": args.compute.dtype.as_str(), "device": args.compute.device, "shapes": shapes, "peak_gflops": best})
+            serde_json::json!({"threads": threads, "isa": crate::compute::Isa::current().name(), "dtype": args.compute.precision().as_str(), "device": args.compute.device, "shapes": shapes, "peak_gflops": best})
         );
         return Ok(());
     }
     println!(
         "matmul rate, {} on {}, {threads} threads, {} kernels ({}; {})",
-        args.compute.dtype.as_str(),
+        args.compute.precision().as_str(),
         args.compute.device,
         crate::compute::Isa::current().name(),
         env::cpu_model(),

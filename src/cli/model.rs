@@ -37,10 +37,12 @@ pub struct ModelArgs {
 /// Where and how a command computes; shared by every command that runs a model.
 #[derive(Debug, Clone, Args)]
 pub struct ComputeArgs {
-    /// Precision of weights and activations (f16 and bf16 are for GPUs; training keeps f32
-    /// master weights in the optimizer).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub dtype: Precision,
+    /// Precision of weights and activations: f32; int8 (CPU inference: weights quantized once
+    /// per output channel, activations per row); f16 and bf16 (for GPUs; training keeps f32
+    /// master weights in the optimizer). `bench` and `run` take several and measure every cell
+    /// at each.
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Precision::F32])]
+    pub dtype: Vec<Precision>,
     /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -65,6 +67,25 @@ fn thread_count(s: &str) -> Result<usize, String> {
 }
 
 impl ComputeArgs {
+    /// The precision this process runs: the first `--dtype` given.
+    pub fn precision(&self) -> Precision {
+        self.dtype.first().copied().unwrap_or(Precision::F32)
+    }
+
+    /// Every precision asked for, each once (`bench` and `run` sweep them).
+    pub fn precisions(&self) -> Vec<Precision> {
+        let mut all = Vec::new();
+        for &p in &self.dtype {
+            if !all.contains(&p) {
+                all.push(p);
+            }
+        }
+        if all.is_empty() {
+            all.push(Precision::F32);
+        }
+        all
+    }
+
     /// The thread count this process computes with: the first `--threads` given, else every
     /// logical CPU.
     pub fn threads(&self) -> usize {
@@ -92,9 +113,20 @@ impl ComputeArgs {
         crate::runtime::use_threads(self.threads())
     }
 
-    /// [`ComputeArgs::use_pool`] for a command that runs at one thread count: several are
-    /// refused (only `bench` sweeps them).
+    /// [`ComputeArgs::use_pool`] for a command that runs at one thread count and precision:
+    /// several are refused (only `bench` and `run` sweep them).
     pub fn use_threads(&self) -> Result<usize> {
+        if self.precisions().len() > 1 {
+            return Err(crate::error::input(format!(
+                "--dtype takes one precision here (got {}); only bench and run sweep several",
+                self.precisions().len()
+            )));
+        }
+        self.use_one_thread_count()
+    }
+
+    /// [`ComputeArgs::use_pool`], refusing several thread counts (only `bench` sweeps them).
+    pub fn use_one_thread_count(&self) -> Result<usize> {
         if self.threads.len() > 1 {
             return Err(crate::error::input(format!(
                 "--threads takes one count here (got {}); only bench sweeps several",
@@ -113,12 +145,14 @@ impl ModelArgs {
         let opts = OpenOptions {
             random_init: self.random_init,
             seed: self.seed,
-            dtype: self.compute.dtype.dtype(),
+            dtype: self.compute.precision().dtype(),
             device: parse_device(&self.compute.device)?,
             hub: HubConfig::from_env(self.offline),
         };
         let mut opened = models::open(&self.model, &opts)?;
-        opened.model.prepare_for_inference(self.compute.dtype)?;
+        opened
+            .model
+            .prepare_for_inference(self.compute.precision())?;
         if let Some(report) = &opened.report {
             warn_about_load(report);
         }
@@ -304,7 +338,7 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
         "{} on {} ({}), {}",
         opened.source,
         device_name(model.device()),
-        args.model.compute.dtype.as_str(),
+        args.model.compute.precision().as_str(),
         describe_config(model.config())
     );
     let mut stdout = std::io::stdout().lock();

@@ -12,6 +12,7 @@ use super::report::PriceArgs;
 use crate::bench::grid::Preset;
 use crate::bench::run::default_settings;
 use crate::bench::{BenchConfig, CellSettings};
+use crate::device::Precision;
 use crate::error::input;
 use crate::eval::{EvalConfig, EvalJob};
 use crate::report::build::{write_report, ReportOptions};
@@ -99,7 +100,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         ],
     };
     let settings = CellSettings {
-        dtype: args.compute.dtype,
+        dtype: args.compute.precision(),
         device: args.compute.device.clone(),
         isa: args.compute.isa,
         offline: args.offline,
@@ -128,52 +129,64 @@ pub fn run(args: RunArgs) -> Result<()> {
     for (preset, sub) in presets {
         let dir = sub.map_or(root.clone(), |s| root.join(s));
         let mut config = BenchConfig::new(Some(preset), &args.models, settings.clone(), &dir);
+        config.dtypes = args.compute.precisions();
         config.isolation = super::bench::child_isolation()?;
         config.processes =
             super::bench::default_processes(&config.isolation, &config.settings.device);
         config.validate()?;
         benches.push(config);
     }
-    let model_args = |model: &str| ModelArgs {
+    // Each checkpoint is evaluated at every precision, so the report puts each one's EM/F1
+    // beside its speed.
+    let model_args = |model: &str, precision: Precision| ModelArgs {
         model: model.to_string(),
         random_init: false,
         seed: 0,
         offline: args.offline,
-        compute: args.compute.clone(),
+        compute: ComputeArgs {
+            dtype: vec![precision],
+            ..args.compute.clone()
+        },
     };
     let mut evals = Vec::new();
     if let Some(dataset) = &args.dataset {
         for (i, model) in args.checkpoint.iter().enumerate() {
-            let name: String = model
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            let job = EvalJob {
-                model: model.clone(),
-                dataset: dataset.clone(),
-                limit: Some(args.eval_limit),
-                config: EvalConfig {
-                    features: FeatureConfig::default(),
-                    decode: DecodeConfig::default(),
-                    batch_size: crate::eval::DEFAULT_BATCH_SIZE,
-                },
-                tokenizer: None,
-                output_dir: root.join("eval").join(format!("{i}-{name}")),
-                overwrite: false,
-            };
-            job.check()?;
-            evals.push(job);
+            for precision in args.compute.precisions() {
+                let name: String = model
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                let suffix = match precision {
+                    Precision::F32 => String::new(),
+                    p => format!("-{}", p.as_str()),
+                };
+                let job = EvalJob {
+                    model: model.clone(),
+                    dataset: dataset.clone(),
+                    limit: Some(args.eval_limit),
+                    config: EvalConfig {
+                        features: FeatureConfig::default(),
+                        decode: DecodeConfig::default(),
+                        batch_size: crate::eval::DEFAULT_BATCH_SIZE,
+                    },
+                    tokenizer: None,
+                    output_dir: root.join("eval").join(format!("{i}-{name}{suffix}")),
+                    overwrite: false,
+                };
+                job.check()?;
+                evals.push((job, precision));
+            }
         }
     }
 
     // Every step checked; now the work.
-    args.compute.use_threads()?;
+    args.compute.use_one_thread_count()?;
     let mut reports = Vec::new();
     for config in &benches {
         eprintln!(
@@ -184,14 +197,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         super::bench::run_with_bars(config)?;
         reports.push(config.files.dir.clone());
     }
-    for job in &evals {
+    for (job, precision) in &evals {
         eprintln!(
-            "== eval {} on the first {} questions -> {}",
+            "== eval {} ({}) on the first {} questions -> {}",
             job.model,
+            precision.as_str(),
             args.eval_limit,
             job.output_dir.display()
         );
-        super::eval::evaluate(job, &model_args(&job.model))?;
+        super::eval::evaluate(job, &model_args(&job.model, *precision))?;
     }
     let opts = ReportOptions {
         short_names: Vec::new(),

@@ -99,7 +99,7 @@ impl TrainObserver for BarObserver {
 
 pub fn train(args: TrainArgs) -> Result<()> {
     let mut settings = args.training;
-    settings.dtype = args.compute.dtype;
+    settings.dtype = args.compute.precision();
     settings.device = args.compute.device.clone();
     settings.threads = args.compute.threads();
     settings.validate()?;

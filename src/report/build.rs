@@ -170,12 +170,17 @@ struct Context<'a> {
 
 impl Context<'_> {
     /// A model's label: its `--short-names` entry, else its name.
-    fn name(&self, model: &str) -> String {
-        self.models
+    /// A model's name in the report (its short name where one was given), with the
+    /// precision of a variant label (`model int8`) kept after it.
+    fn name(&self, label: &str) -> String {
+        let (model, suffix) = crate::bench::Cell::split_variant(label);
+        let name = self
+            .models
             .iter()
             .position(|x| x == model)
             .and_then(|i| self.opts.short_names.get(i).cloned())
-            .unwrap_or_else(|| model.to_string())
+            .unwrap_or_else(|| model.to_string());
+        format!("{name}{suffix}")
     }
 
     /// A value of the environment file, empty when missing.
@@ -217,7 +222,8 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
         out,
         results: &results,
         opts,
-        models: observe::models(&results),
+        // The models themselves: a precision's variant is named after its model.
+        models: crate::bench::distinct(results.plan.iter().map(|c| c.model.clone())),
     };
     let mut warnings: Vec<String> = Vec::new();
     let evals = find_evaluations(dir, &mut warnings);
@@ -366,7 +372,7 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
         .map(|m| {
             let dash = || "-".to_string();
             let mut row = vec![
-                cx.name(&m.cell.model),
+                cx.name(&m.cell.variant()),
                 m.cell.batch_size.to_string(),
                 m.cell.sequence_length.to_string(),
             ];
@@ -398,10 +404,12 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
                     .map(|t| format!("{t:.0}"))
                     .unwrap_or_else(dash),
                 m.gflops()
-                    .map(|g| match results.peak_gflops(m.cell.threads) {
-                        Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
-                        None => format!("{g:.1}"),
-                    })
+                    .map(
+                        |g| match results.peak_gflops(m.cell.threads, m.cell.precision()) {
+                            Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
+                            None => format!("{g:.1}"),
+                        },
+                    )
                     .unwrap_or_else(dash),
                 m.memory
                     .as_ref()
@@ -572,7 +580,7 @@ fn drift_section(cx: &Context) -> Result<(Vec<Block>, Vec<PathBuf>)> {
                 let mut text = format!(
                     "{} {} batch {}, sequence {}, {} threads: the calibration ran up to {:.0}% \
                      slower than the run's best",
-                    cx.name(&s.cell.model),
+                    cx.name(&s.cell.variant()),
                     s.cell.mode.as_str(),
                     s.cell.batch_size,
                     s.cell.sequence_length,

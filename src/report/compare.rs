@@ -361,6 +361,7 @@ mod tests {
             batch_size: batch,
             sequence_length: 128,
             threads: 2,
+            dtype: Some(crate::device::Precision::F32),
         }
     }
 

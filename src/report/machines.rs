@@ -194,7 +194,7 @@ fn cell_of<'a>(
         .iter()
         .rev()
         .find(|x| {
-            x.cell.model == model
+            x.cell.variant() == model
                 && x.cell.threads == threads
                 && (x.cell.mode, x.cell.batch_size, x.cell.sequence_length) == (mode, batch, seq)
         })
@@ -207,7 +207,7 @@ fn grid(machines: &[Machine]) -> (Vec<String>, Vec<(Mode, usize, usize)>) {
         .iter()
         .flat_map(|m| m.results.plan.iter())
         .collect();
-    let models = distinct(cells.iter().map(|c| c.model.clone()));
+    let models = distinct(cells.iter().map(|c| c.variant()));
     let mut shapes = distinct(
         cells
             .iter()

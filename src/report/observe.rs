@@ -58,7 +58,7 @@ fn ok_cells(results: &ResultsFile) -> Vec<&Measurement> {
 
 /// The models of a run, in plan order.
 pub fn models(results: &ResultsFile) -> Vec<String> {
-    crate::bench::distinct(results.plan.iter().map(|c| c.model.clone()))
+    crate::bench::distinct(results.plan.iter().map(|c| c.variant()))
 }
 
 /// Speed ratio of every pair of models at every cell both measured.
@@ -68,9 +68,9 @@ pub fn speed_ratios(results: &ResultsFile) -> Vec<SpeedRatio> {
     let mut out = Vec::new();
     for (i, a) in models.iter().enumerate() {
         for b in &models[i + 1..] {
-            for ma in cells.iter().filter(|m| &m.cell.model == a) {
+            for ma in cells.iter().filter(|m| &m.cell.variant() == a) {
                 let Some(mb) = cells.iter().find(|m| {
-                    &m.cell.model == b
+                    &m.cell.variant() == b
                         && m.cell.same_shape(&ma.cell)
                         && m.cell.threads == ma.cell.threads
                 }) else {
@@ -216,7 +216,7 @@ pub fn growth(results: &ResultsFile, quantity: Quantity, along_batch: bool) -> V
         } else {
             m.cell.batch_size
         };
-        let key = (m.cell.model.clone(), m.cell.mode, m.cell.threads, fixed);
+        let key = (m.cell.variant(), m.cell.mode, m.cell.threads, fixed);
         if !keys.contains(&key) {
             keys.push(key);
         }
@@ -225,7 +225,9 @@ pub fn growth(results: &ResultsFile, quantity: Quantity, along_batch: bool) -> V
     for (model, mode, threads, fixed) in keys {
         let mut points: Vec<(f64, f64)> = cells
             .iter()
-            .filter(|m| m.cell.model == model && m.cell.mode == mode && m.cell.threads == threads)
+            .filter(|m| {
+                m.cell.variant() == model && m.cell.mode == mode && m.cell.threads == threads
+            })
             .filter(|m| {
                 if along_batch {
                     m.cell.sequence_length == fixed
@@ -300,13 +302,13 @@ pub fn memory_order(results: &ResultsFile) -> (Vec<MemoryRow>, Option<Vec<String
                 )
         };
         match rows.iter_mut().find(same) {
-            Some(r) => r.models.push((m.cell.model.clone(), mb)),
+            Some(r) => r.models.push((m.cell.variant(), mb)),
             None => rows.push(MemoryRow {
                 mode: m.cell.mode,
                 batch_size: m.cell.batch_size,
                 sequence_length: m.cell.sequence_length,
                 threads: m.cell.threads,
-                models: vec![(m.cell.model.clone(), mb)],
+                models: vec![(m.cell.variant(), mb)],
             }),
         }
     }
@@ -390,7 +392,9 @@ pub fn thread_scaling(results: &ResultsFile) -> Vec<Scaling> {
     let mut out = Vec::new();
     for few in cells.iter().filter(|m| m.cell.threads == from) {
         let Some(many) = cells.iter().find(|m| {
-            m.cell.threads == to && m.cell.model == few.cell.model && m.cell.same_shape(&few.cell)
+            m.cell.threads == to
+                && m.cell.variant() == few.cell.variant()
+                && m.cell.same_shape(&few.cell)
         }) else {
             continue;
         };
@@ -399,7 +403,7 @@ pub fn thread_scaling(results: &ResultsFile) -> Vec<Scaling> {
         };
         let (speedup, low, high) = ratio_interval(a, b);
         out.push(Scaling {
-            model: few.cell.model.clone(),
+            model: few.cell.variant(),
             mode: few.cell.mode,
             batch_size: few.cell.batch_size,
             sequence_length: few.cell.sequence_length,

@@ -19,7 +19,7 @@ use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
 use crate::bench::output::ResultsFile;
-use crate::bench::{Mode, Status};
+use crate::bench::{Cell, Mode, Status};
 use crate::error::input;
 
 /// One plotted point: x, y and an optional (low, high) interval for y.
@@ -151,7 +151,7 @@ pub fn series_from_results(
                 ),
             };
             Some((
-                m.cell.model.clone(),
+                m.cell.variant(),
                 m.cell.batch_size as f64,
                 m.cell.sequence_length as f64,
                 y,
@@ -169,15 +169,11 @@ pub fn series_from_results(
     }
     // A thread sweep: one line per model and thread count, named here (short names apply to
     // the models, in plan order).
-    let models = crate::report::observe::models(results);
+    let models = crate::bench::distinct(results.plan.iter().map(|c| c.model.clone()));
     let rows = rows
         .into_iter()
         .map(|(model, b, s, y, i, threads)| {
-            let name = models
-                .iter()
-                .position(|m| *m == model)
-                .and_then(|i| short_names.get(i).cloned())
-                .unwrap_or(model);
+            let name = short_name(&model, &models, short_names);
             (
                 format!("{name}, {}", crate::bench::threads_label(threads)),
                 b,
@@ -261,6 +257,17 @@ pub fn is_tidy_csv(path: &Path) -> Result<bool> {
 
 type Row = (String, f64, f64, f64, Option<(f64, f64)>);
 
+/// A series' model label with its short name: short names replace the models (not their
+/// precision variants) in the order of `models`; a variant keeps its precision after it.
+fn short_name(label: &str, models: &[String], short_names: &[String]) -> String {
+    let (base, suffix) = Cell::split_variant(label);
+    let short = models
+        .iter()
+        .position(|x| x == base)
+        .and_then(|i| short_names.get(i));
+    format!("{}{suffix}", short.map_or(base, |s| s.as_str()))
+}
+
 /// Groups (model, batch, seq, value) rows into series: per model x batch along sequence length,
 /// or per model x sequence length along batch size, as Hugging Face's script does.
 fn group(rows: Vec<Row>, along_batch: bool, short_names: &[String]) -> Vec<Series> {
@@ -270,10 +277,8 @@ fn group(rows: Vec<Row>, along_batch: bool, short_names: &[String]) -> Vec<Serie
             models.push(m.clone());
         }
     }
-    let name = |m: &str| -> String {
-        let i = models.iter().position(|x| x == m).unwrap_or(0);
-        short_names.get(i).cloned().unwrap_or_else(|| m.to_string())
-    };
+    let bases = crate::bench::distinct(models.iter().map(|m| Cell::split_variant(m).0.to_string()));
+    let name = |m: &str| short_name(m, &bases, short_names);
     let mut groups: BTreeMap<(usize, u64), Series> = BTreeMap::new();
     for (model, b, s, y, interval) in rows {
         let (key_value, x, key_name) = if along_batch {

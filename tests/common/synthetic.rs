@@ -35,6 +35,7 @@ pub fn cell(model: &str, batch: usize) -> Cell {
         batch_size: batch,
         sequence_length: 128,
         threads: 2,
+        dtype: Some(bertbench::device::Precision::F32),
     }
 }
 
@@ -99,6 +100,7 @@ pub fn cell_at(model: &str, mode: Mode, batch: usize, seq: usize) -> Cell {
         batch_size: batch,
         sequence_length: seq,
         threads: 2,
+        dtype: Some(bertbench::device::Precision::F32),
     }
 }
 
