@@ -11,7 +11,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=python-env.sh
 source "$root/scripts/python-env.sh"
-python_env torch transformers safetensors matplotlib
+python_env torch transformers safetensors matplotlib onnxruntime onnx onnxscript psutil
 
 help=0
 for arg in "$@"; do

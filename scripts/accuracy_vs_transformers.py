@@ -27,6 +27,13 @@ prepares the virtualenv, the bertbench binary and the `accuracy_probe` example.
      logit difference over real tokens, the share of identical answers, and the questions that
      differ with both answers.
 4. summary.md (machine, date, commit, versions, every number above) and results.json.
+
+With --int8 (on every evaluated checkpoint), what int8 costs on the same questions and
+windows, three ways: `bertbench eval --dtype int8`; ONNX Runtime's int8 recipe (the export's
+transformer-optimized graph through quantize_dynamic, per-channel; the same code as
+bench_vs_python.py's) against its own fp32 export; PyTorch's dynamic quantization
+(quantize_dynamic of the Linear layers) against transformers fp32. Each with EM/F1, the F1
+change and the share of answers that changed.
 """
 
 from __future__ import annotations
@@ -78,6 +85,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-only", type=Path, metavar="CHECKPOINT",
                    help="skip training: compare eval on this checkpoint directory only")
+    p.add_argument("--int8", action="store_true",
+                   help="also measure what int8 costs in EM/F1 on every evaluated checkpoint: "
+                        "bertbench --dtype int8, ONNX Runtime's quantize_dynamic, PyTorch's")
     return p.parse_args()
 
 
@@ -383,8 +393,69 @@ def compare_eval(a, ckpt: Path, out: Path, dev: list[dict]) -> dict:
         "differ_vs_context_only": d_ctx,
         "differ_vs_run_qa": d_hf,
     }
+    if a.int8:
+        result["int8"] = int8_eval(a, ckpt, out, dev, model, tok, bb_preds, ctx, bb_results)
     (out / "compare.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     return result
+
+
+def session_logits(session, tok, examples, max_len, stride):
+    """transformers_logits for an ONNX Runtime session: every window alone, no padding."""
+    enc = windows(tok, examples, max_len, stride, pad=False)
+    names = {i.name for i in session.get_inputs()}
+    starts, ends = [], []
+    for i, ids in enumerate(enc["input_ids"]):
+        feed = {"input_ids": np.array([ids], dtype=np.int64),
+                "attention_mask": np.array([enc["attention_mask"][i]], dtype=np.int64),
+                "token_type_ids": np.array([enc["token_type_ids"][i]], dtype=np.int64)}
+        s, e = session.run(["start_logits", "end_logits"], {k: v for k, v in feed.items() if k in names})
+        starts.append(s[0])
+        ends.append(e[0])
+    return starts, ends
+
+
+def int8_eval(a, ckpt: Path, out: Path, dev: list[dict], model, tok, bb_preds, ctx, bb_results) -> dict:
+    """What int8 costs on these questions: bertbench fp32 -> int8, ONNX Runtime fp32 -> its
+    int8 recipe, transformers fp32 -> PyTorch's dynamic quantization; answers decoded with the
+    context-only rule (bertbench's) for the Python runtimes."""
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_vs_python as bvp
+
+    ev = out / "bertbench-eval-int8"
+    if not (ev / "eval_results.json").exists():
+        run([os.environ["BERTBENCH"], "eval", "--model", ckpt, "--dataset", a.dev_file, "--dtype", "int8",
+             "--limit", a.dev_questions, "--max-seq-length", a.max_seq_length, "--doc-stride", a.doc_stride,
+             "--threads", a.threads, "--output-dir", ev, "--overwrite"], log=out / "bertbench-eval-int8.log")
+    bb8 = json.loads((ev / "predictions.json").read_text())
+    onnx_path = out / "onnx" / "model.onnx"
+    eager = BertForQuestionAnswering.from_pretrained(ckpt, attn_implementation="eager").eval()
+    bvp.export_onnx(eager, "bert", onnx_path)
+    graphs = bvp.quantize_onnx(onnx_path, json.loads((Path(ckpt) / "config.json").read_text()))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = a.threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    preds = {}
+    for name, path in (("ort-fp32", onnx_path), ("ort-int8", bvp.int8_onnx_path(onnx_path))):
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        starts, ends = session_logits(session, tok, dev, a.max_seq_length, a.doc_stride)
+        wins = windows(tok, dev, a.max_seq_length, a.doc_stride, pad=False)
+        preds[name] = decode(dev, [{"example": wins["overflow_to_sample_mapping"][i],
+                                    "offsets": [o if s == 1 else None for o, s in
+                                                zip(wins["offset_mapping"][i], wins.sequence_ids(i))]}
+                                   for i in range(len(wins["input_ids"]))], starts, ends, context_only=True)
+    q_wins, q_starts, q_ends = transformers_logits(bvp.torch_int8(model), tok, dev, a.max_seq_length, a.doc_stride)
+    preds["torch-int8"] = decode(dev, q_wins, q_starts, q_ends, context_only=True)
+    changed = lambda x, y: sum(1 for ex in dev if x.get(ex["id"]) != y.get(ex["id"])) / len(dev)  # noqa: E731
+    rows = {}
+    for runtime, fp32, int8 in (("bertbench", bb_preds, bb8), ("ONNX Runtime", preds["ort-fp32"], preds["ort-int8"]),
+                                ("PyTorch", ctx, preds["torch-int8"])):
+        f, q = score(dev, fp32), score(dev, int8)
+        rows[runtime] = {"fp32": f, "int8": q, "f1_change": q["f1"] - f["f1"],
+                         "em_change": q["exact_match"] - f["exact_match"], "answers_changed": changed(fp32, int8)}
+    return {"runtimes": rows, "ort_graphs": graphs,
+            "bertbench_int8_reported": json.loads((ev / "eval_results.json").read_text())}
 
 
 def plot_curves(curves: dict, path: Path):
@@ -520,6 +591,21 @@ def write_summary(out: Path, a, report: dict, evals: dict):
         L.append(f"| {k} | {b['exact_match']:.2f} / {b['f1']:.2f} | {c['exact_match']:.2f} / {c['f1']:.2f} | "
                  f"{100 * r['identical_vs_context_only']:.1f}% | {h['exact_match']:.2f} / {h['f1']:.2f} | "
                  f"{100 * r['identical_vs_run_qa']:.1f}% | {r['max_abs_logit_diff']:.2e} |")
+    int8 = [(k, r["int8"]) for k, r in evals.items() if "int8" in r]
+    if int8:
+        L += ["", "## What int8 costs", "",
+              "Each runtime's int8 model against its own fp32 one, same questions and windows (answers decoded "
+              "with the context-only rule for ONNX Runtime and PyTorch, bertbench's own for bertbench).", "",
+              "| checkpoint | runtime | fp32 EM / F1 | int8 EM / F1 | F1 change | answers changed |",
+              "|---|---|---:|---:|---:|---:|"]
+        for k, q in int8:
+            for rt, r in q["runtimes"].items():
+                L.append(f"| {k} | {rt} | {r['fp32']['exact_match']:.2f} / {r['fp32']['f1']:.2f} | "
+                         f"{r['int8']['exact_match']:.2f} / {r['int8']['f1']:.2f} | {r['f1_change']:+.2f} | "
+                         f"{100 * r['answers_changed']:.1f}% |")
+        for k, q in int8:
+            g = q["ort_graphs"]
+            L += ["", f"{k}: ONNX Runtime's int8 graph: fused {g['fused_ops']}, quantized {g['quantized_ops']}."]
     for k, r in evals.items():
         for label, key in (("context-only decoding", "differ_vs_context_only"), ("run_qa.py decoding", "differ_vs_run_qa")):
             if r[key]:

@@ -21,6 +21,14 @@ What it does, per model family:
   4. writes results.csv (tidy, one row per measurement with its raw samples), results.json
      (everything) and summary.md (a Markdown table with the machine and versions).
 
+With --precision int8 every runtime runs its int8 model instead: ONNX Runtime the transformer
+optimizer's fused graph of the export (`optimizer.optimize_model`, model type bert) quantized
+with `quantize_dynamic` (per-channel int8 weights, uint8 activations); PyTorch the model after
+`torch.ao.quantization.quantize_dynamic` (its Linear layers, qint8); bertbench `--dtype int8`.
+The fp32 agreement check still runs (it checks the export), and the int8 models' logits are
+compared with PyTorch's fp32 ones on the same batch (reported, not checked: quantization moves
+them).
+
 Internal commands (one fresh process each, started by the main command): `prepare` and
 `measure`.
 """
@@ -222,9 +230,18 @@ def current_rss_mb() -> float | None:
 # ----------------------------------------------------------------------------------------
 
 
+def torch_int8(model):
+    """PyTorch's dynamic quantization of a model's Linear layers (qint8 weights, activations
+    quantized per tensor at run time): its three-line recipe for BERT."""
+    import torch
+
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def measure_torch(args, inputs: dict) -> dict:
     """Loads the saved model with transformers and times inference (inference_mode) or a
-    training step (forward with dropout, QA loss, backward, AdamW step)."""
+    training step (forward with dropout, QA loss, backward, AdamW step); with --precision int8
+    the inference of its dynamically quantized form."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -242,6 +259,9 @@ def measure_torch(args, inputs: dict) -> dict:
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if args.mode == "inference":
         model.eval()
+        if args.precision == "int8":
+            model = torch_int8(model)
+            info["quantized"] = "torch.ao.quantization.quantize_dynamic, nn.Linear, qint8"
 
         def step():
             with torch.inference_mode():
@@ -283,7 +303,8 @@ def measure_ort(args, inputs: dict) -> dict:
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(args.onnx), sess_options=options,
+    path = int8_onnx_path(args.onnx) if args.precision == "int8" else args.onnx
+    session = ort.InferenceSession(str(path), sess_options=options,
                                    providers=["CPUExecutionProvider"])
     feed = {i.name: inputs[i.name] for i in session.get_inputs()}
 
@@ -466,7 +487,93 @@ def cmd_prepare(args) -> None:
         del model
         report["export_s"] = time.perf_counter() - started
         report["agreement"] = check_agreement(args, model_dir, Path(args.onnx), family)
+        if args.precision == "int8":
+            started = time.perf_counter()
+            report["int8"] = quantize_onnx(Path(args.onnx), read_config(model_dir))
+            report["int8"]["quantize_s"] = time.perf_counter() - started
+            report["int8"]["agreement"] = check_int8_agreement(args, model_dir, family)
     print(json.dumps(report))
+
+
+def int8_onnx_path(onnx_path: Path) -> Path:
+    """Where the int8 model of an exported model goes."""
+    return onnx_path.with_name("model-int8.onnx")
+
+
+def quantize_onnx(onnx_path: Path, config: dict) -> dict:
+    """ONNX Runtime's int8 recipe for BERT: the transformer optimizer's fused graph (attention,
+    LayerNorm, GELU fused; model type bert, which also fits DistilBERT's graph), then dynamic
+    quantization, per-channel int8 weights. Returns what was fused and quantized."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads = config.get("num_attention_heads", config.get("n_heads"))
+    hidden = config.get("hidden_size", config.get("dim"))
+    fused_path = onnx_path.with_name("model-fused.onnx")
+    optimized = optimize_model(str(onnx_path), model_type="bert", num_heads=heads,
+                               hidden_size=hidden)
+    optimized.save_model_to_file(str(fused_path))
+    ops = {}
+    for node in onnx.load(str(fused_path)).graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    out = int8_onnx_path(onnx_path)
+    # The fused graph's com.microsoft operators have no ONNX shape inference: their outputs
+    # are float, as the quantizer's own error message suggests saying.
+    quantize_dynamic(str(fused_path), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    qops = {}
+    for node in onnx.load(str(out)).graph.node:
+        qops[node.op_type] = qops.get(node.op_type, 0) + 1
+    return {"fused_ops": {k: ops[k] for k in ("Attention", "SkipLayerNormalization",
+                                              "EmbedLayerNormalization", "FastGelu", "Gelu",
+                                              "BiasGelu", "MatMul", "Conv") if k in ops},
+            "quantized_ops": {k: v for k, v in qops.items()
+                              if k in ("QAttention", "MatMulInteger", "DynamicQuantizeLinear",
+                                       "DynamicQuantizeMatMul", "ConvInteger", "QGemm",
+                                       "MatMulIntegerToFloat", "Conv", "MatMul", "Gather")},
+            "file_mb": out.stat().st_size / 2**20}
+
+
+def check_int8_agreement(args, model_dir: Path, family: str) -> dict:
+    """Start/end logits of every runtime's int8 model against PyTorch's fp32 logits on the
+    agreement batch: max abs difference on unpadded positions and the relative RMS
+    (informational: quantization moves logits)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    config = read_config(model_dir)
+    batch = agreement_batch(config, family)
+    mask = batch["attention_mask"].astype(bool)
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir, dtype=torch.float32).eval()
+    feed = {k: torch.from_numpy(v) for k, v in batch.items()}
+    with torch.inference_mode():
+        ref = model(**feed)
+        q = torch_int8(model)(**feed)
+    ref = (ref.start_logits.numpy(), ref.end_logits.numpy())
+    logits = {"torch-int8": (q.start_logits.numpy(), q.end_logits.numpy())}
+    session = ort.InferenceSession(str(int8_onnx_path(Path(args.onnx))),
+                                   providers=["CPUExecutionProvider"])
+    logits["ort-int8"] = tuple(session.run(["start_logits", "end_logits"],
+                                           {i.name: batch[i.name] for i in session.get_inputs()}))
+    inputs_json = Path(args.work_dir) / "inputs.json"
+    cmd = [args.bertbench, "logits", "--model", str(model_dir), "--inputs", str(inputs_json),
+           "--threads", str(args.threads), "--offline", "--dtype", "int8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BenchError(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{proc.stderr.strip()}")
+    out = json.loads(proc.stdout)
+    logits["bertbench-int8"] = (np.array(out["start_logits"]), np.array(out["end_logits"]))
+    result = {}
+    for name, (start, end) in logits.items():
+        got = np.concatenate([np.asarray(start)[mask], np.asarray(end)[mask]]).astype(np.float64)
+        want = np.concatenate([ref[0][mask], ref[1][mask]]).astype(np.float64)
+        result[name] = {"max_abs_diff_vs_torch_fp32": float(np.abs(got - want).max()),
+                        "relative_rms_vs_torch_fp32":
+                            float(np.sqrt(((got - want) ** 2).sum() / (want ** 2).sum()))}
+    return result
 
 
 # ----------------------------------------------------------------------------------------
@@ -638,7 +745,8 @@ class Runner:
                str(model_dir), "--threads", str(self.args.threads), "--bertbench",
                self.args.bertbench, "--tolerance", str(self.args.tolerance), "--torch-attn",
                self.args.torch_attn, "--work-dir",
-               str(self.out / "agreement" / model_dir_name(model))]
+               str(self.out / "agreement" / model_dir_name(model)), "--precision",
+               self.args.precision]
         if not self.args.training:
             cmd += ["--onnx", str(onnx_path)]
         log = self.out / "logs" / f"prepare-{model_dir_name(model)}.log"
@@ -674,11 +782,13 @@ class Runner:
                    str(a.threads), "--no-memory", "--no-peak", "--in-process", "--offline",
                    "--output-dir", str(bench_dir)] + policy
             cmd += ["--training", "--no-inference"] if self.args.training else ["--load-weights"]
+            cmd += ["--dtype", "int8"] if a.precision == "int8" else []
         else:
             cmd = [sys.executable, self.script, "measure", "--runtime", runtime, "--mode",
                    self.mode, "--model-dir", str(model_dir), "--onnx", str(onnx_path),
                    "--batch-size", str(shape[0]), "--sequence-length", str(shape[1]),
-                   "--threads", str(a.threads), "--torch-attn", a.torch_attn] + policy
+                   "--threads", str(a.threads), "--torch-attn", a.torch_attn, "--precision",
+                   a.precision] + policy
         row["load_1m"] = load_average()
         started = time.perf_counter()
         code, peak_mb, stdout = run_child(cmd, log, self.env)
@@ -979,8 +1089,9 @@ def render_summary(args, env: dict, prepared: dict, rows: list[dict], mode: str,
     """summary.md: the machine, versions and method, then one Markdown table."""
     cells = summarize(rows, runtimes)
     training = mode == "training"
+    precision = getattr(args, "precision", "fp32")
     lines = [f"# bertbench vs {'PyTorch' if training else 'PyTorch and ONNX Runtime'}: "
-             f"{mode}, fp32, CPU", ""]
+             f"{mode}, {precision}, CPU", ""]
     lines.append(f"- Machine: {env['cpu']} ({env.get('cpu_identity', '')}), "
                  f"{env['logical_cpus']} logical CPUs, "
                  f"{env['memory_gib']} GiB; {env['threads']} threads for every runtime")
@@ -1008,6 +1119,13 @@ def render_summary(args, env: dict, prepared: dict, rows: list[dict], mode: str,
                      f"`{args.torch_attn}`{f' ({attn_text})' if attn_text else ''}; "
                      "ONNX Runtime: TorchScript export (opset 17), CPU EP, ORT_ENABLE_ALL, "
                      "inter-op threads 1; bertbench: `bench --load-weights` of the same weights")
+        if precision == "int8":
+            lines.append("- int8: ONNX Runtime runs the transformer optimizer's fused graph "
+                         "(model type bert) after `quantize_dynamic` (per-channel QInt8 "
+                         "weights, uint8 activations per tensor); PyTorch its model after "
+                         "`torch.ao.quantization.quantize_dynamic` ({nn.Linear}, qint8); "
+                         "bertbench `bench --dtype int8` (int8 weights per output channel, "
+                         "uint8 activations per row)")
     lines.append(f"- Instruction set: {isa_text(args, rows, runtimes)}")
     lines.append(f"- Timing (every runtime): warm-up until two runs agree within 5% (at most "
                  f"{args.max_warmup_runs} runs, 10 s), then at least {args.repeat} runs and "
@@ -1085,6 +1203,18 @@ def render_summary(args, env: dict, prepared: dict, rows: list[dict], mode: str,
                      + "; ".join(f"{m} {p['pair']} {p['max_abs_diff']:.1e}"
                                  + ("" if p["ok"] else " (above the tolerance)")
                                  for m, p in agreement) + ".")
+    int8 = [(m, r["int8"]) for m, r in prepared.items() if "int8" in r]
+    if int8:
+        lines.append("")
+        lines.append("int8 models' logits against PyTorch fp32 (same batch, unpadded positions; "
+                     "relative RMS): " + "; ".join(
+                         f"{m} " + ", ".join(f"{k} {v['relative_rms_vs_torch_fp32']:.3f}"
+                                             for k, v in q["agreement"].items())
+                         for m, q in int8) + ".")
+        lines.append("")
+        lines.append("ONNX Runtime's int8 graphs: " + "; ".join(
+            f"{m}: fused {q['fused_ops']}, quantized {q['quantized_ops']}, "
+            f"{q['file_mb']:.0f} MB" for m, q in int8) + ".")
     failures = [r for r in rows if r["status"] != "ok"]
     if failures:
         lines.append("")
@@ -1149,6 +1279,11 @@ def main_parser() -> argparse.ArgumentParser:
                         + "; ONNX Runtime, which has no switch, from a copy whose XGETBV "
                         "instructions report no AVX-512 register state (needs objdump). "
                         "Default: each runtime's best for the CPU")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="fp32 (default), or int8: every runtime's int8 model (ONNX Runtime: the "
+                        "transformer optimizer's fused graph through quantize_dynamic, "
+                        "per-channel; PyTorch: quantize_dynamic of its Linear layers; "
+                        "bertbench: --dtype int8)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest allowed max abs difference of logits between runtimes "
                         "(default 1e-4)")
@@ -1183,6 +1318,7 @@ def worker_parser() -> argparse.ArgumentParser:
     m.add_argument("--sequence-length", type=int, required=True)
     m.add_argument("--threads", type=int, required=True)
     m.add_argument("--torch-attn", default="default")
+    m.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     add_timing_args(m)
     m.set_defaults(func=cmd_measure)
     q = sub.add_parser("prepare", help="build, save, export and check one model; prints JSON")
@@ -1194,6 +1330,7 @@ def worker_parser() -> argparse.ArgumentParser:
     q.add_argument("--tolerance", type=float, required=True)
     q.add_argument("--torch-attn", default="default")
     q.add_argument("--work-dir", required=True)
+    q.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     q.set_defaults(func=cmd_prepare)
     c = sub.add_parser("cap-ort", help="copy onnxruntime capped at AVX2; prints JSON")
     c.add_argument("--dest", type=Path, required=True)
