@@ -142,8 +142,8 @@ fn the_logits_command_runs_int8() {
     assert!(rel > 1e-5 && rel < 0.03, "relative RMS {rel}");
 }
 
-/// int8 is an inference precision of the CPU: training at it and benching training steps at it
-/// are refused by name (exit 3), before anything is read or computed.
+/// int8 is an inference precision of the CPU: training at it, benching training steps at it and
+/// benching it on a GPU are refused by name (exit 3), before anything is read or computed.
 #[test]
 fn int8_training_is_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
@@ -167,6 +167,15 @@ fn int8_training_is_refused_by_name() {
         .arg(tmp.path().join("b")));
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("--training"), "{stderr}");
+    let (code, _, stderr) = run(bin()
+        .args([
+            "bench", "--dtype", "f32", "int8", "--device", "cuda:0", "--models",
+        ])
+        .arg(parity_dir("bert"))
+        .arg("--output-dir")
+        .arg(tmp.path().join("g")));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("int8 runs on the CPU"), "{stderr}");
 }
 
 /// `bench --dtype f32 int8`: every cell at both precisions, back to back, each in a child at

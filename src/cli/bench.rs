@@ -549,11 +549,15 @@ pub fn peak(args: PeakArgs) -> Result<()> {
         ..TimingPolicy::default()
     };
     let shapes = peak::measure_peak(&device, args.compute.precision(), &policy)?;
-    let best = peak::peak_gflops(&shapes);
+    // An int8 product does integer operations: its rate is in GOP/s, and it has its own peak.
+    let (int8, float): (Vec<peak::PeakShape>, Vec<peak::PeakShape>) =
+        shapes.iter().cloned().partition(|s| s.kernel == "int8");
+    let best = peak::peak_gflops(&float);
+    let int8_best = (!int8.is_empty()).then(|| peak::peak_gflops(&int8));
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"threads": threads, "isa": crate::compute::Isa::current().name(), "dtype": args.compute.precision().as_str(), "device": args.compute.device, "shapes": shapes, "peak_gflops": best})
+            serde_json::json!({"threads": threads, "isa": crate::compute::Isa::current().name(), "dtype": args.compute.precision().as_str(), "device": args.compute.device, "shapes": shapes, "peak_gflops": best, "int8_peak_gops": int8_best})
         );
         return Ok(());
     }
@@ -565,19 +569,30 @@ pub fn peak(args: PeakArgs) -> Result<()> {
         env::cpu_model(),
         crate::compute::cache::CacheSizes::detect()
     );
+    let unit = |kernel: &str| {
+        if kernel == "int8" {
+            "GOP/s  "
+        } else {
+            "GFLOP/s"
+        }
+    };
     for s in &shapes {
         println!(
-            "  {:<7} {:>5} x {:>5} x {:>5}: {:>8.1} GFLOP/s  (median {} of {} runs)",
+            "  {:<7} {:>5} x {:>5} x {:>5}: {:>8.1} {}  (median {} of {} runs)",
             s.kernel,
             s.m,
             s.k,
             s.n,
             s.gflops,
+            unit(&s.kernel),
             fmt_time(s.median_s),
             s.runs
         );
     }
     println!("peak: {best:.1} GFLOP/s");
+    if let Some(p) = int8_best {
+        println!("int8 peak: {p:.1} GOP/s");
+    }
     Ok(())
 }
 
