@@ -40,6 +40,16 @@ impl Precision {
         }
     }
 
+    /// The dtype a model to run at this precision on `device` is loaded in: [`Self::dtype`],
+    /// except bf16 on the CPU, whose bf16 kernels read f32 tensors (the weights are rounded
+    /// to bf16 when the model is prepared for inference, the rest runs in f32).
+    pub fn load_dtype(self, device: &Device) -> DType {
+        match self {
+            Precision::Bf16 if device.is_cpu() => DType::F32,
+            p => p.dtype(),
+        }
+    }
+
     /// The precision a model built in `dtype` runs at before any quantization.
     pub fn of_dtype(dtype: DType) -> Self {
         match dtype {

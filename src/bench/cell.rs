@@ -133,7 +133,12 @@ pub fn run_cell(
     crate::runtime::use_isa(settings.isa)?;
     progress(Phase::Building, 0, Duration::ZERO);
     let device = parse_device(&settings.device)?;
-    let dtype = settings.dtype.dtype();
+    // Inference loads what the precision runs from (f32 for bf16 on the CPU); training steps
+    // train in the precision's own dtype.
+    let dtype = match cell.mode {
+        Mode::Inference => settings.dtype.load_dtype(&device),
+        Mode::Training => settings.dtype.dtype(),
+    };
     let hub = HubConfig::from_env(settings.offline);
     let (config, _) = models::open_config(&cell.model, &hub)?;
     let flops = match cell.mode {

@@ -142,11 +142,12 @@ impl ModelArgs {
     /// [`QaModel::prepare_for_inference`]) and reports on stderr what loading had to do.
     pub fn open(&self) -> Result<models::OpenedModel> {
         self.compute.use_threads()?;
+        let device = parse_device(&self.compute.device)?;
         let opts = OpenOptions {
             random_init: self.random_init,
             seed: self.seed,
-            dtype: self.compute.precision().dtype(),
-            device: parse_device(&self.compute.device)?,
+            dtype: self.compute.precision().load_dtype(&device),
+            device,
             hub: HubConfig::from_env(self.offline),
         };
         let mut opened = models::open(&self.model, &opts)?;

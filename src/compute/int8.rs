@@ -34,6 +34,7 @@ use rayon::prelude::*;
 use super::cache::CacheSizes;
 use super::isa::Isa;
 use super::packed::{Epilogue, PANEL};
+use super::split::{epilogue, over_panels};
 use super::view::{MatMut, MatRef, SendPtr};
 
 /// Inputs per 32-bit lane of a panel row (what `vpdpbusd` sums in one lane).
@@ -441,13 +442,6 @@ pub fn int8_linear_with(
     if m == 0 || n == 0 {
         return;
     }
-    let tiles = w.panels().div_ceil(NP);
-    let threads = if m * n * k * groups < 1 << 18 {
-        1
-    } else {
-        threads.max(1)
-    };
-    let per_group = threads.div_ceil(groups).min(tiles).max(1);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_stride = out.stride();
     // Rows per block: their activations (kp bytes each) fill at most half of the thread's L2
@@ -460,38 +454,32 @@ pub fn int8_linear_with(
         let budget = CacheSizes::detect().l2_per_thread(threads) / 2;
         (budget / x.kp().max(1) / MR * MR).max(MR)
     };
-    let run = |item: usize| {
-        let (g, part) = (item / per_group, item % per_group);
-        let chunk = tiles.div_ceil(per_group);
-        let (t0, t1) = (part * chunk, ((part + 1) * chunk).min(tiles));
-        if t0 >= t1 {
-            return;
-        }
-        let (p0, p1) = (t0 * NP, (t1 * NP).min(w.panels()));
-        let job = Job {
-            kernel,
-            x,
-            w,
-            g,
-            bias: bias.map(|b| &b[g * n..(g + 1) * n]),
-            act,
-            // `m > 0` and `n > 0` here, so column g*n of row 0 is inside the output, which
-            // was checked as m x (groups*n) at `out_stride`.
-            out: out_ptr.get().wrapping_add(g * n),
-            out_stride,
-            mc,
-        };
-        // SAFETY: `out` (checked above, exclusively borrowed) holds m rows of this group's
-        // n columns from `job.out` at `out_stride`, and this item alone writes the columns of
-        // panels p0..p1 (items split the panels of a group without overlap).
-        unsafe { job.run(p0, p1) };
-    };
-    let items = groups * per_group;
-    if threads == 1 {
-        (0..items).for_each(run);
-    } else {
-        (0..items).into_par_iter().for_each(run);
-    }
+    over_panels(
+        groups,
+        w.panels(),
+        NP,
+        threads,
+        m * n * k * groups,
+        |g, p0, p1| {
+            let job = Job {
+                kernel,
+                x,
+                w,
+                g,
+                bias: bias.map(|b| &b[g * n..(g + 1) * n]),
+                act,
+                // `m > 0` and `n > 0` here, so column g*n of row 0 is inside the output, which
+                // was checked as m x (groups*n) at `out_stride`.
+                out: out_ptr.get().wrapping_add(g * n),
+                out_stride,
+                mc,
+            };
+            // SAFETY: `out` (checked above, exclusively borrowed) holds m rows of this group's
+            // n columns from `job.out` at `out_stride`, and this item alone writes the columns of
+            // panels p0..p1 (`over_panels` splits the panels of a group without overlap).
+            unsafe { job.run(p0, p1) };
+        },
+    );
 }
 
 /// One thread's share of a product: panels `p0..p1` of group `g`, all rows.
@@ -557,17 +545,10 @@ impl Job<'_> {
                 p += nps;
             }
             if let Some(act) = self.act {
-                let (c0, c1) = (p0 * PANEL, (p1 * PANEL).min(n));
-                for r in ic..ic + rows {
-                    // SAFETY: row r, columns c0..c1 are this job's own outputs (caller's
-                    // guarantee), written above and not aliased meanwhile.
-                    act(unsafe {
-                        std::slice::from_raw_parts_mut(
-                            self.out.add(r * self.out_stride + c0),
-                            c1 - c0,
-                        )
-                    });
-                }
+                let cols = (p0 * PANEL, (p1 * PANEL).min(n));
+                // SAFETY: rows ic..ic + rows, those columns are this job's own outputs
+                // (caller's guarantee), written above and not aliased meanwhile.
+                unsafe { epilogue(act, self.out, self.out_stride, (ic, ic + rows), cols) };
             }
             ic += rows;
         }

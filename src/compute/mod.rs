@@ -29,6 +29,7 @@
 #[macro_use]
 pub mod isa;
 pub mod attention;
+pub mod bf16;
 pub mod cache;
 pub mod dense;
 pub mod dropout;
@@ -38,6 +39,7 @@ pub mod norm;
 pub mod ops;
 pub mod packed;
 pub mod softmax;
+pub(crate) mod split;
 pub mod view;
 
 pub use isa::Isa;

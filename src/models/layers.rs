@@ -27,6 +27,7 @@ use rand::{Rng, SeedableRng};
 use super::config::Activation;
 use super::weights::{Init, Params};
 use crate::compute::attention::{self as fused_attention, AttentionDims, AttentionScratch};
+use crate::compute::bf16::{bf16_linear, Bf16Rows, Bf16Weight};
 use crate::compute::dense::{dense_linear, parallelism};
 use crate::compute::dropout::{dropout_mask, DropoutDraw};
 use crate::compute::int8::{int8_linear, QuantizedRows, QuantizedWeight};
@@ -123,16 +124,28 @@ impl ForwardCtx {
     }
 }
 
-/// A projection's weight: as loaded (the Hub's layout, any device and dtype), packed once
-/// for [`packed_linear`], or quantized to int8 for [`int8_linear`], by
-/// [`crate::models::QaModel::prepare_for_inference`]. A packed or quantized weight replaces the
-/// tensor (the model holds its weights once); the composed ops still work on it, through a
-/// tensor unpacked (or dequantized) afresh on each use.
+/// A projection's weight: as loaded (the Hub's layout, any device and dtype), or prepared once
+/// by [`crate::models::QaModel::prepare_for_inference`]: packed for [`packed_linear`],
+/// quantized to int8 for [`int8_linear`], or rounded to bf16 for [`bf16_linear`]. A prepared
+/// weight replaces the tensor (the model holds its weights once); the composed ops still work
+/// on it, through a tensor unpacked (or dequantized) afresh on each use.
 #[derive(Debug, Clone)]
 pub enum Weight {
     Dense(Tensor),
     Packed(Arc<PackedWeight>),
     Int8(Arc<QuantizedWeight>),
+    Bf16(Arc<Bf16Weight>),
+}
+
+/// What a weight is prepared as for inference (see [`Weight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// f32, packed for the register kernels.
+    Packed,
+    /// int8, per output channel.
+    Int8,
+    /// bf16.
+    Bf16,
 }
 
 impl Weight {
@@ -150,38 +163,31 @@ impl Weight {
                 (q.groups() * q.n(), q.k()),
                 &Device::Cpu,
             )?),
+            Self::Bf16(b) => Cow::Owned(Tensor::from_vec(
+                b.to_f32(),
+                (b.groups() * b.n(), b.k()),
+                &Device::Cpu,
+            )?),
         })
     }
 
-    /// Quantizes a dense f32 CPU weight that records no gradient to int8 (`groups` blocks of
-    /// `n` rows; see [`QuantizedWeight::quantize`]); anything else stays as it is.
-    fn quantize(&mut self, groups: usize, n: usize) {
+    /// Prepares a dense f32 CPU weight that records no gradient (`groups` blocks of `n` rows)
+    /// as `form`; anything else stays as it is.
+    fn prepare(&mut self, form: Form, groups: usize, n: usize) {
         let Self::Dense(t) = self else { return };
         if groups * n == 0 {
             return;
         }
-        let quantized = CpuF32::of(t).map(|data| {
-            let k = data.len / (groups * n);
-            QuantizedWeight::quantize(data.slice(), groups, n, k)
+        let prepared = CpuF32::of(t).map(|data| {
+            let (w, k) = (data.slice(), data.len / (groups * n));
+            match form {
+                Form::Packed => Self::Packed(Arc::new(PackedWeight::pack(w, groups, n, k))),
+                Form::Int8 => Self::Int8(Arc::new(QuantizedWeight::quantize(w, groups, n, k))),
+                Form::Bf16 => Self::Bf16(Arc::new(Bf16Weight::convert(w, groups, n, k))),
+            }
         });
-        if let Some(q) = quantized {
-            *self = Self::Int8(Arc::new(q));
-        }
-    }
-
-    /// Packs a dense f32 CPU weight that records no gradient (`groups` blocks of `n` rows);
-    /// anything else stays as it is.
-    fn pack(&mut self, groups: usize, n: usize) {
-        let Self::Dense(t) = self else { return };
-        if groups * n == 0 {
-            return;
-        }
-        let packed = CpuF32::of(t).map(|data| {
-            let k = data.len / (groups * n);
-            PackedWeight::pack(data.slice(), groups, n, k)
-        });
-        if let Some(packed) = packed {
-            *self = Self::Packed(Arc::new(packed));
+        if let Some(prepared) = prepared {
+            *self = prepared;
         }
     }
 }
@@ -202,14 +208,9 @@ impl Linear {
         })
     }
 
-    /// Packs the weight for inference (see [`Weight`]).
-    pub fn pack(&mut self) {
-        self.weight.pack(1, self.bias.dim(0).unwrap_or(0));
-    }
-
-    /// Quantizes the weight to int8 for inference (see [`Weight`]).
-    pub fn quantize(&mut self) {
-        self.weight.quantize(1, self.bias.dim(0).unwrap_or(0));
+    /// Prepares the weight for inference (see [`Weight`]).
+    pub fn prepare(&mut self, form: Form) {
+        self.weight.prepare(form, 1, self.bias.dim(0).unwrap_or(0));
     }
 
     /// `fused`: one op with its own backward (f32 CPU tensors), as [`ForwardCtx::fused`] says.
@@ -223,6 +224,7 @@ impl Linear {
         let packed = match &self.weight {
             Weight::Packed(w) if fused => forward_packed(&x2, w, &self.bias)?,
             Weight::Int8(w) if fused => forward_int8(&x2, w, &self.bias)?,
+            Weight::Bf16(w) if fused => forward_bf16(&x2, w, &self.bias)?,
             _ => None,
         };
         let y = match (packed, &self.weight) {
@@ -281,6 +283,32 @@ fn forward_int8(x: &Tensor, w: &QuantizedWeight, bias: &Tensor) -> Result<Option
     let mut out = vec![0f32; rows * n];
     int8_linear(
         &quantized,
+        w,
+        Some(bias.slice()),
+        None,
+        MatMut::new(&mut out, rows, n, n),
+        threads,
+    );
+    Ok(Some(Tensor::from_vec(out, (rows, n), &Device::Cpu)?))
+}
+
+/// `x W^T + b` through the bf16 product ([`bf16_linear`]), for a contiguous f32 CPU `rows x k`
+/// input (`None` otherwise).
+fn forward_bf16(x: &Tensor, w: &Bf16Weight, bias: &Tensor) -> Result<Option<Tensor>> {
+    let (Some(input), Some(bias)) = (CpuF32::of(x), CpuF32::of(bias)) else {
+        return Ok(None);
+    };
+    let (rows, k) = x.dims2()?;
+    let n = w.groups() * w.n();
+    if w.groups() != 1 || w.k() != k || bias.len != n {
+        return Ok(None);
+    }
+    let threads = rayon::current_num_threads();
+    let mut converted = Bf16Rows::new();
+    converted.convert(MatRef::new(input.slice(), rows, k, k), 1, threads);
+    let mut out = vec![0f32; rows * n];
+    bf16_linear(
+        &converted,
         w,
         Some(bias.slice()),
         None,
@@ -449,16 +477,10 @@ impl GroupedPointwiseConv {
         })
     }
 
-    /// Packs the weight for inference (see [`Weight`]), one block per group.
-    pub fn pack(&mut self) {
+    /// Prepares the weight for inference (see [`Weight`]), one block per group.
+    pub fn prepare(&mut self, form: Form) {
         let c_out = self.bias.dim(0).unwrap_or(0);
-        self.weight.pack(self.groups, c_out / self.groups);
-    }
-
-    /// Quantizes the weight to int8 for inference (see [`Weight`]), one block per group.
-    pub fn quantize(&mut self) {
-        let c_out = self.bias.dim(0).unwrap_or(0);
-        self.weight.quantize(self.groups, c_out / self.groups);
+        self.weight.prepare(form, self.groups, c_out / self.groups);
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -494,18 +516,10 @@ pub enum Projection {
 
 impl Projection {
     /// Packs the weight for inference (see [`Weight`]).
-    pub fn pack(&mut self) {
+    pub fn prepare(&mut self, form: Form) {
         match self {
-            Projection::Linear(l) => l.pack(),
-            Projection::Grouped(c) => c.pack(),
-        }
-    }
-
-    /// Quantizes the weight to int8 for inference (see [`Weight`]).
-    pub fn quantize(&mut self) {
-        match self {
-            Projection::Linear(l) => l.quantize(),
-            Projection::Grouped(c) => c.quantize(),
+            Projection::Linear(l) => l.prepare(form),
+            Projection::Grouped(c) => c.prepare(form),
         }
     }
 
@@ -538,14 +552,9 @@ pub struct EncoderBlock {
 }
 
 impl EncoderBlock {
-    /// Packs every projection's weight for inference (see [`Weight`]).
-    pub fn pack(&mut self) {
-        self.projections_mut().for_each(Projection::pack);
-    }
-
-    /// Quantizes every projection's weight to int8 for inference (see [`Weight`]).
-    pub fn quantize(&mut self) {
-        self.projections_mut().for_each(Projection::quantize);
+    /// Prepares every projection's weight for inference (see [`Weight`]).
+    pub fn prepare(&mut self, form: Form) {
+        self.projections_mut().for_each(|p| p.prepare(form));
     }
 
     /// The six projections: attention's query, key, value and output, the feed-forward's two.
@@ -657,24 +666,28 @@ struct Buffers {
     attention: AttentionScratch,
     /// The int8 projections' input, quantized once for every projection that reads it.
     quantized: QuantizedRows,
+    /// The bf16 projections' input, likewise.
+    bf16: Bf16Rows,
 }
 
 /// A projection's input as the fused path hands it over: the f32 activations, and (for int8
-/// weights) their quantized form, made when a projection first asks and reused by the others
-/// that read the same input (the query, key and value).
+/// or bf16 weights) their quantized or rounded form, made when a projection first asks and
+/// reused by the others that read the same input (the query, key and value).
 struct Input<'a> {
     x: MatRef<'a>,
-    buffer: &'a mut QuantizedRows,
-    /// The groups the buffer holds the input quantized for, once it does.
+    buffers: (&'a mut QuantizedRows, &'a mut Bf16Rows),
+    /// The groups the buffers hold the input for, once they do.
     quantized_for: Option<usize>,
+    bf16_for: Option<usize>,
 }
 
 impl<'a> Input<'a> {
-    fn new(x: MatRef<'a>, buffer: &'a mut QuantizedRows) -> Self {
+    fn new(x: MatRef<'a>, quantized: &'a mut QuantizedRows, bf16: &'a mut Bf16Rows) -> Self {
         Self {
             x,
-            buffer,
+            buffers: (quantized, bf16),
             quantized_for: None,
+            bf16_for: None,
         }
     }
 
@@ -682,10 +695,20 @@ impl<'a> Input<'a> {
     fn quantized(&mut self, groups: usize) -> &QuantizedRows {
         if self.quantized_for != Some(groups) {
             let threads = rayon::current_num_threads();
-            self.buffer.quantize(self.x, groups, threads);
+            self.buffers.0.quantize(self.x, groups, threads);
             self.quantized_for = Some(groups);
         }
-        self.buffer
+        self.buffers.0
+    }
+
+    /// The input rounded to bf16 for `groups` blocks of columns.
+    fn bf16(&mut self, groups: usize) -> &Bf16Rows {
+        if self.bf16_for != Some(groups) {
+            let threads = rayon::current_num_threads();
+            self.buffers.1.convert(self.x, groups, threads);
+            self.bf16_for = Some(groups);
+        }
+        self.buffers.1
     }
 }
 
@@ -700,6 +723,11 @@ enum ProjectionData<'a> {
     /// Quantized for [`int8_linear`].
     Int8 {
         weight: &'a QuantizedWeight,
+        bias: CpuF32<'a>,
+    },
+    /// Rounded for [`bf16_linear`].
+    Bf16 {
+        weight: &'a Bf16Weight,
         bias: CpuF32<'a>,
     },
     /// As loaded (a model not prepared for inference).
@@ -720,6 +748,7 @@ impl<'a> ProjectionData<'a> {
         Some(match weight {
             Weight::Packed(weight) => Self::Packed { weight, bias },
             Weight::Int8(weight) => Self::Int8 { weight, bias },
+            Weight::Bf16(weight) => Self::Bf16 { weight, bias },
             Weight::Dense(w) => Self::Dense {
                 weight: CpuF32::of(w)?,
                 bias,
@@ -730,9 +759,10 @@ impl<'a> ProjectionData<'a> {
 
     fn out_dim(&self) -> usize {
         match self {
-            Self::Packed { bias, .. } | Self::Int8 { bias, .. } | Self::Dense { bias, .. } => {
-                bias.len
-            }
+            Self::Packed { bias, .. }
+            | Self::Int8 { bias, .. }
+            | Self::Bf16 { bias, .. }
+            | Self::Dense { bias, .. } => bias.len,
         }
     }
 
@@ -744,6 +774,14 @@ impl<'a> ProjectionData<'a> {
         match self {
             Self::Int8 { weight, bias } => int8_linear(
                 input.quantized(weight.groups()),
+                weight,
+                Some(bias.slice()),
+                act,
+                out,
+                rayon::current_num_threads(),
+            ),
+            Self::Bf16 { weight, bias } => bf16_linear(
+                input.bf16(weight.groups()),
                 weight,
                 Some(bias.slice()),
                 act,
@@ -862,8 +900,8 @@ fn encode_fused(
     }
     for (layer, d) in layers.iter().zip(&blocks) {
         let i = d.ffn_in.out_dim();
-        let quantized = &mut buffers.quantized;
-        let mut x_in = Input::new(MatRef::new(hidden, rows, h, hs), quantized);
+        let (quantized, bf16) = (&mut buffers.quantized, &mut buffers.bf16);
+        let mut x_in = Input::new(MatRef::new(hidden, rows, h, hs), quantized, bf16);
         let mut qkv_view = MatMut::new(qkv, rows, 3 * h, qkv_stride);
         d.query.forward(&mut x_in, qkv_view.columns(0, h), None);
         d.key.forward(&mut x_in, qkv_view.columns(h, h), None);
@@ -881,7 +919,11 @@ fn encode_fused(
             &mut buffers.attention,
         );
         d.attention_output.forward(
-            &mut Input::new(MatRef::new(context, rows, h, context_stride), quantized),
+            &mut Input::new(
+                MatRef::new(context, rows, h, context_stride),
+                quantized,
+                bf16,
+            ),
             MatMut::new(spare, rows, h, hs),
             None,
         );
@@ -896,12 +938,12 @@ fn encode_fused(
             Activation::Relu => relu,
         };
         d.ffn_in.forward(
-            &mut Input::new(MatRef::new(hidden, rows, h, hs), quantized),
+            &mut Input::new(MatRef::new(hidden, rows, h, hs), quantized, bf16),
             MatMut::new(ffn, rows, i, ffn_stride),
             Some(act),
         );
         d.ffn_out.forward(
-            &mut Input::new(MatRef::new(ffn, rows, i, ffn_stride), quantized),
+            &mut Input::new(MatRef::new(ffn, rows, i, ffn_stride), quantized, bf16),
             MatMut::new(spare, rows, h, hs),
             None,
         );

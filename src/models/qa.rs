@@ -6,9 +6,10 @@ use candle_core::{DType, Device, Tensor};
 use super::bert::Bert;
 use super::config::{ModelConfig, ModelType};
 use super::distilbert::DistilBert;
-use super::layers::{additive_mask, ForwardCtx, Linear};
+use super::layers::{additive_mask, Form, ForwardCtx, Linear};
 use super::squeezebert::SqueezeBert;
 use super::weights::{ParamSpec, Params, SpecCollector};
+use crate::compute::bf16::Bf16Kernel;
 use crate::device::Precision;
 
 /// Tensor-name prefixes of parameters that a base-model checkpoint lacks and that are then
@@ -117,15 +118,31 @@ impl QaModel {
     /// int8 is refused unless the model is f32 on the CPU (the int8 kernels are CPU kernels).
     /// The embeddings, LayerNorms, the attention's score products and the QA head stay f32.
     pub fn prepare_for_inference(&mut self, precision: Precision) -> Result<()> {
-        if precision == Precision::Int8 {
-            if !self.device.is_cpu() || self.dtype != DType::F32 {
-                return Err(crate::error::input(format!(
-                    "int8 runs on the CPU's int8 kernels, from f32 weights: this model is {} on                      {}; use --device cpu, or f16/bf16 on a GPU",
-                    self.dtype.as_str(),
-                    crate::device::device_name(&self.device)
-                )));
-            }
-        } else if precision.dtype() != self.dtype {
+        let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
+        if precision == Precision::Int8 && !cpu_f32 {
+            return Err(crate::error::input(format!(
+                "int8 runs on the CPU's int8 kernels, from f32 weights: this model is {} on {}; \
+                 use --device cpu, or f16/bf16 on a GPU",
+                self.dtype.as_str(),
+                crate::device::device_name(&self.device)
+            )));
+        }
+        // bf16 on the CPU: f32 weights rounded for the bf16 kernels (refused where they would
+        // be slower than f32); a model built in bf16 (a GPU's) is left as it is.
+        let cpu_bf16 = precision == Precision::Bf16 && cpu_f32;
+        if cpu_bf16 && !Bf16Kernel::current().fast() {
+            return Err(crate::error::input(format!(
+                "bf16 on the CPU needs AVX512_BF16 and the avx512 kernels (this CPU {}; kernels \
+                 {}): without them its products are slower than f32; use --dtype f32 or int8",
+                if Bf16Kernel::available().contains(&Bf16Kernel::Avx512Bf16) {
+                    "has AVX512_BF16"
+                } else {
+                    "lacks AVX512_BF16"
+                },
+                crate::compute::Isa::current().name()
+            )));
+        }
+        if precision.dtype() != self.dtype && precision != Precision::Int8 && !cpu_bf16 {
             return Err(crate::error::input(format!(
                 "the model was loaded as {} and cannot be prepared for {}",
                 self.dtype.as_str(),
@@ -140,12 +157,15 @@ impl QaModel {
         // Freed pages go back block by block: the heap cannot always reuse a freed weight's
         // space for the next packed one (sizes differ), and the peak would grow by the gaps.
         let pack_encoder = crate::compute::Isa::current().packs_weights();
+        let form = match precision {
+            Precision::Int8 => Some(Form::Int8),
+            Precision::Bf16 if cpu_bf16 => Some(Form::Bf16),
+            _ if pack_encoder => Some(Form::Packed),
+            _ => None,
+        };
         for block in blocks.iter_mut() {
-            match precision {
-                Precision::Int8 => block.quantize(),
-                _ if pack_encoder => block.pack(),
-                _ => continue,
-            }
+            let Some(form) = form else { break };
+            block.prepare(form);
             crate::runtime::release_free_memory();
         }
         self.precision = precision;
@@ -153,7 +173,7 @@ impl QaModel {
         // computes each row the same way whatever the batch, so a window's logits do not
         // depend on the windows batched with it (the dense path's `gemm` crate picks its
         // kernel by shape and moved the logits' last bits with the batch size).
-        self.qa_outputs.pack();
+        self.qa_outputs.prepare(Form::Packed);
         Ok(())
     }
 

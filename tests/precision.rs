@@ -1,6 +1,7 @@
-//! int8 inference (`--dtype int8`): the quantized model against transformers' f32 outputs on
-//! the tiny fixtures and on real MiniLM weights, its answers independent of batching, and the
-//! refusals (training, a GPU).
+//! Inference at int8 and at bf16 on the CPU (`--dtype int8|bf16`): the models against
+//! transformers' f32 outputs on the tiny fixtures and on real MiniLM weights, their answers
+//! independent of batching, the precision axis of `bench`, and the refusals (training, a GPU,
+//! bf16 without AVX512_BF16).
 
 mod common;
 
@@ -274,4 +275,70 @@ fn bench_sweeps_precisions_and_the_report_compares_them() {
         .arg(model.join("expected.json")));
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("only bench and run sweep"), "{stderr}");
+}
+
+/// Whether this CPU runs bf16 on its fast kernel (else bf16 is refused).
+fn bf16_runs() -> bool {
+    use bertbench::compute::bf16::Bf16Kernel;
+    Bf16Kernel::current().fast()
+}
+
+/// bf16 on the CPU: the tiny fixtures' logits and hidden states within 1% of transformers' f32
+/// ones (8 significant bits per weight and activation), not equal to them, the same bits alone
+/// and batched; refused by name where the CPU has no AVX512_BF16 kernel.
+#[test]
+fn bf16_models_stay_close_to_transformers_or_are_refused() {
+    for family in FAMILIES {
+        let dir = parity_dir(family);
+        let (model, _) = models::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+        let mut half = model.clone();
+        let prepared = half.prepare_for_inference(Precision::Bf16);
+        if !bf16_runs() {
+            let err = prepared.unwrap_err().to_string();
+            assert!(err.contains("AVX512_BF16"), "{err}");
+            continue;
+        }
+        prepared.unwrap();
+        let expected = read_json(&dir.join("expected.json"));
+        let inputs = models::TokenInputs::from_file(&dir.join("expected.json")).unwrap();
+        let out = half
+            .forward(
+                &inputs.to_batch(&Device::Cpu).unwrap(),
+                &mut ForwardCtx::inference(),
+            )
+            .unwrap();
+        for (name, got) in [
+            ("start_logits", &out.start_logits),
+            ("last_hidden_state", &out.last_hidden_state),
+        ] {
+            let rel = relative_rms(&to_f64(got), &flatten(&expected["outputs"][name]));
+            assert!(
+                rel < 0.01 && rel > 1e-6,
+                "{family} {name}: relative RMS {rel:e}"
+            );
+        }
+        let seq = inputs.input_ids[0].len();
+        let both = to_f64(&out.start_logits);
+        let mut one = inputs.clone();
+        one.input_ids.truncate(1);
+        one.attention_mask.truncate(1);
+        if let Some(t) = one.token_type_ids.as_mut() {
+            t.truncate(1);
+        }
+        let alone = half
+            .forward(
+                &one.to_batch(&Device::Cpu).unwrap(),
+                &mut ForwardCtx::inference(),
+            )
+            .unwrap();
+        assert_eq!(to_f64(&alone.start_logits), both[..seq], "{family}");
+    }
+    // The portable tier has no bf16 kernel: refused by name, exit 3.
+    let (code, _, stderr) = run(bin()
+        .args(["logits", "--dtype", "bf16", "--isa", "portable", "--model"])
+        .arg(parity_dir("bert"))
+        .arg("--inputs")
+        .arg(parity_dir("bert").join("expected.json")));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("AVX512_BF16"), "{stderr}");
 }

@@ -1,0 +1,93 @@
+//! How the products on prepared weights ([`super::packed`], [`super::int8`], [`super::bf16`])
+//! split their work: over the output columns, a run of weight panels per thread (each thread
+//! streams its own weights once per block of rows), and the epilogue on finished rows.
+
+use rayon::prelude::*;
+
+use super::packed::Epilogue;
+
+/// Below this many multiply-adds a product runs on the calling thread: forking costs more.
+const PARALLEL_MIN_MACS: usize = 1 << 17;
+
+/// Calls `run(g, p0, p1)` for every work item of a product over `groups` groups of `panels`
+/// weight panels each, `np` panels per register tile kept together: group `g`'s panels
+/// `p0..p1`. The items cover every panel of every group once, without overlap, split over up to
+/// `threads` threads (one when the product has fewer than 2^17 multiply-adds: `macs`).
+pub(crate) fn over_panels(
+    groups: usize,
+    panels: usize,
+    np: usize,
+    threads: usize,
+    macs: usize,
+    run: impl Fn(usize, usize, usize) + Sync,
+) {
+    let tiles = panels.div_ceil(np);
+    let threads = if macs < PARALLEL_MIN_MACS {
+        1
+    } else {
+        threads.max(1)
+    };
+    let per_group = threads.div_ceil(groups).min(tiles).max(1);
+    let item = |item: usize| {
+        let (g, part) = (item / per_group, item % per_group);
+        let chunk = tiles.div_ceil(per_group);
+        let (t0, t1) = (part * chunk, ((part + 1) * chunk).min(tiles));
+        if t0 < t1 {
+            run(g, t0 * np, (t1 * np).min(panels));
+        }
+    };
+    let items = groups * per_group;
+    if threads == 1 {
+        (0..items).for_each(item);
+    } else {
+        (0..items).into_par_iter().for_each(item);
+    }
+}
+
+/// Applies `act` to columns `c0..c1` of rows `r0..r1` of an output at `out` (row stride `ldc`).
+///
+/// # Safety
+/// Those elements must be valid for reads and writes and accessed by no one else meanwhile.
+pub(crate) unsafe fn epilogue(
+    act: Epilogue,
+    out: *mut f32,
+    ldc: usize,
+    (r0, r1): (usize, usize),
+    (c0, c1): (usize, usize),
+) {
+    for r in r0..r1 {
+        // SAFETY: row r, columns c0..c1 are the caller's to write (its guarantee).
+        act(unsafe { std::slice::from_raw_parts_mut(out.add(r * ldc + c0), c1 - c0) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Every panel of every group exactly once, in runs of whole tiles (but the last), for
+    /// every thread count, on one thread when the product is small.
+    #[test]
+    fn items_cover_every_panel_once() {
+        for (groups, panels, np) in [(1, 1, 1), (1, 48, 2), (1, 7, 2), (4, 12, 1), (3, 5, 2)] {
+            for threads in [1, 2, 3, 8] {
+                let seen = Mutex::new(Vec::new());
+                over_panels(groups, panels, np, threads, usize::MAX, |g, p0, p1| {
+                    assert!(p0 < p1 && p1 <= panels && p0 % np == 0);
+                    assert!(p1 == panels || (p1 - p0) % np == 0);
+                    seen.lock().unwrap().extend((p0..p1).map(|p| (g, p)));
+                });
+                let mut seen = seen.into_inner().unwrap();
+                seen.sort_unstable();
+                let want: Vec<_> = (0..groups)
+                    .flat_map(|g| (0..panels).map(move |p| (g, p)))
+                    .collect();
+                assert_eq!(seen, want, "{groups} {panels} {np} t{threads}");
+            }
+        }
+        let items = Mutex::new(0);
+        over_panels(1, 48, 2, 8, 10, |_, _, _| *items.lock().unwrap() += 1);
+        assert_eq!(*items.lock().unwrap(), 1, "a small product is one item");
+    }
+}
