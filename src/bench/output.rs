@@ -104,13 +104,19 @@ impl ResultsFile {
     }
 
     /// The measured peak matmul rate at `threads` compute threads for a cell at `precision`,
-    /// if measured: the int8 product's for int8, the others' for the rest.
+    /// if measured: of the product its cells run on (int8's, bf16's on the CPU, else the f32
+    /// products', see [`super::peak::kind_of`]).
     pub fn peak_gflops(&self, threads: usize, precision: Precision) -> Option<f64> {
-        let int8 = precision == Precision::Int8;
+        let cpu = self.settings.as_ref().is_none_or(|s| s.device == "cpu");
+        let kind = super::peak::kind_of(precision, cpu);
         let at: Vec<PeakShape> = self
             .peak_matmul
             .iter()
-            .filter(|s| s.threads == threads && (s.kernel == "int8") == int8)
+            .filter(|s| s.threads == threads)
+            .filter(|s| match kind {
+                Some(k) => s.kernel == k,
+                None => s.kernel != "int8" && s.kernel != "bf16",
+            })
             .cloned()
             .collect();
         (!at.is_empty()).then(|| super::peak::peak_gflops(&at))

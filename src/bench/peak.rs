@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::stats::Summary;
 use super::timer::{measure, TimingPolicy};
+use crate::compute::bf16::{bf16_linear, Bf16Kernel, Bf16Rows, Bf16Weight};
 use crate::compute::int8::{int8_linear, QuantizedRows, QuantizedWeight};
 use crate::compute::packed::{self, packed_linear, PackedWeight};
 use crate::compute::{Isa, MatMut, MatRef};
@@ -41,15 +42,20 @@ fn candle_kernel() -> String {
     "candle".into()
 }
 
-/// Measures each shape with each product on the current compute pool (run it inside a pool's
-/// `install` to measure another thread count); the peak is the best median rate.
+/// Measures each shape with each product the precisions run on the current compute pool (run
+/// it inside a pool's `install` to measure another thread count); the peak is the best median
+/// rate of a kind of product (int8 and bf16 have their own: [`kind_of`]). Candle's matmul runs
+/// in the first precision's dtype.
 pub fn measure_peak(
     device: &Device,
-    precision: Precision,
+    precisions: &[Precision],
     policy: &TimingPolicy,
 ) -> Result<Vec<PeakShape>> {
-    let dtype = precision.dtype();
-    let int8 = device.is_cpu() && precision == Precision::Int8;
+    let first = precisions.first().copied().unwrap_or(Precision::F32);
+    let dtype = first.load_dtype(device);
+    let cpu = device.is_cpu();
+    let int8 = cpu && precisions.contains(&Precision::Int8);
+    let bf16 = cpu && precisions.contains(&Precision::Bf16) && Bf16Kernel::current().fast();
     // Not on the portable tier: its forward multiplies on candle's matmul (the `gemm` crate;
     // `Isa::packs_weights`), and the packed product's plain-Rust tile, which it would time
     // instead, runs no encoder product there (~14 GFLOP/s on a Zen 5).
@@ -98,10 +104,27 @@ pub fn measure_peak(
             )?;
             shapes.push(shape("packed", m, k, n, threads, &t.samples));
         }
+        if bf16 {
+            let w: Vec<f32> = b.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+            let w = Bf16Weight::convert(&w, 1, n, k);
+            let a: Vec<f32> = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let mut x = Bf16Rows::new();
+            x.convert(MatRef::new(&a, m, k, k), 1, threads);
+            let mut out = vec![0f32; m * n];
+            let t = measure(
+                policy,
+                || {
+                    bf16_linear(&x, &w, None, None, MatMut::new(&mut out, m, n, n), threads);
+                    Ok(())
+                },
+                |_, _| {},
+            )?;
+            shapes.push(shape("bf16", m, k, n, threads, &t.samples));
+        }
         if int8 {
             let w: Vec<f32> = b.t()?.contiguous()?.flatten_all()?.to_vec1()?;
             let w = QuantizedWeight::quantize(&w, 1, n, k);
-            let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+            let a: Vec<f32> = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             let mut x = QuantizedRows::new();
             x.quantize(MatRef::new(&a, m, k, k), 1, threads);
             let mut out = vec![0f32; m * n];
@@ -134,6 +157,16 @@ fn shape(kernel: &str, m: usize, k: usize, n: usize, threads: usize, samples: &[
     }
 }
 
+/// The kind of product a precision's cells run on, as [`PeakShape::kernel`] names it for its
+/// own peak (`int8`, `bf16`), `None` for the floating-point products (`candle`, `packed`).
+pub fn kind_of(precision: Precision, device_is_cpu: bool) -> Option<&'static str> {
+    match precision {
+        Precision::Int8 => Some("int8"),
+        Precision::Bf16 if device_is_cpu => Some("bf16"),
+        _ => None,
+    }
+}
+
 /// The best median rate among measured shapes.
 pub fn peak_gflops(shapes: &[PeakShape]) -> f64 {
     shapes.iter().map(|s| s.gflops).fold(0.0, f64::max)
@@ -155,7 +188,7 @@ mod tests {
             max_runs: 1,
             ..TimingPolicy::default()
         };
-        let shapes = measure_peak(&Device::Cpu, Precision::F32, &policy).unwrap();
+        let shapes = measure_peak(&Device::Cpu, &[Precision::F32], &policy).unwrap();
         let kernels: &[&str] = if Isa::current().packs_weights() {
             &["candle", "packed"]
         } else {
@@ -184,7 +217,7 @@ mod tests {
             max_runs: 1,
             ..TimingPolicy::default()
         };
-        let shapes = measure_peak(&Device::Cpu, Precision::Int8, &policy).unwrap();
+        let shapes = measure_peak(&Device::Cpu, &[Precision::Int8], &policy).unwrap();
         let dims: Vec<_> = shapes
             .iter()
             .filter(|s| s.kernel == "int8")

@@ -317,33 +317,29 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
             min_time: Duration::from_millis(500),
             ..TimingPolicy::default()
         };
-        // One measurement serves every precision of the run: at int8 it times the int8 product
-        // besides the f32 ones, and each cell takes the peak of its own kind of product.
-        let precision = if config.precisions().contains(&Precision::Int8) {
-            Precision::Int8
-        } else {
-            settings.dtype
-        };
+        // One measurement serves every precision of the run: it times the int8 and bf16
+        // products where the run has them, and each cell takes the peak of its own kind.
+        let precisions = config.precisions();
         for threads in distinct(config.threads.iter().copied()) {
             if peak_matmul.iter().any(|s| s.threads == threads) {
                 continue;
             }
             observer.peak_started(threads);
             let shapes = if threads == rayon::current_num_threads() {
-                peak::measure_peak(&device, precision, &policy)?
+                peak::measure_peak(&device, &precisions, &policy)?
             } else {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()?
-                    .install(|| peak::measure_peak(&device, precision, &policy))?
+                    .install(|| peak::measure_peak(&device, &precisions, &policy))?
             };
             peak_matmul.extend(shapes);
         }
     }
-    // env.csv's matmul peak is the floating-point one (int8 products' rates are GOP/s).
+    // env.csv's matmul peak is the f32 products' (int8 and bf16 have their own).
     let float: Vec<_> = peak_matmul
         .iter()
-        .filter(|s| s.kernel != "int8")
+        .filter(|s| s.kernel != "int8" && s.kernel != "bf16")
         .cloned()
         .collect();
     let peak_gflops = (!float.is_empty()).then(|| peak::peak_gflops(&float));

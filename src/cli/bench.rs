@@ -467,10 +467,10 @@ fn print_summary(results: &ResultsFile, plan: &[Cell]) {
     for threads in results.thread_counts() {
         for precision in results.precisions() {
             if let Some(p) = results.peak_gflops(threads, precision) {
-                let what = if precision == Precision::Int8 {
-                    format!("int8 product peak: {p:.1} GOP/s")
-                } else {
-                    format!("machine matmul peak: {p:.1} GFLOP/s")
+                let what = match precision {
+                    Precision::Int8 => format!("int8 product peak: {p:.1} GOP/s"),
+                    Precision::Bf16 => format!("bf16 product peak: {p:.1} GFLOP/s"),
+                    _ => format!("machine matmul peak: {p:.1} GFLOP/s"),
                 };
                 let _ = writeln!(
                     out,
@@ -548,16 +548,28 @@ pub fn peak(args: PeakArgs) -> Result<()> {
         min_time: Duration::from_secs(1),
         ..TimingPolicy::default()
     };
-    let shapes = peak::measure_peak(&device, args.compute.precision(), &policy)?;
-    // An int8 product does integer operations: its rate is in GOP/s, and it has its own peak.
-    let (int8, float): (Vec<peak::PeakShape>, Vec<peak::PeakShape>) =
-        shapes.iter().cloned().partition(|s| s.kernel == "int8");
+    let shapes = peak::measure_peak(&device, &[args.compute.precision()], &policy)?;
+    // int8 and bf16 products have their own peaks (int8's in GOP/s: integer operations).
+    let of = |kind: &str| -> Vec<peak::PeakShape> {
+        shapes
+            .iter()
+            .filter(|s| s.kernel == kind)
+            .cloned()
+            .collect()
+    };
+    let float: Vec<peak::PeakShape> = shapes
+        .iter()
+        .filter(|s| s.kernel != "int8" && s.kernel != "bf16")
+        .cloned()
+        .collect();
     let best = peak::peak_gflops(&float);
+    let (int8, bf16) = (of("int8"), of("bf16"));
     let int8_best = (!int8.is_empty()).then(|| peak::peak_gflops(&int8));
+    let bf16_best = (!bf16.is_empty()).then(|| peak::peak_gflops(&bf16));
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"threads": threads, "isa": crate::compute::Isa::current().name(), "dtype": args.compute.precision().as_str(), "device": args.compute.device, "shapes": shapes, "peak_gflops": best, "int8_peak_gops": int8_best})
+            serde_json::json!({"threads": threads, "isa": crate::compute::Isa::current().name(), "dtype": args.compute.precision().as_str(), "device": args.compute.device, "shapes": shapes, "peak_gflops": best, "int8_peak_gops": int8_best, "bf16_peak_gflops": bf16_best})
         );
         return Ok(());
     }
@@ -592,6 +604,9 @@ pub fn peak(args: PeakArgs) -> Result<()> {
     println!("peak: {best:.1} GFLOP/s");
     if let Some(p) = int8_best {
         println!("int8 peak: {p:.1} GOP/s");
+    }
+    if let Some(p) = bf16_best {
+        println!("bf16 peak: {p:.1} GFLOP/s");
     }
     Ok(())
 }
