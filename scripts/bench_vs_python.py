@@ -27,7 +27,9 @@ with `quantize_dynamic` (per-channel int8 weights, uint8 activations); PyTorch t
 `torch.ao.quantization.quantize_dynamic` (its Linear layers, qint8); bertbench `--dtype int8`.
 The fp32 agreement check still runs (it checks the export), and the int8 models' logits are
 compared with PyTorch's fp32 ones on the same batch (reported, not checked: quantization moves
-them).
+them). With --precision bf16, PyTorch runs under `torch.autocast("cpu", dtype=torch.bfloat16)`
+and bertbench `--dtype bf16`; ONNX Runtime, which has no bf16 CPU kernels, runs fp32 (its
+column is then the fastest fp32 runtime, for reference).
 
 Internal commands (one fresh process each, started by the main command): `prepare` and
 `measure`.
@@ -263,8 +265,13 @@ def measure_torch(args, inputs: dict) -> dict:
             model = torch_int8(model)
             info["quantized"] = "torch.ao.quantization.quantize_dynamic, nn.Linear, qint8"
 
+        autocast = args.precision == "bf16"
+        if autocast:
+            info["autocast"] = "torch.autocast('cpu', dtype=torch.bfloat16)"
+
         def step():
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                        enabled=autocast):
                 model(**batch)
     else:
         model.train()
@@ -782,7 +789,8 @@ class Runner:
                    str(a.threads), "--no-memory", "--no-peak", "--in-process", "--offline",
                    "--output-dir", str(bench_dir)] + policy
             cmd += ["--training", "--no-inference"] if self.args.training else ["--load-weights"]
-            cmd += ["--dtype", "int8"] if a.precision == "int8" else []
+            cmd += ["--dtype", {"int8": "int8", "bf16": "bf16"}[a.precision]] \
+                if a.precision != "fp32" else []
         else:
             cmd = [sys.executable, self.script, "measure", "--runtime", runtime, "--mode",
                    self.mode, "--model-dir", str(model_dir), "--onnx", str(onnx_path),
@@ -1119,6 +1127,11 @@ def render_summary(args, env: dict, prepared: dict, rows: list[dict], mode: str,
                      f"`{args.torch_attn}`{f' ({attn_text})' if attn_text else ''}; "
                      "ONNX Runtime: TorchScript export (opset 17), CPU EP, ORT_ENABLE_ALL, "
                      "inter-op threads 1; bertbench: `bench --load-weights` of the same weights")
+        if precision == "bf16":
+            lines.append("- bf16: PyTorch under `torch.autocast('cpu', dtype=torch.bfloat16)`, "
+                         "bertbench `bench --dtype bf16` (bf16 weights and activations in the "
+                         "encoder's products, f32 sums, the rest f32); ONNX Runtime has no bf16 "
+                         "CPU kernels and runs fp32 here")
         if precision == "int8":
             lines.append("- int8: ONNX Runtime runs the transformer optimizer's fused graph "
                          "(model type bert) after `quantize_dynamic` (per-channel QInt8 "
@@ -1279,11 +1292,12 @@ def main_parser() -> argparse.ArgumentParser:
                         + "; ONNX Runtime, which has no switch, from a copy whose XGETBV "
                         "instructions report no AVX-512 register state (needs objdump). "
                         "Default: each runtime's best for the CPU")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                   help="fp32 (default), or int8: every runtime's int8 model (ONNX Runtime: the "
+    p.add_argument("--precision", choices=("fp32", "int8", "bf16"), default="fp32",
+                   help="fp32 (default); int8: every runtime's int8 model (ONNX Runtime: the "
                         "transformer optimizer's fused graph through quantize_dynamic, "
                         "per-channel; PyTorch: quantize_dynamic of its Linear layers; "
-                        "bertbench: --dtype int8)")
+                        "bertbench: --dtype int8); bf16: PyTorch under CPU autocast to bf16, "
+                        "bertbench --dtype bf16, ONNX Runtime fp32 (it has no bf16 CPU kernels)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest allowed max abs difference of logits between runtimes "
                         "(default 1e-4)")
@@ -1318,7 +1332,7 @@ def worker_parser() -> argparse.ArgumentParser:
     m.add_argument("--sequence-length", type=int, required=True)
     m.add_argument("--threads", type=int, required=True)
     m.add_argument("--torch-attn", default="default")
-    m.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    m.add_argument("--precision", choices=("fp32", "int8", "bf16"), default="fp32")
     add_timing_args(m)
     m.set_defaults(func=cmd_measure)
     q = sub.add_parser("prepare", help="build, save, export and check one model; prints JSON")
@@ -1330,7 +1344,7 @@ def worker_parser() -> argparse.ArgumentParser:
     q.add_argument("--tolerance", type=float, required=True)
     q.add_argument("--torch-attn", default="default")
     q.add_argument("--work-dir", required=True)
-    q.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    q.add_argument("--precision", choices=("fp32", "int8", "bf16"), default="fp32")
     q.set_defaults(func=cmd_prepare)
     c = sub.add_parser("cap-ort", help="copy onnxruntime capped at AVX2; prints JSON")
     c.add_argument("--dest", type=Path, required=True)
