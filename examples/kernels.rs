@@ -231,7 +231,9 @@ fn int8_table(args: &Args) {
                     let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
                     let mut q = QuantizedRows::new();
                     q.quantize(MatRef::new(&x, m, k, k), 1, threads);
-                    (x, q, vec![0f32; m * n])
+                    // Output rows padded as the model's buffers are (at a stride of a
+                    // multiple of 512 floats a tile's rows would share L1 sets).
+                    (x, q, vec![0f32; m * packed::activation_stride(n)])
                 })
                 .collect();
             Shape {
@@ -256,12 +258,13 @@ fn int8_table(args: &Args) {
                 let [product, quantize] = bertbench::runtime::on_compute_pool(|| {
                     let start = Instant::now();
                     for c in (next..next + reps).map(|c| c % copies) {
+                        let ldc = packed::activation_stride(n);
                         int8_linear(
                             q,
                             &weights[c],
                             None,
                             None,
-                            MatMut::new(out, m, n, n),
+                            MatMut::new(out, m, n, ldc),
                             threads,
                         );
                     }

@@ -6,7 +6,7 @@
 //!
 //! | layer | modules | what it is |
 //! |---|---|---|
-//! | compute | [`compute`] | f32 CPU kernels that know no model: matrix views, ISA dispatch, the products, norms, softmax, attention, candle custom ops |
+//! | compute | [`compute`] | CPU kernels that know no model: matrix views, ISA dispatch, the products (f32, int8, bf16), norms, softmax, attention, candle custom ops |
 //! | models | [`models`], [`hub`], [`device`] | the three families from the Hub's `config.json` and tensor names; finding and downloading checkpoints |
 //! | data | [`squad`] | SQuAD files, windows, answer decoding, the official metric (knows no model) |
 //! | jobs | [`bench`](mod@bench), [`eval`], [`train`], [`serve`] | one entry point each: [`bench::run_bench`], [`eval::EvalJob::run`], [`train::run::fine_tune`], [`serve::LoadgenJob::run`] (and the batching [`serve::Server`]); each writes one typed result file |

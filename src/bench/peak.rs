@@ -75,68 +75,60 @@ pub fn measure_peak(
             |_, _| {},
         )?;
         shapes.push(shape("candle", m, k, n, threads, &t.samples));
+        if !(packed || bf16 || int8) {
+            continue;
+        }
+        // The prepared products: the weight in the Hub's `[out, in]` layout (b's transpose),
+        // prepared once, the activations in f32.
+        let (w, a): (Vec<f32>, Vec<f32>) = (
+            b.t()?
+                .contiguous()?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1()?,
+            a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+        );
+        let mut out = vec![0f32; m * n];
+        let mut time = |kernel: &str, product: &mut dyn FnMut(MatMut)| -> Result<()> {
+            let t = measure(
+                policy,
+                || {
+                    product(MatMut::new(&mut out, m, n, n));
+                    Ok(())
+                },
+                |_, _| {},
+            )?;
+            shapes.push(shape(kernel, m, k, n, threads, &t.samples));
+            Ok(())
+        };
         if packed {
-            // The weight in the Hub's `[out, in]` layout is b's transpose.
-            let w: Vec<f32> = b.t()?.contiguous()?.flatten_all()?.to_vec1()?;
             // The activations' rows at the stride the model's buffers give them.
             let lda = packed::activation_stride(k);
             let mut x = vec![0f32; m * lda];
-            let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
             for (to, from) in x.chunks_exact_mut(lda).zip(a.chunks_exact(k)) {
                 to[..k].copy_from_slice(from);
             }
             let w = PackedWeight::pack(&w, 1, n, k);
-            let mut out = vec![0f32; m * n];
-            let t = measure(
-                policy,
-                || {
-                    packed_linear(
-                        MatRef::new(&x, m, k, lda),
-                        &w,
-                        None,
-                        None,
-                        MatMut::new(&mut out, m, n, n),
-                        threads,
-                    );
-                    Ok(())
-                },
-                |_, _| {},
-            )?;
-            shapes.push(shape("packed", m, k, n, threads, &t.samples));
+            let x = MatRef::new(&x, m, k, lda);
+            time("packed", &mut |out| {
+                packed_linear(x, &w, None, None, out, threads)
+            })?;
         }
         if bf16 {
-            let w: Vec<f32> = b.t()?.contiguous()?.flatten_all()?.to_vec1()?;
             let w = Bf16Weight::convert(&w, 1, n, k);
-            let a: Vec<f32> = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             let mut x = Bf16Rows::new();
             x.convert(MatRef::new(&a, m, k, k), 1, threads);
-            let mut out = vec![0f32; m * n];
-            let t = measure(
-                policy,
-                || {
-                    bf16_linear(&x, &w, None, None, MatMut::new(&mut out, m, n, n), threads);
-                    Ok(())
-                },
-                |_, _| {},
-            )?;
-            shapes.push(shape("bf16", m, k, n, threads, &t.samples));
+            time("bf16", &mut |out| {
+                bf16_linear(&x, &w, None, None, out, threads)
+            })?;
         }
         if int8 {
-            let w: Vec<f32> = b.t()?.contiguous()?.flatten_all()?.to_vec1()?;
             let w = QuantizedWeight::quantize(&w, 1, n, k);
-            let a: Vec<f32> = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             let mut x = QuantizedRows::new();
             x.quantize(MatRef::new(&a, m, k, k), 1, threads);
-            let mut out = vec![0f32; m * n];
-            let t = measure(
-                policy,
-                || {
-                    int8_linear(&x, &w, None, None, MatMut::new(&mut out, m, n, n), threads);
-                    Ok(())
-                },
-                |_, _| {},
-            )?;
-            shapes.push(shape("int8", m, k, n, threads, &t.samples));
+            time("int8", &mut |out| {
+                int8_linear(&x, &w, None, None, out, threads)
+            })?;
         }
     }
     Ok(shapes)

@@ -1,5 +1,5 @@
-//! The compute layer: f32 CPU kernels that know nothing of models. The model families
-//! ([`crate::models`]) call into it; it never calls back.
+//! The compute layer: CPU kernels (f32, with int8 and bf16 products) that know nothing of
+//! models. The model families ([`crate::models`]) call into it; it never calls back.
 //!
 //! Why hand-written: measured on the 2-core reference machine, candle's composed element-wise
 //! ops cost as much as the matrix products at BERT shapes (`gelu_erf` runs single-threaded
@@ -17,6 +17,7 @@
 //! | [`math`], [`dropout`] | element-wise math (exp, erf, tanh, GELU, ReLU); dropout masks |
 //! | [`norm`], [`softmax`] | LayerNorm and the attention softmax, forward and backward |
 //! | [`dense`], [`packed`] | the products: on weights as loaded (the `gemm` crate) and on weights packed once (own AVX-512/AVX2/portable kernels) |
+//! | [`int8`], [`bf16`], `split` | the products at low precision on weights prepared once: int8 (AVX-512 VNNI, AVX-VNNI, portable) and bf16 (AVX512_BF16, portable); how the prepared products split their work over threads |
 //! | [`attention`] | multi-head attention for inference and training |
 //! | [`ops`] | the kernels as candle custom ops with their backward passes |
 //!

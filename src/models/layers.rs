@@ -171,6 +171,16 @@ impl Weight {
         })
     }
 
+    /// A prepared weight's `(groups, outputs per group, inputs per group)`; `None` as loaded.
+    fn prepared_shape(&self) -> Option<(usize, usize, usize)> {
+        match self {
+            Self::Dense(_) => None,
+            Self::Packed(w) => Some((w.groups(), w.n(), w.k())),
+            Self::Int8(w) => Some((w.groups(), w.n(), w.k())),
+            Self::Bf16(w) => Some((w.groups(), w.n(), w.k())),
+        }
+    }
+
     /// Prepares a dense f32 CPU weight that records no gradient (`groups` blocks of `n` rows)
     /// as `form`; anything else stays as it is.
     fn prepare(&mut self, form: Form, groups: usize, n: usize) {
@@ -221,11 +231,10 @@ impl Linear {
             .expect("linear input has at least one dim");
         let rows: usize = lead.iter().product();
         let x2 = x.contiguous()?.reshape((rows, *last))?;
-        let packed = match &self.weight {
-            Weight::Packed(w) if fused => forward_packed(&x2, w, &self.bias)?,
-            Weight::Int8(w) if fused => forward_int8(&x2, w, &self.bias)?,
-            Weight::Bf16(w) if fused => forward_bf16(&x2, w, &self.bias)?,
-            _ => None,
+        let packed = if fused {
+            forward_prepared(&x2, &self.weight, &self.bias)?
+        } else {
+            None
         };
         let y = match (packed, &self.weight) {
             (Some(y), _) => y,
@@ -240,81 +249,32 @@ impl Linear {
     }
 }
 
-/// `x W^T + b` through the packed product, for a contiguous f32 CPU `rows x k` input (`None`
-/// otherwise). Each output row is computed in the same order whatever the number of rows or
-/// threads, so a row's result does not depend on what it is batched with (the `gemm` crate,
-/// which the dense path uses, picks its kernels and blocking by shape).
-fn forward_packed(x: &Tensor, w: &PackedWeight, bias: &Tensor) -> Result<Option<Tensor>> {
-    let (Some(input), Some(bias)) = (CpuF32::of(x), CpuF32::of(bias)) else {
+/// `x W^T + b` through a prepared weight's product (packed f32, int8 or bf16: the fused path's
+/// [`ProjectionData::forward`]), for a contiguous f32 CPU `rows x k` input of a linear layer
+/// (`None` otherwise, or for a weight as loaded). Each output row is computed in the same order
+/// whatever the number of rows or threads, and int8 and bf16 take each row's values on their
+/// own, so a row's result does not depend on what it is batched with (the `gemm` crate, which
+/// the dense path uses, picks its kernels and blocking by shape).
+fn forward_prepared(x: &Tensor, weight: &Weight, bias: &Tensor) -> Result<Option<Tensor>> {
+    let Some(input) = CpuF32::of(x) else {
         return Ok(None);
     };
     let (rows, k) = x.dims2()?;
-    let n = w.groups() * w.n();
-    if w.groups() != 1 || w.k() != k || bias.len != n {
+    let Some(data) = ProjectionData::of_parts(weight, bias, 1) else {
+        return Ok(None);
+    };
+    let n = data.out_dim();
+    if weight.prepared_shape() != Some((1, n, k)) {
         return Ok(None);
     }
-    let mut out = vec![0f32; rows * n];
-    packed_linear(
+    let (mut quantized, mut bf16) = (QuantizedRows::new(), Bf16Rows::new());
+    let mut input = Input::new(
         MatRef::new(input.slice(), rows, k, k),
-        w,
-        Some(bias.slice()),
-        None,
-        MatMut::new(&mut out, rows, n, n),
-        rayon::current_num_threads(),
+        &mut quantized,
+        &mut bf16,
     );
-    Ok(Some(Tensor::from_vec(out, (rows, n), &Device::Cpu)?))
-}
-
-/// `x W^T + b` through the int8 product ([`int8_linear`]), for a contiguous f32 CPU `rows x k`
-/// input (`None` otherwise): the input quantized per row, so a row's result does not depend
-/// on what it is batched with either.
-fn forward_int8(x: &Tensor, w: &QuantizedWeight, bias: &Tensor) -> Result<Option<Tensor>> {
-    let (Some(input), Some(bias)) = (CpuF32::of(x), CpuF32::of(bias)) else {
-        return Ok(None);
-    };
-    let (rows, k) = x.dims2()?;
-    let n = w.groups() * w.n();
-    if w.groups() != 1 || w.k() != k || bias.len != n {
-        return Ok(None);
-    }
-    let threads = rayon::current_num_threads();
-    let mut quantized = QuantizedRows::new();
-    quantized.quantize(MatRef::new(input.slice(), rows, k, k), 1, threads);
     let mut out = vec![0f32; rows * n];
-    int8_linear(
-        &quantized,
-        w,
-        Some(bias.slice()),
-        None,
-        MatMut::new(&mut out, rows, n, n),
-        threads,
-    );
-    Ok(Some(Tensor::from_vec(out, (rows, n), &Device::Cpu)?))
-}
-
-/// `x W^T + b` through the bf16 product ([`bf16_linear`]), for a contiguous f32 CPU `rows x k`
-/// input (`None` otherwise).
-fn forward_bf16(x: &Tensor, w: &Bf16Weight, bias: &Tensor) -> Result<Option<Tensor>> {
-    let (Some(input), Some(bias)) = (CpuF32::of(x), CpuF32::of(bias)) else {
-        return Ok(None);
-    };
-    let (rows, k) = x.dims2()?;
-    let n = w.groups() * w.n();
-    if w.groups() != 1 || w.k() != k || bias.len != n {
-        return Ok(None);
-    }
-    let threads = rayon::current_num_threads();
-    let mut converted = Bf16Rows::new();
-    converted.convert(MatRef::new(input.slice(), rows, k, k), 1, threads);
-    let mut out = vec![0f32; rows * n];
-    bf16_linear(
-        &converted,
-        w,
-        Some(bias.slice()),
-        None,
-        MatMut::new(&mut out, rows, n, n),
-        threads,
-    );
+    data.forward(&mut input, MatMut::new(&mut out, rows, n, n), None);
     Ok(Some(Tensor::from_vec(out, (rows, n), &Device::Cpu)?))
 }
 
@@ -740,10 +700,14 @@ enum ProjectionData<'a> {
 
 impl<'a> ProjectionData<'a> {
     fn of(p: &'a Projection) -> Option<Self> {
-        let (weight, bias, groups) = match p {
-            Projection::Linear(l) => (&l.weight, &l.bias, 1),
-            Projection::Grouped(c) => (&c.weight, &c.bias, c.groups),
-        };
+        match p {
+            Projection::Linear(l) => Self::of_parts(&l.weight, &l.bias, 1),
+            Projection::Grouped(c) => Self::of_parts(&c.weight, &c.bias, c.groups),
+        }
+    }
+
+    /// A projection's data from its weight, bias and groups (`None` unless f32 on the CPU).
+    fn of_parts(weight: &'a Weight, bias: &'a Tensor, groups: usize) -> Option<Self> {
         let bias = CpuF32::of(bias)?;
         Some(match weight {
             Weight::Packed(weight) => Self::Packed { weight, bias },
