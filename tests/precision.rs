@@ -261,6 +261,7 @@ fn bench_sweeps_precisions_and_the_report_compares_them() {
     let env = csv("env.csv");
     assert!(env.iter().any(|r| r[0] == "dtypes" && r[1] == "f32 int8"));
     assert!(env.iter().any(|r| r[0] == "int8_kernel"));
+    assert!(env.iter().any(|r| r[0] == "bf16_kernel"));
 
     let (code, _, stderr) = run(bin().arg("report").arg(&out));
     assert_eq!(code, 0, "{stderr}");

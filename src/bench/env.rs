@@ -113,6 +113,12 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
                 .name()
                 .to_string(),
         ),
+        (
+            "bf16_kernel",
+            crate::compute::bf16::Bf16Kernel::current()
+                .name()
+                .to_string(),
+        ),
         ("l1d_cache_kib", (caches.l1d >> 10).to_string()),
         ("l2_cache_kib", (caches.l2 >> 10).to_string()),
         ("l2_cache_shared_by", caches.l2_shared_by.to_string()),
