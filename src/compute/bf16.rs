@@ -456,7 +456,8 @@ impl BTile<'_> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{BTile, NP, PAIR, PANEL};
+    use super::super::split::rows_of_tiles;
+    use super::{BTile, PAIR, PANEL};
     use std::arch::x86_64::*;
 
     /// Rounds the first `src.len() / 32 * 32` values of `src` to bf16 into `dst` (as long),
@@ -493,37 +494,7 @@ mod avx512 {
     /// AVX-512F and AVX512_BF16 available; the tile's invariant.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn rows(t: &BTile) {
-        let two = t.cols > PANEL;
-        let mut r0 = 0;
-        macro_rules! tile {
-            ($r:literal) => {
-                if two {
-                    // SAFETY: rows r0..r0 + $r are the tile's; two panels have columns.
-                    unsafe { tile::<$r, NP>(t, r0) }
-                } else {
-                    // SAFETY: as above, one panel.
-                    unsafe { tile::<$r, 1>(t, r0) }
-                }
-            };
-        }
-        while t.rows - r0 >= 12 {
-            tile!(12);
-            r0 += 12;
-        }
-        match t.rows - r0 {
-            0 => {}
-            1 => tile!(1),
-            2 => tile!(2),
-            3 => tile!(3),
-            4 => tile!(4),
-            5 => tile!(5),
-            6 => tile!(6),
-            7 => tile!(7),
-            8 => tile!(8),
-            9 => tile!(9),
-            10 => tile!(10),
-            _ => tile!(11),
-        }
+        rows_of_tiles!(t, tile)
     }
 
     /// Rows `r0..r0 + R` x `P` panels: `R * P` accumulators of 16 f32 lanes, `P` weight loads

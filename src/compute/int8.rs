@@ -725,7 +725,8 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
-    use super::{QTile, NP, PANEL, QUAD};
+    use super::super::split::rows_of_tiles;
+    use super::{QTile, PANEL, QUAD};
     use std::arch::x86_64::*;
 
     /// A block of rows: tiles of 12, then one of the rest, each over one or two panels.
@@ -734,37 +735,7 @@ mod vnni {
     /// AVX-512F, BW and VNNI available; the tile's invariant.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn rows(t: &QTile) {
-        let two = t.cols > PANEL;
-        let mut r0 = 0;
-        macro_rules! tile {
-            ($r:literal) => {
-                if two {
-                    // SAFETY: rows r0..r0 + $r are the tile's; two panels have columns.
-                    unsafe { tile::<$r, NP>(t, r0) }
-                } else {
-                    // SAFETY: as above, one panel.
-                    unsafe { tile::<$r, 1>(t, r0) }
-                }
-            };
-        }
-        while t.rows - r0 >= 12 {
-            tile!(12);
-            r0 += 12;
-        }
-        match t.rows - r0 {
-            0 => {}
-            1 => tile!(1),
-            2 => tile!(2),
-            3 => tile!(3),
-            4 => tile!(4),
-            5 => tile!(5),
-            6 => tile!(6),
-            7 => tile!(7),
-            8 => tile!(8),
-            9 => tile!(9),
-            10 => tile!(10),
-            _ => tile!(11),
-        }
+        rows_of_tiles!(t, tile)
     }
 
     /// Rows `r0..r0 + R` x `P` panels: `R * P` accumulators of 16 int32 lanes, `P` weight

@@ -61,6 +61,59 @@ pub(crate) unsafe fn epilogue(
     }
 }
 
+/// The body of a 512-bit kernel's block of rows: register tiles of 12 rows, then one of the
+/// rest (1-11), each over two panels where the block has more than 16 columns
+/// (`$tile::<R, 2>($t, r0)`) and one otherwise (`$tile::<R, 1>`). Expands inside the
+/// kernel's own `unsafe fn`, whose contract the calls rely on: `$t` keeps its tile's
+/// invariant, `$tile` needs rows `r0..r0 + R` of it and as many panels as it gets.
+#[cfg(target_arch = "x86_64")]
+macro_rules! rows_of_tiles {
+    ($t:ident, $tile:ident) => {{
+        let two = $t.cols > PANEL;
+        let mut r0 = 0;
+        // SAFETY: each call gets rows r0..r0 + R < rows of `$t` (R whole tiles while 12 are
+        // left, then exactly the rest) and two panels only where its columns span two (the
+        // caller's contract covers the rest).
+        unsafe {
+            while $t.rows - r0 >= 12 {
+                if two {
+                    $tile::<12, 2>($t, r0)
+                } else {
+                    $tile::<12, 1>($t, r0)
+                }
+                r0 += 12;
+            }
+            match ($t.rows - r0, two) {
+                (0, _) => {}
+                (1, true) => $tile::<1, 2>($t, r0),
+                (1, false) => $tile::<1, 1>($t, r0),
+                (2, true) => $tile::<2, 2>($t, r0),
+                (2, false) => $tile::<2, 1>($t, r0),
+                (3, true) => $tile::<3, 2>($t, r0),
+                (3, false) => $tile::<3, 1>($t, r0),
+                (4, true) => $tile::<4, 2>($t, r0),
+                (4, false) => $tile::<4, 1>($t, r0),
+                (5, true) => $tile::<5, 2>($t, r0),
+                (5, false) => $tile::<5, 1>($t, r0),
+                (6, true) => $tile::<6, 2>($t, r0),
+                (6, false) => $tile::<6, 1>($t, r0),
+                (7, true) => $tile::<7, 2>($t, r0),
+                (7, false) => $tile::<7, 1>($t, r0),
+                (8, true) => $tile::<8, 2>($t, r0),
+                (8, false) => $tile::<8, 1>($t, r0),
+                (9, true) => $tile::<9, 2>($t, r0),
+                (9, false) => $tile::<9, 1>($t, r0),
+                (10, true) => $tile::<10, 2>($t, r0),
+                (10, false) => $tile::<10, 1>($t, r0),
+                (_, true) => $tile::<11, 2>($t, r0),
+                (_, false) => $tile::<11, 1>($t, r0),
+            }
+        }
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use rows_of_tiles;
+
 #[cfg(test)]
 mod tests {
     use super::*;
