@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use super::cache::CacheSizes;
 use super::isa::Isa;
 use super::packed::{Epilogue, PANEL};
-use super::split::{epilogue, over_panels};
+use super::split::{for_each_block, over_panels, Block};
 use super::view::{MatMut, MatRef, SendPtr};
 
 /// Inputs per 32-bit lane of a panel row (what `vdpbf16ps` sums in one lane).
@@ -349,43 +349,38 @@ pub fn bf16_linear_with(
             let bias = bias.map(|b| &b[g * n..(g + 1) * n]);
             // Column g*n of row 0 is inside the output (m > 0, n > 0; checked as m x groups*n).
             let c = out_ptr.get().wrapping_add(g * n);
-            let mut ic = 0;
-            while ic < m {
-                let rows = mc.min(m - ic);
-                let mut p = p0;
-                while p < p1 {
-                    let nps = NP.min(p1 - p);
-                    let col0 = p * PANEL;
-                    let cols = (nps * PANEL).min(n - col0);
-                    let tile = BTile {
-                        a: &x.data[ic * stride + g * x.kp()..],
-                        lda: stride,
-                        b: w.panels_from(g, p),
-                        kp,
-                        bias: bias.map(|b| &b[col0..col0 + cols]),
-                        // SAFETY: row ic, column col0 is inside the group's output (ic < m,
-                        // col0 < n).
-                        c: unsafe { c.add(ic * out_stride + col0) },
-                        ldc: out_stride,
-                        rows,
-                        cols,
-                    };
-                    // SAFETY: the tile's invariant: `a` holds `rows` rows at `lda` of kp pairs
-                    // (from g * kp of each row); `b` holds `nps` panels of kp pairs; `c` covers
-                    // rows x cols at `ldc`, which only this item writes (`over_panels` splits the
-                    // panels without overlap; `out` is exclusively borrowed); 1 <= cols <=
-                    // nps * 16; the kernel is available (checked above).
-                    unsafe { tile.run(kernel) };
-                    p += nps;
-                }
-                if let Some(act) = act {
-                    let cols = (p0 * PANEL, (p1 * PANEL).min(n));
-                    // SAFETY: rows ic..ic + rows of those columns are this item's own outputs,
-                    // written above.
-                    unsafe { epilogue(act, c, out_stride, (ic, ic + rows), cols) };
-                }
-                ic += rows;
-            }
+            let tile = |Block {
+                            ic,
+                            rows,
+                            p,
+                            col0,
+                            cols,
+                            ..
+                        }| {
+                let tile = BTile {
+                    a: &x.data[ic * stride + g * x.kp()..],
+                    lda: stride,
+                    b: w.panels_from(g, p),
+                    kp,
+                    bias: bias.map(|b| &b[col0..col0 + cols]),
+                    // SAFETY: row ic, column col0 is inside the group's output (ic < m,
+                    // col0 < n).
+                    c: unsafe { c.add(ic * out_stride + col0) },
+                    ldc: out_stride,
+                    rows,
+                    cols,
+                };
+                // SAFETY: the tile's invariant: `a` holds `rows` rows at `lda` of kp pairs
+                // (from g * kp of each row); `b` holds the block's panels of kp pairs; `c`
+                // covers rows x cols at `ldc`, which only this item writes (`over_panels`
+                // splits the panels without overlap; `out` is exclusively borrowed);
+                // 1 <= cols <= NP * 16; the kernel is available (checked above).
+                unsafe { tile.run(kernel) };
+            };
+            // SAFETY: m > 0 and p0 < p1 <= panels (`over_panels`); the output holds the
+            // group's m rows of these columns, which only this item accesses, and `tile`
+            // writes every block.
+            unsafe { for_each_block(m, mc, n, (p0, p1), NP, act, (c, out_stride), tile) };
         },
     );
 }

@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use super::cache::CacheSizes;
 use super::isa::Isa;
 use super::packed::{Epilogue, PANEL};
-use super::split::{epilogue, over_panels};
+use super::split::{for_each_block, over_panels, Block};
 use super::view::{MatMut, MatRef, SendPtr};
 
 /// Inputs per 32-bit lane of a panel row (what `vpdpbusd` sums in one lane).
@@ -509,49 +509,44 @@ impl Job<'_> {
     unsafe fn run(&self, p0: usize, p1: usize) {
         let (m, n, g) = (self.x.rows, self.w.n, self.g);
         let (kq, stride, kp) = (self.w.kq(), self.x.stride(), self.x.kp());
-        let mut ic = 0;
-        while ic < m {
-            let rows = self.mc.min(m - ic);
-            let mut p = p0;
-            while p < p1 {
-                let nps = NP.min(p1 - p);
-                let col0 = p * PANEL;
-                let cols = (nps * PANEL).min(n - col0);
-                let o0 = g * n + col0;
-                let tile = QTile {
-                    // Rows ic.. of group g's inputs: inside the buffer (ic < m, g < groups).
-                    a: &self.x.data[ic * stride + g * kp..],
-                    lda: stride,
-                    b: self.w.panels_from(g, p),
-                    kq,
-                    row_scales: &self.x.scales[ic..ic + rows],
-                    row_zeros: &self.x.zeros[ic..ic + rows],
-                    col_scales: &self.w.scales[o0..o0 + cols],
-                    col_sums: &self.w.sums[o0..o0 + cols],
-                    bias: self.bias.map(|b| &b[col0..col0 + cols]),
-                    // SAFETY: row ic, column col0 is inside the output the caller
-                    // guarantees (ic < m, col0 < n).
-                    c: unsafe { self.out.add(ic * self.out_stride + col0) },
-                    ldc: self.out_stride,
-                    rows,
-                    cols,
-                };
-                // SAFETY: the tile's invariant: `a` holds `rows` rows at `lda` of kq quads
-                // (the buffer's rows are `stride` long from `g * kp`, and kq quads fit in kp);
-                // `b` holds `nps` panels of kq quads (panels p..p+nps <= p1 exist); the row
-                // and column slices have `rows` and `cols` values; `c` covers rows x cols at
-                // `ldc` (caller); 1 <= cols <= nps * PANEL; the kernel is available (caller).
-                unsafe { tile.run(self.kernel) };
-                p += nps;
-            }
-            if let Some(act) = self.act {
-                let cols = (p0 * PANEL, (p1 * PANEL).min(n));
-                // SAFETY: rows ic..ic + rows, those columns are this job's own outputs
-                // (caller's guarantee), written above and not aliased meanwhile.
-                unsafe { epilogue(act, self.out, self.out_stride, (ic, ic + rows), cols) };
-            }
-            ic += rows;
-        }
+        let out = (self.out, self.out_stride);
+        let tile = |Block {
+                        ic,
+                        rows,
+                        p,
+                        col0,
+                        cols,
+                        ..
+                    }| {
+            let o0 = g * n + col0;
+            let tile = QTile {
+                // Rows ic.. of group g's inputs: inside the buffer (ic < m, g < groups).
+                a: &self.x.data[ic * stride + g * kp..],
+                lda: stride,
+                b: self.w.panels_from(g, p),
+                kq,
+                row_scales: &self.x.scales[ic..ic + rows],
+                row_zeros: &self.x.zeros[ic..ic + rows],
+                col_scales: &self.w.scales[o0..o0 + cols],
+                col_sums: &self.w.sums[o0..o0 + cols],
+                bias: self.bias.map(|b| &b[col0..col0 + cols]),
+                // SAFETY: row ic, column col0 is inside the output the caller guarantees
+                // (ic < m, col0 < n).
+                c: unsafe { self.out.add(ic * self.out_stride + col0) },
+                ldc: self.out_stride,
+                rows,
+                cols,
+            };
+            // SAFETY: the tile's invariant: `a` holds `rows` rows at `lda` of kq quads (the
+            // buffer's rows are `stride` long from `g * kp`, and kq quads fit in kp); `b`
+            // holds the block's panels of kq quads (panels p..p1 exist); the row and column
+            // slices have `rows` and `cols` values; `c` covers rows x cols at `ldc` (caller);
+            // 1 <= cols <= NP * PANEL; the kernel is available (caller).
+            unsafe { tile.run(self.kernel) };
+        };
+        // SAFETY: m > 0 and p0 < p1 <= panels (caller); `out` holds this job's m rows of
+        // those columns, which no one else accesses (caller), and `tile` writes every block.
+        unsafe { for_each_block(m, self.mc, n, (p0, p1), NP, self.act, out, tile) };
     }
 }
 

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::packed::Epilogue;
+use super::packed::{Epilogue, PANEL};
 
 /// Below this many multiply-adds a product runs on the calling thread: forking costs more.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
@@ -44,20 +44,63 @@ pub(crate) fn over_panels(
     }
 }
 
-/// Applies `act` to columns `c0..c1` of rows `r0..r1` of an output at `out` (row stride `ldc`).
+/// One register-tile block of a work item: rows `ic..ic + rows` of the panels from `p` that
+/// hold output columns `col0..col0 + cols` (at most `np` panels).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Block {
+    pub ic: usize,
+    pub rows: usize,
+    pub p: usize,
+    pub col0: usize,
+    pub cols: usize,
+}
+
+/// A work item's blocks: for each block of up to `mc` of the `m` rows, `tile` for each run of
+/// up to `np` of the panels `p0..p1` (of a group of `n` columns), then `act`, if any, on the
+/// block's finished rows of the item's columns at `out` (row stride `ldc`) while they are
+/// still in L2 (per tile, the calls would cost more than the work).
 ///
 /// # Safety
-/// Those elements must be valid for reads and writes and accessed by no one else meanwhile.
-pub(crate) unsafe fn epilogue(
-    act: Epilogue,
-    out: *mut f32,
-    ldc: usize,
-    (r0, r1): (usize, usize),
-    (c0, c1): (usize, usize),
+/// `m > 0`, `p0 < p1 <= n.div_ceil(16)`; `out` must be valid for reads and writes of `m` rows
+/// of the columns `p0 * 16 .. min(p1 * 16, n)` at `ldc`, accessed by no one else meanwhile, and
+/// `tile` must have written a block's outputs when it returns.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn for_each_block(
+    m: usize,
+    mc: usize,
+    n: usize,
+    (p0, p1): (usize, usize),
+    np: usize,
+    act: Option<Epilogue>,
+    (out, ldc): (*mut f32, usize),
+    mut tile: impl FnMut(Block),
 ) {
-    for r in r0..r1 {
-        // SAFETY: row r, columns c0..c1 are the caller's to write (its guarantee).
-        act(unsafe { std::slice::from_raw_parts_mut(out.add(r * ldc + c0), c1 - c0) });
+    let mut ic = 0;
+    while ic < m {
+        let rows = mc.min(m - ic);
+        let mut p = p0;
+        while p < p1 {
+            let nps = np.min(p1 - p);
+            let col0 = p * PANEL;
+            let cols = (nps * PANEL).min(n - col0);
+            tile(Block {
+                ic,
+                rows,
+                p,
+                col0,
+                cols,
+            });
+            p += nps;
+        }
+        if let Some(act) = act {
+            let (c0, c1) = (p0 * PANEL, (p1 * PANEL).min(n));
+            for r in ic..ic + rows {
+                // SAFETY: row r, columns c0..c1 are this item's outputs (the caller's
+                // guarantee), written by `tile` above.
+                act(unsafe { std::slice::from_raw_parts_mut(out.add(r * ldc + c0), c1 - c0) });
+            }
+        }
+        ic += rows;
     }
 }
 
