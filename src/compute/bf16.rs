@@ -17,10 +17,9 @@
 
 use rayon::prelude::*;
 
-use super::cache::CacheSizes;
 use super::isa::Isa;
 use super::packed::{Epilogue, PANEL};
-use super::split::{for_each_block, over_panels, Block};
+use super::split::{for_each_block, over_panels, rows_per_block, Block};
 use super::view::{MatMut, MatRef, SendPtr};
 
 /// Inputs per 32-bit lane of a panel row (what `vdpbf16ps` sums in one lane).
@@ -330,14 +329,8 @@ pub fn bf16_linear_with(
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_stride = out.stride();
-    // Rows per block: their activations (2 bytes a value) fill at most half of the thread's
-    // L2 while every panel of its columns passes over them. Under Miri one tile of rows.
-    let mc = if cfg!(miri) {
-        MR
-    } else {
-        let budget = CacheSizes::detect().l2_per_thread(threads) / 2;
-        (budget / (2 * x.kp()).max(1) / MR * MR).max(MR)
-    };
+    // Rows per block: a block's activations stay in L2 (see `rows_per_block`).
+    let mc = rows_per_block(2 * x.kp(), MR, threads);
     over_panels(
         groups,
         w.panels(),

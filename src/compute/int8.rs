@@ -31,10 +31,9 @@
 
 use rayon::prelude::*;
 
-use super::cache::CacheSizes;
 use super::isa::Isa;
 use super::packed::{Epilogue, PANEL};
-use super::split::{for_each_block, over_panels, Block};
+use super::split::{for_each_block, over_panels, rows_per_block, Block};
 use super::view::{MatMut, MatRef, SendPtr};
 
 /// Inputs per 32-bit lane of a panel row (what `vpdpbusd` sums in one lane).
@@ -444,16 +443,8 @@ pub fn int8_linear_with(
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_stride = out.stride();
-    // Rows per block: their activations (kp bytes each) fill at most half of the thread's L2
-    // while every panel of its columns passes over them (as the fp32 product's rule).
-    // Under Miri (which cannot read sysfs) one tile of rows per block, so small tests cross
-    // the block edges.
-    let mc = if cfg!(miri) {
-        MR
-    } else {
-        let budget = CacheSizes::detect().l2_per_thread(threads) / 2;
-        (budget / x.kp().max(1) / MR * MR).max(MR)
-    };
+    // Rows per block: a block's activations stay in L2 (see `rows_per_block`).
+    let mc = rows_per_block(x.kp(), MR, threads);
     over_panels(
         groups,
         w.panels(),

@@ -6,6 +6,19 @@ use rayon::prelude::*;
 
 use super::packed::{Epilogue, PANEL};
 
+/// Rows per block of a product on prepared weights whose activation rows take `row_bytes` each:
+/// as many whole tiles of `mr` rows as fill at most half of each of `threads` threads' share of
+/// the L2 (the fp32 product's rule, [`super::packed::Blocking::rule`]), so a block's activations
+/// stay there while every weight panel of the thread's columns passes over them; at least one
+/// tile. Under Miri (which cannot read sysfs) one tile, so small tests cross the block edges.
+pub(crate) fn rows_per_block(row_bytes: usize, mr: usize, threads: usize) -> usize {
+    if cfg!(miri) {
+        return mr;
+    }
+    let budget = super::cache::CacheSizes::detect().l2_per_thread(threads) / 2;
+    (budget / row_bytes.max(1) / mr * mr).max(mr)
+}
+
 /// Below this many multiply-adds a product runs on the calling thread: forking costs more.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
 
