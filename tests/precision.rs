@@ -343,3 +343,45 @@ fn bf16_models_stay_close_to_transformers_or_are_refused() {
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("AVX512_BF16"), "{stderr}");
 }
+
+/// `run --dtype f32 int8 --checkpoint`: the main job at both precisions; the checkpoint is
+/// evaluated at each, and the report's accuracy table has a row per precision (`model int8`)
+/// beside the speed of both variants.
+#[test]
+fn run_evaluates_each_precision_and_the_report_keeps_them_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (code, stdout, stderr) = run(bin()
+        .args([
+            "run",
+            "--offline",
+            "--threads",
+            "1",
+            "--dtype",
+            "f32",
+            "int8",
+        ])
+        .args(["--eval-limit", "3", "--models"])
+        .arg(parity_dir("distilbert"))
+        .arg("--checkpoint")
+        .arg(minilm_dir())
+        .arg("--dataset")
+        .arg(shared().join("data/squad/dev-v1.1.json.gz"))
+        .arg("--output-dir")
+        .arg(&out));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("all results in"), "{stdout}");
+    let evals: Vec<String> = std::fs::read_dir(out.join("eval"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(evals.len(), 2, "{evals:?}");
+    assert!(evals.iter().any(|e| e.ends_with("-int8")), "{evals:?}");
+    let int8 = evals.iter().find(|e| e.ends_with("-int8")).unwrap();
+    let results = read_json(&out.join("eval").join(int8).join("eval_results.json"));
+    assert_eq!(results["dtype"], "int8");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let accuracy = &md[md.find("## Accuracy and speed").expect("accuracy section")..];
+    assert!(accuracy.contains("all-MiniLM-L6-v2 int8"), "{accuracy}");
+    assert!(md.contains("distilbert int8"), "{md}");
+}

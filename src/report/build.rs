@@ -100,8 +100,14 @@ fn find_evaluations(dir: &Path, warnings: &mut Vec<String>) -> Vec<Accuracy> {
         match EvalResults::read(&p) {
             Ok(r) => {
                 let e = &r.report;
+                // A checkpoint evaluated at several precisions is one row each, named as the
+                // bench names a precision's variant (`model int8`).
+                let model = match r.dtype.as_str() {
+                    "f32" | "" => display_name(&r.model),
+                    dtype => format!("{} {dtype}", display_name(&r.model)),
+                };
                 out.push(Accuracy {
-                    model: display_name(&r.model),
+                    model,
                     f1: e.f1,
                     exact_match: e.exact_match,
                     questions: e.questions as u64,
