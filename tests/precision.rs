@@ -385,3 +385,30 @@ fn run_evaluates_each_precision_and_the_report_keeps_them_apart() {
     assert!(accuracy.contains("all-MiniLM-L6-v2 int8"), "{accuracy}");
     assert!(md.contains("distilbert int8"), "{md}");
 }
+
+/// Without `--dtype`, `run` measures every precision this CPU runs fast (f32, int8 with a
+/// VNNI kernel, bf16 with AVX512_BF16), and records them.
+#[test]
+fn run_defaults_to_every_fast_precision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (code, _, stderr) = run(bin()
+        .args(["run", "--offline", "--threads", "1", "--models"])
+        .arg(parity_dir("bert"))
+        .arg("--output-dir")
+        .arg(&out));
+    assert_eq!(code, 0, "{stderr}");
+    let want: Vec<&str> = bertbench::compute::fast_precisions()
+        .iter()
+        .map(|p| p.as_str())
+        .collect();
+    let res = read_json(&out.join("results.json"));
+    let mut seen: Vec<&str> = Vec::new();
+    for c in res["plan"].as_array().unwrap() {
+        let d = c["dtype"].as_str().unwrap();
+        if !seen.contains(&d) {
+            seen.push(d);
+        }
+    }
+    assert_eq!(seen, want);
+}

@@ -262,6 +262,9 @@ fn run_produces_the_whole_result_folder() {
             "--offline",
             "--threads",
             "1",
+            // One precision: tests/precision.rs runs the main job at several.
+            "--dtype",
+            "f32",
             "--price-per-hour",
             "1.0",
             "--eval-limit",

@@ -37,11 +37,12 @@ pub struct ModelArgs {
 /// Where and how a command computes; shared by every command that runs a model.
 #[derive(Debug, Clone, Args)]
 pub struct ComputeArgs {
-    /// Precision of weights and activations: f32; int8 (CPU inference: weights quantized once
-    /// per output channel, activations per row); f16 and bf16 (for GPUs; training keeps f32
-    /// master weights in the optimizer). `bench` and `run` take several and measure every cell
-    /// at each.
-    #[arg(long, value_enum, num_args = 1.., default_values_t = [Precision::F32])]
+    /// Precision of weights and activations: f32 (the default); int8 (CPU inference: weights
+    /// quantized once per output channel, activations per row); bf16 (on the CPU: bf16
+    /// products where it has AVX512_BF16; on a GPU, bf16 tensors); f16 (GPUs). Training keeps
+    /// f32 master weights. `bench` and `run` take several and measure every cell at each;
+    /// `run` without `--dtype` on the CPU measures every precision this CPU runs fast.
+    #[arg(long, value_enum, num_args = 1..)]
     pub dtype: Vec<Precision>,
     /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]

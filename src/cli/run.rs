@@ -99,8 +99,16 @@ pub fn run(args: RunArgs) -> Result<()> {
             (Preset::SeedTime, Some("seed-time")),
         ],
     };
+    // Without --dtype, on the CPU: every precision this CPU runs fast, so the report answers
+    // "which model at which precision". The tier is chosen first: it decides which.
+    let precisions = if args.compute.dtype.is_empty() && args.compute.device == "cpu" {
+        crate::runtime::use_isa(args.compute.isa)?;
+        crate::compute::fast_precisions()
+    } else {
+        args.compute.precisions()
+    };
     let settings = CellSettings {
-        dtype: args.compute.precision(),
+        dtype: precisions[0],
         device: args.compute.device.clone(),
         isa: args.compute.isa,
         offline: args.offline,
@@ -129,7 +137,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     for (preset, sub) in presets {
         let dir = sub.map_or(root.clone(), |s| root.join(s));
         let mut config = BenchConfig::new(Some(preset), &args.models, settings.clone(), &dir);
-        config.dtypes = args.compute.precisions();
+        config.dtypes = precisions.clone();
         config.isolation = super::bench::child_isolation()?;
         config.processes =
             super::bench::default_processes(&config.isolation, &config.settings.device);
@@ -151,7 +159,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut evals = Vec::new();
     if let Some(dataset) = &args.dataset {
         for (i, model) in args.checkpoint.iter().enumerate() {
-            for precision in args.compute.precisions() {
+            for &precision in &precisions {
                 let name: String = model
                     .chars()
                     .map(|c| {

@@ -101,6 +101,12 @@ impl Int8Kernel {
         .collect()
     }
 
+    /// Whether the kernel is a `vpdpbusd` one (the others are correct but not faster than the
+    /// f32 product).
+    pub fn fast(self) -> bool {
+        matches!(self, Self::Vnni512 | Self::AvxVnni)
+    }
+
     /// The kernel's name, as the environment file records it.
     pub fn name(self) -> &'static str {
         match self {

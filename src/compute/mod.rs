@@ -46,6 +46,21 @@ pub mod view;
 pub use isa::Isa;
 pub use view::{MatMut, MatRef};
 
+/// The precisions this CPU runs faster than f32 on the tier in force, after f32 itself: int8
+/// where a `vpdpbusd` kernel runs, bf16 where the AVX512_BF16 one does (what `run` measures
+/// when no `--dtype` is given).
+pub fn fast_precisions() -> Vec<crate::device::Precision> {
+    use crate::device::Precision;
+    let mut all = vec![Precision::F32];
+    if int8::Int8Kernel::current().fast() {
+        all.push(Precision::Int8);
+    }
+    if bf16::Bf16Kernel::current().fast() {
+        all.push(Precision::Bf16);
+    }
+    all
+}
+
 /// Below this many elements an element-wise pass runs on the calling thread: forking costs
 /// more than the work.
 pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
