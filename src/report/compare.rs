@@ -161,19 +161,43 @@ impl Comparison {
 }
 
 /// Compares every cell of two runs: cells of `base` in its order, then cells only in `new`.
+/// Two runs of one precision each are compared cell by cell whatever their precisions (what
+/// a precision costs or buys, with `dtype differs` among the warnings), as two runs of other
+/// tiers are; runs that sweep precisions compare each precision's cells with its own.
 pub fn compare(base: &ResultsFile, new: &ResultsFile, opts: &CompareOptions) -> Comparison {
-    let mut cells: Vec<&Cell> = Vec::new();
+    let one_precision = |r: &ResultsFile| {
+        crate::bench::distinct(r.measurements.iter().map(|m| m.cell.precision())).len() == 1
+    };
+    let across = one_precision(base) && one_precision(new);
+    // The cell as it is matched: without its precision when comparing across precisions.
+    let key = |c: &Cell| Cell {
+        dtype: if across { None } else { c.dtype },
+        ..c.clone()
+    };
+    let find = |r: &'_ ResultsFile, cell: &Cell| -> Option<Measurement> {
+        r.measurements
+            .iter()
+            .rev()
+            .find(|m| key(&m.cell) == *cell)
+            .cloned()
+    };
+    let mut cells: Vec<Cell> = Vec::new();
     for m in base.measurements.iter().chain(&new.measurements) {
-        if !cells.contains(&&m.cell) {
-            cells.push(&m.cell);
+        if !cells.contains(&key(&m.cell)) {
+            cells.push(key(&m.cell));
         }
     }
     Comparison {
         options: *opts,
         warnings: settings_warnings(base, new),
         cells: cells
-            .into_iter()
-            .map(|cell| compare_cell(cell, base.find(cell), new.find(cell), opts))
+            .iter()
+            .map(|cell| {
+                let (b, n) = (find(base, cell), find(new, cell));
+                // The row names the cell as the base run has it (else the new one's).
+                let shown = b.as_ref().or(n.as_ref()).map_or(cell, |m| &m.cell);
+                compare_cell(shown, b.as_ref(), n.as_ref(), opts)
+            })
             .collect(),
     }
 }
@@ -520,6 +544,32 @@ mod tests {
         );
         assert!(c.has_regression());
         assert_eq!(c.warnings, ["threads differs: base 2, new 4"]);
+
+        // Runs of one precision each compare cell by cell across precisions (what int8 buys),
+        // and say the precisions differ; a run sweeping both keeps them apart.
+        let int8 = |batch| Cell {
+            dtype: Some(Precision::Int8),
+            ..cell(batch)
+        };
+        let mut quantized = ResultsFile {
+            settings: Some(CellSettings {
+                dtype: Precision::Int8,
+                ..settings(2)
+            }),
+            measurements: vec![measured(int8(1), samples(20, 0.04))],
+            ..Default::default()
+        };
+        let across = compare(&base, &quantized, &CompareOptions::default());
+        assert_eq!(
+            across.cells.iter().map(|c| c.verdict).collect::<Vec<_>>(),
+            [Verdict::Improved, Verdict::OnlyInBase]
+        );
+        assert_eq!(across.warnings, ["dtype differs: base f32, new int8"]);
+        quantized
+            .measurements
+            .push(measured(cell(1), samples(20, 0.1)));
+        let swept = compare(&base, &quantized, &CompareOptions::default());
+        assert_eq!(swept.cells.len(), 3, "f32 and int8 cells apart in a sweep");
 
         // The kernels' tier and blocks, from the environment files (absent in older runs).
         let env = |isa: &str, blocking: &str| {
