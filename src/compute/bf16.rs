@@ -363,11 +363,10 @@ pub fn bf16_linear_with(
                     rows,
                     cols,
                 };
-                // SAFETY: the tile's invariant: `a` holds `rows` rows at `lda` of kp pairs
-                // (from g * kp of each row); `b` holds the block's panels of kp pairs; `c`
-                // covers rows x cols at `ldc`, which only this item writes (`over_panels`
-                // splits the panels without overlap; `out` is exclusively borrowed);
-                // 1 <= cols <= NP * 16; the kernel is available (checked above).
+                // The tile's invariant holds: `a` has `rows` rows of kp pairs at `lda` (from
+                // g * kp), `b` the block's panels, and `c` rows x cols at `ldc` that only this
+                // item writes (`over_panels` splits without overlap); 1 <= cols <= NP * 16.
+                // SAFETY: as above; the kernel is available (checked above).
                 unsafe { tile.run(kernel) };
             };
             // SAFETY: m > 0 and p0 < p1 <= panels (`over_panels`); the output holds the

@@ -534,11 +534,10 @@ impl Job<'_> {
                 rows,
                 cols,
             };
-            // SAFETY: the tile's invariant: `a` holds `rows` rows at `lda` of kq quads (the
-            // buffer's rows are `stride` long from `g * kp`, and kq quads fit in kp); `b`
-            // holds the block's panels of kq quads (panels p..p1 exist); the row and column
-            // slices have `rows` and `cols` values; `c` covers rows x cols at `ldc` (caller);
-            // 1 <= cols <= NP * PANEL; the kernel is available (caller).
+            // The tile's invariant holds: `a` has `rows` rows of kq quads at `lda` (from
+            // g * kp; kq quads fit in kp), `b` the block's panels, the row and column slices
+            // `rows` and `cols` values, `c` rows x cols at `ldc` (caller); 1 <= cols <= 32.
+            // SAFETY: as above; the kernel is available (caller).
             unsafe { tile.run(self.kernel) };
         };
         // SAFETY: m > 0 and p0 < p1 <= panels (caller); `out` holds this job's m rows of
