@@ -113,13 +113,9 @@ impl ResultsFile {
             .peak_matmul
             .iter()
             .filter(|s| s.threads == threads)
-            .filter(|s| match kind {
-                Some(k) => s.kernel == k,
-                None => s.kernel != "int8" && s.kernel != "bf16",
-            })
             .cloned()
             .collect();
-        (!at.is_empty()).then(|| super::peak::peak_gflops(&at))
+        super::peak::peak_of_kind(&at, kind)
     }
 
     /// The thread counts of the plan, in plan order.

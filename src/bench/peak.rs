@@ -149,14 +149,31 @@ fn shape(kernel: &str, m: usize, k: usize, n: usize, threads: usize, samples: &[
     }
 }
 
+/// The products with a peak of their own, as [`PeakShape::kernel`] names them: the others
+/// (`candle`, `packed`) share the f32 peak.
+const OWN_PEAK: [&str; 2] = ["int8", "bf16"];
+
 /// The kind of product a precision's cells run on, as [`PeakShape::kernel`] names it for its
 /// own peak (`int8`, `bf16`), `None` for the floating-point products (`candle`, `packed`).
 pub fn kind_of(precision: Precision, device_is_cpu: bool) -> Option<&'static str> {
     match precision {
-        Precision::Int8 => Some("int8"),
-        Precision::Bf16 if device_is_cpu => Some("bf16"),
+        Precision::Int8 => Some(OWN_PEAK[0]),
+        Precision::Bf16 if device_is_cpu => Some(OWN_PEAK[1]),
         _ => None,
     }
+}
+
+/// The peak of one kind of product among `shapes` (`None`: the f32 products'), if measured.
+pub fn peak_of_kind(shapes: &[PeakShape], kind: Option<&str>) -> Option<f64> {
+    let of: Vec<PeakShape> = shapes
+        .iter()
+        .filter(|s| match kind {
+            Some(k) => s.kernel == k,
+            None => !OWN_PEAK.contains(&s.kernel.as_str()),
+        })
+        .cloned()
+        .collect();
+    (!of.is_empty()).then(|| peak_gflops(&of))
 }
 
 /// The best median rate among measured shapes.

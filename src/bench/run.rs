@@ -337,12 +337,7 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
         }
     }
     // env.csv's matmul peak is the f32 products' (int8 and bf16 have their own).
-    let float: Vec<_> = peak_matmul
-        .iter()
-        .filter(|s| s.kernel != "int8" && s.kernel != "bf16")
-        .cloned()
-        .collect();
-    let peak_gflops = (!float.is_empty()).then(|| peak::peak_gflops(&float));
+    let peak_gflops = peak::peak_of_kind(&peak_matmul, None);
     let multiprocess = matches!(config.isolation, Isolation::Child { .. });
     let mut results = previous.unwrap_or_default();
     results.bertbench_version = env::VERSION.into();

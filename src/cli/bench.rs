@@ -550,22 +550,10 @@ pub fn peak(args: PeakArgs) -> Result<()> {
     };
     let shapes = peak::measure_peak(&device, &[args.compute.precision()], &policy)?;
     // int8 and bf16 products have their own peaks (int8's in GOP/s: integer operations).
-    let of = |kind: &str| -> Vec<peak::PeakShape> {
-        shapes
-            .iter()
-            .filter(|s| s.kernel == kind)
-            .cloned()
-            .collect()
-    };
-    let float: Vec<peak::PeakShape> = shapes
-        .iter()
-        .filter(|s| s.kernel != "int8" && s.kernel != "bf16")
-        .cloned()
-        .collect();
-    let best = peak::peak_gflops(&float);
-    let (int8, bf16) = (of("int8"), of("bf16"));
-    let int8_best = (!int8.is_empty()).then(|| peak::peak_gflops(&int8));
-    let bf16_best = (!bf16.is_empty()).then(|| peak::peak_gflops(&bf16));
+    let best = peak::peak_of_kind(&shapes, None).unwrap_or(0.0);
+    let own =
+        |p| peak::kind_of(p, device.is_cpu()).and_then(|k| peak::peak_of_kind(&shapes, Some(k)));
+    let (int8_best, bf16_best) = (own(Precision::Int8), own(Precision::Bf16));
     if args.json {
         println!(
             "{}",
@@ -582,7 +570,7 @@ pub fn peak(args: PeakArgs) -> Result<()> {
         crate::compute::cache::CacheSizes::detect()
     );
     let unit = |kernel: &str| {
-        if kernel == "int8" {
+        if Some(kernel) == peak::kind_of(Precision::Int8, true) {
             "GOP/s  "
         } else {
             "GFLOP/s"

@@ -75,16 +75,12 @@ impl ComputeArgs {
 
     /// Every precision asked for, each once (`bench` and `run` sweep them).
     pub fn precisions(&self) -> Vec<Precision> {
-        let mut all = Vec::new();
-        for &p in &self.dtype {
-            if !all.contains(&p) {
-                all.push(p);
-            }
-        }
+        let all = crate::bench::distinct(self.dtype.iter().copied());
         if all.is_empty() {
-            all.push(Precision::F32);
+            vec![Precision::F32]
+        } else {
+            all
         }
-        all
     }
 
     /// The thread count this process computes with: the first `--threads` given, else every

@@ -78,12 +78,16 @@ impl Bf16Kernel {
     }
 
     /// Every kernel this CPU can run, best first (tests run them all).
-    pub fn available() -> Vec<Self> {
-        let fast = Isa::available().contains(&Isa::Avx512) && has_avx512_bf16();
-        [(Self::Avx512Bf16, fast), (Self::Portable, true)]
-            .into_iter()
-            .filter_map(|(k, ok)| ok.then_some(k))
-            .collect()
+    /// Detected once: every product checks its kernel against it.
+    pub fn available() -> &'static [Self] {
+        static AVAILABLE: std::sync::OnceLock<Vec<Bf16Kernel>> = std::sync::OnceLock::new();
+        AVAILABLE.get_or_init(|| {
+            let fast = Isa::available().contains(&Isa::Avx512) && has_avx512_bf16();
+            [(Self::Avx512Bf16, fast), (Self::Portable, true)]
+                .into_iter()
+                .filter_map(|(k, ok)| ok.then_some(k))
+                .collect()
+        })
     }
 
     /// Whether the kernel is faster than the f32 product (commands refuse bf16 otherwise).
@@ -615,7 +619,7 @@ mod tests {
                 (false, None),
                 (true, Some(square as Epilogue)),
             ] {
-                for kernel in Bf16Kernel::available() {
+                for &kernel in Bf16Kernel::available() {
                     for threads in if cfg!(miri) { vec![1] } else { vec![1, 3] } {
                         let mut out = vec![f32::NAN; m * groups * n];
                         bf16_linear_with(

@@ -88,17 +88,21 @@ impl Int8Kernel {
     }
 
     /// Every kernel this CPU can run, best first (tests run them all).
-    pub fn available() -> Vec<Self> {
-        let avx2 = Isa::available().contains(&Isa::Avx2);
-        [
-            (Self::Vnni512, avx2 && has_vnni512()),
-            (Self::AvxVnni, avx2 && has_avx_vnni()),
-            (Self::Avx2, avx2),
-            (Self::Portable, true),
-        ]
-        .into_iter()
-        .filter_map(|(k, ok)| ok.then_some(k))
-        .collect()
+    /// Detected once: every product checks its kernel against it.
+    pub fn available() -> &'static [Self] {
+        static AVAILABLE: std::sync::OnceLock<Vec<Int8Kernel>> = std::sync::OnceLock::new();
+        AVAILABLE.get_or_init(|| {
+            let avx2 = Isa::available().contains(&Isa::Avx2);
+            [
+                (Self::Vnni512, avx2 && has_vnni512()),
+                (Self::AvxVnni, avx2 && has_avx_vnni()),
+                (Self::Avx2, avx2),
+                (Self::Portable, true),
+            ]
+            .into_iter()
+            .filter_map(|(k, ok)| ok.then_some(k))
+            .collect()
+        })
     }
 
     /// Whether the kernel is a `vpdpbusd` one (the others are correct but not faster than the
@@ -1020,7 +1024,7 @@ mod tests {
                 (true, Some(square as Epilogue)),
             ] {
                 let mut first: Option<Vec<f32>> = None;
-                for kernel in Int8Kernel::available() {
+                for &kernel in Int8Kernel::available() {
                     for threads in if cfg!(miri) { vec![1] } else { vec![1, 3] } {
                         let mut out = vec![f32::NAN; m * groups * n];
                         int8_linear_with(

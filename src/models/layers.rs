@@ -475,7 +475,7 @@ pub enum Projection {
 }
 
 impl Projection {
-    /// Packs the weight for inference (see [`Weight`]).
+    /// Prepares the weight for inference (see [`Weight`]).
     pub fn prepare(&mut self, form: Form) {
         match self {
             Projection::Linear(l) => l.prepare(form),
@@ -731,8 +731,8 @@ impl<'a> ProjectionData<'a> {
     }
 
     /// `out = act(project(x))`; a grouped projection is one product per group on column
-    /// blocks of `x` and `out`, read and written in place. Packed and int8 weights apply `act`
-    /// inside the product (see [`Epilogue`]).
+    /// blocks of `x` and `out`, read and written in place. Prepared weights (packed, int8,
+    /// bf16) apply `act` inside the product (see [`Epilogue`]).
     fn forward(&self, input: &mut Input, mut out: MatMut, act: Option<Epilogue>) {
         let x = input.x;
         match self {

@@ -106,7 +106,8 @@ impl QaModel {
 
     /// Readies the model for inference only at `precision`, on f32 CPU weights: every
     /// encoder projection's weight is packed once for the fused kernels' GEMM (or, at int8,
-    /// quantized once: [`crate::compute::int8`]) and the loaded tensor dropped, so the model
+    /// quantized once: [`crate::compute::int8`]; at bf16 on the CPU, rounded once:
+    /// [`crate::compute::bf16`]) and the loaded tensor dropped, so the model
     /// still holds its weights once (see [`super::layers::Weight`]). A model that will be
     /// trained must not be prepared (its trainable weights are left alone anyway: they record
     /// gradients). Other dtypes and devices are left as they are.
@@ -115,7 +116,8 @@ impl QaModel {
     /// `--isa portable`) an f32 encoder keeps its weights as loaded: its products then run on
     /// the `gemm` crate ([`crate::compute::Isa::packs_weights`]).
     ///
-    /// int8 is refused unless the model is f32 on the CPU (the int8 kernels are CPU kernels).
+    /// int8 is refused unless the model is f32 on the CPU (the int8 kernels are CPU kernels),
+    /// and bf16 on the CPU unless its AVX512_BF16 kernel runs.
     /// The embeddings, LayerNorms, the attention's score products and the QA head stay f32.
     pub fn prepare_for_inference(&mut self, precision: Precision) -> Result<()> {
         let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
