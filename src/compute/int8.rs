@@ -33,7 +33,7 @@ use rayon::prelude::*;
 
 use super::isa::Isa;
 use super::packed::{Epilogue, PANEL};
-use super::split::{for_each_block, over_panels, rows_per_block, Block};
+use super::split::{check_product, for_each_block, over_panels, rows_per_block, Block};
 use super::view::{MatMut, MatRef, SendPtr};
 
 /// Inputs per 32-bit lane of a panel row (what `vpdpbusd` sums in one lane).
@@ -437,18 +437,7 @@ pub fn int8_linear_with(
         "{kernel:?} kernel on this CPU"
     );
     let (m, n, k, groups) = (x.rows, w.n, w.k, w.groups);
-    assert_eq!(
-        (x.k, x.groups),
-        (k, groups),
-        "activations quantized as {} x {}",
-        x.groups,
-        x.k
-    );
-    assert_eq!((out.rows(), out.cols()), (m, groups * n), "output shape");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), groups * n, "bias length");
-    }
-    if m == 0 || n == 0 {
+    if !check_product(m, (x.groups, x.k), (groups, n, k), &out, bias) {
         return;
     }
     let out_ptr = SendPtr(out.as_mut_ptr());

@@ -19,6 +19,30 @@ pub(crate) fn rows_per_block(row_bytes: usize, mr: usize, threads: usize) -> usi
     (budget / row_bytes.max(1) / mr * mr).max(mr)
 }
 
+/// The shapes of a product on prepared weights, checked before any kernel runs (the kernels'
+/// raw-pointer code relies on them): activations of `rows` rows in `x_groups` blocks of `x_k`
+/// inputs against a weight of `groups` blocks of `n x k`, into `out` (`rows x groups * n`),
+/// with `groups * n` biases. Panics, naming what differs, otherwise. Returns whether there is
+/// anything to compute.
+pub(crate) fn check_product(
+    rows: usize,
+    (x_groups, x_k): (usize, usize),
+    (groups, n, k): (usize, usize, usize),
+    out: &super::view::MatMut,
+    bias: Option<&[f32]>,
+) -> bool {
+    assert_eq!(
+        (x_groups, x_k),
+        (groups, k),
+        "activations prepared as {x_groups} x {x_k} for a weight of {groups} x {k} inputs"
+    );
+    assert_eq!((out.rows(), out.cols()), (rows, groups * n), "output shape");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), groups * n, "bias length");
+    }
+    rows > 0 && n > 0
+}
+
 /// Below this many multiply-adds a product runs on the calling thread: forking costs more.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
 
@@ -174,6 +198,59 @@ pub(crate) use rows_of_tiles;
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    /// Mismatched operands are refused before any kernel runs; empty ones compute nothing.
+    #[test]
+    fn products_check_their_operands() {
+        use crate::compute::MatMut;
+        let mut buf = vec![0f32; 6 * 8];
+        assert!(check_product(
+            6,
+            (2, 5),
+            (2, 4, 5),
+            &MatMut::new(&mut buf, 6, 8, 8),
+            None
+        ));
+        assert!(!check_product(
+            0,
+            (2, 5),
+            (2, 4, 5),
+            &MatMut::new(&mut [], 0, 8, 8),
+            None
+        ));
+        let bad: [fn(); 3] = [
+            || {
+                _ = check_product(
+                    6,
+                    (1, 10),
+                    (2, 4, 5),
+                    &MatMut::new(&mut [0.0; 48], 6, 8, 8),
+                    None,
+                )
+            },
+            || {
+                _ = check_product(
+                    6,
+                    (2, 5),
+                    (2, 4, 5),
+                    &MatMut::new(&mut [0.0; 42], 6, 7, 7),
+                    None,
+                )
+            },
+            || {
+                _ = check_product(
+                    6,
+                    (2, 5),
+                    (2, 4, 5),
+                    &MatMut::new(&mut [0.0; 48], 6, 8, 8),
+                    Some(&[0.0; 4]),
+                )
+            },
+        ];
+        for (i, f) in bad.into_iter().enumerate() {
+            assert!(std::panic::catch_unwind(f).is_err(), "case {i} accepted");
+        }
+    }
 
     /// Every panel of every group exactly once, in runs of whole tiles (but the last), for
     /// every thread count, on one thread when the product is small.
