@@ -91,6 +91,35 @@ fn int8_minilm_hidden_states_match_transformers_closely() {
     }
 }
 
+/// Loading for inference prepares each block as it is read (so the f32 model is never held
+/// whole): the model it gives runs the same bits as one loaded whole and prepared after, at
+/// every precision this CPU runs fast, for every family.
+#[test]
+fn preparing_while_loading_gives_the_same_model_as_preparing_after() {
+    for family in FAMILIES {
+        let dir = parity_dir(family);
+        let inputs = models::TokenInputs::from_file(&dir.join("expected.json")).unwrap();
+        let batch = inputs.to_batch(&Device::Cpu).unwrap();
+        for precision in bertbench::compute::fast_precisions() {
+            let (mut after, _) = models::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+            after.prepare_for_inference(precision).unwrap();
+            let (during, _) =
+                models::load_dir_for(&dir, DType::F32, &Device::Cpu, Some(precision)).unwrap();
+            assert_eq!(during.precision(), precision);
+            let logits = |m: &QaModel| {
+                let out = m.forward(&batch, &mut ForwardCtx::inference()).unwrap();
+                (to_f64(&out.start_logits), to_f64(&out.end_logits))
+            };
+            assert_eq!(
+                logits(&during),
+                logits(&after),
+                "{family} at {}",
+                precision.as_str()
+            );
+        }
+    }
+}
+
 /// Each row's activations are quantized on its own range, so a sequence's int8 logits are bit
 /// for bit the same alone and batched with others (as at f32: what serving relies on).
 #[test]

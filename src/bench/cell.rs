@@ -159,19 +159,20 @@ pub fn run_cell(
     )?;
     let mut stepper = match cell.mode {
         Mode::Inference => {
-            let mut model = if settings.load_weights {
+            let inference = Some(settings.dtype);
+            let model = if settings.load_weights {
                 let opts = models::OpenOptions {
                     random_init: false,
                     seed: settings.seed,
                     dtype,
                     device: device.clone(),
                     hub: hub.clone(),
+                    inference,
                 };
                 models::open(&cell.model, &opts)?.model
             } else {
-                models::random_model(&config, settings.seed, dtype, &device)?
+                models::random_model_for(&config, settings.seed, dtype, &device, inference)?
             };
-            model.prepare_for_inference(settings.dtype)?;
             Stepper::Inference { model, batch }
         }
         Mode::Training => {

@@ -146,11 +146,9 @@ impl ModelArgs {
             dtype: self.compute.precision().load_dtype(&device),
             device,
             hub: HubConfig::from_env(self.offline),
+            inference: Some(self.compute.precision()),
         };
-        let mut opened = models::open(&self.model, &opts)?;
-        opened
-            .model
-            .prepare_for_inference(self.compute.precision())?;
+        let opened = models::open(&self.model, &opts)?;
         if let Some(report) = &opened.report {
             warn_about_load(report);
         }

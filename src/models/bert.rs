@@ -5,7 +5,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::layers::{EncoderBlock, EncoderStack, ForwardCtx, LayerNorm, Linear, Projection};
+use super::layers::{EncoderBlock, EncoderStack, Form, ForwardCtx, LayerNorm, Linear, Projection};
 use super::weights::{Init, Params};
 
 /// Word + position + token-type embeddings, then LayerNorm and dropout. SqueezeBERT's
@@ -82,38 +82,37 @@ impl Bert {
         self.layers.blocks_mut()
     }
 
-    /// `p` points at the base model (`bert.` in a QA checkpoint).
-    pub fn new(p: &Params, cfg: &ModelConfig) -> Result<Self> {
+    /// `p` points at the base model (`bert.` in a QA checkpoint). `form`: each encoder block
+    /// prepared for inference as it is built ([`EncoderStack::build`]).
+    pub fn new(p: &Params, cfg: &ModelConfig, form: Option<Form>) -> Result<Self> {
         let std = cfg.initializer_range;
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let eps = cfg.encoder_layer_norm_eps;
         let linear = |p: &Params, cin, cout| {
             Ok::<_, anyhow::Error>(Projection::Linear(Linear::new(p, cin, cout, std)?))
         };
-        let layers = (0..cfg.num_layers)
-            .map(|n| {
-                let l = p.pp("encoder.layer").pp(n);
-                let att = l.pp("attention");
-                Ok(EncoderBlock {
-                    query: linear(&att.pp("self.query"), h, h)?,
-                    key: linear(&att.pp("self.key"), h, h)?,
-                    value: linear(&att.pp("self.value"), h, h)?,
-                    attention_output: linear(&att.pp("output.dense"), h, h)?,
-                    attention_norm: LayerNorm::new(&att.pp("output.LayerNorm"), h, eps)?,
-                    ffn_in: linear(&l.pp("intermediate.dense"), h, i)?,
-                    ffn_out: linear(&l.pp("output.dense"), i, h)?,
-                    output_norm: LayerNorm::new(&l.pp("output.LayerNorm"), h, eps)?,
-                    heads: cfg.num_heads,
-                    activation: cfg.activation,
-                    hidden_dropout: cfg.hidden_dropout,
-                    attention_dropout: cfg.attention_dropout,
-                    dropout_on_attention_output: true,
-                })
+        let layers = EncoderStack::build(cfg.num_layers, form, |n| {
+            let l = p.pp("encoder.layer").pp(n);
+            let att = l.pp("attention");
+            Ok(EncoderBlock {
+                query: linear(&att.pp("self.query"), h, h)?,
+                key: linear(&att.pp("self.key"), h, h)?,
+                value: linear(&att.pp("self.value"), h, h)?,
+                attention_output: linear(&att.pp("output.dense"), h, h)?,
+                attention_norm: LayerNorm::new(&att.pp("output.LayerNorm"), h, eps)?,
+                ffn_in: linear(&l.pp("intermediate.dense"), h, i)?,
+                ffn_out: linear(&l.pp("output.dense"), i, h)?,
+                output_norm: LayerNorm::new(&l.pp("output.LayerNorm"), h, eps)?,
+                heads: cfg.num_heads,
+                activation: cfg.activation,
+                hidden_dropout: cfg.hidden_dropout,
+                attention_dropout: cfg.attention_dropout,
+                dropout_on_attention_output: true,
             })
-            .collect::<Result<Vec<_>>>()?;
+        })?;
         Ok(Self {
             embeddings: Embeddings::new(&p.pp("embeddings"), cfg)?,
-            layers: EncoderStack::new(layers),
+            layers,
         })
     }
 

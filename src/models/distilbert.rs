@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::layers::{EncoderBlock, EncoderStack, ForwardCtx, LayerNorm, Linear, Projection};
+use super::layers::{EncoderBlock, EncoderStack, Form, ForwardCtx, LayerNorm, Linear, Projection};
 use super::weights::{Init, Params};
 
 #[derive(Debug, Clone)]
@@ -25,7 +25,8 @@ impl DistilBert {
     }
 
     /// `p` points at the base model (`distilbert.` in a QA checkpoint).
-    pub fn new(p: &Params, cfg: &ModelConfig) -> Result<Self> {
+    /// `form`: each encoder block prepared for inference as it is built ([`EncoderStack::build`]).
+    pub fn new(p: &Params, cfg: &ModelConfig, form: Option<Form>) -> Result<Self> {
         let std = cfg.initializer_range;
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let eps = cfg.encoder_layer_norm_eps;
@@ -38,26 +39,24 @@ impl DistilBert {
         let linear = |p: &Params, cin, cout| {
             Ok::<_, anyhow::Error>(Projection::Linear(Linear::new(p, cin, cout, std)?))
         };
-        let layers = (0..cfg.num_layers)
-            .map(|n| {
-                let l = p.pp("transformer.layer").pp(n);
-                Ok(EncoderBlock {
-                    query: linear(&l.pp("attention.q_lin"), h, h)?,
-                    key: linear(&l.pp("attention.k_lin"), h, h)?,
-                    value: linear(&l.pp("attention.v_lin"), h, h)?,
-                    attention_output: linear(&l.pp("attention.out_lin"), h, h)?,
-                    attention_norm: LayerNorm::new(&l.pp("sa_layer_norm"), h, eps)?,
-                    ffn_in: linear(&l.pp("ffn.lin1"), h, i)?,
-                    ffn_out: linear(&l.pp("ffn.lin2"), i, h)?,
-                    output_norm: LayerNorm::new(&l.pp("output_layer_norm"), h, eps)?,
-                    heads: cfg.num_heads,
-                    activation: cfg.activation,
-                    hidden_dropout: cfg.hidden_dropout,
-                    attention_dropout: cfg.attention_dropout,
-                    dropout_on_attention_output: false,
-                })
+        let layers = EncoderStack::build(cfg.num_layers, form, |n| {
+            let l = p.pp("transformer.layer").pp(n);
+            Ok(EncoderBlock {
+                query: linear(&l.pp("attention.q_lin"), h, h)?,
+                key: linear(&l.pp("attention.k_lin"), h, h)?,
+                value: linear(&l.pp("attention.v_lin"), h, h)?,
+                attention_output: linear(&l.pp("attention.out_lin"), h, h)?,
+                attention_norm: LayerNorm::new(&l.pp("sa_layer_norm"), h, eps)?,
+                ffn_in: linear(&l.pp("ffn.lin1"), h, i)?,
+                ffn_out: linear(&l.pp("ffn.lin2"), i, h)?,
+                output_norm: LayerNorm::new(&l.pp("output_layer_norm"), h, eps)?,
+                heads: cfg.num_heads,
+                activation: cfg.activation,
+                hidden_dropout: cfg.hidden_dropout,
+                attention_dropout: cfg.attention_dropout,
+                dropout_on_attention_output: false,
             })
-            .collect::<Result<Vec<_>>>()?;
+        })?;
         Ok(Self {
             word: emb.get(
                 "word_embeddings.weight",
@@ -74,7 +73,7 @@ impl DistilBert {
             )?,
             embedding_norm: LayerNorm::new(&emb.pp("LayerNorm"), h, cfg.embedding_layer_norm_eps)?,
             dropout: cfg.hidden_dropout,
-            layers: EncoderStack::new(layers),
+            layers,
         })
     }
 

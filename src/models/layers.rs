@@ -564,6 +564,31 @@ impl EncoderStack {
         }
     }
 
+    /// Builds `layers` blocks with `block(n)`, each prepared as `form` (when given) as soon as it
+    /// is built, so that its loaded f32 weights are dropped before the next block is read:
+    /// loading for inference never holds more than one block's f32 weights beside the prepared
+    /// ones (measured, BERT-base int8: peak RSS 429 MB when the whole f32 model was loaded
+    /// first and prepared after, see docs/precision.md).
+    pub fn build(
+        layers: usize,
+        form: Option<Form>,
+        mut block: impl FnMut(usize) -> Result<EncoderBlock>,
+    ) -> Result<Self> {
+        let mut blocks = Vec::with_capacity(layers);
+        for n in 0..layers {
+            let mut built = block(n)?;
+            if let Some(form) = form {
+                built.prepare(form);
+                // Freed pages go back block by block: the heap cannot always reuse a freed
+                // weight's space for the next prepared one (sizes differ), and the peak would
+                // grow by the gaps.
+                crate::runtime::release_free_memory();
+            }
+            blocks.push(built);
+        }
+        Ok(Self::new(blocks))
+    }
+
     /// The blocks, for [`crate::models::QaModel::prepare_for_inference`].
     pub fn blocks_mut(&mut self) -> &mut [EncoderBlock] {
         &mut self.blocks

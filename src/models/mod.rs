@@ -22,6 +22,7 @@ pub use layers::ForwardCtx;
 pub use qa::{Batch, QaModel, QaOutput};
 pub use weights::LoadReport;
 
+use crate::device::Precision;
 use crate::hub::{self, HubConfig, Need};
 use weights::{Checkpoint, CheckpointSource, Params, RandomInit, WeightFiles};
 
@@ -36,14 +37,36 @@ pub fn random_model(
     dtype: DType,
     device: &Device,
 ) -> Result<QaModel> {
+    random_model_for(config, seed, dtype, device, None)
+}
+
+/// [`random_model`], readied for inference at a precision as it is built when `inference` says
+/// so ([`QaModel::new_for_inference`]).
+pub fn random_model_for(
+    config: &ModelConfig,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+    inference: Option<Precision>,
+) -> Result<QaModel> {
     let source = RandomInit::new(seed, dtype, device);
-    QaModel::new(config, &Params::new(&source), dtype, device)
+    build(config, &Params::new(&source), dtype, device, inference)
 }
 
 /// Loads a checkpoint directory (`config.json` plus weights in any supported format).
 pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<(QaModel, LoadReport)> {
+    load_dir_for(dir, dtype, device, None)
+}
+
+/// [`load_dir`], readied for inference at a precision as it loads when `inference` says so.
+pub fn load_dir_for(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    inference: Option<Precision>,
+) -> Result<(QaModel, LoadReport)> {
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
-    load_weights(&config, WeightFiles::find(dir)?, dtype, device)
+    load_weights_for(&config, WeightFiles::find(dir)?, dtype, device, inference)
 }
 
 /// Loads weights for a known config.
@@ -52,6 +75,17 @@ pub fn load_weights(
     files: WeightFiles,
     dtype: DType,
     device: &Device,
+) -> Result<(QaModel, LoadReport)> {
+    load_weights_for(config, files, dtype, device, None)
+}
+
+/// [`load_weights`], readied for inference at a precision as it loads when `inference` says so.
+pub fn load_weights_for(
+    config: &ModelConfig,
+    files: WeightFiles,
+    dtype: DType,
+    device: &Device,
+    inference: Option<Precision>,
 ) -> Result<(QaModel, LoadReport)> {
     let checkpoint = Checkpoint::open(files)?;
     let source = CheckpointSource::new(
@@ -62,8 +96,22 @@ pub fn load_weights(
         dtype,
         device,
     );
-    let model = QaModel::new(config, &Params::new(&source), dtype, device)?;
+    let model = build(config, &Params::new(&source), dtype, device, inference)?;
     Ok((model, source.finish()?))
+}
+
+/// The model as loaded (for training), or readied for inference at a precision.
+fn build(
+    config: &ModelConfig,
+    params: &Params,
+    dtype: DType,
+    device: &Device,
+    inference: Option<Precision>,
+) -> Result<QaModel> {
+    match inference {
+        Some(precision) => QaModel::new_for_inference(config, params, dtype, device, precision),
+        None => QaModel::new(config, params, dtype, device),
+    }
 }
 
 /// How to turn a model argument into a model.
@@ -76,6 +124,9 @@ pub struct OpenOptions {
     pub dtype: DType,
     pub device: Device,
     pub hub: HubConfig,
+    /// `Some`: readied for inference at this precision as it loads (each encoder block
+    /// prepared before the next is read: [`QaModel::new_for_inference`]); `None`: as loaded.
+    pub inference: Option<Precision>,
 }
 
 /// A model ready to run, with where it came from.
@@ -116,7 +167,7 @@ fn locate_config(arg: &str, hub: &HubConfig) -> Result<(ModelConfig, String, Opt
 pub fn open(arg: &str, opts: &OpenOptions) -> Result<OpenedModel> {
     if opts.random_init {
         let (config, origin, dir) = locate_config(arg, &opts.hub)?;
-        let model = random_model(&config, opts.seed, opts.dtype, &opts.device)?;
+        let model = random_model_for(&config, opts.seed, opts.dtype, &opts.device, opts.inference)?;
         return Ok(OpenedModel {
             model,
             source: format!("{origin}, random weights (seed {})", opts.seed),
@@ -136,7 +187,7 @@ pub fn open(arg: &str, opts: &OpenOptions) -> Result<OpenedModel> {
             }
         })?,
     };
-    let (model, report) = load_dir(&dir.path, opts.dtype, &opts.device)?;
+    let (model, report) = load_dir_for(&dir.path, opts.dtype, &opts.device, opts.inference)?;
     Ok(OpenedModel {
         model,
         source: dir.describe(),

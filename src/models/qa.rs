@@ -59,18 +59,45 @@ pub struct QaOutput {
 }
 
 impl QaModel {
-    /// Builds the model from a parameter source (a checkpoint, a random init, ...).
+    /// Builds the model from a parameter source (a checkpoint, a random init, ...), as loaded:
+    /// what training takes. Inference builds through [`Self::new_for_inference`].
     pub fn new(
         config: &ModelConfig,
         params: &Params,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::build(config, params, dtype, device, None)
+    }
+
+    /// Builds the model for inference only at `precision`, each encoder block prepared as it
+    /// loads (see [`Self::prepare_for_inference`] for what is prepared and what is refused), so
+    /// that loading holds the f32 weights of one block at a time, not of the whole model.
+    pub fn new_for_inference(
+        config: &ModelConfig,
+        params: &Params,
+        dtype: DType,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        let form = inference_form(precision, dtype, device)?;
+        let mut model = Self::build(config, params, dtype, device, form)?;
+        model.finish_preparing(precision);
+        Ok(model)
+    }
+
+    fn build(
+        config: &ModelConfig,
+        params: &Params,
+        dtype: DType,
+        device: &Device,
+        form: Option<Form>,
+    ) -> Result<Self> {
         let base = params.pp(config.model_type.base_prefix());
         let encoder = match config.model_type {
-            ModelType::Bert => Encoder::Bert(Bert::new(&base, config)?),
-            ModelType::DistilBert => Encoder::DistilBert(DistilBert::new(&base, config)?),
-            ModelType::SqueezeBert => Encoder::SqueezeBert(SqueezeBert::new(&base, config)?),
+            ModelType::Bert => Encoder::Bert(Bert::new(&base, config, form)?),
+            ModelType::DistilBert => Encoder::DistilBert(DistilBert::new(&base, config, form)?),
+            ModelType::SqueezeBert => Encoder::SqueezeBert(SqueezeBert::new(&base, config, form)?),
         };
         let qa_outputs = Linear::new(
             &params.pp("qa_outputs"),
@@ -120,63 +147,30 @@ impl QaModel {
     /// and bf16 on the CPU unless its AVX512_BF16 kernel runs.
     /// The embeddings, LayerNorms, the attention's score products and the QA head stay f32.
     pub fn prepare_for_inference(&mut self, precision: Precision) -> Result<()> {
-        let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
-        if precision == Precision::Int8 && !cpu_f32 {
-            return Err(crate::error::input(format!(
-                "int8 runs on the CPU's int8 kernels, from f32 weights: this model is {} on {}; \
-                 use --device cpu, or f16/bf16 on a GPU",
-                self.dtype.as_str(),
-                crate::device::device_name(&self.device)
-            )));
-        }
-        // bf16 on the CPU: f32 weights rounded for the bf16 kernels (refused where they would
-        // be slower than f32); a model built in bf16 (a GPU's) is left as it is.
-        let cpu_bf16 = precision == Precision::Bf16 && cpu_f32;
-        if cpu_bf16 && !Bf16Kernel::current().fast() {
-            return Err(crate::error::input(format!(
-                "bf16 on the CPU needs AVX512_BF16 and the avx512 kernels (this CPU {}; kernels \
-                 {}): without them its products are slower than f32; use --dtype f32 or int8",
-                if Bf16Kernel::available().contains(&Bf16Kernel::Avx512Bf16) {
-                    "has AVX512_BF16"
-                } else {
-                    "lacks AVX512_BF16"
-                },
-                crate::compute::Isa::current().name()
-            )));
-        }
-        if precision.dtype() != self.dtype && precision != Precision::Int8 && !cpu_bf16 {
-            return Err(crate::error::input(format!(
-                "the model was loaded as {} and cannot be prepared for {}",
-                self.dtype.as_str(),
-                precision.as_str()
-            )));
-        }
+        let form = inference_form(precision, self.dtype, &self.device)?;
         let blocks = match &mut self.encoder {
             Encoder::Bert(m) => m.blocks_mut(),
             Encoder::DistilBert(m) => m.blocks_mut(),
             Encoder::SqueezeBert(m) => m.blocks_mut(),
         };
-        // Freed pages go back block by block: the heap cannot always reuse a freed weight's
-        // space for the next packed one (sizes differ), and the peak would grow by the gaps.
-        let pack_encoder = crate::compute::Isa::current().packs_weights();
-        let form = match precision {
-            Precision::Int8 => Some(Form::Int8),
-            Precision::Bf16 if cpu_bf16 => Some(Form::Bf16),
-            _ if pack_encoder => Some(Form::Packed),
-            _ => None,
-        };
         for block in blocks.iter_mut() {
             let Some(form) = form else { break };
             block.prepare(form);
+            // Freed pages go back block by block, as in [`super::layers::EncoderStack::build`].
             crate::runtime::release_free_memory();
         }
+        self.finish_preparing(precision);
+        Ok(())
+    }
+
+    /// What preparing does besides the encoder's blocks.
+    fn finish_preparing(&mut self, precision: Precision) {
         self.precision = precision;
         // The QA head too: not for speed (hidden -> 2 is tiny) but because the packed product
         // computes each row the same way whatever the batch, so a window's logits do not
         // depend on the windows batched with it (the dense path's `gemm` crate picks its
         // kernel by shape and moved the logits' last bits with the batch size).
         self.qa_outputs.prepare(Form::Packed);
-        Ok(())
     }
 
     /// What inference runs at: the dtype the model was built in, or int8 once
@@ -234,4 +228,47 @@ impl QaModel {
             last_hidden_state: hidden,
         })
     }
+}
+
+/// What a model of `dtype` on `device` prepares its encoder projections as to run at
+/// `precision` (`None`: left as loaded), or why it cannot: see
+/// [`QaModel::prepare_for_inference`].
+fn inference_form(precision: Precision, dtype: DType, device: &Device) -> Result<Option<Form>> {
+    let cpu_f32 = device.is_cpu() && dtype == DType::F32;
+    if precision == Precision::Int8 && !cpu_f32 {
+        return Err(crate::error::input(format!(
+            "int8 runs on the CPU's int8 kernels, from f32 weights: this model is {} on {}; \
+             use --device cpu, or f16/bf16 on a GPU",
+            dtype.as_str(),
+            crate::device::device_name(device)
+        )));
+    }
+    // bf16 on the CPU: f32 weights rounded for the bf16 kernels (refused where they would be
+    // slower than f32); a model built in bf16 (a GPU's) is left as it is.
+    let cpu_bf16 = precision == Precision::Bf16 && cpu_f32;
+    if cpu_bf16 && !Bf16Kernel::current().fast() {
+        return Err(crate::error::input(format!(
+            "bf16 on the CPU needs AVX512_BF16 and the avx512 kernels (this CPU {}; kernels \
+             {}): without them its products are slower than f32; use --dtype f32 or int8",
+            if Bf16Kernel::available().contains(&Bf16Kernel::Avx512Bf16) {
+                "has AVX512_BF16"
+            } else {
+                "lacks AVX512_BF16"
+            },
+            crate::compute::Isa::current().name()
+        )));
+    }
+    if precision.dtype() != dtype && precision != Precision::Int8 && !cpu_bf16 {
+        return Err(crate::error::input(format!(
+            "the model was loaded as {} and cannot be prepared for {}",
+            dtype.as_str(),
+            precision.as_str()
+        )));
+    }
+    Ok(match precision {
+        Precision::Int8 => Some(Form::Int8),
+        Precision::Bf16 if cpu_bf16 => Some(Form::Bf16),
+        _ if crate::compute::Isa::current().packs_weights() => Some(Form::Packed),
+        _ => None,
+    })
 }

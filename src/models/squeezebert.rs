@@ -9,7 +9,8 @@ use candle_core::Tensor;
 use super::bert::Embeddings;
 use super::config::ModelConfig;
 use super::layers::{
-    EncoderBlock, EncoderStack, ForwardCtx, GroupedPointwiseConv, LayerNorm, Linear, Projection,
+    EncoderBlock, EncoderStack, Form, ForwardCtx, GroupedPointwiseConv, LayerNorm, Linear,
+    Projection,
 };
 use super::weights::Params;
 
@@ -29,7 +30,8 @@ impl SqueezeBert {
     }
 
     /// `p` points at the base model (`transformer.` in a QA checkpoint).
-    pub fn new(p: &Params, cfg: &ModelConfig) -> Result<Self> {
+    /// `form`: each encoder block prepared for inference as it is built ([`EncoderStack::build`]).
+    pub fn new(p: &Params, cfg: &ModelConfig, form: Option<Form>) -> Result<Self> {
         let g = cfg.squeeze_groups.expect("squeezebert config has groups");
         let std = cfg.initializer_range;
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
@@ -39,29 +41,27 @@ impl SqueezeBert {
                 p, cin, cout, groups, std,
             )?))
         };
-        let layers = (0..cfg.num_layers)
-            .map(|n| {
-                let l = p.pp("encoder.layers").pp(n);
-                Ok(EncoderBlock {
-                    query: conv(&l.pp("attention.query"), h, h, g.q)?,
-                    key: conv(&l.pp("attention.key"), h, h, g.k)?,
-                    value: conv(&l.pp("attention.value"), h, h, g.v)?,
-                    attention_output: conv(&l.pp("post_attention.conv1d"), h, h, g.post_attention)?,
-                    attention_norm: LayerNorm::new(&l.pp("post_attention.layernorm"), h, eps)?,
-                    ffn_in: conv(&l.pp("intermediate.conv1d"), h, i, g.intermediate)?,
-                    ffn_out: conv(&l.pp("output.conv1d"), i, h, g.output)?,
-                    output_norm: LayerNorm::new(&l.pp("output.layernorm"), h, eps)?,
-                    heads: cfg.num_heads,
-                    activation: cfg.activation,
-                    hidden_dropout: cfg.hidden_dropout,
-                    attention_dropout: cfg.attention_dropout,
-                    dropout_on_attention_output: true,
-                })
+        let layers = EncoderStack::build(cfg.num_layers, form, |n| {
+            let l = p.pp("encoder.layers").pp(n);
+            Ok(EncoderBlock {
+                query: conv(&l.pp("attention.query"), h, h, g.q)?,
+                key: conv(&l.pp("attention.key"), h, h, g.k)?,
+                value: conv(&l.pp("attention.value"), h, h, g.v)?,
+                attention_output: conv(&l.pp("post_attention.conv1d"), h, h, g.post_attention)?,
+                attention_norm: LayerNorm::new(&l.pp("post_attention.layernorm"), h, eps)?,
+                ffn_in: conv(&l.pp("intermediate.conv1d"), h, i, g.intermediate)?,
+                ffn_out: conv(&l.pp("output.conv1d"), i, h, g.output)?,
+                output_norm: LayerNorm::new(&l.pp("output.layernorm"), h, eps)?,
+                heads: cfg.num_heads,
+                activation: cfg.activation,
+                hidden_dropout: cfg.hidden_dropout,
+                attention_dropout: cfg.attention_dropout,
+                dropout_on_attention_output: true,
             })
-            .collect::<Result<Vec<_>>>()?;
+        })?;
         Ok(Self {
             embeddings: Embeddings::new(&p.pp("embeddings"), cfg)?,
-            layers: EncoderStack::new(layers),
+            layers,
             _pooler: Linear::new(&p.pp("pooler.dense"), h, h, std)?,
         })
     }
