@@ -412,6 +412,12 @@ fn run_evaluates_each_precision_and_the_report_keeps_them_apart() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     let accuracy = &md[md.find("## Accuracy and speed").expect("accuracy section")..];
     assert!(accuracy.contains("all-MiniLM-L6-v2 int8"), "{accuracy}");
+    // The summary puts the int8 evaluation against the f32 one on the same 3 questions.
+    let int8_row = md
+        .lines()
+        .find(|l| l.starts_with("| all-MiniLM-L6-v2 int8 |"))
+        .expect("a summary row for the int8 checkpoint");
+    assert!(int8_row.contains(" of 3) |"), "{int8_row}");
     assert!(md.contains("distilbert int8"), "{md}");
 }
 

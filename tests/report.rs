@@ -101,6 +101,20 @@ fn report_writes_markdown_html_and_plots() {
         md.contains("| Small | 1 | 32 |") && md.contains("| 0.0032 |"),
         "{md}"
     );
+    // The answer comes first: the fastest at batch 1 and the sequence nearest 384 (256 here),
+    // with its ratio's interval, the smallest in memory, the cost from the best throughput at
+    // that length (1 sequence per 0.256 s at 1e-4 USD/s: 25.60 USD per million), and the
+    // observations folded below.
+    let at = |h: &str| md.find(h).unwrap_or_else(|| panic!("{h} missing: {md}"));
+    assert!(at("## Which to ship") < at("## Setup") && at("## Setup") < at("## Observations"));
+    assert!(
+        md.contains("Fastest at batch 1, sequence 256: Small (256 ms); against the runner-up, Big, at batch 1, sequence 256 it is 2.00x [2.00, 2.00] as fast"),
+        "{md}"
+    );
+    assert!(md.contains("Smallest peak memory: Small"), "{md}");
+    assert!(md.contains("| 25.60 * |"), "{md}");
+    assert!(md[at("## Observations")..].starts_with("## Observations\n\n<details><summary>"));
+    assert!(html.contains("<details><summary>"));
     // Self-contained: figures inline as SVG, no external references.
     assert!(html.matches("<svg").count() >= 4 && !html.contains("src=\""));
     // Both axes vary for inference time and memory: four views, each a drawn picture (a blank
@@ -116,7 +130,8 @@ fn report_writes_markdown_html_and_plots() {
             "inference_memory_vs_batch.png",
             "inference_memory_vs_sequence.png",
             "inference_time_vs_batch.png",
-            "inference_time_vs_sequence.png"
+            "inference_time_vs_sequence.png",
+            "pareto.png"
         ]
     );
     for name in &plots {
@@ -132,6 +147,84 @@ fn report_writes_markdown_html_and_plots() {
             assert!(n >= 40, "{name}: {n} pixels of {colour:?}");
         }
     }
+}
+
+/// Writes an `eval_results.json` of `model` (100 questions) under `dir/eval/<model>`.
+fn synthetic_eval(dir: &Path, model: &str, f1: f64, questions_per_s: f64) {
+    use bertbench::eval::{EvalReport, EvalResults};
+    let out = dir.join("eval").join(model);
+    std::fs::create_dir_all(&out).unwrap();
+    let results = EvalResults {
+        report: EvalReport {
+            exact_match: f1 - 8.0,
+            f1,
+            questions: 100,
+            windows: 100,
+            tokenize_s: 0.0,
+            model_s: 100.0 / questions_per_s,
+            decode_s: 0.0,
+            wall_s: 100.0 / questions_per_s,
+            questions_per_s,
+            windows_per_s: questions_per_s,
+        },
+        model: model.into(),
+        model_source: "synthetic".into(),
+        dataset: "dev-v1.1.json".into(),
+        limit: Some(100),
+        dtype: "f32".into(),
+        device: "cpu".into(),
+        threads: 1,
+        batch_size: 32,
+        max_seq_length: 384,
+        doc_stride: 128,
+        max_query_length: 64,
+        max_answer_length: 30,
+        n_best_size: 20,
+        bertbench_version: "0".into(),
+        git_commit: "0".into(),
+    };
+    std::fs::write(
+        out.join("eval_results.json"),
+        serde_json::to_string(&results).unwrap(),
+    )
+    .unwrap();
+}
+
+/// With evaluations, the summary recommends the fastest model within 1 F1 of the most
+/// accurate, with the F1 it gives up and its speed ratio's interval at the summary's shape;
+/// a model more than 1 F1 behind is not recommended however fast.
+#[test]
+fn the_summary_recommends_the_fastest_within_one_f1_of_the_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    synthetic_run(tmp.path());
+    synthetic_eval(tmp.path(), "big", 80.0, 10.0);
+    synthetic_eval(tmp.path(), "small", 79.5, 20.0);
+    let (code, _, stderr) = run(bin().arg("report").arg(tmp.path()));
+    assert_eq!(code, 0, "{stderr}");
+    let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
+    assert!(
+        md.contains(
+            "Recommended: small: 2.00x faster than big, the most accurate, for -0.50 F1 (79.50 \
+             against 80.00 on 100 questions). It is the fastest within 1.0 F1 of the most \
+             accurate, by ms per question from the evaluations; at batch 1, sequence 256 it is \
+             2.00x [2.00, 2.00] as fast (95% interval)."
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| small | 256 [256, 256] | 3.9 (batch 1) |"),
+        "{md}"
+    );
+    // 1.5 F1 behind: out of the tolerance, so the most accurate is recommended.
+    synthetic_eval(tmp.path(), "small", 78.5, 20.0);
+    let (code, _, stderr) = run(bin().arg("report").arg(tmp.path()));
+    assert_eq!(code, 0, "{stderr}");
+    let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("Recommended: big: the most accurate (F1 80.00 on 100 questions)")
+            && md.contains("Fastest overall: small, 2.00x faster than big for -1.50 F1."),
+        "{md}"
+    );
 }
 
 fn hf_csv(path: &Path) {
@@ -297,7 +390,13 @@ fn run_produces_the_whole_result_folder() {
         md.contains("## Accuracy and speed") && md.contains("USD per 1000 questions"),
         "{md}"
     );
-    assert!(out.join("plots/pareto_f1_latency.png").is_file());
+    // Only the checkpoint was evaluated: it is the recommendation, on the chart of F1 against
+    // cost.
+    assert!(
+        md.contains("Recommended: all-MiniLM-L6-v2: the most accurate"),
+        "{md}"
+    );
+    assert!(out.join("plots/pareto.png").is_file());
     // `run` never reuses a folder.
     let (code, _, stderr) = run(bin().args(["run", "--offline", "--output-dir"]).arg(&out));
     assert_eq!(code, 3, "{stderr}");

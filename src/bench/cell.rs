@@ -235,7 +235,7 @@ pub fn run_cell(
         let summary = Summary::of(&timings.samples).context("no valid timings")?;
         if summary.is_noisy() {
             reason = Some(format!(
-                "noisy: median 95% CI is {:.1}% of the median, CV {:.1}%; close other programs or raise --min-time",
+                "noisy within its process: the median's 95% CI there is {:.1}% of the median, CV {:.1}%; close other programs or raise --min-time",
                 100.0 * summary.ci_relative_width(),
                 100.0 * summary.cv()
             ));

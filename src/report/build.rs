@@ -13,7 +13,7 @@ use crate::bench::drift;
 use crate::bench::memory::to_mb;
 use crate::bench::output::{atomic_write, ResultsFile};
 use crate::bench::run::MAX_BATCH_FILE;
-use crate::bench::{fmt_time, Mode, Status};
+use crate::bench::{fmt_time, Mode};
 use crate::error::input;
 use crate::eval::{EvalResults, EVAL_RESULTS_FILE};
 use crate::serve::loadgen::{self, LoadgenResults};
@@ -45,15 +45,17 @@ pub struct ReportFiles {
 
 /// An evaluation found next to the results.
 #[derive(Debug, Clone)]
-struct Accuracy {
-    model: String,
-    f1: f64,
-    exact_match: f64,
-    questions: u64,
-    ms_per_question: f64,
-    windows_per_s: f64,
-    windows_per_question: f64,
-    source: PathBuf,
+pub(super) struct Accuracy {
+    /// The model's short name, and the precision when not f32 (`model int8`).
+    pub(super) model: String,
+    pub(super) f1: f64,
+    pub(super) exact_match: f64,
+    pub(super) questions: u64,
+    pub(super) ms_per_question: f64,
+    pub(super) windows_per_s: f64,
+    pub(super) windows_per_question: f64,
+    /// Its `eval_results.json`.
+    pub(super) source: PathBuf,
 }
 
 /// A model argument as a short label: a local path by its last component, a Hub id as is.
@@ -164,21 +166,20 @@ fn find_training_runs(dir: &Path, warnings: &mut Vec<String>) -> Vec<Training> {
 }
 
 /// What every section reads: the folder, its results, the options and the models' names.
-struct Context<'a> {
-    dir: &'a Path,
+pub(super) struct Context<'a> {
+    pub(super) dir: &'a Path,
     /// Where the report and its plots are written.
-    out: &'a Path,
-    results: &'a ResultsFile,
-    opts: &'a ReportOptions,
+    pub(super) out: &'a Path,
+    pub(super) results: &'a ResultsFile,
+    pub(super) opts: &'a ReportOptions,
     /// The models in plan order.
-    models: Vec<String>,
+    pub(super) models: Vec<String>,
 }
 
 impl Context<'_> {
-    /// A model's label: its `--short-names` entry, else its name.
     /// A model's name in the report (its short name where one was given), with the
     /// precision of a variant label (`model int8`) kept after it.
-    fn name(&self, label: &str) -> String {
+    pub(super) fn name(&self, label: &str) -> String {
         let (model, suffix) = crate::bench::Cell::split_variant(label);
         let name = self
             .models
@@ -190,7 +191,7 @@ impl Context<'_> {
     }
 
     /// A value of the environment file, empty when missing.
-    fn env(&self, key: &str) -> String {
+    pub(super) fn env(&self, key: &str) -> String {
         self.results.env(key).unwrap_or_default().to_string()
     }
 
@@ -236,10 +237,22 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
     let trainings = find_training_runs(dir, &mut warnings);
     let observations = observe::observations(&results, &|m: &str| cx.name(m));
 
+    // The answer first (which model at which precision), then what it rests on, the detailed
+    // observations folded.
     let mut blocks = vec![Block::Heading(1, "bertbench report".into())];
+    let (answer, mut answer_plots) = super::summary::section(&cx, &evals)?;
+    blocks.extend(answer);
+    blocks.push(Block::Heading(2, "Setup".into()));
     blocks.extend(summary_section(&cx));
     blocks.push(Block::Heading(2, "Observations".into()));
-    blocks.push(Block::Bullets(observations.clone()));
+    blocks.push(Block::Details {
+        summary: format!(
+            "{} observations: speed ratios of every pair, growth with sequence length and \
+             batch size, memory order, failures",
+            observations.len()
+        ),
+        blocks: vec![Block::Bullets(observations.clone())],
+    });
     for mode in [Mode::Inference, Mode::Training] {
         blocks.extend(results_section(&cx, mode));
     }
@@ -250,7 +263,9 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
     blocks.extend(training_section(&cx, &trainings));
     let (serving_blocks, mut serving_plots) = serving_section(&cx, &evals, &mut warnings)?;
     blocks.extend(serving_blocks);
-    let (plot_blocks, mut plots) = plots_section(&cx, &evals)?;
+    let (plot_blocks, mut plots) = plots_section(&cx)?;
+    answer_plots.append(&mut plots);
+    let mut plots = answer_plots;
     plots.append(&mut serving_plots);
     plots.append(&mut drift_plots);
     blocks.extend(plot_blocks);
@@ -318,7 +333,11 @@ fn summary_section(cx: &Context) -> Vec<Block> {
         cx.env("cpu"),
         cx.env("threads"),
         cx.env("device"),
-        cx.env("dtype"),
+        // A run over several precisions lists them all.
+        match cx.env("dtypes") {
+            d if d.is_empty() => cx.env("dtype"),
+            d => d,
+        },
         cx.env("date"),
         cx.env("time"),
         cx.env("bertbench_version"),
@@ -436,14 +455,7 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
                         .unwrap_or_else(dash),
                 );
             }
-            row.push(match (m.status, &m.reason) {
-                (Status::Ok, None) => "ok".into(),
-                (st, r) => format!(
-                    "{}{}",
-                    st.as_str(),
-                    r.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
-                ),
-            });
+            row.push(observe::status_text(m));
             row
         })
         .collect();
@@ -606,6 +618,7 @@ fn drift_section(cx: &Context) -> Result<(Vec<Block>, Vec<PathBuf>)> {
         y_label: "calibration product (ms)".into(),
         log_x: false,
         log_y: false,
+        y_from_zero: true,
         series: series
             .iter()
             .map(|(threads, s)| Series {
@@ -791,36 +804,10 @@ fn training_section(cx: &Context, trainings: &[Training]) -> Vec<Block> {
     ]
 }
 
-/// The charts the report shows: accuracy against latency when evaluations exist, and time and
-/// memory against sequence length and batch size for every view with at least two x values.
-fn charts(cx: &Context, evals: &[Accuracy]) -> Vec<(Chart, String)> {
+/// The charts the report shows besides the summary's: time and memory against sequence length
+/// and batch size for every view with at least two x values.
+fn charts(cx: &Context) -> Vec<(Chart, String)> {
     let mut charts = Vec::new();
-    if !evals.is_empty() {
-        let series = evals
-            .iter()
-            .map(|a| Series {
-                label: a.model.clone(),
-                points: vec![Point {
-                    x: a.ms_per_question,
-                    y: a.f1,
-                    interval: None,
-                }],
-                ..Default::default()
-            })
-            .collect();
-        charts.push((
-            Chart {
-                title: "Accuracy vs latency (up and left is better)".into(),
-                x_label: "ms per question".into(),
-                y_label: "SQuAD F1".into(),
-                log_x: false,
-                log_y: false,
-                series,
-                label_points: true,
-            },
-            "pareto_f1_latency".into(),
-        ));
-    }
     for view in plot::views() {
         let series = plot::series_from_results(
             cx.results,
@@ -842,8 +829,8 @@ fn charts(cx: &Context, evals: &[Accuracy]) -> Vec<(Chart, String)> {
 
 /// Renders the charts into `plots/` (PNG) and into the report (SVG inline); returns the
 /// section and the PNG files.
-fn plots_section(cx: &Context, evals: &[Accuracy]) -> Result<(Vec<Block>, Vec<PathBuf>)> {
-    let charts = charts(cx, evals);
+fn plots_section(cx: &Context) -> Result<(Vec<Block>, Vec<PathBuf>)> {
+    let charts = charts(cx);
     let plots_dir = cx.out.join("plots");
     let mut blocks = Vec::new();
     let mut files = Vec::new();

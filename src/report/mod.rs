@@ -8,3 +8,4 @@ pub mod machines;
 pub mod observe;
 pub mod plot;
 pub mod render;
+pub mod summary;

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::bench::memory::to_mb;
 use crate::bench::output::ResultsFile;
-use crate::bench::stats::ratio_interval;
+use crate::bench::stats::{ratio_interval, NOISY_CI_RELATIVE_WIDTH};
 use crate::bench::{threads_label, Measurement, Mode, Status};
 
 /// "`faster` is `ratio`x [lo, hi] faster than `slower`" at one cell.
@@ -44,6 +44,32 @@ impl SpeedRatio {
     /// Whether the interval excludes "equally fast".
     pub fn is_significant(&self) -> bool {
         self.low > 1.0
+    }
+}
+
+/// A cell's status as the results table shows it. A cell timed in several processes is judged
+/// by its two-level interval, the one the table shows: the within-process warning a process
+/// recorded says nothing about it, so it is replaced by what that interval says.
+pub fn status_text(m: &Measurement) -> String {
+    let between = m.speed.as_ref().and_then(|s| s.between.as_ref());
+    match (m.status, &m.reason, between) {
+        (Status::Ok, None, _) => "ok".into(),
+        (Status::Ok, Some(r), Some(b)) if r.starts_with("noisy") => {
+            let width = (b.high - b.low) / b.center;
+            if width > NOISY_CI_RELATIVE_WIDTH {
+                format!(
+                    "noisy: the 2-level 95% CI is {:.1}% of the median",
+                    100.0 * width
+                )
+            } else {
+                "ok".into()
+            }
+        }
+        (st, r, _) => format!(
+            "{}{}",
+            st.as_str(),
+            r.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+        ),
     }
 }
 
@@ -496,7 +522,9 @@ pub fn observations(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Ve
         let mut seen: Vec<(String, Mode, usize)> = Vec::new();
         for g in fits.iter().rev() {
             let key = (g.model.clone(), g.mode, g.threads);
-            if !seen.contains(&key) && g.points >= 2 {
+            // Two points always fit a power law exactly: an exponent needs a third to mean
+            // anything.
+            if !seen.contains(&key) && g.points >= 3 {
                 seen.push(key);
                 obs.push(g.sentence(names));
             }
@@ -550,7 +578,7 @@ pub fn observations(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Ve
         .plan
         .iter()
         .filter_map(|c| results.find(c))
-        .filter(|m| m.status == Status::Ok && m.reason.is_some())
+        .filter(|m| m.status == Status::Ok && status_text(m) != "ok")
         .map(|m| m.cell.to_string())
         .collect();
     if !noisy.is_empty() {

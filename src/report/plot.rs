@@ -51,6 +51,9 @@ pub struct Chart {
     pub y_label: String,
     pub log_x: bool,
     pub log_y: bool,
+    /// A linear y axis starts at 0 (magnitudes: times, memory); `false` fits it to the data
+    /// (scores such as F1, whose differences matter more than their distance from 0).
+    pub y_from_zero: bool,
     pub series: Vec<Series>,
     /// Write each series' label next to its points instead of a legend (scatter charts with
     /// one point per series, where a legend box could hide a point).
@@ -361,6 +364,7 @@ pub fn hf_chart(
         },
         log_x: log,
         log_y: log,
+        y_from_zero: true,
         series,
         label_points: false,
     }
@@ -416,7 +420,7 @@ pub fn render_svg_string(chart: &Chart, size: (u32, u32)) -> Result<String> {
 }
 
 /// Data range padded so single values and log axes still get a sensible span.
-fn span(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
+fn span(values: impl Iterator<Item = f64>, log: bool, from_zero: bool) -> (f64, f64) {
     let (mut lo, mut hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
         (l.min(v), h.max(v))
     });
@@ -427,14 +431,19 @@ fn span(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
         lo = lo.max(f64::MIN_POSITIVE);
         (lo / 1.5, hi * 1.5)
     } else {
-        // Quantities plotted here (times, memory, F1) are positive: start linear axes at 0.
-        if lo >= 0.0 {
+        // Magnitudes plotted here (times, memory) are positive: their linear axes start at 0.
+        if lo >= 0.0 && from_zero {
             lo = 0.0;
         }
         if hi == lo {
             hi = lo + 1.0;
         }
-        (lo, hi + (hi - lo) * 0.08)
+        let pad = (hi - lo) * 0.08;
+        if from_zero {
+            (lo, hi + pad)
+        } else {
+            (lo - pad, hi + pad)
+        }
     }
 }
 
@@ -459,7 +468,7 @@ where
     let mut keys: Vec<f64> = xs.clone().collect();
     keys.sort_by(|a, b| a.total_cmp(b));
     keys.dedup();
-    let (x0, mut x1) = span(xs, chart.log_x);
+    let (x0, mut x1) = span(xs, chart.log_x, true);
     if chart.label_points {
         // Room for the labels right of the rightmost point.
         x1 = if chart.log_x {
@@ -468,7 +477,7 @@ where
             x0 + (x1 - x0) * 1.35
         };
     }
-    let (y0, y1) = span(ys, chart.log_y);
+    let (y0, y1) = span(ys, chart.log_y, chart.y_from_zero);
     match (chart.log_x, chart.log_y) {
         (true, true) => draw(
             root,

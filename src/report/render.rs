@@ -18,6 +18,12 @@ pub enum Block {
         png: String,
         svg: String,
     },
+    /// Detail folded under a one-line summary (`<details>` in both renderings: GitHub and
+    /// most Markdown viewers unfold it on a click).
+    Details {
+        summary: String,
+        blocks: Vec<Block>,
+    },
 }
 
 fn md_cell(s: &str) -> String {
@@ -27,6 +33,11 @@ fn md_cell(s: &str) -> String {
 /// Markdown rendering.
 pub fn markdown(blocks: &[Block]) -> String {
     let mut out = String::new();
+    markdown_into(&mut out, blocks);
+    out
+}
+
+fn markdown_into(out: &mut String, blocks: &[Block]) {
     for b in blocks {
         match b {
             Block::Heading(level, text) => {
@@ -60,9 +71,16 @@ pub fn markdown(blocks: &[Block]) -> String {
             Block::Figure { caption, png, .. } => {
                 out.push_str(&format!("![{caption}]({png})\n\n*{caption}*\n\n"))
             }
+            Block::Details { summary, blocks } => {
+                out.push_str(&format!(
+                    "<details><summary>{}</summary>\n\n",
+                    escape(summary)
+                ));
+                markdown_into(out, blocks);
+                out.push_str("</details>\n\n");
+            }
         }
     }
-    out
 }
 
 /// HTML-escapes text.
@@ -77,7 +95,7 @@ const STYLE: &str = "body{font-family:-apple-system,Segoe UI,Helvetica,Arial,san
 h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{margin-top:1.8em;border-bottom:1px solid #eee}\
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}\
 th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#fafafa}\
-figure{margin:1.5em 0}figcaption{color:#555;font-style:italic}svg{max-width:100%;height:auto}li{margin:.25em 0}";
+figure{margin:1.5em 0}summary{cursor:pointer;color:#0550ae}figcaption{color:#555;font-style:italic}svg{max-width:100%;height:auto}li{margin:.25em 0}";
 
 /// Self-contained HTML rendering.
 pub fn html(title: &str, blocks: &[Block]) -> String {
@@ -85,6 +103,12 @@ pub fn html(title: &str, blocks: &[Block]) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n",
         escape(title)
     );
+    html_into(&mut out, blocks);
+    out.push_str("</body></html>\n");
+    out
+}
+
+fn html_into(out: &mut String, blocks: &[Block]) {
     for b in blocks {
         match b {
             Block::Heading(level, text) => {
@@ -121,10 +145,16 @@ pub fn html(title: &str, blocks: &[Block]) -> String {
                     escape(caption)
                 ));
             }
+            Block::Details { summary, blocks } => {
+                out.push_str(&format!(
+                    "<details><summary>{}</summary>\n",
+                    escape(summary)
+                ));
+                html_into(out, blocks);
+                out.push_str("</details>\n");
+            }
         }
     }
-    out.push_str("</body></html>\n");
-    out
 }
 
 #[cfg(test)]
@@ -145,6 +175,10 @@ mod tests {
                 png: "f.png".into(),
                 svg: "<?xml version=\"1.0\"?><svg></svg>".into(),
             },
+            Block::Details {
+                summary: "more".into(),
+                blocks: vec![Block::Bullets(vec!["folded".into()])],
+            },
         ];
         let md = markdown(&blocks);
         assert!(
@@ -152,12 +186,14 @@ mod tests {
                 && md.contains("- a < b")
                 && md.contains("| 1\\|2 | 3 |")
                 && md.contains("![c](f.png)")
+                && md.contains("<details><summary>more</summary>\n\n- folded\n")
         );
         let h = html("R", &blocks);
         assert!(
             h.contains("<li>a &lt; b</li>")
                 && h.contains("<td>1|2</td>")
                 && h.contains("<figure><svg></svg>")
+                && h.contains("<details><summary>more</summary>\n<ul>\n<li>folded</li>")
         );
         assert!(!h.contains("<?xml"));
     }

@@ -495,6 +495,7 @@ pub fn latency_chart(results: &LoadgenResults) -> Chart {
         y_label: "latency (ms)".into(),
         log_x: false,
         log_y: true,
+        y_from_zero: true,
         series,
         label_points: false,
     }
