@@ -108,14 +108,14 @@ impl EvalResults {
             max_query_length: cfg.features.max_query_length,
             max_answer_length: cfg.decode.max_answer_length,
             n_best_size: cfg.decode.n_best_size,
-            bertbench_version: crate::bench::env::VERSION.to_string(),
-            git_commit: crate::bench::env::GIT_COMMIT.to_string(),
+            bertbench_version: crate::record::VERSION.to_string(),
+            git_commit: crate::record::GIT_COMMIT.to_string(),
         }
     }
 
     /// Writes `path` (atomically: a reader never sees half a file).
     pub fn write(&self, path: &Path) -> Result<()> {
-        crate::bench::output::atomic_write(path, serde_json::to_string_pretty(self)?.as_bytes())
+        crate::record::atomic_write(path, serde_json::to_string_pretty(self)?.as_bytes())
     }
 
     /// Reads `path`; anything that is not this schema is an input error naming the file.

@@ -9,12 +9,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::memory::{self, CountingAlloc};
-use super::stats::Summary;
 use super::timer;
 use super::{Cell, CellSettings, Measurement, Memory, Mode, Speed, Status};
 use crate::device::parse_device;
 use crate::hub::HubConfig;
 use crate::models::{self, Batch, ForwardCtx, ModelConfig, ModelType, QaModel};
+use crate::stats::Summary;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::TrainableModel;
 

@@ -6,14 +6,7 @@
 
 use super::memory;
 use super::CellSettings;
-
-/// bertbench's version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The git commit the binary was built from (`-dirty` with uncommitted changes).
-pub const GIT_COMMIT: &str = env!("BERTBENCH_GIT_COMMIT");
-/// The candle version linked in.
-pub const CANDLE_VERSION: &str = env!("BERTBENCH_CANDLE_VERSION");
-pub const RUSTC_VERSION: &str = env!("BERTBENCH_RUSTC_VERSION");
+use crate::record::{CANDLE_VERSION, GIT_COMMIT, RUSTC_VERSION, VERSION};
 
 /// Ordered key/value pairs.
 pub type EnvInfo = Vec<(String, String)>;

@@ -596,7 +596,7 @@ pub fn write_max_batch_csv(rows: &[MaxBatch], limit: u64, path: &std::path::Path
                 .join(" "),
         ])?;
     }
-    super::output::atomic_write(path, &w.into_inner()?)
+    crate::record::atomic_write(path, &w.into_inner()?)
 }
 
 #[cfg(test)]

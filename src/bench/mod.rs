@@ -18,14 +18,13 @@ pub mod output;
 pub mod peak;
 pub mod run;
 pub mod shard;
-pub mod stats;
 pub mod timer;
 
 use serde::{Deserialize, Serialize};
 
 use crate::device::Precision;
+use crate::stats::{self, Summary};
 pub use run::{run_bench, BenchConfig, BenchOutcome};
-pub use stats::Summary;
 pub use timer::{TimingPolicy, Timings};
 
 /// What a step of a cell does.
@@ -178,6 +177,16 @@ impl Speed {
             ),
         }
     }
+}
+
+/// Ratio of two cells' medians with an interval: each side's point and interval at the level
+/// that covers the most ([`Speed::median_interval`]: across processes when it was
+/// timed in several, else within the one); conservative ([lo_a/hi_b, hi_a/lo_b]).
+pub fn ratio_interval(a: &Speed, b: &Speed) -> (f64, f64, f64) {
+    let (ma, la, ha) = a.median_interval();
+    let (mb, lb, hb) = b.median_interval();
+    // A wide two-level interval can reach below zero: a time is never negative.
+    (ma / mb, la.max(0.0) / hb, ha / lb.max(f64::MIN_POSITIVE))
 }
 
 /// Memory of a cell, in bytes.
@@ -387,6 +396,7 @@ pub fn fmt_time(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Between;
 
     #[test]
     fn distinct_keeps_first_seen_order() {
@@ -396,5 +406,39 @@ mod tests {
             (threads_label(1), threads_label(4)),
             ("1 thread".into(), "4 threads".into())
         );
+    }
+
+    /// Fewer than two processes give no interval; the ratio falls back to the within-process
+    /// intervals, and uses the two-level ones when both sides have them.
+    #[test]
+    fn ratios_use_the_two_level_interval_when_there_is_one() {
+        assert!(Between::of(&[1.0]).is_none());
+        let speed = |v: f64, between: Option<Between>| Speed {
+            timings: Timings {
+                warmup: vec![],
+                samples: vec![v; 6],
+            },
+            summary: Summary::of(&[v; 6]).unwrap(),
+            between,
+        };
+        assert_eq!(
+            ratio_interval(&speed(2.0, None), &speed(1.0, None)),
+            (2.0, 2.0, 2.0)
+        );
+        let wa = Between::of(&[1.9, 2.0, 2.1]).unwrap();
+        let wb = Between::of(&[0.9, 1.0, 1.1]).unwrap();
+        let (r, lo, hi) =
+            ratio_interval(&speed(2.0, Some(wa.clone())), &speed(1.0, Some(wb.clone())));
+        assert!((r - 2.0).abs() < 1e-12);
+        assert!((lo - wa.low / wb.high).abs() < 1e-12 && (hi - wa.high / wb.low).abs() < 1e-12);
+        assert!(lo < 2.0 && hi > 2.0);
+        // An interval reaching below zero bounds the ratio by 0 and a huge number, never a
+        // negative one.
+        let wide = Between::of(&[0.1, 1.0, 1.9]).unwrap();
+        assert!(wide.low < 0.0);
+        let (_, lo, hi) = ratio_interval(&speed(1.0, Some(wide.clone())), &speed(1.0, None));
+        assert_eq!(lo, 0.0);
+        let (_, lo, hi2) = ratio_interval(&speed(1.0, None), &speed(1.0, Some(wide)));
+        assert!(lo > 0.0 && hi2 > 1e300 && hi < 1e300);
     }
 }

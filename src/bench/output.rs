@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use super::memory::to_mb;
 use super::peak::PeakShape;
-use super::{stats, Cell, CellSettings, Measurement, Mode, Status};
+use super::{Cell, CellSettings, Measurement, Mode, Status};
 use crate::device::Precision;
 use crate::error::input;
+use crate::record::atomic_write;
+use crate::stats;
 
 /// Where each output goes.
 #[derive(Debug, Clone)]
@@ -245,18 +247,6 @@ impl ResultsWriter {
         }
         Ok(())
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
 }
 
 #[derive(Clone, Copy)]

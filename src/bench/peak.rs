@@ -9,13 +9,13 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::stats::Summary;
 use super::timer::{measure, TimingPolicy};
 use crate::compute::bf16::{bf16_linear, Bf16Kernel, Bf16Rows, Bf16Weight};
 use crate::compute::int8::{int8_linear, QuantizedRows, QuantizedWeight};
 use crate::compute::packed::{self, packed_linear, PackedWeight};
 use crate::compute::{Isa, MatMut, MatRef};
 use crate::device::Precision;
+use crate::stats::Summary;
 
 /// One measured shape: `(m x k) @ (k x n)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -340,7 +340,7 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
     let peak_gflops = peak::peak_of_kind(&peak_matmul, None);
     let multiprocess = matches!(config.isolation, Isolation::Child { .. });
     let mut results = previous.unwrap_or_default();
-    results.bertbench_version = env::VERSION.into();
+    results.bertbench_version = crate::record::VERSION.into();
     results.environment = env::collect(settings, multiprocess, peak_gflops);
     let counts = distinct(config.threads.iter().copied());
     if counts.len() > 1 {

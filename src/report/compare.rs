@@ -2,7 +2,7 @@
 //!
 //! For each cell measured in both runs, the change of the median time per step is
 //! `new / base - 1`, with a conservative interval from the two medians' 95% confidence
-//! intervals ([`stats::ratio_interval`]). Whether the two sets of timed samples differ at all is
+//! intervals ([`ratio_interval`]). Whether the two sets of timed samples differ at all is
 //! decided by a two-sided Mann-Whitney U test ([`stats::mann_whitney_u`]), which assumes nothing
 //! about the shape of timing distributions. A cell is a regression only when the difference is
 //! both significant (`p < alpha`) and larger than a practical threshold: with thousands of runs
@@ -17,8 +17,8 @@
 use serde::Serialize;
 
 use crate::bench::output::ResultsFile;
-use crate::bench::stats;
-use crate::bench::{Cell, Measurement, Speed, Status};
+use crate::bench::{ratio_interval, Cell, Measurement, Speed, Status};
+use crate::stats;
 
 /// What counts as a change.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -236,7 +236,7 @@ pub fn compare_cell(
     let (base_samples, base_speed) = bs;
     let (new_samples, new_speed) = ns;
     let two_level = base_speed.between.is_some() && new_speed.between.is_some();
-    let (ratio, low, high) = stats::ratio_interval(new_speed, base_speed);
+    let (ratio, low, high) = ratio_interval(new_speed, base_speed);
     let Some(test) = stats::mann_whitney_u(base_samples, new_samples) else {
         return row(
             Verdict::NotComparable,

@@ -16,7 +16,7 @@ use super::plot::{self, Chart, Series};
 use super::render::Block;
 use crate::bench::memory::to_mb;
 use crate::bench::output::ResultsFile;
-use crate::bench::stats::ratio_interval;
+use crate::bench::ratio_interval;
 use crate::bench::{distinct, fmt_time, Cell, Measurement, Mode, Status};
 use crate::error::input;
 use crate::serve::loadgen::{self, LoadgenResults};

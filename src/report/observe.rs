@@ -6,8 +6,9 @@ use serde::Serialize;
 
 use crate::bench::memory::to_mb;
 use crate::bench::output::ResultsFile;
-use crate::bench::stats::{ratio_interval, NOISY_CI_RELATIVE_WIDTH};
+use crate::bench::ratio_interval;
 use crate::bench::{threads_label, Measurement, Mode, Status};
+use crate::stats::NOISY_CI_RELATIVE_WIDTH;
 
 /// "`faster` is `ratio`x [lo, hi] faster than `slower`" at one cell.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -15,7 +15,7 @@ use super::cost::usd_per_1000_questions;
 use super::plot::{Chart, Point, Series};
 use super::render::Block;
 use crate::bench::memory::to_mb;
-use crate::bench::stats::ratio_interval;
+use crate::bench::ratio_interval;
 use crate::bench::{Cell, Measurement, Mode, Status};
 
 /// How much F1 the recommendation gives up at most for speed and cost: it names the cheapest

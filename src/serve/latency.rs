@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bench::stats::quantile_sorted;
+use crate::stats::quantile_sorted;
 
 /// Confidence of the percentiles' upper bounds (MLPerf's early stopping uses 99%).
 pub const CONFIDENCE: f64 = 0.99;

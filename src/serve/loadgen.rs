@@ -18,8 +18,8 @@ use super::scenario::{
     offline, search, server, single_stream, Probe, ProbeSummary, Progress, Query, QueryRecord,
     RunSettings, Scenario, SearchSettings, Sut,
 };
-use crate::bench::output::atomic_write;
 use crate::error::input;
+use crate::record::atomic_write;
 use crate::report::cost::{usd_for_seconds, Price};
 use crate::report::plot::{render, Chart, Point, Series};
 use crate::squad::{evaluate, Dataset};
@@ -295,8 +295,8 @@ impl LoadgenJob {
             accuracy,
             cost: None,
             date: chrono::Local::now().to_rfc3339(),
-            bertbench_version: crate::bench::env::VERSION.to_string(),
-            git_commit: crate::bench::env::GIT_COMMIT.to_string(),
+            bertbench_version: crate::record::VERSION.to_string(),
+            git_commit: crate::record::GIT_COMMIT.to_string(),
         };
         if let (Some(price), Some(qps)) = (&self.price, results.qps()) {
             results.cost = Some(ServingCost {

@@ -371,7 +371,7 @@ impl<'a> Collector<'a> {
         self.last_report = Instant::now();
         let mut lat: Vec<f64> = self.records.iter().filter_map(|r| r.latency_ms).collect();
         lat.sort_by(f64::total_cmp);
-        let q = |p: f64| (!lat.is_empty()).then(|| crate::bench::stats::quantile_sorted(&lat, p));
+        let q = |p: f64| (!lat.is_empty()).then(|| crate::stats::quantile_sorted(&lat, p));
         let elapsed = self.start.elapsed();
         (self.progress)(&Progress {
             probe: self.probe,

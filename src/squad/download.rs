@@ -68,6 +68,6 @@ pub fn dev_set(offline: bool) -> Result<PathBuf> {
     }
     let dir = path.parent().expect("a file in a folder");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    crate::bench::output::atomic_write(&path, &bytes)?;
+    crate::record::atomic_write(&path, &bytes)?;
     Ok(path)
 }

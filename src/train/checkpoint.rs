@@ -11,8 +11,8 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::optim::AdamW;
-use crate::bench::output::atomic_write;
 use crate::models::ModelConfig;
+use crate::record::atomic_write;
 
 /// One row of the training log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

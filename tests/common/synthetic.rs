@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use bertbench::bench::output::ResultsFile;
-use bertbench::bench::{Cell, CellSettings, Measurement, Memory, Mode, Speed, Status, Summary};
+use bertbench::bench::{Cell, CellSettings, Measurement, Memory, Mode, Speed, Status};
 use bertbench::bench::{TimingPolicy, Timings};
 use bertbench::device::Precision;
+use bertbench::stats::Summary;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, LogNormal};

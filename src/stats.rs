@@ -1,4 +1,5 @@
-//! Summary statistics of timing samples: the one place they are computed.
+//! Summary statistics of samples (timings, latencies): the one place they are computed, for
+//! every layer above (the floor: it knows no benchmark type).
 //!
 //! Quantiles use linear interpolation between order statistics (numpy's default, "type 7"), so
 //! numbers agree with what a user recomputes in pandas. The confidence interval of the median is
@@ -306,16 +307,6 @@ pub fn t_975(df: usize) -> f64 {
                 + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * n * n)
         }
     }
-}
-
-/// Ratio of two cells' medians with an interval: each side's point and interval at the level
-/// that covers the most ([`super::Speed::median_interval`]: across processes when it was
-/// timed in several, else within the one); conservative ([lo_a/hi_b, hi_a/lo_b]).
-pub fn ratio_interval(a: &super::Speed, b: &super::Speed) -> (f64, f64, f64) {
-    let (ma, la, ha) = a.median_interval();
-    let (mb, lb, hb) = b.median_interval();
-    // A wide two-level interval can reach below zero: a time is never negative.
-    (ma / mb, la.max(0.0) / hb, ha / lb.max(f64::MIN_POSITIVE))
 }
 
 /// A two-sided Mann-Whitney U test (Wilcoxon rank-sum) of two independent samples.
@@ -722,39 +713,5 @@ mod tests {
         );
         assert_eq!(Between::pooled(&medians, None), Between::of(&medians));
         assert!(Pool::of([[1.0].as_slice()]).is_none());
-    }
-
-    /// Fewer than two processes give no interval; the ratio falls back to the within-process
-    /// intervals, and uses the two-level ones when both sides have them.
-    #[test]
-    fn ratios_use_the_two_level_interval_when_there_is_one() {
-        assert!(Between::of(&[1.0]).is_none());
-        let speed = |v: f64, between: Option<Between>| crate::bench::Speed {
-            timings: crate::bench::Timings {
-                warmup: vec![],
-                samples: vec![v; 6],
-            },
-            summary: Summary::of(&[v; 6]).unwrap(),
-            between,
-        };
-        assert_eq!(
-            ratio_interval(&speed(2.0, None), &speed(1.0, None)),
-            (2.0, 2.0, 2.0)
-        );
-        let wa = Between::of(&[1.9, 2.0, 2.1]).unwrap();
-        let wb = Between::of(&[0.9, 1.0, 1.1]).unwrap();
-        let (r, lo, hi) =
-            ratio_interval(&speed(2.0, Some(wa.clone())), &speed(1.0, Some(wb.clone())));
-        assert!((r - 2.0).abs() < 1e-12);
-        assert!((lo - wa.low / wb.high).abs() < 1e-12 && (hi - wa.high / wb.low).abs() < 1e-12);
-        assert!(lo < 2.0 && hi > 2.0);
-        // An interval reaching below zero bounds the ratio by 0 and a huge number, never a
-        // negative one.
-        let wide = Between::of(&[0.1, 1.0, 1.9]).unwrap();
-        assert!(wide.low < 0.0);
-        let (_, lo, hi) = ratio_interval(&speed(1.0, Some(wide.clone())), &speed(1.0, None));
-        assert_eq!(lo, 0.0);
-        let (_, lo, hi2) = ratio_interval(&speed(1.0, None), &speed(1.0, Some(wide)));
-        assert!(lo > 0.0 && hi2 > 1e300 && hi < 1e300);
     }
 }

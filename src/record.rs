@@ -1,0 +1,29 @@
+//! What every result file carries and how it reaches the disk: the build's provenance and
+//! atomic writes. Part of the floor: every layer may use it, and it imports nothing of the
+//! crate.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// bertbench's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit the binary was built from (`-dirty` with uncommitted changes).
+pub const GIT_COMMIT: &str = env!("BERTBENCH_GIT_COMMIT");
+/// The candle version linked in.
+pub const CANDLE_VERSION: &str = env!("BERTBENCH_CANDLE_VERSION");
+/// The compiler that built it.
+pub const RUSTC_VERSION: &str = env!("BERTBENCH_RUSTC_VERSION");
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
+/// reader never sees half a file and an interrupted write leaves the old one.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
