@@ -18,9 +18,9 @@ use std::time::Instant;
 
 use bertbench::compute::dense::{dense_linear, parallelism};
 use bertbench::compute::int8::{int8_linear, Int8Kernel, QuantizedRows, QuantizedWeight};
+use bertbench::compute::isa::IsaChoice;
 use bertbench::compute::packed::{self, packed_linear, PackedWeight};
 use bertbench::compute::{Isa, MatMut, MatRef};
-use bertbench::runtime::IsaChoice;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -48,7 +48,7 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let threads = args.threads;
-    let isa = bertbench::runtime::use_isa(args.isa).unwrap_or_else(|e| panic!("{e:#}"));
+    let isa = bertbench::compute::isa::use_isa(args.isa).unwrap_or_else(|e| panic!("{e:#}"));
     bertbench::runtime::use_threads(threads).expect("thread pool");
     println!(
         "kernel: {} ({} available), {threads} threads, {}",

@@ -5,9 +5,9 @@
 
 use std::time::Instant;
 
+use bertbench::compute::optim::{grads_of, AdamW, AdamWConfig};
+use bertbench::models::trainable::{qa_loss, TrainableModel};
 use bertbench::models::{Batch, ForwardCtx, ModelConfig};
-use bertbench::train::optim::{grads_of, AdamW, AdamWConfig};
-use bertbench::train::{qa_loss, TrainableModel};
 use candle_core::{DType, Device, Tensor};
 
 fn main() -> anyhow::Result<()> {

@@ -13,7 +13,15 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::error::{input, unavailable};
-use crate::models::weights::WEIGHT_FILE_NAMES;
+
+/// The weight file names a checkpoint directory may hold, most preferred first (the Hub's
+/// conventions: what transformers' `from_pretrained` looks for).
+pub const WEIGHT_FILE_NAMES: [&str; 4] = [
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+];
 
 /// Default Hub endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";

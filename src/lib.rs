@@ -7,7 +7,7 @@
 //!
 //! | layer | modules | what it is |
 //! |---|---|---|
-//! | floor | [`error`], [`device`], [`runtime`], [`record`], [`stats`] | error kinds and exit codes; devices and precisions; the compute pool and allocator settings; provenance and atomic writes; summary statistics |
+//! | floor | [`error`], [`device`], [`runtime`], [`record`], [`stats`], [`cost`], [`chart`] | error kinds and exit codes; devices and precisions; the compute pool and allocator settings; provenance and atomic writes; summary statistics; dollar cost and price tables; charts |
 //! | compute | [`compute`] | CPU kernels that know no model: matrix views, ISA dispatch, the products (f32, int8, bf16), norms, softmax, attention, candle custom ops |
 //! | models and data | [`models`], [`hub`], [`squad`] | the three families from the Hub's `config.json` and tensor names; finding and downloading checkpoints; SQuAD files, windows, answer decoding, the official metric |
 //! | answering | [`eval`] | questions answered with a model (windows batched by length, forward, decode, score): what the jobs share |
@@ -22,8 +22,10 @@
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod bench;
+pub mod chart;
 pub mod cli;
 pub mod compute;
+pub mod cost;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -1,6 +1,7 @@
 //! Process-wide settings for compute, in one place for the binary, the tests and library
 //! users alike: the allocator's tuning and candle's idle workers ([`init`]), the size of the
-//! compute pool ([`use_threads`]) and the CPU kernels' tier ([`use_isa`]).
+//! compute pool ([`use_threads`]). The CPU kernels' tier is chosen in compute
+//! ([`crate::compute::isa::use_isa`]), which calls [`init`] first.
 //!
 //! The allocator and worker settings were measured on the 2-core reference machine
 //! (BERT-base training step, batch 8 x 128: 7.35 s before, 5.89 s after; see
@@ -9,9 +10,6 @@
 use std::sync::OnceLock;
 
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
-
-use crate::compute::Isa;
 
 /// Applies the allocator and worker settings, once per process (later calls do nothing).
 /// Call it first thing, before any thread starts: `main` does, and so does [`use_threads`].
@@ -49,57 +47,6 @@ pub fn use_threads(threads: usize) -> Result<usize> {
         );
     }
     Ok(set)
-}
-
-/// Which CPU kernels to run (`--isa`, or the `BERTBENCH_ISA` variable).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum IsaChoice {
-    /// The best tier this CPU has.
-    #[default]
-    Auto,
-    /// AVX-512F register kernels (x86-64).
-    Avx512,
-    /// AVX2+FMA register kernels (x86-64): what most x86 machines run.
-    Avx2,
-    /// The `gemm` crate's products (its own NEON/AVX/SSE kernels) and compiler-vectorised
-    /// element-wise passes, for any CPU (Arm, old x86).
-    Portable,
-}
-
-impl IsaChoice {
-    /// The tier asked for; `None` for `auto`.
-    pub fn isa(self) -> Option<Isa> {
-        match self {
-            Self::Auto => None,
-            Self::Avx512 => Some(Isa::Avx512),
-            Self::Avx2 => Some(Isa::Avx2),
-            Self::Portable => Some(Isa::Portable),
-        }
-    }
-}
-
-/// Chooses the CPU kernels' tier for this process, once, and returns the tier in force: `auto`
-/// takes the best this CPU has. A tier the CPU lacks is refused with what it can run instead,
-/// and so is a tier other than the one already running (it is fixed before the first
-/// computation). A malformed `BERTBENCH_BLOCKING` (the products' blocks, for tuning runs) is
-/// refused here too, before anything is computed with blocks it did not ask for.
-pub fn use_isa(choice: IsaChoice) -> Result<Isa> {
-    init();
-    if let Err(e) = crate::compute::packed::Blocking::forced() {
-        return Err(crate::error::input(e.clone()));
-    }
-    match choice.isa() {
-        None => Ok(Isa::current()),
-        Some(isa) if !Isa::available().contains(&isa) => Err(crate::error::unavailable(format!(
-            "--isa {}: {}",
-            isa.name(),
-            Isa::select(isa).unwrap_err()
-        ))),
-        Some(isa) => Isa::select(isa).map_err(|e| crate::error::input(format!("--isa: {e}"))),
-    }
 }
 
 /// Makes glibc's allocator keep freed memory for reuse instead of handing it back to the
@@ -161,20 +108,6 @@ pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `auto` is the tier in force; a named tier the CPU lacks is an input error naming it.
-    #[test]
-    fn isa_choice_is_checked_against_the_cpu() {
-        assert_eq!(use_isa(IsaChoice::Auto).unwrap(), Isa::current());
-        for choice in [IsaChoice::Avx512, IsaChoice::Avx2] {
-            let isa = choice.isa().unwrap();
-            if !Isa::available().contains(&isa) {
-                let e = use_isa(choice).unwrap_err();
-                assert_eq!(crate::error::exit_code(&e), crate::error::EXIT_UNAVAILABLE);
-                assert!(e.to_string().contains(isa.name()), "{e}");
-            }
-        }
-    }
 
     /// The pool is sized once: the same count again is fine, another is refused with a reason
     /// instead of being silently ignored.

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use bertbench::cost::{resolve_price, PriceTable, BUILTIN};
 use bertbench::error::{exit_code, EXIT_BAD_INPUT};
-use bertbench::report::cost::{resolve_price, PriceTable, BUILTIN};
 
 const GOOD: &str = r#"
 [[machine]]

@@ -132,7 +132,7 @@ fn half_precision_stays_close() {
 /// but the head without one), and dropout changes the output only in training mode.
 #[test]
 fn every_parameter_gets_a_gradient() {
-    use bertbench::train::TrainableModel;
+    use bertbench::models::trainable::TrainableModel;
 
     for family in FAMILIES {
         let dir = parity_dir(family);
@@ -294,7 +294,8 @@ fn assert_fused_matches_composed(
 /// padded batch with dropout on (both paths draw the same masks).
 #[test]
 fn fused_training_ops_match_composed_gradients() {
-    use bertbench::train::{optim::grads_of, qa_loss, TrainableModel};
+    use bertbench::compute::optim::grads_of;
+    use bertbench::models::trainable::{qa_loss, TrainableModel};
 
     let (b, s) = (3, 21);
     for (family, activation, config) in kernel_test_configs() {

@@ -5,10 +5,10 @@
 
 mod common;
 
+use bertbench::compute::isa::{use_isa, IsaChoice};
 use bertbench::compute::Isa;
 use bertbench::eval::run_model;
 use bertbench::models::{self, ForwardCtx, TokenInputs};
-use bertbench::runtime::{use_isa, IsaChoice};
 use bertbench::squad::{load_tokenizer, read_dataset, FeatureConfig};
 use candle_core::{DType, Device};
 use common::*;

@@ -554,7 +554,7 @@ fn thread_sweep_scaling_is_observed_and_drawn() {
 /// per million questions at that rate, and its latency curve as a figure.
 #[test]
 fn loadgen_runs_join_the_report() {
-    use bertbench::report::cost::resolve_price;
+    use bertbench::cost::resolve_price;
     use bertbench::serve::loadgen::{LoadgenJob, Setup};
     use bertbench::serve::{RunSettings, Scenario, SearchSettings, Server};
     use common::serving::{batcher, query, Simulated};

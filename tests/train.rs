@@ -6,11 +6,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use bertbench::compute::optim::grads_of;
+use bertbench::models::trainable::{qa_loss, TrainableModel};
 use bertbench::models::{self, ForwardCtx, ModelConfig, TokenInputs};
 use bertbench::squad::read_dataset;
-use bertbench::train::optim::grads_of;
 use bertbench::train::trainer::inference_copy;
-use bertbench::train::{qa_loss, TrainableModel};
 use candle_core::{DType, Device, Tensor};
 use common::*;
 

@@ -11,12 +11,12 @@ use rand::{Rng, SeedableRng};
 use super::memory::{self, CountingAlloc};
 use super::timer;
 use super::{Cell, CellSettings, Measurement, Memory, Mode, Speed, Status};
+use crate::compute::optim::{AdamW, AdamWConfig};
 use crate::device::parse_device;
 use crate::hub::HubConfig;
+use crate::models::trainable::TrainableModel;
 use crate::models::{self, Batch, ForwardCtx, ModelConfig, ModelType, QaModel};
 use crate::stats::Summary;
-use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::TrainableModel;
 
 /// What the measurement is doing, for progress reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +130,7 @@ pub fn run_cell(
     progress: &mut dyn FnMut(Phase, usize, Duration),
 ) -> Result<Measurement> {
     let baseline = memory::rss().unwrap_or_default();
-    crate::runtime::use_isa(settings.isa)?;
+    crate::compute::isa::use_isa(settings.isa)?;
     progress(Phase::Building, 0, Duration::ZERO);
     let device = parse_device(&settings.device)?;
     // Inference loads what the precision runs from (f32 for bf16 on the CPU); training steps

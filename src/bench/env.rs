@@ -58,7 +58,7 @@ fn kernel() -> String {
 fn blocking() -> String {
     match crate::compute::packed::Blocking::forced() {
         Ok(Some(b)) => format!("{},{}", b.mc, b.kc),
-        // A malformed value is refused before a run computes (`runtime::use_isa`).
+        // A malformed value is refused before a run computes (`compute::isa::use_isa`).
         _ => "rule".into(),
     }
 }

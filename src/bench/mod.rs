@@ -225,7 +225,7 @@ pub struct CellSettings {
     pub threads: usize,
     /// The CPU kernels' tier (results written before it existed read as `auto`).
     #[serde(default)]
-    pub isa: crate::runtime::IsaChoice,
+    pub isa: crate::compute::isa::IsaChoice,
     pub seed: u64,
     pub speed: bool,
     pub memory: bool,

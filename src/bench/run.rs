@@ -59,7 +59,7 @@ pub fn default_settings(threads: usize) -> CellSettings {
         dtype: Precision::F32,
         device: "cpu".into(),
         threads,
-        isa: crate::runtime::IsaChoice::Auto,
+        isa: crate::compute::isa::IsaChoice::Auto,
         seed: 0,
         speed: true,
         memory: true,

@@ -8,10 +8,10 @@ use candle_core::Tensor;
 use clap::Args;
 use serde_json::json;
 
+use crate::compute::isa::IsaChoice;
 use crate::device::{device_name, parse_device, Precision};
 use crate::hub::HubConfig;
 use crate::models::{self, ForwardCtx, LoadReport, ModelConfig, OpenOptions, QaModel, TokenInputs};
-use crate::runtime::IsaChoice;
 
 /// How to find and run a model; shared by every command that runs one.
 #[derive(Debug, Clone, Args)]
@@ -103,10 +103,10 @@ impl ComputeArgs {
     }
 
     /// Sizes this process's compute pool ([`crate::runtime::use_threads`]) at the first thread
-    /// count, chooses the CPU kernels ([`crate::runtime::use_isa`]) and returns the thread
+    /// count, chooses the CPU kernels ([`crate::compute::isa::use_isa`]) and returns the thread
     /// count; call it before anything computes.
     pub fn use_pool(&self) -> Result<usize> {
-        crate::runtime::use_isa(self.isa)?;
+        crate::compute::isa::use_isa(self.isa)?;
         crate::runtime::use_threads(self.threads())
     }
 

@@ -6,9 +6,9 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::bench::Mode;
+use crate::cost::{resolve_price, Price};
 use crate::error::input;
 use crate::report::build::{write_report, ReportOptions};
-use crate::report::cost::{resolve_price, Price};
 use crate::report::machines::{load_machines, write_machines_report, MachinePrices};
 use crate::report::plot::{self, Metric};
 
@@ -85,7 +85,7 @@ pub fn plot(args: PlotArgs) -> Result<()> {
         args.plot_along_batch,
         !args.no_log_scale,
     );
-    plot::render(&chart, &args.figure_png_file, args.size)?;
+    crate::chart::render(&chart, &args.figure_png_file, args.size)?;
     println!(
         "wrote {} ({} series)",
         args.figure_png_file.display(),

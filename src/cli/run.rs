@@ -102,7 +102,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Without --dtype, on the CPU: every precision this CPU runs fast, so the report answers
     // "which model at which precision". The tier is chosen first: it decides which.
     let precisions = if args.compute.dtype.is_empty() && args.compute.device == "cpu" {
-        crate::runtime::use_isa(args.compute.isa)?;
+        crate::compute::isa::use_isa(args.compute.isa)?;
         crate::compute::fast_precisions()
     } else {
         args.compute.precisions()

@@ -4,6 +4,9 @@
 
 use std::sync::OnceLock;
 
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
 /// Runs `body` with the AVX2+FMA target features when the CPU has them: the same source,
 /// compiled twice, chosen per call (the check is a cached load). The body's closure must be
 /// inlined into the target-feature function: compiled on its own it has no FMA, and every
@@ -221,9 +224,78 @@ impl Isa {
     }
 }
 
+/// Which CPU kernels to run (`--isa`, or the `BERTBENCH_ISA` variable).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum IsaChoice {
+    /// The best tier this CPU has.
+    #[default]
+    Auto,
+    /// AVX-512F register kernels (x86-64).
+    Avx512,
+    /// AVX2+FMA register kernels (x86-64): what most x86 machines run.
+    Avx2,
+    /// The `gemm` crate's products (its own NEON/AVX/SSE kernels) and compiler-vectorised
+    /// element-wise passes, for any CPU (Arm, old x86).
+    Portable,
+}
+
+impl IsaChoice {
+    /// The tier asked for; `None` for `auto`.
+    pub fn isa(self) -> Option<Isa> {
+        match self {
+            Self::Auto => None,
+            Self::Avx512 => Some(Isa::Avx512),
+            Self::Avx2 => Some(Isa::Avx2),
+            Self::Portable => Some(Isa::Portable),
+        }
+    }
+}
+
+/// Chooses the CPU kernels' tier for this process, once, and returns the tier in force: `auto`
+/// takes the best this CPU has. A tier the CPU lacks is refused with what it can run instead,
+/// and so is a tier other than the one already running (it is fixed before the first
+/// computation). A malformed `BERTBENCH_BLOCKING` (the products' blocks, for tuning runs) is
+/// refused here too, before anything is computed with blocks it did not ask for.
+pub fn use_isa(choice: IsaChoice) -> Result<Isa> {
+    crate::runtime::init();
+    if let Err(e) = super::packed::Blocking::forced() {
+        return Err(crate::error::input(e.clone()));
+    }
+    match choice.isa() {
+        None => Ok(Isa::current()),
+        Some(isa) if !Isa::available().contains(&isa) => Err(crate::error::unavailable(format!(
+            "--isa {}: {}",
+            isa.name(),
+            Isa::select(isa).unwrap_err()
+        ))),
+        Some(isa) => Isa::select(isa).map_err(|e| crate::error::input(format!("--isa: {e}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `auto` is the tier in force; a named tier the CPU lacks is an input error naming it.
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "use_isa sets the allocator up (mallopt): a foreign call Miri cannot run"
+    )]
+    fn isa_choice_is_checked_against_the_cpu() {
+        assert_eq!(use_isa(IsaChoice::Auto).unwrap(), Isa::current());
+        for choice in [IsaChoice::Avx512, IsaChoice::Avx2] {
+            let isa = choice.isa().unwrap();
+            if !Isa::available().contains(&isa) {
+                let e = use_isa(choice).unwrap_err();
+                assert_eq!(crate::error::exit_code(&e), crate::error::EXIT_UNAVAILABLE);
+                assert!(e.to_string().contains(isa.name()), "{e}");
+            }
+        }
+    }
 
     #[test]
     fn names_round_trip_and_portable_is_always_there() {

@@ -38,6 +38,7 @@ pub mod int8;
 pub mod math;
 pub mod norm;
 pub mod ops;
+pub mod optim;
 pub mod packed;
 pub mod softmax;
 pub(crate) mod split;

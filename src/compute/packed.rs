@@ -46,7 +46,7 @@ impl Blocking {
     /// cross every block edge.
     ///
     /// A malformed variable is not used here (a product cannot fail); commands refuse it
-    /// before they compute ([`Blocking::forced`], checked by `runtime::use_isa`).
+    /// before they compute ([`Blocking::forced`], checked by `compute::isa::use_isa`).
     pub fn for_product(k: usize, isa: Isa) -> Self {
         if cfg!(miri) {
             return Self { mc: 12, kc: 16 };

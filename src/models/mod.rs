@@ -9,6 +9,7 @@ pub mod inputs;
 pub mod layers;
 pub mod qa;
 pub mod squeezebert;
+pub mod trainable;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

@@ -17,6 +17,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 use crate::error::input;
+use crate::hub::WEIGHT_FILE_NAMES;
 
 /// How transformers' `_init_weights` fills a parameter.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -200,14 +201,6 @@ pub enum WeightFiles {
     /// `pytorch_model.bin`, or the shards listed by `pytorch_model.bin.index.json`.
     Pytorch(Vec<PathBuf>),
 }
-
-/// The weight file names a checkpoint directory may hold, most preferred first.
-pub const WEIGHT_FILE_NAMES: [&str; 4] = [
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-];
 
 impl WeightFiles {
     /// Finds the weights in a checkpoint directory.

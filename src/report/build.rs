@@ -5,20 +5,22 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use super::cost::{cost_to_reach_f1, usd_for_seconds, usd_per_1000_questions, Price};
 use super::observe;
-use super::plot::{self, Chart, Point, Series};
+use super::plot;
 use super::render::{self, Block};
 use crate::bench::drift;
 use crate::bench::memory::to_mb;
 use crate::bench::output::ResultsFile;
 use crate::bench::run::MAX_BATCH_FILE;
 use crate::bench::{fmt_time, Mode};
+use crate::chart::{self, Chart, Point, Series};
+use crate::cost::{usd_for_seconds, usd_per_1000_questions, Price};
 use crate::error::input;
 use crate::eval::{EvalResults, EVAL_RESULTS_FILE};
 use crate::record::atomic_write;
 use crate::serve::loadgen::{self, LoadgenResults};
 use crate::serve::Scenario;
+use crate::train::checkpoint::cost_to_reach_f1;
 use crate::train::checkpoint::TrainerState;
 use crate::train::trainer::TrainingArgs;
 
@@ -857,11 +859,11 @@ pub(crate) fn figure(
     std::fs::create_dir_all(plots_dir)
         .with_context(|| format!("creating {}", plots_dir.display()))?;
     let png = plots_dir.join(format!("{name}.png"));
-    plot::render(chart, &png, size)?;
+    chart::render(chart, &png, size)?;
     let block = Block::Figure {
         caption: chart.title.clone(),
         png: format!("plots/{name}.png"),
-        svg: plot::render_svg_string(chart, size)?,
+        svg: chart::render_svg_string(chart, size)?,
     };
     Ok((block, png))
 }

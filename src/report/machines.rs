@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use super::build::{display_name, figure, files_named, ReportFiles};
-use super::cost::{usd_for_seconds, usd_per_1000_questions, Price, PriceTable, BUILTIN};
-use super::plot::{self, Chart, Series};
+use super::plot;
 use super::render::Block;
 use crate::bench::memory::to_mb;
 use crate::bench::output::ResultsFile;
 use crate::bench::ratio_interval;
 use crate::bench::{distinct, fmt_time, Cell, Measurement, Mode, Status};
+use crate::chart::{Chart, Series};
+use crate::cost::{usd_for_seconds, usd_per_1000_questions, Price, PriceTable, BUILTIN};
 use crate::error::input;
 use crate::serve::loadgen::{self, LoadgenResults};
 use crate::serve::Scenario;

@@ -3,7 +3,6 @@
 
 pub mod build;
 pub mod compare;
-pub mod cost;
 pub mod machines;
 pub mod observe;
 pub mod plot;

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::build::{display_name, figure, Accuracy, Context};
-use super::cost::usd_per_1000_questions;
-use super::plot::{Chart, Point, Series};
 use super::render::Block;
 use crate::bench::memory::to_mb;
 use crate::bench::ratio_interval;
 use crate::bench::{Cell, Measurement, Mode, Status};
+use crate::chart::{Chart, Point, Series};
+use crate::cost::usd_per_1000_questions;
 
 /// How much F1 the recommendation gives up at most for speed and cost: it names the cheapest
 /// (or fastest) variant within this many F1 points of the most accurate one.
@@ -368,10 +368,7 @@ fn footnote(cx: &Context, shape: Option<Shape>, price: Option<f64>) -> String {
 /// against peak memory; the Pareto front joined by a dashed line.
 fn chart(rows: &[Row], shape: Option<Shape>, price: Option<f64>) -> Option<Chart> {
     let axis = axis(price);
-    let with_f1: Vec<(&Row, f64, f64)> = rows
-        .iter()
-        .filter_map(|r| Some((r, x_of(r, price)?, r.eval?.f1)))
-        .collect();
+    let with_f1 = ranked(rows, price);
     let (points, title, x_label, y_label, higher_y) = if !with_f1.is_empty() {
         (
             with_f1,
@@ -468,13 +465,17 @@ fn x_of(row: &Row, price: Option<f64>) -> Option<f64> {
     }
 }
 
+/// The evaluated rows with what they are ranked by: `(row, cost or ms per question, F1)`.
+fn ranked<'r, 'a>(rows: &'r [Row<'a>], price: Option<f64>) -> Vec<(&'r Row<'a>, f64, f64)> {
+    rows.iter()
+        .filter_map(|r| Some((r, x_of(r, price)?, r.eval?.f1)))
+        .collect()
+}
+
 /// The recommendation, in sentences, each with what it rests on.
 fn recommendation(rows: &[Row], shape: Option<Shape>, price: Option<f64>) -> Vec<String> {
     let axis = axis(price);
-    let ranked: Vec<(&Row, f64, f64)> = rows
-        .iter()
-        .filter_map(|r| Some((r, x_of(r, price)?, r.eval?.f1)))
-        .collect();
+    let ranked = ranked(rows, price);
     let speed_at_shape = |fast: &Row, slow: &Row| -> Option<String> {
         let (f, s) = (
             fast.at_shape?.speed.as_ref()?,

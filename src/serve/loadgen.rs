@@ -18,10 +18,10 @@ use super::scenario::{
     offline, search, server, single_stream, Probe, ProbeSummary, Progress, Query, QueryRecord,
     RunSettings, Scenario, SearchSettings, Sut,
 };
+use crate::chart::{render, Chart, Point, Series};
+use crate::cost::{usd_for_seconds, Price};
 use crate::error::input;
 use crate::record::atomic_write;
-use crate::report::cost::{usd_for_seconds, Price};
-use crate::report::plot::{render, Chart, Point, Series};
 use crate::squad::{evaluate, Dataset};
 
 /// The file names a loadgen folder holds.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::optim::AdamW;
+use crate::compute::optim::AdamW;
 use crate::models::ModelConfig;
 use crate::record::atomic_write;
 
@@ -222,4 +222,63 @@ pub fn write_log_csv(path: &Path, log: &[LogEntry]) -> Result<()> {
         ])?;
     }
     atomic_write(path, &w.into_inner()?)
+}
+
+/// Training time and dollars until a run first reached `target_f1` (the log's scale, 0-100):
+/// the first log row with an evaluation F1 >= `target_f1`, costed as
+/// `usd = elapsed_s / 3600 * usd_per_hour`, with `elapsed_s` the training clock of that row
+/// (summed over resumed sessions). `None` if no evaluation reached the target.
+pub fn cost_to_reach_f1(log: &[LogEntry], target_f1: f64, usd_per_hour: f64) -> Option<(f64, f64)> {
+    log.iter()
+        .find(|e| e.eval_f1.is_some_and(|f1| f1 >= target_f1))
+        .map(|e| {
+            (
+                e.elapsed_s,
+                crate::cost::usd_for_seconds(e.elapsed_s, usd_per_hour),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-12 * b.abs().max(1.0)
+    }
+
+    fn row(step: usize, elapsed_s: f64, eval_f1: Option<f64>) -> LogEntry {
+        LogEntry {
+            step,
+            epoch: step as f64 / 100.0,
+            loss: Some(1.0),
+            learning_rate: None,
+            grad_norm: None,
+            samples_per_s: None,
+            elapsed_s,
+            eval_exact_match: eval_f1.map(|f| f - 8.0),
+            eval_f1,
+            eval_questions: eval_f1.map(|_| 100),
+        }
+    }
+
+    #[test]
+    fn cost_to_reach_f1_takes_the_first_evaluation_at_target() {
+        let log = [
+            row(10, 60.0, None),
+            row(100, 600.0, Some(70.0)),
+            row(150, 900.0, None),
+            row(200, 1200.0, Some(85.5)),
+            row(300, 1800.0, Some(88.0)),
+        ];
+        // 85 is first reached at 1200 s: at $3/h, 1200 / 3600 * 3 = $1.
+        let (s, usd) = cost_to_reach_f1(&log, 85.0, 3.0).unwrap();
+        assert_eq!(s, 1200.0);
+        assert!(close(usd, 1.0));
+        // Exactly the target counts.
+        assert_eq!(cost_to_reach_f1(&log, 88.0, 3.0).unwrap().0, 1800.0);
+        assert_eq!(cost_to_reach_f1(&log, 70.0, 3.0).unwrap().0, 600.0);
+        assert!(cost_to_reach_f1(&log, 90.0, 3.0).is_none());
+        assert!(cost_to_reach_f1(&[], 1.0, 3.0).is_none());
+    }
 }

@@ -9,11 +9,11 @@ use anyhow::Result;
 
 use super::checkpoint;
 use super::trainer::{self, TrainObserver, TrainOutcome, TrainSetup, TrainingArgs};
-use super::TrainableModel;
 use crate::device::{device_name, parse_device};
 use crate::error::input;
 use crate::eval::{check_windows, EvalResults, EVAL_RESULTS_FILE};
 use crate::hub::{self, HubConfig, Need, TOKENIZER_FILES};
+use crate::models::trainable::TrainableModel;
 use crate::models::{self, ModelConfig};
 use crate::squad::{load_tokenizer, read_dataset, tokenizer_path};
 

@@ -17,12 +17,12 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, LogEntry, TrainerState};
-use super::optim::{accumulate, global_norm, AdamW, AdamWConfig, Grads};
 use super::schedule::{linear_with_warmup, warmup_steps};
-use super::TrainableModel;
+use crate::compute::optim::{accumulate, global_norm, AdamW, AdamWConfig, Grads};
 use crate::device::Precision;
 use crate::error::input;
 use crate::eval::{evaluate_model, stack_windows, EvalConfig, EvalReport};
+use crate::models::trainable::TrainableModel;
 use crate::models::weights::{ParamSource, ParamSpec, Params};
 use crate::models::{Batch, ModelConfig, QaModel};
 use crate::squad::{Dataset, DecodeConfig, Example, Feature, FeatureConfig, QaTokenizer};

@@ -1,4 +1,5 @@
-//! Dollar cost from measured speed and an hourly price.
+//! Dollar cost from measured speed and an hourly price. Part of the floor: the report, the
+//! load generator and training's cost to reach an F1 all price time here.
 //!
 //! Prices come from the user: `--price-per-hour`, or a TOML price table (`--prices FILE`) from
 //! which `--machine NAME` picks an entry. A built-in table of published on-demand prices, each
@@ -24,7 +25,6 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::error::input;
-use crate::train::checkpoint::LogEntry;
 
 /// Seconds in an hour, the unit prices are quoted in.
 const SECONDS_PER_HOUR: f64 = 3600.0;
@@ -260,16 +260,6 @@ pub fn usd_per_1000_questions(
     usd_for_seconds(1000.0 * windows_per_question / windows_per_s, usd_per_hour)
 }
 
-/// Training time and dollars until a run first reached `target_f1` (the log's scale, 0-100):
-/// the first log row with an evaluation F1 >= `target_f1`, costed as
-/// `usd = elapsed_s / 3600 * usd_per_hour`, with `elapsed_s` the training clock of that row
-/// (summed over resumed sessions). `None` if no evaluation reached the target.
-pub fn cost_to_reach_f1(log: &[LogEntry], target_f1: f64, usd_per_hour: f64) -> Option<(f64, f64)> {
-    log.iter()
-        .find(|e| e.eval_f1.is_some_and(|f1| f1 >= target_f1))
-        .map(|e| (e.elapsed_s, usd_for_seconds(e.elapsed_s, usd_per_hour)))
-}
-
 /// Published on-demand prices, used only with `--prices builtin`. Every entry names the page
 /// the price was read from and that page's date; prices change and differ by region, so check
 /// them before relying on them.
@@ -390,40 +380,5 @@ mod tests {
         assert!(close(usd_per_1000_questions(100.0, 1.2, 0.36), 0.0012));
         assert_eq!(usd_per_1000_questions(100.0, 1.2, 0.0), 0.0);
         assert!(usd_per_1000_questions(0.0, 1.0, 1.0).is_infinite());
-    }
-
-    fn row(step: usize, elapsed_s: f64, eval_f1: Option<f64>) -> LogEntry {
-        LogEntry {
-            step,
-            epoch: step as f64 / 100.0,
-            loss: Some(1.0),
-            learning_rate: None,
-            grad_norm: None,
-            samples_per_s: None,
-            elapsed_s,
-            eval_exact_match: eval_f1.map(|f| f - 8.0),
-            eval_f1,
-            eval_questions: eval_f1.map(|_| 100),
-        }
-    }
-
-    #[test]
-    fn cost_to_reach_f1_takes_the_first_evaluation_at_target() {
-        let log = [
-            row(10, 60.0, None),
-            row(100, 600.0, Some(70.0)),
-            row(150, 900.0, None),
-            row(200, 1200.0, Some(85.5)),
-            row(300, 1800.0, Some(88.0)),
-        ];
-        // 85 is first reached at 1200 s: at $3/h, 1200 / 3600 * 3 = $1.
-        let (s, usd) = cost_to_reach_f1(&log, 85.0, 3.0).unwrap();
-        assert_eq!(s, 1200.0);
-        assert!(close(usd, 1.0));
-        // Exactly the target counts.
-        assert_eq!(cost_to_reach_f1(&log, 88.0, 3.0).unwrap().0, 1800.0);
-        assert_eq!(cost_to_reach_f1(&log, 70.0, 3.0).unwrap().0, 600.0);
-        assert!(cost_to_reach_f1(&log, 90.0, 3.0).is_none());
-        assert!(cost_to_reach_f1(&[], 1.0, 3.0).is_none());
     }
 }

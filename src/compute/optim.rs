@@ -12,7 +12,7 @@ use std::cell::RefCell;
 
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, Var};
 
-use crate::compute::ops::CpuF32;
+use super::ops::CpuF32;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -341,6 +341,10 @@ mod tests {
     /// Three steps on a tiny problem against PyTorch's AdamW, computed by hand from its
     /// documented update rule in f64.
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "no unsafe code here; candle's tensor ops are too slow to interpret"
+    )]
     fn matches_the_reference_update() -> Result<()> {
         let dev = Device::Cpu;
         let w = Var::new(&[1.0f32, -2.0, 0.5], &dev)?;
@@ -383,6 +387,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "no unsafe code here; candle's tensor ops are too slow to interpret"
+    )]
     fn decay_exemptions_follow_the_trainer() {
         assert!(no_decay("bert.encoder.layer.0.output.dense.bias"));
         assert!(no_decay("bert.embeddings.LayerNorm.weight"));
