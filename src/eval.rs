@@ -78,6 +78,8 @@ pub struct EvalResults {
 
 /// The file name [`EvalResults`] is written under.
 pub const EVAL_RESULTS_FILE: &str = "eval_results.json";
+/// The answers an evaluation writes beside it (`squad::decode` writes them).
+pub use crate::squad::decode::PREDICTIONS_FILE;
 
 impl EvalResults {
     /// The results of `report`, made with `cfg`; version and commit are this build's.

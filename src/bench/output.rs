@@ -31,6 +31,13 @@ pub struct OutputFiles {
     pub results_json: PathBuf,
 }
 
+/// `results.json`: everything a bench run measured (what `report`, `compare` and `merge` read).
+pub const RESULTS_JSON: &str = "results.json";
+/// `results.csv`: one row per cell.
+pub const RESULTS_CSV: &str = "results.csv";
+/// `env.csv`: the environment, as Hugging Face's script writes it.
+pub const ENV_CSV: &str = "env.csv";
+
 impl OutputFiles {
     /// Default names inside `dir`; relative overrides are taken inside `dir` too.
     pub fn in_dir(dir: &Path) -> Self {
@@ -40,9 +47,9 @@ impl OutputFiles {
             inference_memory: dir.join("inference_memory.csv"),
             train_time: dir.join("train_time.csv"),
             train_memory: dir.join("train_memory.csv"),
-            env_info: dir.join("env.csv"),
-            results_csv: dir.join("results.csv"),
-            results_json: dir.join("results.json"),
+            env_info: dir.join(ENV_CSV),
+            results_csv: dir.join(RESULTS_CSV),
+            results_json: dir.join(RESULTS_JSON),
         }
     }
 }

@@ -197,7 +197,7 @@ pub fn merge(dirs: &[PathBuf], opts: MergeOptions) -> Result<ResultsFile> {
     }
     let mut parts = Vec::new();
     for dir in dirs {
-        let results = ResultsFile::read(&dir.join("results.json"))?;
+        let results = ResultsFile::read(&dir.join(super::output::RESULTS_JSON))?;
         let Some(record) = results.shard.clone() else {
             return Err(input(format!(
                 "{}: not a shard (its results.json has no shard record; shards come from \

@@ -75,7 +75,7 @@ fn results_path(p: &Path) -> PathBuf {
     if p.is_file() {
         p.to_path_buf()
     } else {
-        p.join("results.json")
+        p.join(crate::bench::output::RESULTS_JSON)
     }
 }
 

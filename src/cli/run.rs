@@ -123,7 +123,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             .map(|d| sub.map_or(d.clone(), |s| d.join(s)))
             .collect();
         for d in &dirs {
-            if !d.join("results.json").is_file() {
+            if !d.join(crate::bench::output::RESULTS_JSON).is_file() {
                 return Err(input(format!(
                     "--compare-with: {} has no results.json (give the other machine's `run` \
                      folder of the same --preset)",

@@ -10,7 +10,7 @@ use super::plot;
 use super::render::{self, Block};
 use crate::bench::drift;
 use crate::bench::memory::to_mb;
-use crate::bench::output::ResultsFile;
+use crate::bench::output::{ResultsFile, RESULTS_JSON};
 use crate::bench::run::MAX_BATCH_FILE;
 use crate::bench::{fmt_time, Mode};
 use crate::chart::{self, Chart, Point, Series};
@@ -20,8 +20,8 @@ use crate::eval::{EvalResults, EVAL_RESULTS_FILE};
 use crate::record::atomic_write;
 use crate::serve::loadgen::{self, LoadgenResults};
 use crate::serve::Scenario;
-use crate::train::checkpoint::cost_to_reach_f1;
 use crate::train::checkpoint::TrainerState;
+use crate::train::checkpoint::{cost_to_reach_f1, TRAINER_STATE_FILE, TRAINING_ARGS_FILE};
 use crate::train::trainer::TrainingArgs;
 
 /// Options of a report.
@@ -144,14 +144,14 @@ struct Training {
 /// directory tree; a file that does not read is skipped with a warning naming it.
 fn find_training_runs(dir: &Path, warnings: &mut Vec<String>) -> Vec<Training> {
     let mut out = Vec::new();
-    for p in files_named(dir, "trainer_state.json") {
+    for p in files_named(dir, TRAINER_STATE_FILE) {
         let Some(run) = p.parent().map(Path::to_path_buf) else {
             continue;
         };
         let state = std::fs::read_to_string(&p)
             .map_err(|e| e.to_string())
             .and_then(|t| serde_json::from_str::<TrainerState>(&t).map_err(|e| e.to_string()));
-        let args_path = run.join("training_args.json");
+        let args_path = run.join(TRAINING_ARGS_FILE);
         let args = std::fs::read_to_string(&args_path)
             .map_err(|e| e.to_string())
             .and_then(|t| serde_json::from_str::<TrainingArgs>(&t).map_err(|e| e.to_string()));
@@ -211,7 +211,7 @@ impl Context<'_> {
 /// and whatever evaluations and fine-tuning runs sit in the folder. Each section is built by
 /// its own function below, in the order the report shows them.
 pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<ReportFiles> {
-    let results_path = dir.join("results.json");
+    let results_path = dir.join(RESULTS_JSON);
     if !results_path.is_file() {
         return Err(input(format!(
             "{}: no results.json (run `bertbench bench --output-dir {}` first)",

@@ -114,7 +114,7 @@ pub fn load_machines(
     }
     let mut machines: Vec<Machine> = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
-        let path = dir.join("results.json");
+        let path = dir.join(crate::bench::output::RESULTS_JSON);
         if !path.is_file() {
             return Err(input(format!(
                 "{}: no results.json (each folder is one machine's `bertbench bench` output)",

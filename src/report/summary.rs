@@ -127,7 +127,7 @@ fn ms(seconds: f64) -> String {
 
 /// The answers of an evaluation (`predictions.json` beside its `eval_results.json`).
 fn predictions(eval: &Accuracy) -> Option<HashMap<String, String>> {
-    let path = eval.source.parent()?.join("predictions.json");
+    let path = eval.source.parent()?.join(crate::eval::PREDICTIONS_FILE);
     let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str(&text).ok()
 }
@@ -502,9 +502,10 @@ fn recommendation(rows: &[Row], shape: Option<Shape>, price: Option<f64>) -> Vec
             .filter(|r| r.2 >= best.2 - F1_TOLERANCE)
             .collect();
         // The best is within its own tolerance, so `within` is never empty.
+        // On a tie in cost, the more accurate (so a free machine recommends the most accurate).
         let pick = within
             .into_iter()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(b.2.total_cmp(&a.2)))
             .unwrap_or(best);
         let questions = best.0.eval.map_or(0, |a| a.questions);
         if pick.0.label == best.0.label {
@@ -554,7 +555,7 @@ fn recommendation(rows: &[Row], shape: Option<Shape>, price: Option<f64>) -> Vec
         if let Some(cheapest) = ranked
             .iter()
             .min_by(|a, b| a.1.total_cmp(&b.1))
-            .filter(|c| c.0.label != pick.0.label)
+            .filter(|c| c.1 < pick.1)
         {
             out.push(format!(
                 "{} overall: {}, {:.2}x {} than {} for {:+.2} F1.",

@@ -29,7 +29,7 @@ pub const RESULTS_FILE: &str = "loadgen.json";
 pub const SUMMARY_FILE: &str = "loadgen.csv";
 pub const RECORDS_FILE: &str = "queries.csv";
 pub const PLOT_STEM: &str = "latency_vs_load";
-pub const PREDICTIONS_FILE: &str = "predictions.json";
+pub use crate::squad::decode::PREDICTIONS_FILE;
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -248,6 +248,9 @@ pub fn predictions_map(predictions: &[Prediction]) -> HashMap<String, String> {
         .collect()
 }
 
+/// The answers file `eval` writes (what the official `evaluate-v1.1.py` scores).
+pub const PREDICTIONS_FILE: &str = "predictions.json";
+
 /// Write `predictions.json` (`{id: text}`) and `nbest_predictions.json`
 /// (`{id: [{text, probability, start_logit, end_logit}, ...]}`) into `dir` (created if
 /// needed), in prediction order. Existing files are an input error unless `overwrite`: a
@@ -258,7 +261,7 @@ pub fn write_predictions(
     predictions: &[Prediction],
     overwrite: bool,
 ) -> Result<(PathBuf, PathBuf)> {
-    let preds_path = dir.join("predictions.json");
+    let preds_path = dir.join(PREDICTIONS_FILE);
     let nbest_path = dir.join("nbest_predictions.json");
     if !overwrite {
         for p in [&preds_path, &nbest_path] {

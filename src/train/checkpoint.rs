@@ -52,6 +52,11 @@ pub fn checkpoint_dir(output_dir: &Path, step: usize) -> PathBuf {
     output_dir.join(format!("checkpoint-{step}"))
 }
 
+/// A run's (and a checkpoint's) training state, in transformers' Trainer layout.
+pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
+/// The arguments a run was started with.
+pub const TRAINING_ARGS_FILE: &str = "training_args.json";
+
 /// The newest `checkpoint-N` directory in `output_dir` that holds a complete checkpoint.
 pub fn latest_checkpoint(output_dir: &Path) -> Option<(usize, PathBuf)> {
     std::fs::read_dir(output_dir)
@@ -61,7 +66,7 @@ pub fn latest_checkpoint(output_dir: &Path) -> Option<(usize, PathBuf)> {
             let name = e.file_name().to_string_lossy().to_string();
             let step: usize = name.strip_prefix("checkpoint-")?.parse().ok()?;
             let dir = e.path();
-            dir.join("trainer_state.json")
+            dir.join(TRAINER_STATE_FILE)
                 .is_file()
                 .then_some((step, dir))
         })
@@ -158,7 +163,7 @@ pub fn save_run(
 ) -> Result<()> {
     save_model(dir, model)?;
     atomic_write(
-        &dir.join("training_args.json"),
+        &dir.join(TRAINING_ARGS_FILE),
         serde_json::to_string_pretty(args_json)?.as_bytes(),
     )?;
     if let Some(optimizer) = optimizer {
@@ -169,7 +174,7 @@ pub fn save_run(
     }
     // Written last: its presence marks a checkpoint complete.
     atomic_write(
-        &dir.join("trainer_state.json"),
+        &dir.join(TRAINER_STATE_FILE),
         serde_json::to_string_pretty(state)?.as_bytes(),
     )?;
     Ok(())
@@ -177,7 +182,7 @@ pub fn save_run(
 
 /// Reads a checkpoint's trainer state and optimizer tensors.
 pub fn read_checkpoint(dir: &Path) -> Result<(TrainerState, HashMap<String, Tensor>)> {
-    let state_path = dir.join("trainer_state.json");
+    let state_path = dir.join(TRAINER_STATE_FILE);
     let state: TrainerState = serde_json::from_str(
         &std::fs::read_to_string(&state_path)
             .with_context(|| format!("reading {}", state_path.display()))?,
