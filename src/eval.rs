@@ -126,6 +126,28 @@ impl EvalResults {
     }
 }
 
+/// Each question's F1 (0-100) of the evaluation whose `eval_results.json` is `results`: its
+/// `predictions.json` beside it, scored against the dataset it names (cut to its `limit`), so
+/// that two evaluations can be compared question by question.
+pub fn f1_per_question(results: &Path) -> Result<std::collections::HashMap<String, f64>> {
+    let r = EvalResults::read(results)?;
+    let dir = results.parent().unwrap_or(Path::new("."));
+    let predictions_path = dir.join(PREDICTIONS_FILE);
+    let predictions: std::collections::HashMap<String, String> = crate::error::read_json(
+        &predictions_path,
+        "a predictions.json (question id -> answer)",
+    )?;
+    let dataset = crate::squad::read_dataset(Path::new(&r.dataset))?;
+    let dataset = match r.limit {
+        Some(n) => dataset.first_questions(n),
+        None => dataset,
+    };
+    Ok(crate::squad::metric::f1_per_question(
+        &dataset,
+        &predictions,
+    ))
+}
+
 /// Windows are run at their real length rounded up to a multiple of this many tokens.
 ///
 /// Why a fixed rounding and not "the longest window of the batch": a window's logits then

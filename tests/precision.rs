@@ -418,6 +418,15 @@ fn run_evaluates_each_precision_and_the_report_keeps_them_apart() {
         .find(|l| l.starts_with("| all-MiniLM-L6-v2 int8 |"))
         .expect("a summary row for the int8 checkpoint");
     assert!(int8_row.contains(" of 3) |"), "{int8_row}");
+    // Its F1 change carries the interval of a paired bootstrap over those questions (the
+    // answers rescored against the dataset the evaluation names).
+    let cells: Vec<&str> = int8_row.split(" | ").collect();
+    assert!(
+        cells
+            .iter()
+            .any(|c| c.starts_with(['+', '-']) && c.contains(" [")),
+        "{int8_row}"
+    );
     assert!(md.contains("distilbert int8"), "{md}");
 }
 

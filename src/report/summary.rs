@@ -4,9 +4,11 @@
 //! a chart of cost (or latency) against F1 with the Pareto front marked; and the
 //! recommendation, with its uncertainty. The detail follows it in the report.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use anyhow::Result;
 
@@ -17,6 +19,7 @@ use crate::bench::ratio_interval;
 use crate::bench::{Cell, Measurement, Mode, Status};
 use crate::chart::{Chart, Point, Series};
 use crate::cost::usd_per_1000_questions;
+use crate::stats::paired_bootstrap_mean;
 
 /// How much F1 the recommendation gives up at most for speed and cost: it names the cheapest
 /// (or fastest) variant within this many F1 points of the most accurate one.
@@ -86,8 +89,9 @@ struct Row<'a> {
     /// The most sequences per second at the chosen sequence length and threads, and the batch.
     best: Option<(f64, usize)>,
     eval: Option<&'a Accuracy>,
-    /// F1 minus the same checkpoint's at f32.
-    f1_change: Option<f64>,
+    /// F1 minus the same checkpoint's at f32, with the 95% paired bootstrap interval over the
+    /// questions both answered when their answers could be rescored.
+    f1_change: Option<(f64, Option<(f64, f64)>)>,
     /// Answers that differ from the f32 evaluation's, of the questions both answered.
     changed: Option<(usize, usize)>,
 }
@@ -125,6 +129,42 @@ fn ms(seconds: f64) -> String {
     }
 }
 
+/// Per-question F1s of the evaluations, read once each (an evaluation whose answers or
+/// dataset cannot be read has none, and its differences no interval).
+#[derive(Default)]
+struct Scores {
+    read: RefCell<HashMap<PathBuf, Option<QuestionF1s>>>,
+}
+
+/// An evaluation's F1 per question id.
+type QuestionF1s = Rc<HashMap<String, f64>>;
+
+/// Bootstrap resamplings for an F1 difference's interval, and their seed (fixed: the same
+/// folder gives the same report).
+const RESAMPLES: usize = 2000;
+const SEED: u64 = 0x5eed;
+
+impl Scores {
+    fn of(&self, eval: &Accuracy) -> Option<QuestionF1s> {
+        self.read
+            .borrow_mut()
+            .entry(eval.source.clone())
+            .or_insert_with(|| crate::eval::f1_per_question(&eval.source).ok().map(Rc::new))
+            .clone()
+    }
+
+    /// `a`'s F1 minus `b`'s over the questions both answered, with its 95% paired bootstrap
+    /// interval: `(difference, low, high)`.
+    fn difference(&self, a: &Accuracy, b: &Accuracy) -> Option<(f64, f64, f64)> {
+        let (fa, fb) = (self.of(a)?, self.of(b)?);
+        let mut ids: Vec<&String> = fa.keys().filter(|id| fb.contains_key(*id)).collect();
+        // In id order: the resampling must not depend on a hash map's order.
+        ids.sort();
+        let diffs: Vec<f64> = ids.iter().map(|id| fa[*id] - fb[*id]).collect();
+        paired_bootstrap_mean(&diffs, RESAMPLES, SEED)
+    }
+}
+
 /// The answers of an evaluation (`predictions.json` beside its `eval_results.json`).
 fn predictions(eval: &Accuracy) -> Option<HashMap<String, String>> {
     let path = eval.source.parent()?.join(crate::eval::PREDICTIONS_FILE);
@@ -135,7 +175,12 @@ fn predictions(eval: &Accuracy) -> Option<HashMap<String, String>> {
 /// The rows: every variant the bench measured at inference, in plan order, joined by name
 /// with the evaluation of the same model at the same precision; then evaluations of models
 /// the bench did not measure.
-fn rows<'a>(cx: &Context, cells: &[&'a Measurement], evals: &'a [Accuracy]) -> Vec<Row<'a>> {
+fn rows<'a>(
+    cx: &Context,
+    cells: &[&'a Measurement],
+    evals: &'a [Accuracy],
+    scores: &Scores,
+) -> Vec<Row<'a>> {
     let shape = chosen_shape(cells);
     // Evaluations are named by the model's short form and the precision (`model int8`).
     let key = |variant: &str| {
@@ -198,7 +243,10 @@ fn rows<'a>(cx: &Context, cells: &[&'a Measurement], evals: &'a [Accuracy]) -> V
         else {
             continue;
         };
-        row.f1_change = Some(a.f1 - base.f1);
+        row.f1_change = Some((
+            a.f1 - base.f1,
+            scores.difference(a, base).map(|(_, lo, hi)| (lo, hi)),
+        ));
         if let (Some(mine), Some(theirs)) = (predictions(a), predictions(base)) {
             let both: Vec<(&String, &String)> = mine
                 .iter()
@@ -260,10 +308,11 @@ pub(super) fn section(cx: &Context, evals: &[Accuracy]) -> Result<(Vec<Block>, V
         return Ok((Vec::new(), Vec::new()));
     }
     let shape = chosen_shape(&cells);
-    let rows = rows(cx, &cells, evals);
+    let scores = Scores::default();
+    let rows = rows(cx, &cells, evals, &scores);
     let price = cx.opts.price.as_ref().map(|p| p.usd_per_hour);
     let mut blocks = vec![Block::Heading(2, "Which to ship".into())];
-    blocks.push(Block::Bullets(recommendation(&rows, shape, price)));
+    blocks.push(Block::Bullets(recommendation(&rows, shape, price, &scores)));
     blocks.push(table(&rows, shape, price));
     blocks.push(Block::Paragraph(footnote(cx, shape, price)));
     let mut plots = Vec::new();
@@ -312,7 +361,12 @@ fn table(rows: &[Row], shape: Option<Shape>, price: Option<f64>) -> Block {
                     .map(|a| format!("{:.2}", a.exact_match))
                     .unwrap_or_else(dash),
                 r.eval.map(|a| format!("{:.2}", a.f1)).unwrap_or_else(dash),
-                r.f1_change.map(|d| format!("{d:+.2}")).unwrap_or_else(dash),
+                r.f1_change
+                    .map(|(d, ci)| match ci {
+                        Some((lo, hi)) => format!("{d:+.2} [{lo:+.2}, {hi:+.2}]"),
+                        None => format!("{d:+.2}"),
+                    })
+                    .unwrap_or_else(dash),
                 r.changed
                     .map(|(d, n)| {
                         format!("{:.1}% ({d} of {n})", 100.0 * d as f64 / n.max(1) as f64)
@@ -352,7 +406,9 @@ fn footnote(cx: &Context, shape: Option<Shape>, price: Option<f64>) -> String {
     text.push_str(
         " EM/F1: SQuAD v1.1 scores of `eval` on the model at that precision; `F1 vs f32` and \
          `answers changed` compare it with the same checkpoint's f32 evaluation on the same \
-         questions.",
+         questions, the F1 change with its 95% interval from a paired bootstrap over those \
+         questions (each answer rescored against the dataset the evaluation names; none when \
+         that file cannot be read).",
     );
     if price.is_some() {
         text.push_str(
@@ -473,7 +529,12 @@ fn ranked<'r, 'a>(rows: &'r [Row<'a>], price: Option<f64>) -> Vec<(&'r Row<'a>, 
 }
 
 /// The recommendation, in sentences, each with what it rests on.
-fn recommendation(rows: &[Row], shape: Option<Shape>, price: Option<f64>) -> Vec<String> {
+fn recommendation(
+    rows: &[Row],
+    shape: Option<Shape>,
+    price: Option<f64>,
+    scores: &Scores,
+) -> Vec<String> {
     let axis = axis(price);
     let ranked = ranked(rows, price);
     let speed_at_shape = |fast: &Row, slow: &Row| -> Option<String> {
@@ -525,9 +586,16 @@ fn recommendation(rows: &[Row], shape: Option<Shape>, price: Option<f64>) -> Vec
                     )
                 })
                 .unwrap_or_default();
+            let interval = match (pick.0.eval, best.0.eval) {
+                (Some(a), Some(b)) => scores.difference(a, b).map(|(_, lo, hi)| {
+                    format!(" [{lo:+.2}, {hi:+.2}], 95% paired bootstrap over the questions")
+                }),
+                _ => None,
+            }
+            .unwrap_or_default();
             let mut s = format!(
-                "Recommended: {}: {:.2}x {} than {}, the most accurate, for {:+.2} F1 ({:.2} \
-                 against {:.2} on {questions} questions{changed}). It is the {} within \
+                "Recommended: {}: {:.2}x {} than {}, the most accurate, for {:+.2} F1{interval} \
+                 ({:.2} against {:.2} on {questions} questions{changed}). It is the {} within \
                  {F1_TOLERANCE:.1} F1 of the most accurate, by {} from the evaluations",
                 pick.0.label,
                 best.1 / pick.1,

@@ -27,7 +27,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::data::Dataset;
+use super::data::{Answer, Dataset};
 
 /// Python's `string.punctuation`.
 const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
@@ -171,6 +171,41 @@ impl Score {
 /// Score `predictions` (question id -> answer text) against every question of `dataset`
 /// exactly as `evaluate-v1.1.py` does: per question the maximum over gold answers, EM and F1
 /// separately; averages over all questions, missing predictions counting 0; times 100.
+/// One question's exact match and F1 (0-1) against its gold answers, as the official script
+/// takes them: the best over the answers.
+pub fn score_one(prediction: &str, answers: &[Answer]) -> (bool, f64) {
+    let p_norm = normalize_answer(prediction);
+    let p_tokens = tokens(&p_norm);
+    let mut em = false;
+    let mut best_f1 = 0.0f64;
+    for (i, gold) in answers.iter().enumerate() {
+        let g_norm = normalize_answer(&gold.text);
+        em |= p_norm == g_norm;
+        let f1 = f1_of_tokens(&p_tokens, &tokens(&g_norm));
+        if i == 0 || f1 > best_f1 {
+            best_f1 = f1;
+        }
+    }
+    (em, best_f1)
+}
+
+/// Each answered question's F1 (0-100, the score's scale), by question id.
+pub fn f1_per_question(
+    dataset: &Dataset,
+    predictions: &HashMap<String, String>,
+) -> HashMap<String, f64> {
+    dataset
+        .examples()
+        .filter_map(|ex| {
+            let prediction = predictions.get(ex.id)?;
+            Some((
+                ex.id.to_string(),
+                100.0 * score_one(prediction, ex.answers).1,
+            ))
+        })
+        .collect()
+}
+
 pub fn evaluate(dataset: &Dataset, predictions: &HashMap<String, String>) -> Score {
     let mut exact_match: u64 = 0;
     let mut f1_sum = 0.0f64;
@@ -184,18 +219,7 @@ pub fn evaluate(dataset: &Dataset, predictions: &HashMap<String, String>) -> Sco
             missing += 1;
             continue;
         };
-        let p_norm = normalize_answer(prediction);
-        let p_tokens = tokens(&p_norm);
-        let mut em = false;
-        let mut best_f1 = 0.0f64;
-        for (i, gold) in ex.answers.iter().enumerate() {
-            let g_norm = normalize_answer(&gold.text);
-            em |= p_norm == g_norm;
-            let f1 = f1_of_tokens(&p_tokens, &tokens(&g_norm));
-            if i == 0 || f1 > best_f1 {
-                best_f1 = f1;
-            }
-        }
+        let (em, best_f1) = score_one(prediction, ex.answers);
         exact_match += u64::from(em);
         f1_sum += best_f1;
     }
@@ -339,5 +363,31 @@ mod tests {
         for (x, expected) in cases {
             assert_eq!(&python_float_repr(*x), expected, "{x:e}");
         }
+    }
+
+    /// The per-question F1s average to the official score's F1 (over the questions answered),
+    /// and take the best gold answer of each.
+    #[test]
+    fn per_question_f1s_average_to_the_score() {
+        let json = br#"{"version": "1.1", "data": [{"title": "t", "paragraphs": [{
+            "context": "Jane Austen wrote Emma in 1815.",
+            "qas": [
+                {"id": "a", "question": "Who?", "answers": [{"text": "Jane Austen", "answer_start": 0}]},
+                {"id": "b", "question": "When?", "answers": [{"text": "1815", "answer_start": 26}, {"text": "in 1815", "answer_start": 23}]},
+                {"id": "c", "question": "What?", "answers": [{"text": "Emma", "answer_start": 18}]}
+            ]}]}]}"#;
+        let dataset = super::super::data::parse_dataset("inline", json).unwrap();
+        let predictions: HashMap<String, String> =
+            [("a", "Austen"), ("b", "in 1815"), ("c", "a novel")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let per = f1_per_question(&dataset, &predictions);
+        // "Austen" against "Jane Austen": precision 1, recall 1/2, F1 2/3.
+        assert!((per["a"] - 200.0 / 3.0).abs() < 1e-9);
+        assert_eq!(per["b"], 100.0);
+        assert_eq!(per["c"], 0.0);
+        let mean = per.values().sum::<f64>() / per.len() as f64;
+        assert!((mean - evaluate(&dataset, &predictions).f1).abs() < 1e-9);
     }
 }
