@@ -29,7 +29,7 @@ fn bench(out: &Path, extra: &[&str]) -> std::process::Command {
         .arg("--output-dir")
         .arg(out)
         .args(extra)
-        .env_remove(bertbench::cli::FAULT_ENV);
+        .env_remove(bertbench::bench::child::FAULT_ENV);
     cmd
 }
 
@@ -220,7 +220,7 @@ fn crashed_child_is_a_row_and_resume_finishes_the_grid() {
         &out,
         &["--batch-sizes", "1", "2", "--sequence-lengths", "16"],
     );
-    first.env(bertbench::cli::FAULT_ENV, &victim);
+    first.env(bertbench::bench::child::FAULT_ENV, &victim);
     let (code, _, stderr) = run(&mut first);
     assert_eq!(code, 0, "{stderr}");
     let before = results(&out);

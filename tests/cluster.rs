@@ -22,7 +22,7 @@ fn bench(out: &Path, extra: &[&str]) -> Command {
         .arg(out)
         .args(["--no-peak", "--offline"])
         .args(extra)
-        .env_remove(bertbench::cli::FAULT_ENV);
+        .env_remove(bertbench::bench::child::FAULT_ENV);
     let defaults: [(&str, &[&str]); 7] = [
         ("--batch-sizes", &["1", "2"]),
         ("--sequence-lengths", &["8", "16"]),

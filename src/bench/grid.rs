@@ -2,13 +2,10 @@
 //! rows, child-process isolation, resume, and the largest-batch search.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::cell::{self, estimate_bytes, Phase};
@@ -270,11 +267,11 @@ pub fn run_one(
                 Err(e) => failed_row(cell, config, settings, Status::Failed, format!("{e:#}")),
             })
         }
-        Isolation::Child { exe } => run_child(exe, cell, config, settings, observer),
+        Isolation::Child { exe } => super::child::run(exe, cell, config, settings, observer),
     }
 }
 
-fn failed_row(
+pub(super) fn failed_row(
     cell: &Cell,
     config: &ModelConfig,
     settings: &CellSettings,
@@ -288,161 +285,6 @@ fn failed_row(
         step_flops(config, cell),
         estimate_bytes(config, cell, settings.dtype.dtype()),
         settings,
-    )
-}
-
-/// What the parent sends a child on stdin.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChildJob {
-    pub cell: Cell,
-    pub settings: CellSettings,
-}
-
-/// What a child prints as its last stdout line.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ChildReply {
-    Done(Box<Measurement>),
-    Error { error: String },
-}
-
-/// Prefix of the progress lines a child writes on stderr.
-pub const PROGRESS_PREFIX: &str = "@bertbench-progress";
-
-/// Formats a progress line for the parent.
-pub fn progress_line(phase: Phase, runs: usize, elapsed: Duration) -> String {
-    let phase = match phase {
-        Phase::Building => "building",
-        Phase::Memory => "memory",
-        Phase::Timing => "timing",
-    };
-    format!("{PROGRESS_PREFIX} {phase} {runs} {}", elapsed.as_secs_f64())
-}
-
-fn parse_progress(line: &str) -> Option<(Phase, usize, Duration)> {
-    let mut parts = line.strip_prefix(PROGRESS_PREFIX)?.split_whitespace();
-    let phase = match parts.next()? {
-        "building" => Phase::Building,
-        "memory" => Phase::Memory,
-        _ => Phase::Timing,
-    };
-    let runs = parts.next()?.parse().ok()?;
-    let secs: f64 = parts.next()?.parse().ok()?;
-    Some((phase, runs, Duration::from_secs_f64(secs)))
-}
-
-enum ChildEvent {
-    Progress(Phase, usize, Duration),
-    Line(String),
-}
-
-fn run_child(
-    exe: &PathBuf,
-    cell: &Cell,
-    config: &ModelConfig,
-    settings: &CellSettings,
-    observer: &mut dyn Observer,
-) -> Result<Measurement> {
-    let job = serde_json::to_string(&ChildJob {
-        cell: cell.clone(),
-        settings: settings.clone(),
-    })?;
-    let mut child = Command::new(exe)
-        .arg("bench-cell")
-        .env("RAYON_NUM_THREADS", settings.threads.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(job.as_bytes())?;
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let event = match parse_progress(&line) {
-                Some((p, r, e)) => ChildEvent::Progress(p, r, e),
-                None => ChildEvent::Line(line),
-            };
-            if tx.send(event).is_err() {
-                break;
-            }
-        }
-    });
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let stdout_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
-        s
-    });
-    let mut tail: Vec<String> = Vec::new();
-    for event in rx {
-        match event {
-            ChildEvent::Progress(p, r, e) => observer.cell_progress(p, r, e),
-            ChildEvent::Line(l) => {
-                tail.push(l);
-                if tail.len() > 20 {
-                    tail.remove(0);
-                }
-            }
-        }
-    }
-    let _ = reader.join();
-    let out = stdout_reader.join().unwrap_or_default();
-    let status = child.wait()?;
-    if status.success() {
-        if let Some(last) = out.lines().rev().find(|l| !l.trim().is_empty()) {
-            match serde_json::from_str::<ChildReply>(last) {
-                Ok(ChildReply::Done(m)) => return Ok(*m),
-                Ok(ChildReply::Error { error }) => {
-                    return Ok(failed_row(cell, config, settings, Status::Failed, error))
-                }
-                Err(_) => {}
-            }
-        }
-        let reason = format!(
-            "child process exited without a result; stderr: {}",
-            tail.join(" | ")
-        );
-        return Ok(failed_row(cell, config, settings, Status::Crashed, reason));
-    }
-    let how = describe_exit(&status);
-    let last = tail
-        .iter()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .cloned()
-        .unwrap_or_default();
-    let reason = if last.is_empty() {
-        how
-    } else {
-        format!("{how}; last message: {last}")
-    };
-    Ok(failed_row(cell, config, settings, Status::Crashed, reason))
-}
-
-fn describe_exit(status: &std::process::ExitStatus) -> String {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        if let Some(sig) = status.signal() {
-            let name = match sig {
-                9 => " (SIGKILL: killed, often by the out-of-memory killer)",
-                6 => " (SIGABRT: aborted, e.g. a failed allocation)",
-                11 => " (SIGSEGV)",
-                15 => " (SIGTERM)",
-                _ => "",
-            };
-            return format!("child process killed by signal {sig}{name}");
-        }
-    }
-    format!(
-        "child process exited with {}",
-        status.code().map_or("no code".into(), |c| c.to_string())
     )
 }
 
@@ -691,13 +533,5 @@ mod tests {
         );
         let t = Preset::SeedTime.grid();
         assert_eq!((t.batch_sizes, t.speed, t.memory), (vec![256], true, false));
-    }
-
-    #[test]
-    fn progress_lines_round_trip() {
-        let line = progress_line(Phase::Timing, 7, Duration::from_millis(1500));
-        let (p, r, e) = parse_progress(&line).unwrap();
-        assert_eq!((p, r, e), (Phase::Timing, 7, Duration::from_millis(1500)));
-        assert!(parse_progress("warning: something").is_none());
     }
 }

@@ -8,6 +8,7 @@
 //! cells, largest-batch search) as one call.
 
 pub mod cell;
+pub mod child;
 pub mod drift;
 pub mod env;
 pub mod flops;

@@ -1,6 +1,6 @@
 //! `bench`, its hidden per-cell child `bench-cell`, and `peak`.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::bench::cell::{run_cell, Phase};
-use crate::bench::grid::{self, ChildJob, ChildReply, Isolation, Observer, Preset};
+use crate::bench::cell::Phase;
+use crate::bench::grid::{self, Isolation, Observer, Preset};
 use crate::bench::output::{OutputFiles, ResultsFile, ResultsWriter};
 use crate::bench::shard::{self, MergeOptions, ShardChoice};
 use crate::bench::{
@@ -507,28 +507,8 @@ fn print_max_batch(rows: &[grid::MaxBatch], limit: u64) {
 #[derive(Debug, Args)]
 pub struct BenchCellArgs {}
 
-/// Test hook: a child whose cell (as `Cell`'s Display prints it) equals this variable aborts,
-/// as a crash or an out-of-memory kill would end it.
-pub const FAULT_ENV: &str = "BERTBENCH_FAULT_CELL";
-
 pub fn bench_cell(_args: BenchCellArgs) -> Result<()> {
-    let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text)?;
-    let job: ChildJob = serde_json::from_str(&text).context("reading the cell job from stdin")?;
-    if std::env::var(FAULT_ENV).ok().as_deref() == Some(job.cell.to_string().as_str()) {
-        eprintln!("fault injected for {}", job.cell);
-        std::process::abort();
-    }
-    let mut progress =
-        |phase, runs, elapsed| eprintln!("{}", grid::progress_line(phase, runs, elapsed));
-    let reply = match run_cell(&job.cell, &job.settings, &mut progress) {
-        Ok(m) => ChildReply::Done(Box::new(m)),
-        Err(e) => ChildReply::Error {
-            error: format!("{e:#}"),
-        },
-    };
-    println!("{}", serde_json::to_string(&reply)?);
-    Ok(())
+    crate::bench::child::serve()
 }
 
 #[derive(Debug, Args)]

@@ -13,8 +13,6 @@ mod serve;
 mod squad;
 mod train;
 
-pub use bench::FAULT_ENV;
-
 use clap::{Parser, Subcommand};
 
 /// bertbench: which BERT-family model to ship for extractive QA, measured on your hardware.
