@@ -126,17 +126,22 @@ impl EvalResults {
     }
 }
 
+/// The answers of the evaluation whose `eval_results.json` is `results` (its `predictions.json`
+/// beside it), by question id.
+pub fn read_predictions(results: &Path) -> Result<std::collections::HashMap<String, String>> {
+    let dir = results.parent().unwrap_or(Path::new("."));
+    crate::error::read_json(
+        &dir.join(PREDICTIONS_FILE),
+        "a predictions.json (question id -> answer)",
+    )
+}
+
 /// Each question's F1 (0-100) of the evaluation whose `eval_results.json` is `results`: its
 /// `predictions.json` beside it, scored against the dataset it names (cut to its `limit`), so
 /// that two evaluations can be compared question by question.
 pub fn f1_per_question(results: &Path) -> Result<std::collections::HashMap<String, f64>> {
     let r = EvalResults::read(results)?;
-    let dir = results.parent().unwrap_or(Path::new("."));
-    let predictions_path = dir.join(PREDICTIONS_FILE);
-    let predictions: std::collections::HashMap<String, String> = crate::error::read_json(
-        &predictions_path,
-        "a predictions.json (question id -> answer)",
-    )?;
+    let predictions = read_predictions(results)?;
     let dataset = crate::squad::read_dataset(Path::new(&r.dataset))?;
     let dataset = match r.limit {
         Some(n) => dataset.first_questions(n),

@@ -123,6 +123,10 @@ impl Stepper {
     }
 }
 
+/// How a cell's reason starts when its process's timings were noisy (what the report replaces
+/// by its two-level interval's verdict when the cell was timed in several processes).
+pub const NOISY_REASON: &str = "noisy";
+
 /// Measures `cell` in this process. `progress(phase, runs, elapsed)` is called as it goes.
 pub fn run_cell(
     cell: &Cell,
@@ -235,7 +239,7 @@ pub fn run_cell(
         let summary = Summary::of(&timings.samples).context("no valid timings")?;
         if summary.is_noisy() {
             reason = Some(format!(
-                "noisy within its process: the median's 95% CI there is {:.1}% of the median, CV {:.1}%; close other programs or raise --min-time",
+                "{NOISY_REASON} within its process: the median's 95% CI there is {:.1}% of the median, CV {:.1}%; close other programs or raise --min-time",
                 100.0 * summary.ci_relative_width(),
                 100.0 * summary.cv()
             ));

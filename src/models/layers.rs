@@ -517,6 +517,14 @@ impl EncoderBlock {
         self.projections_mut().for_each(|p| p.prepare(form));
     }
 
+    /// [`Self::prepare`], then the freed pages go back: block by block, because the heap cannot
+    /// always reuse a freed weight's space for the next prepared one (sizes differ), and the
+    /// peak would grow by the gaps.
+    pub fn prepare_releasing(&mut self, form: Form) {
+        self.prepare(form);
+        crate::runtime::release_free_memory();
+    }
+
     /// The six projections: attention's query, key, value and output, the feed-forward's two.
     fn projections_mut(&mut self) -> impl Iterator<Item = &mut Projection> {
         [
@@ -578,11 +586,7 @@ impl EncoderStack {
         for n in 0..layers {
             let mut built = block(n)?;
             if let Some(form) = form {
-                built.prepare(form);
-                // Freed pages go back block by block: the heap cannot always reuse a freed
-                // weight's space for the next prepared one (sizes differ), and the peak would
-                // grow by the gaps.
-                crate::runtime::release_free_memory();
+                built.prepare_releasing(form);
             }
             blocks.push(built);
         }

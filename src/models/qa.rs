@@ -153,11 +153,8 @@ impl QaModel {
             Encoder::DistilBert(m) => m.blocks_mut(),
             Encoder::SqueezeBert(m) => m.blocks_mut(),
         };
-        for block in blocks.iter_mut() {
-            let Some(form) = form else { break };
-            block.prepare(form);
-            // Freed pages go back block by block, as in [`super::layers::EncoderStack::build`].
-            crate::runtime::release_free_memory();
+        if let Some(form) = form {
+            blocks.iter_mut().for_each(|b| b.prepare_releasing(form));
         }
         self.finish_preparing(precision);
         Ok(())

@@ -55,7 +55,7 @@ pub fn status_text(m: &Measurement) -> String {
     let between = m.speed.as_ref().and_then(|s| s.between.as_ref());
     match (m.status, &m.reason, between) {
         (Status::Ok, None, _) => "ok".into(),
-        (Status::Ok, Some(r), Some(b)) if r.starts_with("noisy") => {
+        (Status::Ok, Some(r), Some(b)) if r.starts_with(crate::bench::cell::NOISY_REASON) => {
             let width = (b.high - b.low) / b.center;
             if width > NOISY_CI_RELATIVE_WIDTH {
                 format!(

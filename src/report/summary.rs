@@ -165,13 +165,6 @@ impl Scores {
     }
 }
 
-/// The answers of an evaluation (`predictions.json` beside its `eval_results.json`).
-fn predictions(eval: &Accuracy) -> Option<HashMap<String, String>> {
-    let path = eval.source.parent()?.join(crate::eval::PREDICTIONS_FILE);
-    let text = std::fs::read_to_string(path).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
 /// The rows: every variant the bench measured at inference, in plan order, joined by name
 /// with the evaluation of the same model at the same precision; then evaluations of models
 /// the bench did not measure.
@@ -247,7 +240,10 @@ fn rows<'a>(
             a.f1 - base.f1,
             scores.difference(a, base).map(|(_, lo, hi)| (lo, hi)),
         ));
-        if let (Some(mine), Some(theirs)) = (predictions(a), predictions(base)) {
+        if let (Some(mine), Some(theirs)) = (
+            crate::eval::read_predictions(&a.source).ok(),
+            crate::eval::read_predictions(&base.source).ok(),
+        ) {
             let both: Vec<(&String, &String)> = mine
                 .iter()
                 .filter_map(|(id, text)| theirs.get(id).map(|t| (text, t)))
