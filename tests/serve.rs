@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bertbench::serve::scenario::{self, offline, search, single_stream};
 use bertbench::serve::{Query, Rejected, RunSettings, SearchSettings, Server};
-use common::serving::{batcher, query, Simulated};
+use common::serving::{batcher, query, start_server, Simulated};
 
 /// Many queries from four threads at once: every admitted query is answered exactly once,
 /// with its own answer; no batch holds more than `max_batch` windows or mixes run lengths;
@@ -116,6 +116,37 @@ fn the_queue_delay_is_a_bound_and_full_batches_do_not_wait() {
     let full = run(20_000, 4);
     assert_eq!(full.len(), 4);
     assert!(full.iter().all(|q| *q < Duration::from_secs(5)), "{full:?}");
+}
+
+/// A query whose client went away before it ran is dropped: its windows never run, it is
+/// counted, and the others are answered as ever.
+#[test]
+fn abandoned_queries_never_run() {
+    use bertbench::serve::{QueryOptions, Submission};
+    let engine = Simulated::new(200, 0);
+    let server = Server::start(engine.clone(), batcher(1, 0, 16, 1));
+    let (tx, rx) = channel();
+    for (i, wanted) in [true, false, false, true].into_iter().enumerate() {
+        let q = query(i, 1, 10 + i);
+        let tx = tx.clone();
+        server
+            .send(Submission {
+                question: q.question,
+                context: q.context,
+                options: QueryOptions::default(),
+                arrival: Instant::now(),
+                reply: Box::new(move |r| tx.send(r.unwrap().answer.text).unwrap()),
+                wanted: Some(Box::new(move || wanted)),
+            })
+            .unwrap();
+    }
+    drop(tx);
+    let answered: Vec<String> = rx.iter().collect();
+    assert_eq!(answered, ["w1l10:1", "w1l13:1"]);
+    assert_eq!(server.abandoned(), 2);
+    let lengths: Vec<Vec<usize>> = engine.batches.lock().unwrap().clone();
+    assert_eq!(lengths.len(), 2, "{lengths:?}");
+    server.shutdown();
 }
 
 /// Overload is a result: past the capacity queries are refused at once, every admitted one
@@ -418,49 +449,6 @@ fn loadgen_refuses_bad_settings_and_keeps_results() {
     );
 }
 
-/// A `bertbench serve` child on a free loopback port, killed when dropped.
-struct Serving {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(args: &[&str]) -> Serving {
-    use std::io::BufRead;
-    let mut child = common::bin()
-        .arg("serve")
-        .arg("--model")
-        .arg(common::minilm_dir())
-        .args(["--port", "0", "--threads", "2"])
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split(':').next().zip(r.split(':').nth(1)))
-        .map(|(h, p)| {
-            format!(
-                "http://{h}:{}",
-                p.trim_end_matches(|c: char| !c.is_ascii_digit())
-            )
-        })
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    Serving { child, base: addr }
-}
-
 /// The HTTP server: a good request is answered with a span of the context; malformed,
 /// empty, oversized and misaddressed requests get their 4xx and a reason; and `loadgen --url`
 /// driving it gives `eval`'s answers.
@@ -539,35 +527,40 @@ fn the_http_server_answers_and_refuses_clearly() {
     );
 }
 
-/// `loadgen --url` drives a `bertbench serve` over HTTP: its answers are `eval`'s.
+/// `loadgen --url` drives a `bertbench serve` over HTTP, in either API: its answers are
+/// `eval`'s.
 #[test]
 fn loadgen_over_http_gives_evals_answers() {
     let s = start_server(&[]);
     let tmp = tempfile::tempdir().unwrap();
     let expected = eval_predictions(&tmp.path().join("eval"), 12);
-    let out = tmp.path().join("remote");
-    let mut cmd = common::bin();
-    cmd.args(["loadgen", "--model", "remote-minilm", "--url", &s.base])
-        .arg("--dataset")
-        .arg(dev())
-        .arg("--output-dir")
-        .arg(&out)
-        .args([
-            "--scenario",
-            "server",
-            "--rate",
-            "20",
-            "--accuracy",
-            "--limit",
-            "12",
-        ]);
-    let (code, stdout, stderr) = common::run(&mut cmd);
-    assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("driving http://"), "{stdout}");
-    assert_eq!(
-        bertbench::squad::read_predictions(&out.join("predictions.json")).unwrap(),
-        expected
-    );
+    for api in ["bertbench", "hf"] {
+        let out = tmp.path().join(format!("remote-{api}"));
+        let mut cmd = common::bin();
+        cmd.args(["loadgen", "--model", "remote-minilm", "--url", &s.base])
+            .args(["--api", api])
+            .arg("--dataset")
+            .arg(dev())
+            .arg("--output-dir")
+            .arg(&out)
+            .args([
+                "--scenario",
+                "server",
+                "--rate",
+                "20",
+                "--accuracy",
+                "--limit",
+                "12",
+            ]);
+        let (code, stdout, stderr) = common::run(&mut cmd);
+        assert_eq!(code, 0, "{api}: {stderr}");
+        assert!(stdout.contains("driving http://"), "{stdout}");
+        assert_eq!(
+            bertbench::squad::read_predictions(&out.join("predictions.json")).unwrap(),
+            expected,
+            "{api}"
+        );
+    }
     // No server there: a clear error and exit 4.
     let mut cmd = common::bin();
     cmd.args([

@@ -15,7 +15,9 @@ use super::model::ModelArgs;
 use super::report::PriceArgs;
 use crate::compute::Isa;
 use crate::error::input;
-use crate::serve::http::{HttpLimits, HttpServer, HttpSut};
+use crate::serve::api::{Api, ServerWindows};
+use crate::serve::client::HttpSut;
+use crate::serve::http::{bind, HttpConfig, Loaded, ModelInfo};
 use crate::serve::loadgen::{LoadgenJob, Setup};
 use crate::serve::scenario::{queries_from, Progress, RunSettings, Scenario, SearchSettings, STOP};
 use crate::serve::{BatcherConfig, QaEngine, Server, Sut};
@@ -35,35 +37,106 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = HttpLimits::default().max_body_bytes)]
+    #[arg(long, default_value_t = HttpConfig::default().max_body_bytes)]
     pub max_body_bytes: usize,
+    /// Connections open at once; beyond, a connection gets a 503 and is closed.
+    #[arg(long, default_value_t = HttpConfig::default().max_connections)]
+    pub max_connections: usize,
+    /// QA requests answered at once (counted from their body's arrival); beyond, a 503.
+    #[arg(long, default_value_t = HttpConfig::default().max_in_flight)]
+    pub max_in_flight: usize,
+    /// Time a client has to send a request's headers; an idle connection closes after it.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body, from its headers (beyond: 408).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub body_timeout: Duration,
+    /// How long SIGTERM or Ctrl-C waits for requests in flight before closing.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub shutdown_grace: Duration,
+    /// Threads running connections (the model's threads are --threads).
+    #[arg(long, default_value_t = HttpConfig::default().io_threads)]
+    pub io_threads: usize,
+}
+
+impl ServeArgs {
+    fn http(&self) -> Result<HttpConfig> {
+        for (flag, v) in [
+            ("--max-body-bytes", self.max_body_bytes),
+            ("--max-connections", self.max_connections),
+            ("--max-in-flight", self.max_in_flight),
+            ("--io-threads", self.io_threads),
+        ] {
+            if v == 0 {
+                return Err(input(format!("{flag} must be at least 1")));
+            }
+        }
+        for (flag, d) in [
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(input(format!("{flag} must be more than 0")));
+            }
+        }
+        Ok(HttpConfig {
+            max_body_bytes: self.max_body_bytes,
+            max_connections: self.max_connections,
+            max_in_flight: self.max_in_flight,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            shutdown_grace: self.shutdown_grace,
+            io_threads: self.io_threads,
+        })
+    }
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     let config = args.engine.batcher()?;
-    if args.max_body_bytes == 0 {
-        return Err(input("--max-body-bytes must be at least 1"));
-    }
-    let (engine, source, _) = args.engine.open(&args.model)?;
-    let http = HttpServer::bind(&format!("{}:{}", args.host, args.port))?;
-    let server = Server::start(Arc::new(engine), config);
-    stop_on_ctrl_c();
+    let http = args.http()?;
+    let threads = args.model.compute.use_threads()?;
+    let listener = bind(&format!("{}:{}", args.host, args.port))?;
     println!(
-        "serving {} ({source}) on http://{}: POST /v1/qa, GET /health; Ctrl-C stops",
-        args.model.model, http.addr
+        "serving {} on http://{}: POST /v1/qa, POST / (Hugging Face's QA task), GET /health, \
+         /ready, /info, /metrics; SIGTERM or Ctrl-C stops",
+        args.model.model, listener.addr
     );
-    // Tests and scripts read the address from the first line.
+    // Tests and scripts read the address from the first line; the rest goes to stderr.
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    http.run(
-        &server,
-        &args.model.model,
-        HttpLimits {
-            max_body_bytes: args.max_body_bytes,
+    let name = args.model.model.clone();
+    let served = crate::serve::http::serve(
+        listener,
+        &name,
+        http,
+        move |observer| {
+            let (engine, source, dtype) = args.engine.open(&args.model)?;
+            let windows = ServerWindows {
+                features: engine.features,
+                decode: engine.decode,
+                max_positions: engine.model.config().max_position_embeddings,
+            };
+            let info = ModelInfo {
+                model: args.model.model.clone(),
+                source,
+                precision: dtype,
+                isa: Isa::current().name().to_string(),
+                threads,
+            };
+            Ok(Loaded {
+                server: Server::start_observed(Arc::new(engine), config, Some(observer)),
+                info,
+                windows,
+            })
         },
-        &STOP,
-    );
-    server.shutdown();
+        crate::serve::http::signalled(),
+    )?;
+    if served.abandoned > 0 {
+        return Err(crate::error::unavailable(format!(
+            "stopped with {} requests unanswered (--shutdown-grace ran out)",
+            served.abandoned
+        )));
+    }
     Ok(())
 }
 
@@ -191,6 +264,10 @@ pub struct LoadgenArgs {
     /// the model in this process; --model then only names it.
     #[arg(long)]
     pub url: Option<String>,
+    /// The API the server at --url speaks: bertbench's (POST /v1/qa) or Hugging Face's QA
+    /// task (POST /).
+    #[arg(long, value_enum, default_value_t = Api::Bertbench, requires = "url")]
+    pub api: Api,
     #[command(flatten)]
     pub price: PriceArgs,
     /// Where the files go (default: loadgen-results/<date-time>).
@@ -330,7 +407,7 @@ pub fn loadgen(args: LoadgenArgs) -> Result<()> {
             setup.batcher = None;
             setup.model_source = format!("the server at {url}");
             (
-                Box::new(HttpSut::connect(url, config.queue_capacity)?),
+                Box::new(HttpSut::connect(url, args.api, config.queue_capacity)?),
                 None,
             )
         }

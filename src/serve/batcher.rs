@@ -20,22 +20,47 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::eval::{run_length, LogitRows};
-use crate::squad::Feature;
+use crate::squad::{DecodeConfig, Feature, FeatureConfig};
 
 /// What a system under test does with a query, stage by stage.
 pub trait Engine: Send + Sync + 'static {
     /// The front stage: a question and its context as windows.
-    fn windows(&self, question: &str, context: &str) -> Result<Vec<Feature>>;
+    fn windows(
+        &self,
+        question: &str,
+        context: &str,
+        options: &QueryOptions,
+    ) -> Result<Vec<Feature>>;
     /// One forward pass over windows of one run length; logits per window.
     fn forward(&self, windows: &[&Feature]) -> Result<LogitRows>;
-    /// The answer from every window's logits (in the order [`Engine::windows`] gave them).
+    /// The answers from every window's logits (in the order [`Engine::windows`] gave them):
+    /// best first, at least one, at most `options.top_k` (one when it is 0).
     fn decode(
         &self,
         question: &str,
         context: &str,
         windows: &[Feature],
         logits: LogitRows,
-    ) -> Result<Answer>;
+        options: &QueryOptions,
+    ) -> Result<Vec<Answer>>;
+}
+
+/// How one query is windowed and decoded, where a client asks for other than the engine's
+/// own settings (`None`: the engine's). Windows of any settings share batches: a batch holds
+/// windows of one run length, whatever made them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueryOptions {
+    pub features: Option<FeatureConfig>,
+    pub decode: Option<DecodeConfig>,
+    /// Answers wanted, best first; 0 and 1 both mean the best only.
+    pub top_k: usize,
+}
+
+impl QueryOptions {
+    /// Answers to return: at least one.
+    pub fn answers(&self) -> usize {
+        self.top_k.max(1)
+    }
 }
 
 /// An answer: the span's text, its probability among the candidates, and where it lies in the
@@ -94,6 +119,8 @@ pub struct Stages {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub answer: Answer,
+    /// The next best answers, when more than one was asked for ([`QueryOptions::top_k`]).
+    pub alternatives: Vec<Answer>,
     pub finished: Instant,
     /// `None` where the system under test does not say (a remote server).
     pub stages: Option<Stages>,
@@ -110,8 +137,39 @@ pub enum Rejected {
     Invalid(String),
 }
 
-/// Called once per admitted query with its answer, or why it failed after admission.
+/// Called once per admitted query with its answer, or why it failed after admission (except
+/// a query abandoned before it ran: see [`Submission::wanted`]).
 pub type Reply = Box<dyn FnOnce(std::result::Result<Completion, String>) + Send>;
+
+/// Whether the query's client still wants its answer.
+pub type Wanted = Box<dyn Fn() -> bool + Send>;
+
+/// A query to queue.
+pub struct Submission {
+    pub question: Arc<str>,
+    pub context: Arc<str>,
+    pub options: QueryOptions,
+    /// When the query was due (latency counts from it).
+    pub arrival: Instant,
+    pub reply: Reply,
+    /// Asked before each batch is formed: a query whose client went away (`false`) before
+    /// any of its windows ran is dropped unanswered, its windows never run, so a client
+    /// that disconnects costs no forward pass.
+    pub wanted: Option<Wanted>,
+}
+
+/// One forward pass as the batcher ran it: what a server's metrics count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchRecord {
+    /// Windows in the batch, and their run length (tokens).
+    pub windows: usize,
+    pub length: usize,
+    /// The forward pass's wall time.
+    pub duration: Duration,
+}
+
+/// Told of every batch, on the worker that ran it (keep it cheap).
+pub type BatchObserver = Arc<dyn Fn(&BatchRecord) + Send + Sync>;
 
 /// The batching server: submit queries from any thread; [`Server::shutdown`] answers what
 /// was admitted and stops the workers.
@@ -123,6 +181,7 @@ pub struct Server {
 struct Shared {
     engine: Arc<dyn Engine>,
     config: BatcherConfig,
+    observer: Option<BatchObserver>,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -135,6 +194,7 @@ struct State {
     next_batch: u64,
     shutdown: bool,
     refused: u64,
+    abandoned: u64,
 }
 
 /// A window waiting for a batch.
@@ -154,6 +214,8 @@ struct Pending {
     ends: Vec<Vec<f32>>,
     remaining: usize,
     failed: Option<String>,
+    options: QueryOptions,
+    wanted: Option<Wanted>,
     issue: Duration,
     tokenize: Duration,
     enqueued: Instant,
@@ -165,6 +227,15 @@ struct Pending {
 impl Server {
     /// Starts `config.workers` workers (at least one) over `engine`.
     pub fn start(engine: Arc<dyn Engine>, config: BatcherConfig) -> Self {
+        Self::start_observed(engine, config, None)
+    }
+
+    /// As [`Server::start`], telling `observer` of every batch run.
+    pub fn start_observed(
+        engine: Arc<dyn Engine>,
+        config: BatcherConfig,
+        observer: Option<BatchObserver>,
+    ) -> Self {
         let config = BatcherConfig {
             max_batch: config.max_batch.max(1),
             queue_capacity: config.queue_capacity.max(1),
@@ -174,6 +245,7 @@ impl Server {
         let shared = Arc::new(Shared {
             engine,
             config,
+            observer,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
         });
@@ -198,6 +270,17 @@ impl Server {
         self.shared.lock().refused
     }
 
+    /// Queries dropped unanswered because their client went away before they ran.
+    pub fn abandoned(&self) -> u64 {
+        self.shared.lock().abandoned
+    }
+
+    /// Queries admitted and not yet answered, and windows waiting for a batch.
+    pub fn waiting(&self) -> (usize, usize) {
+        let st = self.shared.lock();
+        (st.pending.len(), st.queue.len())
+    }
+
     /// Tokenises a query on this thread and queues its windows; `reply` gets the answer.
     /// `arrival` is when the query was due (latency counts from it). Refused at once when the
     /// queue is full, the server is closing, or the query cannot be tokenised.
@@ -208,12 +291,33 @@ impl Server {
         arrival: Instant,
         reply: Reply,
     ) -> std::result::Result<(), Rejected> {
+        self.send(Submission {
+            question,
+            context,
+            options: QueryOptions::default(),
+            arrival,
+            reply,
+            wanted: None,
+        })
+    }
+
+    /// As [`Server::submit`], with the query's own options and, where the client can go
+    /// away, a way to tell.
+    pub fn send(&self, query: Submission) -> std::result::Result<(), Rejected> {
+        let Submission {
+            question,
+            context,
+            options,
+            arrival,
+            reply,
+            wanted,
+        } = query;
         let begin = Instant::now();
         self.shared.admissible()?;
         let windows = self
             .shared
             .engine
-            .windows(&question, &context)
+            .windows(&question, &context, &options)
             .map_err(|e| Rejected::Invalid(format!("{e:#}")))?;
         if windows.is_empty() {
             return Err(Rejected::Invalid("the query became no window".into()));
@@ -248,6 +352,8 @@ impl Server {
                 ends: vec![Vec::new(); n],
                 remaining: n,
                 failed: None,
+                options,
+                wanted,
                 issue: begin.saturating_duration_since(arrival),
                 tokenize: enqueued - begin,
                 enqueued,
@@ -311,6 +417,7 @@ impl Shared {
     fn work(&self) {
         let mut st = self.lock();
         loop {
+            drop_abandoned(&mut st);
             let Some(oldest) = st.queue.front() else {
                 if st.shutdown {
                     return;
@@ -341,6 +448,13 @@ impl Shared {
             let refs: Vec<&Feature> = taken.windows.iter().map(|(w, i)| &w[*i]).collect();
             let out = crate::runtime::on_compute_pool(|| self.engine.forward(&refs));
             let end = Instant::now();
+            if let Some(observe) = &self.observer {
+                observe(&BatchRecord {
+                    windows: refs.len(),
+                    length,
+                    duration: end - start,
+                });
+            }
             st = self.lock();
             let done = record_batch(&mut st, &taken, out);
             if !done.is_empty() {
@@ -362,9 +476,13 @@ impl Shared {
         let t = Instant::now();
         // The batch just run still holds the windows (an `Arc` each): borrow, never copy.
         let windows: &[Feature] = &p.windows;
-        let answer = self
-            .engine
-            .decode(&p.question, &p.context, windows, (p.starts, p.ends));
+        let answers = self.engine.decode(
+            &p.question,
+            &p.context,
+            windows,
+            (p.starts, p.ends),
+            &p.options,
+        );
         let finished = Instant::now();
         let first = p.first_start.unwrap_or(end);
         let stages = Stages {
@@ -378,15 +496,40 @@ impl Shared {
             batch,
             batch_windows,
         };
-        (p.reply)(match answer {
-            Ok(answer) => Ok(Completion {
-                answer,
-                finished,
-                stages: Some(stages),
-            }),
+        (p.reply)(match answers {
+            Ok(mut answers) if !answers.is_empty() => {
+                answers.truncate(p.options.answers());
+                let answer = answers.remove(0);
+                Ok(Completion {
+                    answer,
+                    alternatives: answers,
+                    finished,
+                    stages: Some(stages),
+                })
+            }
+            Ok(_) => Err("decoding gave no answer".into()),
             Err(e) => Err(format!("decoding: {e:#}")),
         });
     }
+}
+
+/// Drops the queries whose client went away before any of their windows ran (a query with
+/// a window in a batch runs to its end: its batch expects it).
+fn drop_abandoned(st: &mut State) {
+    let gone: Vec<u64> = st
+        .pending
+        .iter()
+        .filter(|(_, p)| p.first_start.is_none() && p.wanted.as_ref().is_some_and(|w| !w()))
+        .map(|(&q, _)| q)
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    st.queue.retain(|w| !gone.contains(&w.query));
+    for q in &gone {
+        st.pending.remove(q);
+    }
+    st.abandoned += gone.len() as u64;
 }
 
 /// Removes the oldest window of `length` and those of the same length behind it (at most

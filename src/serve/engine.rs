@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::batcher::{Answer, Engine};
+use super::batcher::{Answer, Engine, QueryOptions};
 use crate::eval::{forward_windows, LogitRows};
 use crate::models::QaModel;
 use crate::squad::{
@@ -29,9 +29,15 @@ fn example<'a>(question: &'a str, context: &'a str) -> Example<'a> {
 }
 
 impl Engine for QaEngine {
-    fn windows(&self, question: &str, context: &str) -> Result<Vec<Feature>> {
+    fn windows(
+        &self,
+        question: &str,
+        context: &str,
+        options: &QueryOptions,
+    ) -> Result<Vec<Feature>> {
+        let features = options.features.unwrap_or(self.features);
         self.tokenizer
-            .features(&[example(question, context)], &self.features)
+            .features(&[example(question, context)], &features)
     }
 
     fn forward(&self, windows: &[&Feature]) -> Result<LogitRows> {
@@ -44,20 +50,38 @@ impl Engine for QaEngine {
         context: &str,
         windows: &[Feature],
         (starts, ends): LogitRows,
-    ) -> Result<Answer> {
+        options: &QueryOptions,
+    ) -> Result<Vec<Answer>> {
+        let mut decode = options.decode.unwrap_or(self.decode);
+        // More answers than the n-best list holds: a longer list (the defaults, and so
+        // `eval`'s answers, are untouched when one answer is asked for).
+        decode.n_best_size = decode.n_best_size.max(options.answers());
         let mut predictions = decode_predictions(
             &[example(question, context)],
             windows,
             &starts,
             &ends,
-            &self.decode,
+            &decode,
         )?;
         let p = predictions.pop().expect("one prediction per example");
-        let best = &p.nbest[0];
-        Ok(Answer {
+        // The best answer is the prediction's text (the n-best list's first entry); the
+        // others are the next entries with a span (an entry without one is "no answer").
+        let mut answers = vec![Answer {
             text: p.text.clone(),
-            score: best.probability,
-            span: best.span,
-        })
+            score: p.nbest[0].probability,
+            span: p.nbest[0].span,
+        }];
+        answers.extend(
+            p.nbest[1..]
+                .iter()
+                .filter(|e| e.span.is_some())
+                .take(options.answers() - 1)
+                .map(|e| Answer {
+                    text: e.text.clone(),
+                    score: e.probability,
+                    span: e.span,
+                }),
+        );
+        Ok(answers)
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bertbench::eval::{run_length, LogitRows};
-use bertbench::serve::{Answer, BatcherConfig, Engine, Query};
+use bertbench::serve::{Answer, BatcherConfig, Engine, Query, QueryOptions};
 use bertbench::squad::Feature;
 
 /// A model stand-in: a query `"w{n}l{len}"` becomes `n` windows of `len` real tokens; a
@@ -42,7 +42,7 @@ fn window(len: usize) -> Feature {
 }
 
 impl Engine for Simulated {
-    fn windows(&self, question: &str, _context: &str) -> Result<Vec<Feature>> {
+    fn windows(&self, question: &str, _: &str, _: &QueryOptions) -> Result<Vec<Feature>> {
         let (n, len) = question
             .strip_prefix('w')
             .and_then(|r| r.split_once('l'))
@@ -60,12 +60,19 @@ impl Engine for Simulated {
         Ok((rows.clone(), rows))
     }
 
-    fn decode(&self, question: &str, _: &str, windows: &[Feature], _: LogitRows) -> Result<Answer> {
-        Ok(Answer {
+    fn decode(
+        &self,
+        question: &str,
+        _: &str,
+        windows: &[Feature],
+        _: LogitRows,
+        _: &QueryOptions,
+    ) -> Result<Vec<Answer>> {
+        Ok(vec![Answer {
             text: format!("{question}:{}", windows.len()),
             score: 1.0,
             span: None,
-        })
+        }])
     }
 }
 
@@ -90,4 +97,67 @@ pub fn batcher(
         queue_capacity,
         workers,
     }
+}
+
+/// A `bertbench serve` child on MiniLM on a free loopback port, ready (its `/ready` said
+/// so), killed when dropped.
+pub struct Serving {
+    pub child: std::process::Child,
+    pub base: String,
+    /// `host:port`, for raw sockets.
+    pub addr: String,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_server(args: &[&str]) -> Serving {
+    use std::io::BufRead;
+    let mut child = super::bin()
+        .arg("serve")
+        .arg("--model")
+        .arg(super::minilm_dir())
+        .args(["--port", "0", "--threads", "2"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split(':').next().zip(r.split(':').nth(1)))
+        .map(|(h, p)| format!("{h}:{}", p.trim_end_matches(|c: char| !c.is_ascii_digit())))
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let serving = Serving {
+        child,
+        base: format!("http://{addr}"),
+        addr,
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let begin = std::time::Instant::now();
+    while agent
+        .get(format!("{}/ready", serving.base))
+        .call()
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            begin.elapsed() < Duration::from_secs(60),
+            "the server was not ready within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    serving
 }
