@@ -17,9 +17,9 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "creating the Python environment in $venv (a few GB)..." >&2
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import sys, transformers, torch, fastapi, uvicorn, optimum.onnxruntime; sys.exit(int(transformers.__version__.split('.')[0]) != 4)" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import sys, transformers, torch, fastapi, uvicorn, onnxruntime, onnx; sys.exit(int(transformers.__version__.split('.')[0]) != 4)" 2>/dev/null; then
   "$venv/bin/pip" install --quiet "transformers>=4.40,<5" torch fastapi uvicorn \
-    "optimum[onnxruntime]<2" onnx safetensors
+    onnxruntime onnx safetensors
 fi
 help=0
 for arg in "$@"; do

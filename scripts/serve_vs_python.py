@@ -18,8 +18,9 @@ Per model:
      `max_answer_len` 30, bertbench's and run_qa.py's, so both decoders have one bound);
   3. per server, in its own process: each question sent once, one at a time (the answers, and
      the closed-loop rate), then oha (crates.io; `-q` open-loop rate, `--latency-correction`
-     for coordinated omission, bodies drawn from the file) at each rate of a ladder that is the
-     same for all servers, --duration each;
+     for coordinated omission, bodies drawn from the file) at each rate of a ladder, --duration
+     each: --rates for every server, or by default the server's own one-at-a-time rate times
+     0.5 to 1.5 (so the ladder brackets each server's capacity, however far apart they are);
   4. results.json (everything), summary.md: per server and rate the achieved QPS, p50/p90/p99
      and errors; the highest rate each sustains with p99 <= --p99-bound, no error and at least
      95% of the offered rate; the answers compared with bertbench's on the questions both
@@ -51,7 +52,7 @@ from accuracy_vs_transformers import first_questions  # noqa: E402
 SERVERS = ("bertbench", "torch", "ort")
 SERVER_NAMES = {"bertbench": "bertbench serve", "torch": "PyTorch pipeline (FastAPI)",
                 "ort": "ONNX Runtime pipeline (FastAPI)"}
-LADDER = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+LADDER = (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)
 
 
 class Failure(Exception):
@@ -208,20 +209,27 @@ def oha(args, port: int, rate: float, body_file: Path) -> dict:
     return parse_oha(json.loads(proc.stdout), rate)
 
 
+# What oha reports for requests it cancelled itself (at the run's end): not the server's.
+CANCELLED = "operation was canceled"
+
+
 def parse_oha(out: dict, rate: float) -> dict:
     """One oha run's JSON (`--output-format json`) as this script's row: answers are the
-    200s, errors everything else (other statuses, and oha's connection or timeout errors)."""
+    200s, errors everything else (other statuses, and connection or timeout errors) except
+    requests oha cancelled itself, counted apart."""
     codes = {str(k): v for k, v in (out.get("statusCodeDistribution") or {}).items()}
+    kinds = out.get("errorDistribution") or {}
     ok = codes.get("200", 0)
+    cancelled = kinds.get(CANCELLED, 0)
     total = ok + sum(v for k, v in codes.items() if k != "200") + \
-        sum((out.get("errorDistribution") or {}).values())
+        sum(v for k, v in kinds.items() if k != CANCELLED)
     pct = out.get("latencyPercentiles") or {}
     duration = out["summary"].get("total") or 1.0
     ms = lambda k: None if pct.get(k) is None else pct[k] * 1e3  # noqa: E731
     return {"offered_qps": rate, "achieved_qps": ok / duration, "sent": total, "ok": ok,
-            "errors": total - ok, "p50_ms": ms("p50"), "p90_ms": ms("p90"),
-            "p99_ms": ms("p99"), "status_codes": codes,
-            "error_kinds": out.get("errorDistribution") or {}}
+            "errors": total - ok, "cancelled_by_oha": cancelled, "p50_ms": ms("p50"),
+            "p90_ms": ms("p90"), "p99_ms": ms("p99"), "status_codes": codes,
+            "error_kinds": kinds}
 
 
 def sustained(runs: list[dict], bound_ms: float) -> dict | None:
@@ -232,7 +240,7 @@ def sustained(runs: list[dict], bound_ms: float) -> dict | None:
 
 def versions() -> dict:
     out = {}
-    for pkg in ("torch", "transformers", "onnxruntime", "optimum", "fastapi", "uvicorn"):
+    for pkg in ("torch", "transformers", "onnxruntime", "fastapi", "uvicorn"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -292,8 +300,8 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=200)
     ap.add_argument("--duration", default="15s", help="oha run per rate")
     ap.add_argument("--rates", type=float, nargs="+",
-                    help="offered QPS ladder (default: bertbench's one-at-a-time rate x "
-                    + ", ".join(map(str, LADDER)) + ")")
+                    help="offered QPS ladder for every server (default: each server's own "
+                    "one-at-a-time rate x " + ", ".join(map(str, LADDER)) + ")")
     ap.add_argument("--p99-bound", type=float, default=300.0, help="ms")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
@@ -304,11 +312,27 @@ def main() -> None:
     ap.add_argument("--output-dir", type=Path,
                     default=ROOT / "serve-vs-python" / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     ap.add_argument("--port", type=int, default=18080)
+    ap.add_argument("--resummarize", type=Path, metavar="RESULTS_JSON",
+                    help="only rewrite summary.md beside a results.json (its rows re-judged)")
     args = ap.parse_args()
+    if args.resummarize:
+        report = json.loads(args.resummarize.read_text())
+        for m in report["models"]:
+            for s in m["servers"].values():
+                for row in s["ladder"]:
+                    if "cancelled_by_oha" not in row:  # written before oha's own were apart
+                        row["cancelled_by_oha"] = row["error_kinds"].get(CANCELLED, 0)
+                        row["errors"] -= row["cancelled_by_oha"]
+                        row["sent"] -= row["cancelled_by_oha"]
+                s["sustained"] = sustained(s["ladder"], report["p99_bound_ms"])
+        args.resummarize.write_text(json.dumps(report, indent=1))
+        (args.resummarize.parent / "summary.md").write_text(summary(report))
+        print(summary(report))
+        return
     args.bertbench = os.environ.get("BERTBENCH") or str(ROOT / "target/release/bertbench")
     args.oha = os.environ.get("OHA") or "oha"
     if "bertbench" not in args.servers:
-        raise Failure("bertbench must be among --servers: the ladder and answers are relative to it")
+        raise Failure("bertbench must be among --servers: the answers are compared with its")
     for p in (args.dataset, args.vocab):
         if not p.is_file():
             raise Failure(f"{p}: no such file")
@@ -332,15 +356,13 @@ def main() -> None:
         logs = out / "logs" / bvp.model_dir_name(model["label"])
         logs.mkdir(parents=True, exist_ok=True)
         entry = {**model, "servers": {}}
-        rates = args.rates
         for kind in [k for k in SERVERS if k in args.servers]:
             log(f"== {name}: {SERVER_NAMES[kind]}")
             proc = start_server(kind, model, args, args.port, logs)
             try:
                 seq = sequential(args.port, rows)
                 log(f"   one at a time: {seq['qps']:.2f} q/s, p50 {seq['p50_ms']:.0f} ms")
-                if rates is None:
-                    rates = [round(seq["qps"] * f, 2) for f in LADDER]
+                rates = args.rates or [round(seq["qps"] * f, 2) for f in LADDER]
                 ladder = []
                 for rate in rates:
                     r = oha(args, args.port, rate, body_file)

@@ -269,3 +269,31 @@ fn lower_casing_follows_tokenizer_config() {
     let e = load_tokenizer(empty.path()).unwrap_err();
     assert!(format!("{e}").contains("no tokenizer.json or vocab.txt"));
 }
+
+/// Answers widened to whole words as the QA pipeline's `align_to_words` does: a span that
+/// starts or ends inside a word takes the word (the words of BERT's pre-tokenizer: runs
+/// between whitespace and punctuation, each punctuation mark a word of its own).
+#[test]
+fn spans_align_to_the_pre_tokenizers_words() {
+    let tok = tokenizer();
+    let context = "so that the logo could feature the Arabic numerals (Super Bowl 50).";
+    let at = |s: &str| {
+        let b = context.find(s).unwrap();
+        let start = context[..b].chars().count();
+        (start, start + s.chars().count())
+    };
+    let aligned = |s: &str| {
+        let (a, b) = tok.align_to_words(context, at(s)).unwrap();
+        context.chars().skip(a).take(b - a).collect::<String>()
+    };
+    assert_eq!(aligned("merals"), "numerals");
+    assert_eq!(aligned("Arabic numeral"), "Arabic numerals");
+    assert_eq!(aligned("rabic nu"), "Arabic numerals");
+    assert_eq!(aligned("feature the"), "feature the");
+    assert_eq!(aligned("(Super"), "(Super");
+    assert_eq!(aligned("Bowl 5"), "Bowl 50");
+    // Punctuation is a word of its own: nothing to widen into.
+    assert_eq!(aligned("50)"), "50)");
+    // An empty span stays as it is.
+    assert_eq!(tok.align_to_words(context, (3, 3)).unwrap(), (3, 3));
+}

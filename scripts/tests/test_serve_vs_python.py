@@ -22,7 +22,7 @@ OHA = {
     "summary": {"successRate": 0.9, "total": 10.0, "requestsPerSec": 10.0},
     "latencyPercentiles": {"p50": 0.05, "p90": 0.09, "p99": 0.2},
     "statusCodeDistribution": {"200": 90, "503": 6},
-    "errorDistribution": {"connection closed": 4},
+    "errorDistribution": {"connection closed": 4, "operation was canceled": 2},
 }
 
 
@@ -34,6 +34,7 @@ class OhaAndLadder(unittest.TestCase):
     def test_answers_are_200s_and_everything_else_an_error(self):
         r = svp.parse_oha(OHA, 10.0)
         self.assertEqual((r["ok"], r["errors"], r["sent"]), (90, 10, 100))
+        self.assertEqual(r["cancelled_by_oha"], 2)
         self.assertAlmostEqual(r["achieved_qps"], 9.0)
         self.assertAlmostEqual(r["p99_ms"], 200.0)
         self.assertEqual(r["status_codes"], {"200": 90, "503": 6})

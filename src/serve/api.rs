@@ -6,11 +6,12 @@
 //! parameters): `{"inputs": {"question", "context"}, "parameters": {"top_k", "doc_stride",
 //! "max_answer_len", "max_seq_len", "max_question_len", "handle_impossible_answer"}}`, answered
 //! `{"answer", "score", "start", "end"}`, or a list of them, best first, when `top_k` > 1.
+//! `align_to_words` (default true, as the pipeline's) widens answers to whole words.
 //! Parameters left out take the server's settings (`run_qa.py`'s, as `eval`'s: answers at
-//! most 30 tokens where the pipeline's default is 15). The answers are `eval`'s: spans are
-//! decoded as `run_qa.py` decodes them, and `score` is a span's probability over the n-best
-//! list (the pipeline multiplies per-window start and end probabilities instead, so its
-//! scores differ in value, not in order within a window).
+//! most 30 tokens where the pipeline's default is 15). Spans are decoded as `run_qa.py`
+//! decodes them (with `align_to_words: false`, the answers are `eval`'s), and `score` is a
+//! span's probability over the n-best list (the pipeline multiplies per-window start and end
+//! probabilities instead, so its scores differ in value, not in order within a window).
 
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +82,10 @@ pub struct HfParameters {
     pub max_question_len: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handle_impossible_answer: Option<bool>,
+    /// Widen answers to whole words (the pipeline's default, true); false keeps token
+    /// boundaries, `eval`'s answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub align_to_words: Option<bool>,
 }
 
 /// One answer of Hugging Face's task: `start`/`end` are code points into the context (Python
@@ -227,6 +232,7 @@ fn options(p: &HfParameters, server: &ServerWindows) -> Result<(QueryOptions, bo
         features: (features != server.features).then_some(features),
         decode: (decode != server.decode).then_some(decode),
         top_k,
+        align_to_words: p.align_to_words.unwrap_or(true),
     };
     Ok((options, top_k > 1))
 }
@@ -254,10 +260,15 @@ mod tests {
             p.options,
             QueryOptions {
                 top_k: 1,
+                align_to_words: true,
                 ..QueryOptions::default()
             }
         );
         assert!(!p.list);
+        let p = hf(r#"{"inputs": {"question": "q", "context": "c"},
+                       "parameters": {"align_to_words": false}}"#)
+        .unwrap();
+        assert!(!p.options.align_to_words);
         let p = hf(r#"{"inputs": {"question": "q", "context": "c"},
                        "parameters": {"top_k": 3, "doc_stride": 64, "max_seq_len": 256,
                                       "max_answer_len": 15, "handle_impossible_answer": false}}"#)

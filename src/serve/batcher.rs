@@ -54,6 +54,9 @@ pub struct QueryOptions {
     pub decode: Option<DecodeConfig>,
     /// Answers wanted, best first; 0 and 1 both mean the best only.
     pub top_k: usize,
+    /// Widen each answer to whole words, as transformers' QA pipeline does (`eval`, and
+    /// `run_qa.py`, keep token boundaries).
+    pub align_to_words: bool,
 }
 
 impl QueryOptions {

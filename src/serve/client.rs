@@ -82,9 +82,13 @@ impl HttpSut {
         let (question, context) = (query.question.to_string(), query.context.to_string());
         let sent = match api {
             Api::Bertbench => agent.post(url).send_json(QaRequest { question, context }),
+            // Token boundaries, as `eval` answers (and scores) them.
             Api::Hf => agent.post(url).send_json(HfRequest {
                 inputs: HfInputs { question, context },
-                parameters: HfParameters::default(),
+                parameters: HfParameters {
+                    align_to_words: Some(false),
+                    ..HfParameters::default()
+                },
             }),
         };
         let mut resp = sent.context("sending")?;

@@ -7,7 +7,8 @@ use super::batcher::{Answer, Engine, QueryOptions};
 use crate::eval::{forward_windows, LogitRows};
 use crate::models::QaModel;
 use crate::squad::{
-    decode_predictions, DecodeConfig, Example, Feature, FeatureConfig, QaTokenizer,
+    data::char_slice, decode_predictions, DecodeConfig, Example, Feature, FeatureConfig,
+    QaTokenizer,
 };
 
 /// A QA model with its tokeniser and the window and decoding settings `eval` uses.
@@ -66,7 +67,7 @@ impl Engine for QaEngine {
         let p = predictions.pop().expect("one prediction per example");
         // The best answer is the prediction's text (the n-best list's first entry); the
         // others are the next entries with a span (an entry without one is "no answer").
-        let mut answers = vec![Answer {
+        let mut answers: Vec<Answer> = vec![Answer {
             text: p.text.clone(),
             score: p.nbest[0].probability,
             span: p.nbest[0].span,
@@ -82,6 +83,19 @@ impl Engine for QaEngine {
                     span: e.span,
                 }),
         );
+        if options.align_to_words {
+            for a in &mut answers {
+                if let Some(span) = a.span {
+                    let (s, e) = self.tokenizer.align_to_words(context, span)?;
+                    a.text = char_slice(context, s, e)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("aligned span {s}..{e} is outside the context")
+                        })?
+                        .to_string();
+                    a.span = Some((s, e));
+                }
+            }
+        }
         Ok(answers)
     }
 }

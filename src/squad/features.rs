@@ -350,6 +350,45 @@ impl QaTokenizer {
         self.pad_id
     }
 
+    /// `span` (code points into `context`, end exclusive) widened to whole words as this
+    /// tokenizer's pre-tokenizer splits them: a span that starts or ends inside a word
+    /// (`merals` of `numerals`) takes the whole word. This is what transformers' QA pipeline
+    /// does with `align_to_words` (its default), from the same word ids; `run_qa.py`'s
+    /// decoding, and so `eval`'s, keeps token boundaries.
+    pub fn align_to_words(&self, context: &str, span: (usize, usize)) -> Result<(usize, usize)> {
+        let (start, end) = span;
+        if start >= end {
+            return Ok(span);
+        }
+        let enc = self
+            .tokenizer
+            .encode_char_offsets(context, false)
+            .map_err(|e| anyhow!("tokenizing the context to align the answer: {e}"))?;
+        let tokens: Vec<((usize, usize), u32)> = enc
+            .get_offsets()
+            .iter()
+            .zip(enc.get_word_ids())
+            .filter_map(|(&o, w)| w.map(|w| (o, w)))
+            .collect();
+        let word_at = |c: usize| {
+            tokens
+                .iter()
+                .find(|((s, e), _)| *s <= c && c < *e)
+                .map(|&(_, w)| w)
+        };
+        let extent = |w: u32| {
+            tokens
+                .iter()
+                .filter(|(_, x)| *x == w)
+                .fold((usize::MAX, 0), |(s, e), ((ts, te), _)| {
+                    (s.min(*ts), e.max(*te))
+                })
+        };
+        let start = word_at(start).map_or(start, |w| extent(w).0.min(start));
+        let end = word_at(end - 1).map_or(end, |w| extent(w).1.max(end));
+        Ok((start, end))
+    }
+
     /// Tokenise (question, context) pairs into windows, in pair order, each pair's windows
     /// in context order.
     pub fn windows(&self, pairs: &[(&str, &str)], cfg: &FeatureConfig) -> Result<Vec<Window>> {
