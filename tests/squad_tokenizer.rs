@@ -283,7 +283,7 @@ fn spans_align_to_the_pre_tokenizers_words() {
         (start, start + s.chars().count())
     };
     let aligned = |s: &str| {
-        let (a, b) = tok.align_to_words(context, at(s)).unwrap();
+        let (a, b) = tok.align_to_words(context, &[at(s)]).unwrap()[0];
         context.chars().skip(a).take(b - a).collect::<String>()
     };
     assert_eq!(aligned("merals"), "numerals");
@@ -294,6 +294,10 @@ fn spans_align_to_the_pre_tokenizers_words() {
     assert_eq!(aligned("Bowl 5"), "Bowl 50");
     // Punctuation is a word of its own: nothing to widen into.
     assert_eq!(aligned("50)"), "50)");
-    // An empty span stays as it is.
-    assert_eq!(tok.align_to_words(context, (3, 3)).unwrap(), (3, 3));
+    // Several spans at once, each aligned; an empty span stays as it is.
+    assert_eq!(
+        tok.align_to_words(context, &[at("merals"), (3, 3), at("Bowl 5")])
+            .unwrap(),
+        [at("numerals"), (3, 3), at("Bowl 50")]
+    );
 }

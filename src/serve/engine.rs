@@ -84,16 +84,14 @@ impl Engine for QaEngine {
                 }),
         );
         if options.align_to_words {
-            for a in &mut answers {
-                if let Some(span) = a.span {
-                    let (s, e) = self.tokenizer.align_to_words(context, span)?;
-                    a.text = char_slice(context, s, e)
-                        .ok_or_else(|| {
-                            anyhow::anyhow!("aligned span {s}..{e} is outside the context")
-                        })?
-                        .to_string();
-                    a.span = Some((s, e));
-                }
+            let spans: Vec<(usize, usize)> = answers.iter().filter_map(|a| a.span).collect();
+            let mut aligned = self.tokenizer.align_to_words(context, &spans)?.into_iter();
+            for a in answers.iter_mut().filter(|a| a.span.is_some()) {
+                let (s, e) = aligned.next().expect("one aligned span per span");
+                a.text = char_slice(context, s, e)
+                    .ok_or_else(|| anyhow::anyhow!("aligned span {s}..{e} is outside the context"))?
+                    .to_string();
+                a.span = Some((s, e));
             }
         }
         Ok(answers)

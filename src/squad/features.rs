@@ -350,15 +350,19 @@ impl QaTokenizer {
         self.pad_id
     }
 
-    /// `span` (code points into `context`, end exclusive) widened to whole words as this
+    /// `spans` (code points into `context`, end exclusive) widened to whole words as this
     /// tokenizer's pre-tokenizer splits them: a span that starts or ends inside a word
     /// (`merals` of `numerals`) takes the whole word. This is what transformers' QA pipeline
     /// does with `align_to_words` (its default), from the same word ids; `run_qa.py`'s
-    /// decoding, and so `eval`'s, keeps token boundaries.
-    pub fn align_to_words(&self, context: &str, span: (usize, usize)) -> Result<(usize, usize)> {
-        let (start, end) = span;
-        if start >= end {
-            return Ok(span);
+    /// decoding, and so `eval`'s, keeps token boundaries. The context is tokenized once for
+    /// all the spans.
+    pub fn align_to_words(
+        &self,
+        context: &str,
+        spans: &[(usize, usize)],
+    ) -> Result<Vec<(usize, usize)>> {
+        if spans.iter().all(|(s, e)| s >= e) {
+            return Ok(spans.to_vec());
         }
         let enc = self
             .tokenizer
@@ -370,23 +374,29 @@ impl QaTokenizer {
             .zip(enc.get_word_ids())
             .filter_map(|(&o, w)| w.map(|w| (o, w)))
             .collect();
+        // Each word's characters: from its first token's start to its last token's end.
+        let mut extent: std::collections::HashMap<u32, (usize, usize)> = Default::default();
+        for &((s, e), w) in &tokens {
+            let x = extent.entry(w).or_insert((s, e));
+            *x = (x.0.min(s), x.1.max(e));
+        }
         let word_at = |c: usize| {
             tokens
                 .iter()
                 .find(|((s, e), _)| *s <= c && c < *e)
-                .map(|&(_, w)| w)
+                .map(|(_, w)| extent[w])
         };
-        let extent = |w: u32| {
-            tokens
-                .iter()
-                .filter(|(_, x)| *x == w)
-                .fold((usize::MAX, 0), |(s, e), ((ts, te), _)| {
-                    (s.min(*ts), e.max(*te))
-                })
-        };
-        let start = word_at(start).map_or(start, |w| extent(w).0.min(start));
-        let end = word_at(end - 1).map_or(end, |w| extent(w).1.max(end));
-        Ok((start, end))
+        Ok(spans
+            .iter()
+            .map(|&(start, end)| {
+                if start >= end {
+                    return (start, end);
+                }
+                let s = word_at(start).map_or(start, |w| w.0.min(start));
+                let e = word_at(end - 1).map_or(end, |w| w.1.max(end));
+                (s, e)
+            })
+            .collect())
     }
 
     /// Tokenise (question, context) pairs into windows, in pair order, each pair's windows
