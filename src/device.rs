@@ -69,38 +69,104 @@ impl Precision {
     }
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`. CUDA needs a build with `--features cuda`.
-pub fn parse_device(spec: &str) -> Result<Device> {
-    let spec = spec.trim().to_ascii_lowercase();
-    if spec == "cpu" {
-        return Ok(Device::Cpu);
+/// A compute device as the user names it: `cpu`, `cuda` or `cuda:N`. Parsed once (from the
+/// command line or a results file) and carried typed; written back as the same text, so the
+/// files that record it (`results.json`, `env.csv`, `training_args.json`) read as before.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal.
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    pub fn is_cpu(self) -> bool {
+        self == DeviceSpec::Cpu
     }
-    let ordinal = match spec.strip_prefix("cuda") {
-        Some("") => 0,
-        Some(rest) => rest
-            .strip_prefix(':')
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| {
-                input(format!(
-                    "device `{spec}`: expected `cpu`, `cuda` or `cuda:N`"
-                ))
-            })?,
-        None => {
-            return Err(input(format!(
-                "device `{spec}`: expected `cpu`, `cuda` or `cuda:N`"
-            )))
+
+    /// The CUDA ordinal, for a GPU.
+    pub fn cuda_ordinal(self) -> Option<usize> {
+        match self {
+            DeviceSpec::Cpu => None,
+            DeviceSpec::Cuda(n) => Some(n),
         }
-    };
-    if !cfg!(feature = "cuda") {
-        return Err(input(format!(
-            "device `{spec}`: this bertbench was built without CUDA support; rebuild with `cargo build --release --features cuda`"
-        )));
     }
-    Device::new_cuda(ordinal).map_err(|e| {
-        input(format!(
-            "device `{spec}`: cannot open CUDA device {ordinal}: {e}"
-        ))
-    })
+
+    /// Opens the device. CUDA needs a build with `--features cuda`.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(ordinal) => {
+                if !cfg!(feature = "cuda") {
+                    return Err(input(format!(
+                        "device `{self}`: this bertbench was built without CUDA support; rebuild with `cargo build --release --features cuda`"
+                    )));
+                }
+                Device::new_cuda(ordinal).map_err(|e| {
+                    input(format!(
+                        "device `{self}`: cannot open CUDA device {ordinal}: {e}"
+                    ))
+                })
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = anyhow::Error;
+
+    /// `cpu`, `cuda` or `cuda:N` (any case, surrounding space ignored).
+    fn from_str(spec: &str) -> Result<Self> {
+        let spec = spec.trim().to_ascii_lowercase();
+        if spec == "cpu" {
+            return Ok(DeviceSpec::Cpu);
+        }
+        let expected = || {
+            input(format!(
+                "device `{spec}`: expected `cpu`, `cuda` or `cuda:N`"
+            ))
+        };
+        match spec.strip_prefix("cuda") {
+            Some("") => Ok(DeviceSpec::Cuda(0)),
+            Some(rest) => rest
+                .strip_prefix(':')
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(expected),
+            None => Err(expected()),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+/// Parses and opens `cpu`, `cuda` or `cuda:N` ([`DeviceSpec`]).
+pub fn parse_device(spec: &str) -> Result<Device> {
+    spec.parse::<DeviceSpec>()?.open()
 }
 
 /// A short name for a device: `cpu` or `cuda:N`.
@@ -123,6 +189,19 @@ mod tests {
         assert!(bad.contains("expected `cpu`"), "{bad}");
         let bad = parse_device("cuda:x").unwrap_err().to_string();
         assert!(bad.contains("cuda:N"), "{bad}");
+        for (text, spec) in [
+            ("cpu", DeviceSpec::Cpu),
+            (" CPU ", DeviceSpec::Cpu),
+            ("cuda", DeviceSpec::Cuda(0)),
+            ("cuda:3", DeviceSpec::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<DeviceSpec>().unwrap(), spec);
+            // Written as it is read, so files that record it stay the same.
+            let json = serde_json::to_string(&spec).unwrap();
+            assert_eq!(serde_json::from_str::<DeviceSpec>(&json).unwrap(), spec);
+        }
+        assert_eq!(DeviceSpec::Cuda(3).to_string(), "cuda:3");
+        assert!(serde_json::from_str::<DeviceSpec>("\"tpu\"").is_err());
         if !cfg!(feature = "cuda") {
             let err = parse_device("cuda:0").unwrap_err().to_string();
             assert!(err.contains("--features cuda"), "{err}");

@@ -12,7 +12,7 @@ use super::memory::{self, CountingAlloc};
 use super::timer;
 use super::{Cell, CellSettings, Measurement, Memory, Mode, Speed, Status};
 use crate::compute::optim::{AdamW, AdamWConfig};
-use crate::device::parse_device;
+
 use crate::hub::HubConfig;
 use crate::models::trainable::TrainableModel;
 use crate::models::{self, Batch, ForwardCtx, ModelConfig, ModelType, QaModel};
@@ -136,7 +136,7 @@ pub fn run_cell(
     let baseline = memory::rss().unwrap_or_default();
     crate::compute::isa::use_isa(settings.isa)?;
     progress(Phase::Building, 0, Duration::ZERO);
-    let device = parse_device(&settings.device)?;
+    let device = settings.device.open()?;
     // Inference loads what the precision runs from (f32 for bf16 on the CPU); training steps
     // train in the precision's own dtype.
     let dtype = match cell.mode {
@@ -207,7 +207,9 @@ pub fn run_cell(
         progress(Phase::Memory, 0, Duration::ZERO);
         let reset = memory::reset_rss_peak();
         let alloc_before_step = CountingAlloc::current() as u64;
-        let sampler = super::gpu::cuda_ordinal(&settings.device)
+        let sampler = settings
+            .device
+            .cuda_ordinal()
             .map(super::gpu::Sampler::start)
             .transpose()
             .context("GPU memory sampling")?;

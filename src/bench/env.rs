@@ -78,7 +78,7 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
         b.map(|b| format!("{:.0}", memory::to_mb(b)))
             .unwrap_or_else(|| "N/A".into())
     };
-    let use_gpu = settings.device.starts_with("cuda");
+    let use_gpu = !settings.device.is_cpu();
     let caches = crate::compute::cache::CacheSizes::detect();
     let mut info: EnvInfo = vec![
         ("bertbench_version", VERSION.to_string()),
@@ -131,7 +131,7 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
             "fp16",
             (settings.dtype == crate::device::Precision::F16).to_string(),
         ),
-        ("device", settings.device.clone()),
+        ("device", settings.device.to_string()),
         (
             "use_multiprocessing",
             if multiprocess { "True" } else { "False" }.into(),
@@ -174,7 +174,7 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let gpu = super::gpu::cuda_ordinal(&settings.device).map(super::gpu::info);
+    let gpu = settings.device.cuda_ordinal().map(super::gpu::info);
     let gpu_keys: [(&str, String); 5] = match gpu {
         Some(Ok(g)) => [
             ("gpu", g.name),

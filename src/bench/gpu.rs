@@ -24,14 +24,6 @@ pub fn nvml_index(ordinal: usize) -> usize {
         .unwrap_or(ordinal)
 }
 
-/// The CUDA ordinal of a device string (`cuda` = 0, `cuda:N`), `None` for other devices.
-pub fn cuda_ordinal(device: &str) -> Option<usize> {
-    match device.strip_prefix("cuda")? {
-        "" => Some(0),
-        rest => rest.strip_prefix(':')?.parse().ok(),
-    }
-}
-
 /// Static facts about one GPU, for the environment file.
 #[derive(Debug, Clone)]
 pub struct GpuInfo {
@@ -112,13 +104,6 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ordinals() {
-        assert_eq!(cuda_ordinal("cuda"), Some(0));
-        assert_eq!(cuda_ordinal("cuda:3"), Some(3));
-        assert_eq!(cuda_ordinal("cpu"), None);
-    }
 
     /// Where there is no NVIDIA driver (CI), both entry points refuse with the same clear
     /// reason; where there is one, they report a real device: a name, memory, and a sampled

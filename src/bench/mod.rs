@@ -23,7 +23,7 @@ pub mod timer;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::Precision;
+use crate::device::{DeviceSpec, Precision};
 use crate::stats::{self, Summary};
 pub use run::{run_bench, BenchConfig, BenchOutcome};
 pub use timer::{TimingPolicy, Timings};
@@ -221,8 +221,8 @@ impl Memory {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellSettings {
     pub dtype: Precision,
-    /// `cpu` or `cuda:N`.
-    pub device: String,
+    /// `cpu` or `cuda:N` (written as that text).
+    pub device: DeviceSpec,
     pub threads: usize,
     /// The CPU kernels' tier (results written before it existed read as `auto`).
     #[serde(default)]

@@ -116,7 +116,7 @@ impl ResultsFile {
     /// if measured: of the product its cells run on (int8's, bf16's on the CPU, else the f32
     /// products', see [`super::peak::kind_of`]).
     pub fn peak_gflops(&self, threads: usize, precision: Precision) -> Option<f64> {
-        let cpu = self.settings.as_ref().is_none_or(|s| s.device == "cpu");
+        let cpu = self.settings.as_ref().is_none_or(|s| s.device.is_cpu());
         let kind = super::peak::kind_of(precision, cpu);
         let at: Vec<PeakShape> = self
             .peak_matmul
@@ -415,7 +415,7 @@ fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
             mb(mem.and_then(|m| m.gpu_device_peak)),
             format!("{:.2}", to_mb(m.estimated_bytes)),
             m.settings.dtype.as_str().into(),
-            m.settings.device.clone(),
+            m.settings.device.to_string(),
             m.cell.threads.to_string(),
             if m.settings.load_weights {
                 "checkpoint"

@@ -12,7 +12,7 @@ use super::grid::{self, Isolation, MaxBatch, Observer, Preset, RunOptions, STUDY
 use super::output::{OutputFiles, ResultsFile, ResultsWriter};
 use super::shard::{self, Shard, ShardRecord};
 use super::{distinct, env, memory, peak, Cell, CellSettings, Mode, TimingPolicy};
-use crate::device::{parse_device, Precision};
+use crate::device::{DeviceSpec, Precision};
 use crate::error::input;
 use crate::hub::HubConfig;
 
@@ -57,7 +57,7 @@ pub struct BenchConfig {
 pub fn default_settings(threads: usize) -> CellSettings {
     CellSettings {
         dtype: Precision::F32,
-        device: "cpu".into(),
+        device: DeviceSpec::Cpu,
         threads,
         isa: crate::compute::isa::IsaChoice::Auto,
         seed: 0,
@@ -184,7 +184,7 @@ impl BenchConfig {
                  (bench them with --dtype f32, or drop --training)",
             ));
         }
-        if int8 && !self.settings.device.starts_with("cpu") {
+        if int8 && !self.settings.device.is_cpu() {
             return Err(input(format!(
                 "--dtype int8 runs on the CPU's int8 kernels, not on {}: use --device cpu, or \
                  f16/bf16 on a GPU",
@@ -210,7 +210,7 @@ impl BenchConfig {
         if t.min_runs == 0 || t.max_runs == 0 {
             return Err(input("--repeat and --max-runs must be at least 1"));
         }
-        parse_device(&self.settings.device)?;
+        self.settings.device.open()?;
         Ok(())
     }
 }
@@ -311,7 +311,7 @@ pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<Be
         .map(|p| p.peak_matmul.clone())
         .unwrap_or_default();
     if config.measure_peak {
-        let device = parse_device(&settings.device)?;
+        let device = settings.device.open()?;
         let policy = TimingPolicy {
             min_runs: 5,
             min_time: Duration::from_millis(500),
@@ -430,9 +430,9 @@ mod tests {
             .to_string()
             .contains("--no-inference"));
         cfg.modes = vec![Mode::Inference];
-        cfg.settings.device = "tpu".into();
+        cfg.settings.device = DeviceSpec::Cuda(0);
         assert!(cfg.validate().is_err());
-        cfg.settings.device = "cpu".into();
+        cfg.settings.device = DeviceSpec::Cpu;
         cfg.validate().unwrap();
         cfg.shard = Some(Shard::new(1, 2).unwrap());
         cfg.find_max_batch = Some(64);

@@ -17,7 +17,7 @@ use crate::bench::{
     Measurement, Mode, Status, TimingPolicy,
 };
 use crate::cli::model::ComputeArgs;
-use crate::device::{parse_device, Precision};
+use crate::device::{DeviceSpec, Precision};
 use crate::error::input;
 
 #[derive(Debug, Args)]
@@ -141,7 +141,7 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
     };
     let settings = CellSettings {
         dtype: args.compute.precision(),
-        device: args.compute.device.clone(),
+        device: args.compute.device,
         threads: args.compute.threads(),
         isa: args.compute.isa,
         seed: args.seed,
@@ -187,7 +187,7 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
     config.max_memory = max_memory;
     config.processes = args
         .processes
-        .unwrap_or_else(|| default_processes(&config.isolation, &config.settings.device));
+        .unwrap_or_else(|| default_processes(&config.isolation, config.settings.device));
     config.resume = args.resume;
     config.retry_failed = args.retry_failed;
     config.measure_peak = !args.no_peak;
@@ -199,9 +199,9 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
 
 /// Processes per cell unless told: three child processes on the CPU (so intervals include
 /// drift between processes), one on a GPU or in this process.
-pub(crate) fn default_processes(isolation: &Isolation, device: &str) -> usize {
+pub(crate) fn default_processes(isolation: &Isolation, device: DeviceSpec) -> usize {
     match isolation {
-        Isolation::Child { .. } if device == "cpu" => DEFAULT_CPU_PROCESSES,
+        Isolation::Child { .. } if device.is_cpu() => DEFAULT_CPU_PROCESSES,
         _ => 1,
     }
 }
@@ -522,7 +522,7 @@ pub struct PeakArgs {
 
 pub fn peak(args: PeakArgs) -> Result<()> {
     let threads = args.compute.use_threads()?;
-    let device = parse_device(&args.compute.device)?;
+    let device = args.compute.device.open()?;
     let policy = TimingPolicy {
         min_runs: 10,
         min_time: Duration::from_secs(1),
@@ -537,7 +537,7 @@ pub fn peak(args: PeakArgs) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"threads": threads, "isa": crate::compute::Isa::current().name(), "dtype": args.compute.precision().as_str(), "device": args.compute.device, "shapes": shapes, "peak_gflops": best, "int8_peak_gops": int8_best, "bf16_peak_gflops": bf16_best})
+            serde_json::json!({"threads": threads, "isa": crate::compute::Isa::current().name(), "dtype": args.compute.precision().as_str(), "device": args.compute.device.to_string(), "shapes": shapes, "peak_gflops": best, "int8_peak_gops": int8_best, "bf16_peak_gflops": bf16_best})
         );
         return Ok(());
     }

@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::compute::isa::IsaChoice;
-use crate::device::{device_name, parse_device, Precision};
+use crate::device::{device_name, DeviceSpec, Precision};
 use crate::hub::HubConfig;
 use crate::models::{self, ForwardCtx, LoadReport, ModelConfig, OpenOptions, QaModel, TokenInputs};
 
@@ -46,7 +46,7 @@ pub struct ComputeArgs {
     pub dtype: Vec<Precision>,
     /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// Compute threads, at least 1 (default: every logical CPU); `bench` takes several and
     /// measures every cell at each.
     #[arg(long, value_parser = thread_count, num_args = 1..)]
@@ -139,7 +139,7 @@ impl ModelArgs {
     /// [`QaModel::prepare_for_inference`]) and reports on stderr what loading had to do.
     pub fn open(&self) -> Result<models::OpenedModel> {
         self.compute.use_threads()?;
-        let device = parse_device(&self.compute.device)?;
+        let device = self.compute.device.open()?;
         let opts = OpenOptions {
             random_init: self.random_init,
             seed: self.seed,

@@ -101,7 +101,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     // Without --dtype, on the CPU: every precision this CPU runs fast, so the report answers
     // "which model at which precision". The tier is chosen first: it decides which.
-    let precisions = if args.compute.dtype.is_empty() && args.compute.device == "cpu" {
+    let precisions = if args.compute.dtype.is_empty() && args.compute.device.is_cpu() {
         crate::compute::isa::use_isa(args.compute.isa)?;
         crate::compute::fast_precisions()
     } else {
@@ -109,7 +109,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let settings = CellSettings {
         dtype: precisions[0],
-        device: args.compute.device.clone(),
+        device: args.compute.device,
         isa: args.compute.isa,
         offline: args.offline,
         ..default_settings(args.compute.threads())
@@ -140,7 +140,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         config.dtypes = precisions.clone();
         config.isolation = super::bench::child_isolation()?;
         config.processes =
-            super::bench::default_processes(&config.isolation, &config.settings.device);
+            super::bench::default_processes(&config.isolation, config.settings.device);
         config.validate()?;
         benches.push(config);
     }

@@ -100,7 +100,7 @@ impl TrainObserver for BarObserver {
 pub fn train(args: TrainArgs) -> Result<()> {
     let mut settings = args.training;
     settings.dtype = args.compute.precision();
-    settings.device = args.compute.device.clone();
+    settings.device = args.compute.device;
     settings.threads = args.compute.threads();
     settings.validate()?;
     let hub = HubConfig::from_env(args.offline);

@@ -329,7 +329,7 @@ fn settings_warnings(base: &ResultsFile, new: &ResultsFile) -> Vec<String> {
         }
     };
     differ("dtype", b.dtype.as_str().into(), n.dtype.as_str().into());
-    differ("device", b.device.clone(), n.device.clone());
+    differ("device", b.device.to_string(), n.device.to_string());
     differ("threads", b.threads.to_string(), n.threads.to_string());
     differ(
         "weights",
@@ -366,7 +366,7 @@ mod tests {
     fn settings(threads: usize) -> CellSettings {
         CellSettings {
             dtype: Precision::F32,
-            device: "cpu".into(),
+            device: crate::device::DeviceSpec::Cpu,
             threads,
             isa: Default::default(),
             seed: 0,

@@ -19,6 +19,7 @@ use crate::bench::ratio_interval;
 use crate::bench::{distinct, fmt_time, Cell, Measurement, Mode, Status};
 use crate::chart::{Chart, Series};
 use crate::cost::{usd_for_seconds, usd_per_1000_questions, Price, PriceTable, BUILTIN};
+use crate::device::DeviceSpec;
 use crate::error::input;
 use crate::serve::loadgen::{self, LoadgenResults};
 use crate::serve::Scenario;
@@ -62,8 +63,11 @@ impl MachinePrices {
 /// (without trademark marks and "Processor"), its logical CPUs and its memory.
 pub fn machine_label(results: &ResultsFile) -> String {
     let gpu = results.env("gpu").unwrap_or("");
-    let device = results.env("device").unwrap_or("");
-    if device.starts_with("cuda") && !gpu.is_empty() && !gpu.starts_with("N/A") {
+    let on_gpu = results
+        .env("device")
+        .and_then(|d| d.parse::<DeviceSpec>().ok())
+        .is_some_and(|d| !d.is_cpu());
+    if on_gpu && !gpu.is_empty() && !gpu.starts_with("N/A") {
         return gpu.to_string();
     }
     let cpu = results

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::checkpoint;
 use super::trainer::{self, TrainObserver, TrainOutcome, TrainSetup, TrainingArgs};
-use crate::device::{device_name, parse_device};
+use crate::device::device_name;
 use crate::error::input;
 use crate::eval::{check_windows, EvalResults, EVAL_RESULTS_FILE};
 use crate::hub::{self, HubConfig, Need, TOKENIZER_FILES};
@@ -39,7 +39,7 @@ pub fn fine_tune(
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome> {
     args.validate()?;
-    let device = parse_device(&args.device)?;
+    let device = args.device.open()?;
     let limited = |path: &Path, limit: Option<usize>| -> Result<crate::squad::Dataset> {
         let d = read_dataset(path)?;
         Ok(match limit {

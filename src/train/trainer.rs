@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{self, LogEntry, TrainerState};
 use super::schedule::{linear_with_warmup, warmup_steps};
 use crate::compute::optim::{accumulate, global_norm, AdamW, AdamWConfig, Grads};
-use crate::device::Precision;
+use crate::device::{DeviceSpec, Precision};
 use crate::error::input;
 use crate::eval::{evaluate_model, stack_windows, EvalConfig, EvalReport};
 use crate::models::trainable::TrainableModel;
@@ -112,9 +112,9 @@ pub struct TrainingArgs {
     /// Precision; on the command line this is `--dtype` of the compute flags.
     #[arg(skip = Precision::F32)]
     pub dtype: Precision,
-    /// `cpu` or `cuda:N`; on the command line `--device`.
-    #[arg(skip = String::from("cpu"))]
-    pub device: String,
+    /// `cpu` or `cuda:N` (written as that text); on the command line `--device`.
+    #[arg(skip = DeviceSpec::Cpu)]
+    pub device: DeviceSpec,
     /// Compute threads; on the command line `--threads`.
     #[arg(skip = 1usize)]
     pub threads: usize,

@@ -17,7 +17,7 @@ pub const RUNS: usize = 30;
 pub fn settings() -> CellSettings {
     CellSettings {
         dtype: Precision::F32,
-        device: "cpu".into(),
+        device: bertbench::device::DeviceSpec::Cpu,
         threads: 2,
         isa: Default::default(),
         seed: 0,
