@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use bertbench::eval::{real_length, run_model};
+use bertbench::answer::{real_length, run_model};
 use bertbench::squad::{load_tokenizer, read_dataset, FeatureConfig};
 use bertbench::train::trainer::epoch_order;
 use candle_core::{DType, Device};

@@ -3,7 +3,7 @@
 
 mod common;
 
-use bertbench::eval::{
+use bertbench::answer::{
     plan_batches, real_length, run_length, run_model, EvalResults, EVAL_RESULTS_FILE, LENGTH_BUCKET,
 };
 use bertbench::models::{self};

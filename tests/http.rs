@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bertbench::eval::LogitRows;
+use bertbench::answer::LogitRows;
 use bertbench::serve::api::ServerWindows;
 use bertbench::serve::http::{bind, serve, HttpConfig, Loaded, ModelInfo, Served};
 use bertbench::serve::{Answer, Engine, QueryOptions, Server};

@@ -5,9 +5,9 @@
 
 mod common;
 
+use bertbench::answer::run_model;
 use bertbench::compute::isa::{use_isa, IsaChoice};
 use bertbench::compute::Isa;
-use bertbench::eval::run_model;
 use bertbench::models::{self, ForwardCtx, TokenInputs};
 use bertbench::squad::{load_tokenizer, read_dataset, FeatureConfig};
 use candle_core::{DType, Device};

@@ -151,7 +151,7 @@ fn report_writes_markdown_html_and_plots() {
 
 /// Writes an `eval_results.json` of `model` (100 questions) under `dir/eval/<model>`.
 fn synthetic_eval(dir: &Path, model: &str, f1: f64, questions_per_s: f64) {
-    use bertbench::eval::{EvalReport, EvalResults};
+    use bertbench::answer::{EvalReport, EvalResults};
     let out = dir.join("eval").join(model);
     std::fs::create_dir_all(&out).unwrap();
     let results = EvalResults {

@@ -337,7 +337,7 @@ fn answers_under_load_are_evals_answers() {
     let tmp = tempfile::tempdir().unwrap();
     let eval_dir = tmp.path().join("eval");
     let expected = eval_predictions(&eval_dir, 24);
-    let eval = bertbench::eval::EvalResults::read(&eval_dir.join("eval_results.json")).unwrap();
+    let eval = bertbench::answer::EvalResults::read(&eval_dir.join("eval_results.json")).unwrap();
     for (name, args) in [
         ("offline", vec!["--scenario", "offline", "--max-batch", "4"]),
         (

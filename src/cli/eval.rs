@@ -6,8 +6,9 @@ use anyhow::Result;
 use clap::Args;
 
 use super::model::ModelArgs;
+use crate::answer::EvalConfig;
 use crate::device::device_name;
-use crate::eval::{EvalConfig, EvalJob};
+use crate::eval::EvalJob;
 use crate::squad::{DecodeConfig, FeatureConfig};
 
 /// How questions become windows and windows answers: the tokenizer, the windowing and the
@@ -34,7 +35,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Windows per forward pass.
-    #[arg(long, default_value_t = crate::eval::DEFAULT_BATCH_SIZE)]
+    #[arg(long, default_value_t = crate::answer::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     #[command(flatten)]
     pub answers: AnswerArgs,

@@ -9,12 +9,13 @@ use clap::Args;
 
 use super::model::{ComputeArgs, ModelArgs};
 use super::report::PriceArgs;
+use crate::answer::EvalConfig;
 use crate::bench::grid::Preset;
 use crate::bench::run::default_settings;
 use crate::bench::{BenchConfig, CellSettings};
 use crate::device::Precision;
 use crate::error::input;
-use crate::eval::{EvalConfig, EvalJob};
+use crate::eval::EvalJob;
 use crate::report::build::{write_report, ReportOptions};
 use crate::report::machines::{load_machines, write_machines_report, MachinePrices};
 use crate::squad::{DecodeConfig, FeatureConfig};
@@ -181,7 +182,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                     config: EvalConfig {
                         features: FeatureConfig::default(),
                         decode: DecodeConfig::default(),
-                        batch_size: crate::eval::DEFAULT_BATCH_SIZE,
+                        batch_size: crate::answer::DEFAULT_BATCH_SIZE,
                     },
                     tokenizer: None,
                     output_dir: root.join("eval").join(format!("{i}-{name}{suffix}")),

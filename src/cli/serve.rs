@@ -192,7 +192,7 @@ impl EngineArgs {
     /// and dtype.
     fn open(&self, model: &ModelArgs) -> Result<(QaEngine, String, String)> {
         let opened = model.open()?;
-        crate::eval::check_windows(&self.answers.windows, opened.model.config())?;
+        crate::answer::check_windows(&self.answers.windows, opened.model.config())?;
         let tokenizer = load_tokenizer(&tokenizer_path(
             self.answers.tokenizer.as_deref(),
             opened.dir.as_deref(),

@@ -149,7 +149,11 @@ impl Scores {
         self.read
             .borrow_mut()
             .entry(eval.source.clone())
-            .or_insert_with(|| crate::eval::f1_per_question(&eval.source).ok().map(Rc::new))
+            .or_insert_with(|| {
+                crate::answer::f1_per_question(&eval.source)
+                    .ok()
+                    .map(Rc::new)
+            })
             .clone()
     }
 
@@ -241,8 +245,8 @@ fn rows<'a>(
             scores.difference(a, base).map(|(_, lo, hi)| (lo, hi)),
         ));
         if let (Some(mine), Some(theirs)) = (
-            crate::eval::read_predictions(&a.source).ok(),
-            crate::eval::read_predictions(&base.source).ok(),
+            crate::answer::read_predictions(&a.source).ok(),
+            crate::answer::read_predictions(&base.source).ok(),
         ) {
             let both: Vec<(&String, &String)> = mine
                 .iter()

@@ -7,7 +7,7 @@
 //! `max_batch`), waiting for more only until the oldest has waited `max_queue_delay`, and runs
 //! them as one forward pass. Same run length only: every window is then run exactly as `eval`
 //! runs it, so answers under load are the answers of `eval`, bit for bit, whatever the
-//! batching (see [`crate::eval::LENGTH_BUCKET`]). A query is answered when its last window's
+//! batching (see [`crate::answer::LENGTH_BUCKET`]). A query is answered when its last window's
 //! batch ends; its decoding runs on that worker. The queue is bounded in queries admitted and
 //! not yet answered: past it, a query is refused at once ([`Rejected::QueueFull`]) and that
 //! refusal is a result, never an unbounded wait.
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::eval::{run_length, LogitRows};
+use crate::answer::{run_length, LogitRows};
 use crate::squad::{DecodeConfig, Feature, FeatureConfig};
 
 /// What a system under test does with a query, stage by stage.

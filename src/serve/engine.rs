@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use super::batcher::{Answer, Engine, QueryOptions};
-use crate::eval::{forward_windows, LogitRows};
+use crate::answer::{forward_windows, LogitRows};
 use crate::models::QaModel;
 use crate::squad::{
     data::char_slice, decode_predictions, DecodeConfig, Example, Feature, FeatureConfig,

@@ -9,9 +9,9 @@ use anyhow::Result;
 
 use super::checkpoint;
 use super::trainer::{self, TrainObserver, TrainOutcome, TrainSetup, TrainingArgs};
+use crate::answer::{check_windows, EvalResults, EVAL_RESULTS_FILE};
 use crate::device::device_name;
 use crate::error::input;
-use crate::eval::{check_windows, EvalResults, EVAL_RESULTS_FILE};
 use crate::hub::{self, HubConfig, Need, TOKENIZER_FILES};
 use crate::models::trainable::TrainableModel;
 use crate::models::{self, ModelConfig};

@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, LogEntry, TrainerState};
 use super::schedule::{linear_with_warmup, warmup_steps};
+use crate::answer::{evaluate_model, stack_windows, EvalConfig, EvalReport};
 use crate::compute::optim::{accumulate, global_norm, AdamW, AdamWConfig, Grads};
 use crate::device::{DeviceSpec, Precision};
 use crate::error::input;
-use crate::eval::{evaluate_model, stack_windows, EvalConfig, EvalReport};
 use crate::models::trainable::TrainableModel;
 use crate::models::weights::{ParamSource, ParamSpec, Params};
 use crate::models::{Batch, ModelConfig, QaModel};
@@ -57,7 +57,7 @@ pub struct TrainingArgs {
         long = "eval-batch-size",
         alias = "per-device-eval-batch-size",
         value_name = "N",
-        default_value_t = crate::eval::DEFAULT_BATCH_SIZE
+        default_value_t = crate::answer::DEFAULT_BATCH_SIZE
     )]
     pub per_device_eval_batch_size: usize,
     #[arg(

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use bertbench::eval::{run_length, LogitRows};
+use bertbench::answer::{run_length, LogitRows};
 use bertbench::serve::{Answer, BatcherConfig, Engine, Query, QueryOptions};
 use bertbench::squad::Feature;
 
