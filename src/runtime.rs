@@ -3,9 +3,7 @@
 //! compute pool ([`use_threads`]). The CPU kernels' tier is chosen in compute
 //! ([`crate::compute::isa::use_isa`]), which calls [`init`] first.
 //!
-//! The allocator and worker settings were measured on the 2-core reference machine
-//! (BERT-base training step, batch 8 x 128: 7.35 s before, 5.89 s after; see
-//! docs/performance.md).
+//! What the allocator and worker settings bought: docs/performance.md, "Measurements behind the code".
 
 use std::sync::OnceLock;
 
@@ -98,9 +96,7 @@ pub fn release_free_memory() {
 /// it. Every product inside then forks from a pool thread, and the other threads, still
 /// spinning from the previous product, pick up their share at once; called from outside the
 /// pool, each product would instead be handed to workers that had gone to sleep while this
-/// thread waited. Measured on the 2-core reference machine: a BERT-base forward at 1x8 20.5 ->
-/// 13.8 ms, a training step at 8x128 4.4-6.0 -> 3.4-3.9 s. Inside the pool already, `f` just
-/// runs.
+/// thread waited (what that bought: docs/performance.md, "Measurements behind the code"). Inside the pool already, `f` just runs.
 pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }

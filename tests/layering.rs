@@ -44,9 +44,18 @@ fn matrix() -> Vec<(&'static str, Vec<&'static str>)> {
         ("answer", above_floor(&answering)),
         ("bench", above_floor(&answering)),
         ("eval", above_floor(&[&answering[..], &["answer"]].concat())),
-        ("train", above_floor(&[&answering[..], &["answer"]].concat())),
-        ("serve", above_floor(&[&answering[..], &["answer"]].concat())),
-        ("report", above_floor(&["answer", "bench", "eval", "train", "serve"])),
+        (
+            "train",
+            above_floor(&[&answering[..], &["answer"]].concat()),
+        ),
+        (
+            "serve",
+            above_floor(&[&answering[..], &["answer"]].concat()),
+        ),
+        (
+            "report",
+            above_floor(&["answer", "bench", "eval", "train", "serve"]),
+        ),
         (
             "cli",
             above_floor(&[

@@ -3,7 +3,7 @@
 //!
 //! The workload is one packed product of fixed size (64 x 768 activations by a 768 x 768
 //! weight, BERT-base's attention projection at 64 tokens), best of five after one warm-up:
-//! under a millisecond (0.33 ms on the 2-vCPU Zen 4) that depends on the machine alone. Its
+//! under a millisecond on the 2-vCPU machines here, depending on the machine alone. Its
 //! series over a run shows how fast the machine was when each cell was measured; a cell
 //! measured while the machine ran more than [`SLOW_THRESHOLD`] slower than its own best in the
 //! run is flagged in the report.

@@ -58,7 +58,7 @@ pub fn measure_peak(
     let bf16 = cpu && precisions.contains(&Precision::Bf16) && Bf16Kernel::current().fast();
     // Not on the portable tier: its forward multiplies on candle's matmul (the `gemm` crate;
     // `Isa::packs_weights`), and the packed product's plain-Rust tile, which it would time
-    // instead, runs no encoder product there (~14 GFLOP/s on a Zen 5).
+    // instead, runs no encoder product there (and is far slower).
     let packed = device.is_cpu() && dtype == DType::F32 && Isa::current().packs_weights();
     let threads = rayon::current_num_threads();
     let mut shapes = Vec::new();

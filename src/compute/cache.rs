@@ -34,9 +34,8 @@ pub struct CacheSizes {
 impl CacheSizes {
     /// What is assumed where nothing can be read: 32 KiB L1d and 512 KiB L2 (AMD Zen 2/3,
     /// Intel client cores have 1.25-2 MiB; taking the smaller errs towards blocks that fit).
-    /// Erring small is cheap: on a Zen 5 with 1 MiB of L2, the blocks this size gives ran the
-    /// BERT-base products within that VM's run-to-run spread of the blocks its own L2 gives
-    /// (docs/performance.md, "Blocks sized for a 512 KiB L2").
+    /// Erring small is cheap: on a 1 MiB machine the blocks this size gives ran within the
+    /// run-to-run spread of its own (docs/performance.md, "Blocks sized for a 512 KiB L2").
     pub const ASSUMED: Self = Self {
         l1d: 32 << 10,
         l2: 512 << 10,
@@ -49,8 +48,7 @@ impl CacheSizes {
     /// may share it (at most `l2_shared_by`, at most `threads`). Two threads on one SMT core's
     /// hardware threads each get half: sizing each thread's blocks for the whole L2 would make
     /// the two fill it twice over. Erring small is cheap where they do not share it after all
-    /// (a Zen 5 ran the products with blocks for half its L2 within the run-to-run spread:
-    /// docs/performance.md, "Blocks sized for a 512 KiB L2").
+    /// (docs/performance.md, "Blocks sized for a 512 KiB L2").
     pub fn l2_per_thread(&self, threads: usize) -> usize {
         self.l2 / self.l2_shared_by.min(threads).max(1)
     }

@@ -90,8 +90,8 @@ impl MulAdd for Unfused {
 /// The form of the build without target features: fused where the target's baseline has the
 /// instruction (aarch64; x86-64 built with `-C target-feature=+fma`), else unfused. On an
 /// x86-64 CPU without FMA (the `portable` tier there) `f32::mul_add` is a call to the software
-/// `fmaf`, correctly rounded but a call per element: it took half of a SqueezeBERT forward's
-/// time under `--isa portable` (perf, Zen 5, 2 threads) and kept GELU from vectorising.
+/// `fmaf`, correctly rounded but a call per element, which dominated the portable tier's
+/// forward and kept GELU from vectorising (docs/performance.md, "Measurements behind the code").
 #[cfg(any(target_arch = "aarch64", target_feature = "fma"))]
 pub type Plain = Fused;
 /// See the other definition.

@@ -1,8 +1,8 @@
 //! The compute layer: CPU kernels (f32, with int8 and bf16 products) that know nothing of
 //! models. The model families ([`crate::models`]) call into it; it never calls back.
 //!
-//! Why hand-written: measured on the 2-core reference machine, candle's composed element-wise
-//! ops cost as much as the matrix products at BERT shapes (`gelu_erf` runs single-threaded
+//! Why hand-written: measured (docs/performance.md), candle's composed element-wise ops cost
+//! as much as the matrix products at BERT shapes (`gelu_erf` runs single-threaded
 //! through libm, LayerNorm takes five passes, softmax and the mask three, every head split and
 //! merge copies a transpose), its element-wise thread pool spins on the cores the GEMM needs,
 //! and the `gemm` crate packs the weight operand again on every call. No maintained crate

@@ -1,8 +1,8 @@
 //! candle ops backed by the fused kernels of this layer, each with its backward pass:
 //! what a forward that records gradients (training) uses on f32 CPU tensors instead of the
-//! composed ops. Measured on the 2-core reference machine, the composed LayerNorm (seven ops
-//! forward, more backward), libm's single-threaded `gelu_erf` and the three-op softmax took
-//! about a third of a BERT-base training step.
+//! composed ops: the composed LayerNorm (seven ops forward, more backward), libm's
+//! single-threaded `gelu_erf` and the three-op softmax took a large share of a training step
+//! (docs/performance.md, "Measurements behind the code").
 //!
 //! The backward passes are themselves fused kernels (they record no graph: second derivatives
 //! are not needed). `tests/train.rs` checks every gradient against the composed ops.

@@ -4,9 +4,9 @@
 //! Why hand-written: the `gemm` crate packs the weight operand again on every call (1-3% of a
 //! forward at large shapes, and most of the time at short inputs, where the product is bound by
 //! reading the weights), and on stable Rust it has no AVX-512 kernel, while ONNX Runtime's MLAS
-//! packs weights once and has one. Measured with `cargo run --release --example kernels`, which
-//! times this product against the `gemm` crate's: 198-225 against 143-202 GFLOP/s at BERT-base
-//! shapes with 384-3072 rows on the 2-core reference machine, 2.3-3.8x at 8 rows.
+//! packs weights once and has one. `cargo run --release --example kernels` times this product
+//! against the `gemm` crate's on the machine at hand (the numbers: docs/performance.md,
+//! "The fast CPU kernels").
 //!
 //! Layout: the `n x k` weight is cut into panels of [`PANEL`] output columns; a panel holds its
 //! `k x 16` block row by row (64-byte aligned), so the kernel reads 16 consecutive outputs'
@@ -93,11 +93,11 @@ impl Blocking {
     /// equal blocks as keep room for at least 48 rows (four AVX-512 tiles; each extra block
     /// re-reads and re-writes the outputs once), and `mc` is then as many whole tiles as fit.
     ///
-    /// On the 2-vCPU Zen 4 (1 MiB L2) this gives one block of inputs for every BERT-family
-    /// product up to 2,730 inputs, and 168 rows at 768 inputs; on a Zen 3 (512 KiB L2),
-    /// 84 rows at 768 inputs, and the 3,072-input product in three blocks of 1,024 by 60 rows
-    /// (measurements: docs/performance.md). Two threads sharing a 1.25 MiB L2 (an Intel SMT
-    /// core) get the blocks of a 640 KiB one each.
+    /// With a 1 MiB L2 this gives one block of inputs for every BERT-family product up to
+    /// 2,730 inputs, and 168 rows at 768 inputs; with 512 KiB, 84 rows at 768 inputs, and the
+    /// 3,072-input product in three blocks of 1,024 by 60 rows (tested below; what the blocks
+    /// measured: docs/performance.md). Two threads sharing a 1.25 MiB L2 (an SMT core) get
+    /// the blocks of a 640 KiB one each.
     pub fn rule(k: usize, caches: &CacheSizes, isa: Isa, threads: usize) -> Self {
         let mr = isa.tile_rows();
         let budget = caches.l2_per_thread(threads) / 2 / std::mem::size_of::<f32>();
@@ -112,9 +112,8 @@ impl Blocking {
 /// The row stride to give a buffer of activations with `cols` columns that a product will read:
 /// `cols`, plus one cache line where `cols` is a multiple of 512 floats (2 KiB). At such a
 /// stride the rows a register tile reads together (12) fall into one or two of the L1 cache's
-/// 64 sets and evict each other; one line more spreads them over 12 sets. Measured with
-/// `examples/kernels` (one thread, this CPU): BERT-base's feed-forward output product (3072
-/// inputs) 100-103 -> 111-113 GFLOP/s; strides of 768 unchanged.
+/// 64 sets and evict each other; one line more spreads them over 12 sets (what it bought, timed
+/// with `examples/kernels`: docs/performance.md, "Measurements behind the code").
 pub fn activation_stride(cols: usize) -> usize {
     if cols > 0 && cols.is_multiple_of(512) {
         cols + PANEL
@@ -821,9 +820,8 @@ mod avx2 {
 
     /// How many inputs ahead of use the block's first tile prefetches its weight panel's rows:
     /// 4 KiB, 64 lines in flight, about what covers a memory latency at the rate the tile
-    /// consumes them (one line per ~6 cycles). On the Zen 4 (one thread, `--isa avx2`, builds
-    /// alternated over 6 rounds; docs/performance.md): 64 against 16, the mean of the medians
-    /// over 12 shapes with 8-1024 rows +6% (84.1 against 79.5 GFLOP/s); 128 gained less.
+    /// consumes them (one line per ~6 cycles). 64 timed faster than 16 and 128 under
+    /// `--isa avx2` (docs/performance.md, "The AVX2 tier, forced on the Zen 4").
     const PREFETCH_INPUTS: usize = 64;
 
     /// Lane masks for `maskload`/`maskstore`: `MASKS[8 - n..]` enables the first `n` lanes.
@@ -954,8 +952,7 @@ mod avx2 {
         }
         // A masked store is microcoded on AMD CPUs, many times the cost of a plain one, and a
         // tile of a short product (SqueezeBERT's 192 inputs per group, attention's heads)
-        // paid twelve: full panels store plainly (one thread, 12 BERT-base shapes: mean of
-        // the medians 84.8 -> 92.9 GFLOP/s; docs/performance.md).
+        // paid twelve: full panels store plainly (docs/performance.md, "Measurements behind the code").
         // Accumulating, the outputs are added after the loop, not loaded before it: a block
         // of inputs after the first finds them in L2 or beyond, and the loop hides the wait.
         if t.cols == PANEL {
