@@ -380,7 +380,6 @@ fn bad_arguments_are_explained() {
         (vec!["--batch-sizes", "0"], "at least 1"),
         (vec!["--no-inference"], "nothing to measure"),
         (vec!["--no-speed", "--no-memory"], "nothing to measure"),
-        (vec!["--device", "tpu"], "expected `cpu`"),
     ] {
         let (code, _, stderr) = run(&mut bench(&tmp.path().join("x"), &args));
         assert_eq!(code, 3, "{args:?}: {stderr}");
@@ -392,6 +391,13 @@ fn bad_arguments_are_explained() {
         let (code, _, stderr) = run(bin().args([command, "--threads", "0"]));
         assert_eq!(code, 2, "{command}: {stderr}");
         assert!(stderr.contains("at least 1"), "{command}: {stderr}");
+        // The device is parsed there too, into a `DeviceSpec`.
+        let (code, _, stderr) = run(bin().args([command, "--device", "tpu"]));
+        assert_eq!(code, 2, "{command}: {stderr}");
+        assert!(
+            stderr.contains("device `tpu`: expected `cpu`, `cuda` or `cuda:N`"),
+            "{command}: {stderr}"
+        );
     }
 }
 

@@ -32,7 +32,6 @@ pub struct GpuInfo {
     pub memory_total: u64,
     pub power_watts: Option<f64>,
     pub performance_state: Option<String>,
-    pub count: u32,
 }
 
 pub fn info(ordinal: usize) -> Result<GpuInfo> {
@@ -44,7 +43,6 @@ pub fn info(ordinal: usize) -> Result<GpuInfo> {
         memory_total: device.memory_info()?.total,
         power_watts: device.power_usage().ok().map(|mw| mw as f64 / 1000.0),
         performance_state: device.performance_state().ok().map(|p| format!("{p:?}")),
-        count: nvml.device_count()?,
     })
 }
 
@@ -119,7 +117,7 @@ mod tests {
         }
         let gpu = info(0).unwrap();
         assert!(!gpu.name.is_empty() && !gpu.driver.is_empty());
-        assert!(gpu.count >= 1 && gpu.memory_total > 0, "{gpu:?}");
+        assert!(gpu.memory_total > 0, "{gpu:?}");
         let sampler = Sampler::start(0).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         let peaks = sampler.finish().unwrap();

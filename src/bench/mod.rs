@@ -7,19 +7,19 @@
 //! [`output`] writes the results as they come, and [`run`] is a whole run (plan, resume, peak,
 //! cells, largest-batch search) as one call.
 
-pub mod cell;
+pub(crate) mod cell;
 pub mod child;
 pub mod drift;
-pub mod env;
-pub mod flops;
-pub mod gpu;
-pub mod grid;
+pub(crate) mod env;
+pub(crate) mod flops;
+pub(crate) mod gpu;
+pub(crate) mod grid;
 pub mod memory;
 pub mod output;
-pub mod peak;
-pub mod run;
-pub mod shard;
-pub mod timer;
+pub(crate) mod peak;
+pub(crate) mod run;
+pub(crate) mod shard;
+pub(crate) mod timer;
 
 use serde::{Deserialize, Serialize};
 

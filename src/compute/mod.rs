@@ -29,20 +29,20 @@
 
 #[macro_use]
 pub mod isa;
-pub mod attention;
+pub(crate) mod attention;
 pub mod bf16;
 pub mod cache;
 pub mod dense;
-pub mod dropout;
+pub(crate) mod dropout;
 pub mod int8;
-pub mod math;
-pub mod norm;
-pub mod ops;
+pub(crate) mod math;
+pub(crate) mod norm;
+pub(crate) mod ops;
 pub mod optim;
 pub mod packed;
-pub mod softmax;
+pub(crate) mod softmax;
 pub(crate) mod split;
-pub mod view;
+pub(crate) mod view;
 
 pub use isa::Isa;
 pub use view::{MatMut, MatRef};

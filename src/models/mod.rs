@@ -2,13 +2,13 @@
 //! building blocks in [`layers`], the Hub's `config.json` in [`config`], checkpoints and
 //! initialisation in [`weights`], and the QA model over them in [`qa`].
 
-pub mod bert;
-pub mod config;
-pub mod distilbert;
-pub mod inputs;
-pub mod layers;
-pub mod qa;
-pub mod squeezebert;
+pub(crate) mod bert;
+pub(crate) mod config;
+pub(crate) mod distilbert;
+pub(crate) mod inputs;
+pub(crate) mod layers;
+pub(crate) mod qa;
+pub(crate) mod squeezebert;
 pub mod trainable;
 pub mod weights;
 

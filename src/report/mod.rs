@@ -2,9 +2,9 @@
 //! generated report, for one machine or several.
 
 pub mod build;
-pub mod compare;
-pub mod machines;
+pub(crate) mod compare;
+pub(crate) mod machines;
 pub mod observe;
-pub mod plot;
-pub mod render;
-pub mod summary;
+pub(crate) mod plot;
+pub(crate) mod render;
+pub(crate) mod summary;

@@ -5,14 +5,14 @@
 //! a folder ([`loadgen`]), on a model in this process or a server over HTTP ([`client`]).
 
 pub mod api;
-pub mod arrival;
-pub mod batcher;
-pub mod client;
-pub mod engine;
+pub(crate) mod arrival;
+pub(crate) mod batcher;
+pub(crate) mod client;
+pub(crate) mod engine;
 pub mod http;
-pub mod latency;
+pub(crate) mod latency;
 pub mod loadgen;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod scenario;
 
 pub use batcher::{

@@ -12,10 +12,10 @@
 //! ```
 
 pub mod data;
-pub mod decode;
-pub mod download;
-pub mod features;
-pub mod metric;
+pub(crate) mod decode;
+pub(crate) mod download;
+pub(crate) mod features;
+pub(crate) mod metric;
 
 pub use data::{read_dataset, Answer, Article, Dataset, Example, Paragraph, Question};
 pub use decode::{
@@ -23,4 +23,4 @@ pub use decode::{
     NbestEntry, Prediction,
 };
 pub use features::{load_tokenizer, tokenizer_path, Feature, FeatureConfig, QaTokenizer, Window};
-pub use metric::{evaluate, normalize_answer, Score};
+pub use metric::{evaluate, exact_match_score, f1_score, normalize_answer, Score};

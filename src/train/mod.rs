@@ -2,8 +2,8 @@
 //! trainable model and its loss are in [`crate::models::trainable`], the optimizer in
 //! [`crate::compute::optim`].
 
-pub mod checkpoint;
-pub mod push;
+pub(crate) mod checkpoint;
+pub(crate) mod push;
 pub mod run;
-pub mod schedule;
+pub(crate) mod schedule;
 pub mod trainer;
