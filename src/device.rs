@@ -72,12 +72,9 @@ impl Precision {
 /// A compute device as the user names it: `cpu`, `cuda` or `cuda:N`. Parsed once (from the
 /// command line or a results file) and carried typed; written back as the same text, so the
 /// files that record it (`results.json`, `env.csv`, `training_args.json`) read as before.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
-    #[default]
     Cpu,
     /// A CUDA GPU by ordinal.
     Cuda(usize),
@@ -164,11 +161,6 @@ impl From<DeviceSpec> for String {
     }
 }
 
-/// Parses and opens `cpu`, `cuda` or `cuda:N` ([`DeviceSpec`]).
-pub fn parse_device(spec: &str) -> Result<Device> {
-    spec.parse::<DeviceSpec>()?.open()
-}
-
 /// A short name for a device: `cpu` or `cuda:N`.
 pub fn device_name(device: &Device) -> String {
     match device.location() {
@@ -184,10 +176,11 @@ mod tests {
 
     #[test]
     fn devices_parse_or_explain() {
-        assert!(parse_device("cpu").unwrap().is_cpu());
-        let bad = parse_device("tpu").unwrap_err().to_string();
+        let parse = |s: &str| s.parse::<DeviceSpec>().and_then(DeviceSpec::open);
+        assert!(parse("cpu").unwrap().is_cpu());
+        let bad = parse("tpu").unwrap_err().to_string();
         assert!(bad.contains("expected `cpu`"), "{bad}");
-        let bad = parse_device("cuda:x").unwrap_err().to_string();
+        let bad = parse("cuda:x").unwrap_err().to_string();
         assert!(bad.contains("cuda:N"), "{bad}");
         for (text, spec) in [
             ("cpu", DeviceSpec::Cpu),
@@ -203,7 +196,7 @@ mod tests {
         assert_eq!(DeviceSpec::Cuda(3).to_string(), "cuda:3");
         assert!(serde_json::from_str::<DeviceSpec>("\"tpu\"").is_err());
         if !cfg!(feature = "cuda") {
-            let err = parse_device("cuda:0").unwrap_err().to_string();
+            let err = parse("cuda:0").unwrap_err().to_string();
             assert!(err.contains("--features cuda"), "{err}");
         }
     }
