@@ -202,7 +202,7 @@ fn main() {
 fn int8_table(args: &Args) {
     let threads = args.threads;
     let kernel = Int8Kernel::current();
-    println!("int8 kernel: {}", kernel.name());
+    println!("int8 kernel: {}", Int8Kernel::described());
     let before = vnni_ceiling(kernel, threads);
     struct Shape {
         k: usize,

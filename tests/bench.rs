@@ -210,6 +210,59 @@ fn a_forced_blocking_is_checked_and_recorded() {
     }
 }
 
+/// `BERTBENCH_INT8_KERNEL` (to measure a kernel the CPU would not pick): a malformed value is
+/// an input error, a kernel wider than the tier in force is refused as unavailable (exit 4),
+/// and a forced kernel runs every int8 cell and is recorded as forced in `env.csv`.
+#[test]
+fn a_forced_int8_kernel_is_checked_and_recorded() {
+    use bertbench::compute::int8::KERNEL_ENV;
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = [
+        "--batch-sizes",
+        "1",
+        "--sequence-lengths",
+        "16",
+        "--no-memory",
+        "--dtype",
+        "int8",
+        "--isa",
+        "portable",
+    ];
+    for (value, code, says) in [
+        ("vnni", 3, "BERTBENCH_INT8_KERNEL=\"vnni\": expected one of"),
+        (
+            "avx512-vnni",
+            4,
+            "the portable tier cannot run that int8 kernel",
+        ),
+    ] {
+        let out = tmp.path().join(value);
+        let (got, _, stderr) = run(bench(&out, &grid).env(KERNEL_ENV, value));
+        assert_eq!(got, code, "{value}: {stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!out.join("results.csv").exists());
+    }
+    let out = tmp.path().join("forced");
+    let (code, _, stderr) = run(bench(&out, &grid).env(KERNEL_ENV, "portable"));
+    assert_eq!(code, 0, "{stderr}");
+    let env = csv_rows(&out.join("env.csv"));
+    let row = env.iter().find(|r| r[0] == "int8_kernel");
+    assert_eq!(
+        row.map(|r| r[1].as_str()),
+        Some("portable (forced by BERTBENCH_INT8_KERNEL)"),
+        "{env:?}"
+    );
+    let results = results(&out);
+    assert!(
+        results["measurements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["status"] == "ok"),
+        "{results}"
+    );
+}
+
 #[test]
 fn crashed_child_is_a_row_and_resume_finishes_the_grid() {
     let tmp = tempfile::tempdir().unwrap();

@@ -100,12 +100,7 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
         ("threads", settings.threads.to_string()),
         ("isa", crate::compute::Isa::current().name().to_string()),
         ("isa_available", crate::compute::Isa::available_names()),
-        (
-            "int8_kernel",
-            crate::compute::int8::Int8Kernel::current()
-                .name()
-                .to_string(),
-        ),
+        ("int8_kernel", crate::compute::int8::Int8Kernel::described()),
         (
             "bf16_kernel",
             crate::compute::bf16::Bf16Kernel::current()

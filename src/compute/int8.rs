@@ -25,9 +25,9 @@
 //! four activations. Inputs are padded to a multiple of four with zero weights.
 //!
 //! Kernels: AVX-512 VNNI (`vpdpbusd`, 64 multiply-adds an instruction) where the CPU has it;
-//! elsewhere the same sums in portable Rust, compiled for AVX2 where the CPU has it (the
-//! compiler vectorises them; a hand-written AVX2 kernel is not written yet, so int8 on an
-//! AVX2-only CPU is correct but not fast).
+//! on the AVX2 tier AVX-VNNI (the same instruction on 256-bit registers) where the CPU has it,
+//! else AVX2's byte and word products (`vpmaddubsw`, `vpmaddwd`) kept exact by a shift of the
+//! activations (see `avx2_tiles::tile_maddubs`); the same sums in portable Rust anywhere.
 
 use rayon::prelude::*;
 
@@ -56,6 +56,9 @@ impl Default for QuadRow {
     }
 }
 
+/// The variable that forces an int8 kernel ([`Int8Kernel::forced`]).
+pub const KERNEL_ENV: &str = "BERTBENCH_INT8_KERNEL";
+
 /// Which int8 kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Int8Kernel {
@@ -64,7 +67,8 @@ pub enum Int8Kernel {
     /// AVX-VNNI: the same instruction, VEX-encoded on 256-bit registers (Intel since Alder
     /// Lake, AMD since Zen 5): what an AVX2 tier has where the CPU offers it.
     AvxVnni,
-    /// The portable sums, compiled for AVX2+FMA (vectorised by the compiler).
+    /// AVX2 without VNNI: `vpmaddubsw` and `vpmaddwd` on 256-bit registers, exact (Zen 3 and
+    /// older, Intel before Alder Lake).
     Avx2,
     /// The portable sums, no target features.
     Portable,
@@ -72,7 +76,8 @@ pub enum Int8Kernel {
 
 impl Int8Kernel {
     /// The kernel for a tier: `vpdpbusd` where the tier's registers have it (AVX-512 VNNI on
-    /// the AVX-512 tier, AVX-VNNI on the AVX2 tier), else the portable sums.
+    /// the AVX-512 tier, AVX-VNNI on the AVX2 tier), else AVX2's byte products on an x86
+    /// tier, the portable sums on the portable one.
     pub fn for_isa(isa: Isa) -> Self {
         match isa {
             Isa::Avx512 if has_vnni512() => Self::Vnni512,
@@ -82,9 +87,88 @@ impl Int8Kernel {
         }
     }
 
-    /// The kernel this process runs (its tier's).
+    /// The kernel this process runs: its tier's, unless `BERTBENCH_INT8_KERNEL` forces one the
+    /// tier allows ([`Int8Kernel::forced`]; a forced kernel the tier does not allow is refused
+    /// before anything runs, by `isa::use_isa`).
     pub fn current() -> Self {
-        Self::for_isa(Isa::current())
+        static CURRENT: std::sync::OnceLock<Int8Kernel> = std::sync::OnceLock::new();
+        *CURRENT.get_or_init(|| {
+            let isa = Isa::current();
+            match Self::forced() {
+                Ok(Some(k)) if k.allowed_on(isa) => *k,
+                _ => Self::for_isa(isa),
+            }
+        })
+    }
+
+    /// Whether tier `isa` may run this kernel: the tier's own registers and no wider ones, on
+    /// this CPU (the AVX2 tier may run AVX-VNNI, AVX2 or portable; the AVX-512 tier any).
+    pub fn allowed_on(self, isa: Isa) -> bool {
+        let within = match isa {
+            Isa::Avx512 => true,
+            Isa::Avx2 => self != Self::Vnni512,
+            Isa::Portable => self == Self::Portable,
+        };
+        within && Self::available().contains(&self)
+    }
+
+    /// The kernel `BERTBENCH_INT8_KERNEL` forces on every int8 product of this process (read
+    /// once; for measuring a kernel a CPU would not pick, as the AVX2 one on a CPU with VNNI):
+    /// `None` when unset; an error naming the variable, the value and the choices otherwise.
+    pub fn forced() -> &'static Result<Option<Self>, String> {
+        static FORCED: std::sync::OnceLock<Result<Option<Int8Kernel>, String>> =
+            std::sync::OnceLock::new();
+        FORCED.get_or_init(|| Self::parse_forced(std::env::var_os(KERNEL_ENV).as_deref()))
+    }
+
+    /// [`Int8Kernel::forced`] on a given value of the variable.
+    fn parse_forced(value: Option<&std::ffi::OsStr>) -> Result<Option<Self>, String> {
+        let Some(value) = value else { return Ok(None) };
+        let text = value.to_string_lossy();
+        Self::ALL
+            .into_iter()
+            .find(|k| k.id() == text.trim())
+            .map(Some)
+            .ok_or_else(|| {
+                let ids: Vec<_> = Self::ALL.iter().map(|k| k.id()).collect();
+                format!(
+                    "{KERNEL_ENV}={text:?}: expected one of {} (or unset)",
+                    ids.join(", ")
+                )
+            })
+    }
+
+    /// The kernel in force by [`Int8Kernel::name`], and `forced by BERTBENCH_INT8_KERNEL` when
+    /// it is (what the environment file records).
+    pub fn described() -> String {
+        let kernel = Self::current();
+        match Self::forced() {
+            Ok(Some(k)) if *k == kernel => format!("{} (forced by {KERNEL_ENV})", kernel.name()),
+            _ => kernel.name().to_string(),
+        }
+    }
+
+    /// The ids of the kernels tier `isa` may run here, best first, comma-separated.
+    pub fn allowed_names(isa: Isa) -> String {
+        Self::ALL
+            .into_iter()
+            .filter(|k| k.allowed_on(isa))
+            .map(Self::id)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Every kernel, best first.
+    const ALL: [Self; 4] = [Self::Vnni512, Self::AvxVnni, Self::Avx2, Self::Portable];
+
+    /// The kernel's short name, as `BERTBENCH_INT8_KERNEL` spells it.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Vnni512 => "avx512-vnni",
+            Self::AvxVnni => "avx-vnni",
+            Self::Avx2 => "avx2",
+            Self::Portable => "portable",
+        }
     }
 
     /// Every kernel this CPU can run, best first (tests run them all).
@@ -105,10 +189,10 @@ impl Int8Kernel {
         })
     }
 
-    /// Whether the kernel is a `vpdpbusd` one (the others are correct but not faster than the
-    /// f32 product).
+    /// Whether the kernel is faster than the f32 product of its tier: the `vpdpbusd` ones and
+    /// the AVX2 one (measured: docs/precision.md); the portable sums are not.
     pub fn fast(self) -> bool {
-        matches!(self, Self::Vnni512 | Self::AvxVnni)
+        self != Self::Portable
     }
 
     /// The kernel's name, as the environment file records it.
@@ -116,7 +200,7 @@ impl Int8Kernel {
         match self {
             Self::Vnni512 => "avx512-vnni",
             Self::AvxVnni => "avx-vnni",
-            Self::Avx2 => "avx2 (compiler-vectorised)",
+            Self::Avx2 => "avx2 (vpmaddubsw)",
             Self::Portable => "portable",
         }
     }
@@ -574,19 +658,10 @@ impl QTile<'_> {
             Int8Kernel::Vnni512 => unsafe { vnni::rows(self) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX-VNNI and AVX2 are available (caller); the tile's invariant holds.
-            Int8Kernel::AvxVnni => unsafe { avx_vnni::rows(self) },
+            Int8Kernel::AvxVnni => unsafe { avx2_tiles::rows_vnni(self) },
             #[cfg(target_arch = "x86_64")]
-            Int8Kernel::Avx2 => {
-                /// # Safety
-                /// The CPU must have AVX2 and FMA; the tile's invariant.
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn wide(t: &QTile) {
-                    // SAFETY: the caller's guarantee.
-                    unsafe { t.portable() }
-                }
-                // SAFETY: the Avx2 kernel is available only where AVX2 and FMA are.
-                unsafe { wide(self) }
-            }
+            // SAFETY: the Avx2 kernel is available only where AVX2 is; the tile's invariant.
+            Int8Kernel::Avx2 => unsafe { avx2_tiles::rows_maddubs(self) },
             // SAFETY: the tile's invariant.
             _ => unsafe { self.portable() },
         }
@@ -793,64 +868,104 @@ mod vnni {
     }
 }
 
+/// The AVX2-register kernels: AVX-VNNI's `vpdpbusd` where the CPU has it, else the same exact
+/// sums from AVX2's byte and word products (`vpmaddubsw`, `vpmaddwd`). Both run tiles of up
+/// to six rows by one panel (AVX2 has 16 registers) and share the epilogue.
 #[cfg(target_arch = "x86_64")]
-mod avx_vnni {
+mod avx2_tiles {
     use super::{QTile, PANEL, QUAD};
     use std::arch::x86_64::*;
 
-    /// A block of rows: tiles of 6 rows, each over every panel of the block (one at a time:
-    /// AVX2 has 16 registers, and 6 rows x 16 outputs take 12 accumulators).
+    /// A block of rows for `$tile`: per panel, tiles of `$r` rows, then one of the rest.
+    macro_rules! panels_of_tiles {
+        ($t:ident, $tile:ident, $r:literal) => {{
+            for j in 0..$t.cols.div_ceil(PANEL) {
+                let mut r0 = 0;
+                while $t.rows - r0 >= $r {
+                    // SAFETY: rows r0..r0 + R are the tile's; panel j has columns.
+                    unsafe { $tile::<$r>($t, r0, j) };
+                    r0 += $r;
+                }
+                // SAFETY: as above, for the rows left (fewer than R).
+                unsafe {
+                    match $t.rows - r0 {
+                        0 => {}
+                        1 => $tile::<1>($t, r0, j),
+                        2 => $tile::<2>($t, r0, j),
+                        3 => $tile::<3>($t, r0, j),
+                        4 => $tile::<4>($t, r0, j),
+                        _ => $tile::<5>($t, r0, j),
+                    }
+                }
+            }
+        }};
+    }
+
+    /// A block of rows on AVX-VNNI.
     ///
     /// # Safety
     /// AVX2 and AVX-VNNI available; the tile's invariant.
     #[target_feature(enable = "avx2,avxvnni")]
-    pub unsafe fn rows(t: &QTile) {
-        for j in 0..t.cols.div_ceil(PANEL) {
-            let mut r0 = 0;
-            while t.rows - r0 >= 6 {
-                // SAFETY: rows r0..r0 + 6 are the tile's; panel j has columns.
-                unsafe { tile::<6>(t, r0, j) };
-                r0 += 6;
-            }
-            // SAFETY: as above, for the rows left.
-            unsafe {
-                match t.rows - r0 {
-                    0 => {}
-                    1 => tile::<1>(t, r0, j),
-                    2 => tile::<2>(t, r0, j),
-                    3 => tile::<3>(t, r0, j),
-                    4 => tile::<4>(t, r0, j),
-                    _ => tile::<5>(t, r0, j),
-                }
-            }
+    pub unsafe fn rows_vnni(t: &QTile) {
+        panels_of_tiles!(t, tile_vnni, 6)
+    }
+
+    /// A block of rows on AVX2 alone.
+    ///
+    /// # Safety
+    /// AVX2 available; the tile's invariant.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn rows_maddubs(t: &QTile) {
+        panels_of_tiles!(t, tile_maddubs, 4)
+    }
+
+    /// Row `r`'s pointer and panel `j`'s weights of a tile starting at row `r0`.
+    ///
+    /// # Safety
+    /// The tile's invariant; `r0 + R <= rows`; `j * 16 < cols`.
+    #[inline(always)]
+    unsafe fn operands<const R: usize>(
+        t: &QTile,
+        r0: usize,
+        j: usize,
+    ) -> ([*const u8; R], *const i8) {
+        // SAFETY: row r0 + r < rows starts inside `a` (invariant).
+        let rows = std::array::from_fn(|r| unsafe { t.a.as_ptr().add((r0 + r) * t.lda) });
+        // SAFETY: panel j of the tile's panels (j * 16 < cols) holds kq quads.
+        let b = unsafe { t.b.as_ptr().add(j * t.kq) }.cast::<i8>();
+        (rows, b)
+    }
+
+    /// Quad `q` of panel `b`: two halves of eight outputs' four inputs.
+    ///
+    /// # Safety
+    /// `b` is a panel of at least `q + 1` aligned 64-byte quads.
+    #[inline(always)]
+    unsafe fn weights(b: *const i8, q: usize) -> [__m256i; 2] {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            let p = b.add(q * 64);
+            [
+                _mm256_load_si256(p.cast()),
+                _mm256_load_si256(p.add(32).cast()),
+            ]
         }
     }
 
-    /// Rows `r0..r0 + R` of panel `j`: `2R` accumulators of 8 int32 lanes (outputs 0-7 and
-    /// 8-15), two weight loads and `R` broadcasts per four inputs, then the scheme's epilogue
-    /// in the same order of operations as the portable tile. Outputs past `cols` are computed
-    /// in registers (on zero weights) but never stored.
+    /// Rows `r0..r0 + R` of panel `j` on `vpdpbusd`: `2R` accumulators of 8 int32 lanes
+    /// (outputs 0-7 and 8-15), two weight loads and `R` broadcasts per four inputs.
     ///
     /// # Safety
     /// AVX2 and AVX-VNNI available; the tile's invariant; `r0 + R <= rows`; `j * 16 < cols`.
     #[target_feature(enable = "avx2,avxvnni")]
-    unsafe fn tile<const R: usize>(t: &QTile, r0: usize, j: usize) {
+    unsafe fn tile_vnni<const R: usize>(t: &QTile, r0: usize, j: usize) {
         debug_assert!(r0 + R <= t.rows && j * PANEL < t.cols);
-        // SAFETY: row r0 + r < rows starts inside `a` (invariant).
-        let rows: [*const u8; R] =
-            std::array::from_fn(|r| unsafe { t.a.as_ptr().add((r0 + r) * t.lda) });
-        // SAFETY: panel j of the tile's panels (j * 16 < cols) holds kq quads.
-        let b = unsafe { t.b.as_ptr().add(j * t.kq) }.cast::<i8>();
+        // SAFETY: the caller's guarantee.
+        let (rows, b) = unsafe { operands::<R>(t, r0, j) };
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
         for q in 0..t.kq {
-            // SAFETY: quad q < kq of the panel: 64 aligned bytes, two halves of 32.
-            let bv = unsafe {
-                let p = b.add(q * 64);
-                [
-                    _mm256_load_si256(p.cast()),
-                    _mm256_load_si256(p.add(32).cast()),
-                ]
-            };
+            // SAFETY: quad q < kq of the panel.
+            let bv = unsafe { weights(b, q) };
             for (row, a) in acc.iter_mut().zip(&rows) {
                 // SAFETY: each row holds kq quads of 4 bytes; this is quad q < kq.
                 let four = unsafe { a.add(q * QUAD).cast::<i32>().read_unaligned() };
@@ -859,6 +974,103 @@ mod avx_vnni {
                 row[1] = _mm256_dpbusd_avx_epi32(row[1], av, bv[1]);
             }
         }
+        // SAFETY: the caller's guarantee; the sums are the activations' own.
+        unsafe { store::<R>(t, r0, j, &acc, 0) };
+    }
+
+    /// Rows `r0..r0 + R` of panel `j` on AVX2's byte products, exact: `vpmaddubsw` multiplies
+    /// unsigned by signed bytes and adds pairs into int16, which would saturate on uint8
+    /// activations (255 x 127 x 2 > 32767). So each activation is shifted to `a - 128` (a
+    /// signed byte; an XOR of its top bit) and the product is taken as `|a - 128|` (at most
+    /// 128, unsigned) by the weight with `a - 128`'s sign (`vpsignb`; a weight is never -128,
+    /// so its negation fits): a pair adds up to at most 2 x 128 x 127 = 32512, and `vpmaddwd`
+    /// by ones adds the pairs of four inputs into int32 lanes, as `vpdpbusd` does. The sums
+    /// are then `Σ (a - 128) w`, which the epilogue turns into `Σ a w` with the column sums
+    /// (`+ 128 c_o`): the same int32 values as every other kernel, so the same bits.
+    ///
+    /// # Safety
+    /// AVX2 available; the tile's invariant; `r0 + R <= rows`; `j * 16 < cols`.
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile_maddubs<const R: usize>(t: &QTile, r0: usize, j: usize) {
+        debug_assert!(r0 + R <= t.rows && j * PANEL < t.cols);
+        // SAFETY: the caller's guarantee.
+        let (rows, b) = unsafe { operands::<R>(t, r0, j) };
+        let (top, ones) = (_mm256_set1_epi8(-128), _mm256_set1_epi16(1));
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        // One step of four inputs for every row, from each row's shifted activations and their
+        // magnitudes (four bytes each, broadcast).
+        let step =
+            |acc: &mut [[__m256i; 2]; R], bv: [__m256i; 2], shifted: [i32; R], mag: [i32; R]| {
+                for ((row, s), m) in acc.iter_mut().zip(shifted).zip(mag) {
+                    let (s, m) = (_mm256_set1_epi32(s), _mm256_set1_epi32(m));
+                    for (acc, w) in row.iter_mut().zip(&bv) {
+                        let pairs = _mm256_maddubs_epi16(m, _mm256_sign_epi8(*w, s));
+                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            };
+        // Eight quads at a time, each row's shift and magnitude are taken once for all eight
+        // (one XOR and one absolute value per 32 bytes instead of per 4) and kept in L1 for
+        // the broadcasts.
+        let chunks = t.kq / 8;
+        for c in 0..chunks {
+            let mut shifted = [[0i32; 8]; R];
+            let mut mag = [[0i32; 8]; R];
+            for (r, a) in rows.iter().enumerate() {
+                // SAFETY: each row holds kq quads of 4 bytes; these are quads 8c..8c + 8 <= kq.
+                let v = unsafe { _mm256_loadu_si256(a.add(c * 32).cast()) };
+                let v = _mm256_xor_si256(v, top);
+                // SAFETY: both arrays hold 8 values (32 bytes).
+                unsafe {
+                    _mm256_storeu_si256(shifted[r].as_mut_ptr().cast(), v);
+                    _mm256_storeu_si256(mag[r].as_mut_ptr().cast(), _mm256_abs_epi8(v));
+                }
+            }
+            for i in 0..8 {
+                // SAFETY: quad 8c + i < kq of the panel.
+                let bv = unsafe { weights(b, 8 * c + i) };
+                step(
+                    &mut acc,
+                    bv,
+                    std::array::from_fn(|r| shifted[r][i]),
+                    std::array::from_fn(|r| mag[r][i]),
+                );
+            }
+        }
+        for q in chunks * 8..t.kq {
+            // SAFETY: quad q < kq of the panel.
+            let bv = unsafe { weights(b, q) };
+            let shifted: [i32; R] = std::array::from_fn(|r| {
+                // SAFETY: each row holds kq quads of 4 bytes; this is quad q < kq.
+                unsafe {
+                    rows[r].add(q * QUAD).cast::<i32>().read_unaligned()
+                        ^ i32::from_ne_bytes([0x80; 4])
+                }
+            });
+            let mag = shifted
+                .map(|s| i32::from_ne_bytes(s.to_ne_bytes().map(|b| (b as i8).unsigned_abs())));
+            step(&mut acc, bv, shifted, mag);
+        }
+        // SAFETY: the caller's guarantee; the sums are of the activations less 128.
+        unsafe { store::<R>(t, r0, j, &acc, 128) };
+    }
+
+    /// The scheme's epilogue for rows `r0..r0 + R` of panel `j` from sums of the activations
+    /// less `offset` (`Σ (a - offset) w`), in the same order of operations as the portable tile
+    /// once the zero point's correction is exact: `v = sum - (z - offset) c_o`. Outputs past
+    /// `cols` (computed on zero weights) are not stored.
+    ///
+    /// # Safety
+    /// AVX2 available; the tile's invariant; `r0 + R <= rows`; `j * 16 < cols`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn store<const R: usize>(
+        t: &QTile,
+        r0: usize,
+        j: usize,
+        acc: &[[__m256i; 2]; R],
+        offset: i32,
+    ) {
         let cols = PANEL.min(t.cols - j * PANEL);
         let c0 = j * PANEL;
         let mut sums = [0i32; PANEL];
@@ -870,7 +1082,7 @@ mod avx_vnni {
             bias[..cols].copy_from_slice(&b[c0..c0 + cols]);
         }
         for (r, row) in acc.iter().enumerate() {
-            let zero = _mm256_set1_epi32(t.row_zeros[r0 + r]);
+            let zero = _mm256_set1_epi32(t.row_zeros[r0 + r] - offset);
             let scale = _mm256_set1_ps(t.row_scales[r0 + r]);
             let mut y = [0f32; PANEL];
             for (h, v) in row.iter().enumerate() {
@@ -982,6 +1194,32 @@ mod tests {
         assert_eq!(q.data[7], 0);
     }
 
+    /// `BERTBENCH_INT8_KERNEL`: a kernel by its id, or an error naming the variable and the
+    /// choices; a tier runs no kernel wider than its registers.
+    #[test]
+    fn a_forced_kernel_is_parsed_or_refused_by_name() {
+        use std::ffi::OsStr;
+        let parse = |v: &str| Int8Kernel::parse_forced(Some(OsStr::new(v)));
+        assert_eq!(Int8Kernel::parse_forced(None), Ok(None));
+        for k in Int8Kernel::ALL {
+            assert_eq!(parse(k.id()), Ok(Some(k)));
+        }
+        for bad in ["", "vnni", "AVX2", "avx2,portable"] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.starts_with(&format!("{KERNEL_ENV}=")), "{bad:?}: {e}");
+            assert!(e.contains("avx512-vnni, avx-vnni, avx2, portable"), "{e}");
+        }
+        assert!(Int8Kernel::Portable.allowed_on(Isa::Portable));
+        assert!(!Int8Kernel::Avx2.allowed_on(Isa::Portable));
+        assert!(!Int8Kernel::Vnni512.allowed_on(Isa::Avx2));
+        for isa in Isa::available() {
+            // The tier's own kernel is always allowed; the names list it.
+            let own = Int8Kernel::for_isa(*isa);
+            assert!(own.allowed_on(*isa));
+            assert!(Int8Kernel::allowed_names(*isa).contains(own.id()));
+        }
+    }
+
     /// Every kernel, every edge (partial row tiles, one and two panels, odd inputs, groups,
     /// strided activations, no bias, an epilogue, threads) against an f64 reference of the
     /// quantized arithmetic (exact int sums); every kernel gives the portable kernel's bits.
@@ -1059,6 +1297,50 @@ mod tests {
                             ),
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The worst case for 16-bit pair sums (`vpmaddubsw`): activations at both ends of their
+    /// range (0 and 255) against weights of +-127, in every sign pattern of a pair: every
+    /// kernel gives the exact int32 sums (no saturation), so the exact result.
+    #[test]
+    fn extreme_values_give_exact_sums_on_every_kernel() {
+        let (m, k, n) = if cfg!(miri) { (2, 8, 3) } else { (9, 72, 20) };
+        // Row r alternates its two ends in a pattern of its own; on the range 0..255 the scale
+        // is 1 and the bytes are the values.
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| if (i + i / k) % 3 == 0 { 0.0 } else { 255.0 })
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| if (i / 2 + i / k) % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let qw = QuantizedWeight::quantize(&w, 1, n, k);
+        let mut qx = QuantizedRows::new();
+        qx.quantize(MatRef::new(&x, m, k, k), 1, 1);
+        assert!((0..m).all(|r| (0..k).all(|i| matches!(qx.q(r, 0, i), 0 | 255))));
+        assert!((0..n).all(|o| (0..k).all(|i| qw.q(0, o, i).abs() == 127)));
+        for &kernel in Int8Kernel::available() {
+            let mut out = vec![0f32; m * n];
+            int8_linear_with(
+                kernel,
+                &qx,
+                &qw,
+                None,
+                None,
+                MatMut::new(&mut out, m, n, n),
+                1,
+            );
+            for r in 0..m {
+                let (s, z) = qx.params(r);
+                for o in 0..n {
+                    let sum: i32 = (0..k)
+                        .map(|i| i32::from(qx.q(r, 0, i)) * i32::from(qw.q(0, o, i)))
+                        .sum::<i32>()
+                        - z * (0..k).map(|i| i32::from(qw.q(0, o, i))).sum::<i32>();
+                    let want = sum as f32 * (s * qw.scale(0, o));
+                    assert_eq!(out[r * n + o], want, "{kernel:?} ({r},{o})");
                 }
             }
         }

@@ -258,21 +258,36 @@ impl IsaChoice {
 /// takes the best this CPU has. A tier the CPU lacks is refused with what it can run instead,
 /// and so is a tier other than the one already running (it is fixed before the first
 /// computation). A malformed `BERTBENCH_BLOCKING` (the products' blocks, for tuning runs) is
-/// refused here too, before anything is computed with blocks it did not ask for.
+/// refused here too, before anything is computed with blocks it did not ask for, and so is a
+/// `BERTBENCH_INT8_KERNEL` that is malformed or names a kernel the tier cannot run.
 pub fn use_isa(choice: IsaChoice) -> Result<Isa> {
     crate::runtime::init();
     if let Err(e) = super::packed::Blocking::forced() {
         return Err(crate::error::input(e.clone()));
     }
-    match choice.isa() {
-        None => Ok(Isa::current()),
-        Some(isa) if !Isa::available().contains(&isa) => Err(crate::error::unavailable(format!(
-            "--isa {}: {}",
-            isa.name(),
-            Isa::select(isa).unwrap_err()
-        ))),
-        Some(isa) => Isa::select(isa).map_err(|e| crate::error::input(format!("--isa: {e}"))),
+    if let Err(e) = super::int8::Int8Kernel::forced() {
+        return Err(crate::error::input(e.clone()));
     }
+    let isa =
+        match choice.isa() {
+            None => Ok(Isa::current()),
+            Some(isa) if !Isa::available().contains(&isa) => Err(crate::error::unavailable(
+                format!("--isa {}: {}", isa.name(), Isa::select(isa).unwrap_err()),
+            )),
+            Some(isa) => Isa::select(isa).map_err(|e| crate::error::input(format!("--isa: {e}"))),
+        }?;
+    if let Ok(Some(kernel)) = super::int8::Int8Kernel::forced() {
+        if !kernel.allowed_on(isa) {
+            return Err(crate::error::unavailable(format!(
+                "{}={}: the {} tier cannot run that int8 kernel on this CPU (it can run: {})",
+                super::int8::KERNEL_ENV,
+                kernel.id(),
+                isa.name(),
+                super::int8::Int8Kernel::allowed_names(isa)
+            )));
+        }
+    }
+    Ok(isa)
 }
 
 #[cfg(test)]
