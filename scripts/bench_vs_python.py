@@ -891,7 +891,7 @@ def read_bertbench_result(bench_dir: Path) -> dict:
     env = dict(data.get("environment", []))
     return {"samples": timings["samples"], "warmup": timings["warmup"],
             "bertbench_reason": m.get("reason"), "git_commit": env.get("git_commit"),
-            "isa": env.get("isa")}
+            "isa": env.get("isa"), "int8_kernel": env.get("int8_kernel")}
 
 
 def load_average() -> float | None:
@@ -1076,7 +1076,10 @@ def isa_text(args, rows: list[dict], runtimes: tuple[str, ...]) -> str:
         values = sorted({str(r["details"].get(key)) for r in rows
                          if r["runtime"] == runtime and r["status"] == "ok"})
         return "/".join(values) or "not measured"
-    parts = [f"bertbench `{seen('bertbench', 'isa')}` kernels",
+    bertbench = f"bertbench `{seen('bertbench', 'isa')}` kernels"
+    if getattr(args, "precision", "fp32") == "int8":
+        bertbench += f" (int8 kernel `{seen('bertbench', 'int8_kernel')}`)"
+    parts = [bertbench,
              f"PyTorch CPU capability {seen('torch', 'cpu_capability')}"]
     if "ort" in runtimes:
         if getattr(args, "ort_xgetbv_patched", None):

@@ -17,7 +17,7 @@
 //! | [`math`], [`dropout`] | element-wise math (exp, erf, tanh, GELU, ReLU); dropout masks |
 //! | [`norm`], [`softmax`] | LayerNorm and the attention softmax, forward and backward |
 //! | [`dense`], [`packed`] | the products: on weights as loaded (the `gemm` crate) and on weights packed once (own AVX-512/AVX2/portable kernels) |
-//! | [`int8`], [`bf16`], `split` | the products at low precision on weights prepared once: int8 (AVX-512 VNNI, AVX-VNNI, portable) and bf16 (AVX512_BF16, portable); how the prepared products split their work over threads |
+//! | [`int8`], [`bf16`], `split` | the products at low precision on weights prepared once: int8 (AVX-512 VNNI, AVX-VNNI, AVX2, portable) and bf16 (AVX512_BF16, portable); how the prepared products split their work over threads |
 //! | [`attention`] | multi-head attention for inference and training |
 //! | [`ops`] | the kernels as candle custom ops with their backward passes |
 //!
@@ -48,8 +48,8 @@ pub use isa::Isa;
 pub use view::{MatMut, MatRef};
 
 /// The precisions this CPU runs faster than f32 on the tier in force, after f32 itself: int8
-/// where a `vpdpbusd` kernel runs, bf16 where the AVX512_BF16 one does (what `run` measures
-/// when no `--dtype` is given).
+/// on either x86 tier (`vpdpbusd` or AVX2's byte products), bf16 where the AVX512_BF16 kernel
+/// runs (what `run` measures when no `--dtype` is given).
 pub fn fast_precisions() -> Vec<crate::device::Precision> {
     use crate::device::Precision;
     let mut all = vec![Precision::F32];
