@@ -9,14 +9,15 @@ use anyhow::Result;
 use crate::answer::{check_windows, evaluate_model, EvalConfig, EvalResults, EVAL_RESULTS_FILE};
 use crate::device::device_name;
 use crate::error::input;
-use crate::models::OpenedModel;
+use crate::job::Observer;
+use crate::models::ModelSpec;
 use crate::squad::{load_tokenizer, read_dataset, tokenizer_path, write_predictions};
 
 /// One evaluation written to a folder: what `bertbench eval` does, and `run` per checkpoint.
 #[derive(Debug, Clone)]
 pub struct EvalJob {
-    /// The model as the user named it (recorded in `eval_results.json`).
-    pub model: String,
+    /// The model, as the user named it (recorded in `eval_results.json`), and how to run it.
+    pub spec: ModelSpec,
     /// The SQuAD v1.1 file.
     pub dataset: PathBuf,
     /// Only the first N questions, in file order; the score covers exactly those.
@@ -59,34 +60,38 @@ impl EvalJob {
         Ok(())
     }
 
-    /// Answers the questions with `opened` (prepared for inference), scores them and writes
-    /// the three files. `progress(done, total)` counts windows.
-    pub fn run(
-        &self,
-        opened: &OpenedModel,
-        progress: impl FnMut(usize, usize),
-    ) -> Result<EvalOutcome> {
+    /// Opens the model (prepared for inference; the compute pool and tier are chosen
+    /// before), answers the questions, scores them and writes the three files. The observer
+    /// hears what loading had to do, then the windows answered (stage `windows`).
+    pub fn run(&self, observer: &mut dyn Observer) -> Result<EvalOutcome> {
         self.check()?;
-        let model = &opened.model;
-        check_windows(&self.config.features, model.config())?;
         let full = read_dataset(&self.dataset)?;
         let dataset = match self.limit {
             Some(n) => full.first_questions(n),
             None => full,
         };
+        let opened = self.spec.open()?;
+        for line in opened.report.iter().flat_map(|r| r.warnings()) {
+            observer.line(&line);
+        }
+        let model = &opened.model;
+        check_windows(&self.config.features, model.config())?;
         let tokenizer = load_tokenizer(&tokenizer_path(
             self.tokenizer.as_deref(),
             opened.dir.as_deref(),
-            &self.model,
+            &self.spec.model,
         )?)?;
+        observer.stage("windows");
         let (predictions, _, report) =
-            evaluate_model(model, &tokenizer, &dataset, &self.config, progress)?;
+            evaluate_model(model, &tokenizer, &dataset, &self.config, |done, total| {
+                observer.progress(done as u64, total as u64, "")
+            })?;
         let (predictions_file, nbest_file) =
             write_predictions(&self.output_dir, &predictions, self.overwrite)?;
         let results = EvalResults::new(
             report,
             &self.config,
-            &self.model,
+            &self.spec.model,
             &opened.source,
             &self.dataset,
             self.limit,

@@ -7,11 +7,11 @@
 //!
 //! | layer | modules | what it is |
 //! |---|---|---|
-//! | floor | [`error`], [`device`], [`runtime`], [`record`], [`stats`], [`cost`], [`chart`] | error kinds and exit codes; devices and precisions; the compute pool and allocator settings; provenance and atomic writes; summary statistics; dollar cost and price tables; charts |
+//! | floor | [`error`], [`device`], [`runtime`], [`record`], [`job`], [`stats`], [`cost`], [`chart`] | error kinds and exit codes; devices and precisions; the compute pool and allocator settings; provenance and atomic writes; what a job tells its observer; summary statistics; dollar cost and price tables; charts |
 //! | compute | [`compute`] | CPU kernels that know no model: matrix views, ISA dispatch, the products (f32, int8, bf16), norms, softmax, attention, candle custom ops |
 //! | models and data | [`models`], [`hub`], [`squad`] | the three families from the Hub's `config.json` and tensor names; finding and downloading checkpoints; SQuAD files, windows, answer decoding, the official metric |
-//! | answering | [`eval`] | questions answered with a model (windows batched by length, forward, decode, score): what the jobs share |
-//! | jobs | [`bench`](mod@bench), [`train`], [`serve`] | one entry point each: [`bench::run_bench`], [`eval::EvalJob::run`], [`train::run::fine_tune`], [`serve::LoadgenJob::run`] (and the batching [`serve::Server`]); each writes one typed result file; no job imports another |
+//! | answering | [`answer`] | questions answered with a model (windows batched by length, forward, decode, score): what the jobs share |
+//! | jobs | [`bench`](mod@bench), [`eval`], [`train`], [`serve`] | one entry point each: [`bench::run_bench`], [`eval::EvalJob::run`], [`train::run::fine_tune`], [`serve::LoadgenJob::drive`] (and the batching [`serve::Server`]); each writes one typed result file; no job imports another |
 //! | answers | [`report`] | plots, observations, costs, run comparison and the report, read from those files' types (it never runs a model) |
 //! | cli | [`cli`] | flags to typed configurations, one library call, progress and exit codes |
 //!
@@ -31,6 +31,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod hub;
+pub mod job;
 pub mod models;
 pub mod record;
 pub mod report;

@@ -1,5 +1,5 @@
-//! What every result file carries and how it reaches the disk: the build's provenance and
-//! atomic writes. Part of the floor: every layer may use it, and it imports nothing of the
+//! What every result file carries and how it reaches the disk: the build's and the machine's
+//! provenance and atomic writes. Part of the floor: every layer may use it, and it imports nothing of the
 //! crate.
 
 use std::path::Path;
@@ -14,6 +14,19 @@ pub const GIT_COMMIT: &str = env!("BERTBENCH_GIT_COMMIT");
 pub const CANDLE_VERSION: &str = env!("BERTBENCH_CANDLE_VERSION");
 /// The compiler that built it.
 pub const RUSTC_VERSION: &str = env!("BERTBENCH_RUSTC_VERSION");
+
+/// The CPU's model name (`/proc/cpuinfo`), `unknown` where it cannot be read.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// reader never sees half a file and an interrupted write leaves the old one.

@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The floor: what every layer above may import. `error`, `record` (provenance, atomic
-/// writes) and `stats` import nothing of the crate; `device`, `chart` and `cost` only `error`;
+/// writes), `job` (what a job tells its observer) and `stats` import nothing of the crate; `device`, `chart` and `cost` only `error`;
 /// `runtime` `error` and `device`.
-const FLOOR: [&str; 7] = [
-    "error", "record", "stats", "chart", "cost", "device", "runtime",
+const FLOOR: [&str; 8] = [
+    "error", "record", "job", "stats", "chart", "cost", "device", "runtime",
 ];
 
 /// What each top-level module may import, from the bottom up. The floor is below everything;
@@ -32,6 +32,7 @@ fn matrix() -> Vec<(&'static str, Vec<&'static str>)> {
     vec![
         ("error", vec![]),
         ("record", vec![]),
+        ("job", vec![]),
         ("stats", vec![]),
         ("chart", vec!["error"]),
         ("cost", vec!["error"]),

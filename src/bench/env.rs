@@ -6,23 +6,11 @@
 
 use super::memory;
 use super::CellSettings;
+pub use crate::record::cpu_model;
 use crate::record::{CANDLE_VERSION, GIT_COMMIT, RUSTC_VERSION, VERSION};
 
 /// Ordered key/value pairs.
 pub type EnvInfo = Vec<(String, String)>;
-
-/// The CPU's model name (`/proc/cpuinfo`).
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
 
 /// The machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`), empty if unknown:
 /// a merged study lists the hosts its shards ran on.

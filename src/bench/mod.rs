@@ -17,6 +17,7 @@ pub(crate) mod grid;
 pub mod memory;
 pub mod output;
 pub(crate) mod peak;
+pub(crate) mod progress;
 pub(crate) mod run;
 pub(crate) mod shard;
 pub(crate) mod timer;

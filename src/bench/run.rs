@@ -1,7 +1,8 @@
 //! A whole bench run as one library call: plan the grid, resume what a folder already holds,
 //! measure the machine's matmul peak, run the cells, search the largest batch, and write the
 //! results. `bertbench bench` and `bertbench run` are this call with progress drawn on the
-//! terminal; a library user passes any [`Observer`].
+//! terminal; a library user passes any [`crate::job::Observer`] (the grid's progress reaches
+//! it through [`super::progress::CellProgress`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -232,8 +233,15 @@ pub struct BenchOutcome {
 /// Runs a whole bench: see the module's documentation. Progress and results go to `observer`
 /// as they happen, every file is rewritten after each cell, and a folder that already holds
 /// results is refused unless `config.resume`.
-pub fn run_bench(config: &BenchConfig, observer: &mut dyn Observer) -> Result<BenchOutcome> {
+pub fn run_bench(
+    config: &BenchConfig,
+    observer: &mut dyn crate::job::Observer,
+) -> Result<BenchOutcome> {
     config.validate()?;
+    let observer: &mut dyn Observer = &mut super::progress::CellProgress::new(
+        observer,
+        config.plan().len() * config.processes.max(1),
+    );
     let grid_plan = config.plan();
     let files = config.files.clone();
     let previous = if files.results_json.exists() {

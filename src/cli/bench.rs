@@ -1,20 +1,18 @@
 //! `bench`, its hidden per-cell child `bench-cell`, and `peak`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::bench::cell::Phase;
-use crate::bench::grid::{self, Isolation, Observer, Preset};
+use crate::bench::grid::{self, Isolation, Preset};
 use crate::bench::output::{OutputFiles, ResultsFile, ResultsWriter};
 use crate::bench::shard::{self, MergeOptions, ShardChoice};
 use crate::bench::{
-    env, fmt_time, memory, peak, run_bench, BenchConfig, BenchOutcome, Cell, CellSettings,
-    Measurement, Mode, Status, TimingPolicy,
+    env, fmt_time, memory, peak, run_bench, BenchConfig, BenchOutcome, Cell, CellSettings, Mode,
+    Status, TimingPolicy,
 };
 use crate::cli::model::ComputeArgs;
 use crate::device::{DeviceSpec, Precision};
@@ -271,131 +269,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
 /// Runs a bench with progress bars on the terminal and prints its summary table.
 pub(crate) fn run_with_bars(config: &BenchConfig) -> Result<BenchOutcome> {
-    let mut observer = BarObserver::new(config.plan().len() * config.processes.max(1));
-    let outcome = run_bench(config, &mut observer);
-    observer.finish();
+    let mut bar =
+        super::Bar::new("{prefix} {bar:30} {pos}/{len}  elapsed {elapsed}  eta {eta}  {msg}");
+    let outcome = run_bench(config, &mut bar);
+    bar.finish();
     let outcome = outcome?;
     print_summary(&outcome.results, &outcome.plan);
     Ok(outcome)
 }
 
 /// Draws an overall bar (cells, ETA) and a per-cell bar (runs of the current cell).
-struct BarObserver {
-    multi: MultiProgress,
-    overall: ProgressBar,
-    cell: ProgressBar,
-    tty: bool,
-}
-
-impl BarObserver {
-    fn new(total: usize) -> Self {
-        let tty = std::io::stderr().is_terminal();
-        let multi = MultiProgress::with_draw_target(if tty {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        });
-        let overall = multi.add(ProgressBar::new(total as u64));
-        overall.set_style(
-            ProgressStyle::with_template(
-                "cells {bar:30} {pos}/{len}  elapsed {elapsed}  eta {eta}",
-            )
-            .expect("valid template"),
-        );
-        let cell = multi.add(ProgressBar::new(0));
-        cell.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
-        Self {
-            multi,
-            overall,
-            cell,
-            tty,
-        }
-    }
-
-    /// A line above the bars (or on stderr when they are hidden).
-    fn say(&self, line: String) {
-        if self.tty {
-            self.multi.println(line).ok();
-        } else {
-            eprintln!("{line}");
-        }
-    }
-
-    fn finish(&self) {
-        self.cell.finish_and_clear();
-        self.overall.finish_and_clear();
-        let _ = self.multi.clear();
-    }
-}
-
-impl Observer for BarObserver {
-    fn peak_started(&mut self, threads: usize) {
-        self.say(format!(
-            "measuring this machine's matmul peak ({})...",
-            crate::bench::threads_label(threads)
-        ));
-    }
-
-    fn search_started(&mut self, model: &str, mode: Mode, sequence_length: usize) {
-        self.say(format!(
-            "searching the largest batch for {model} {} at sequence {sequence_length}...",
-            mode.as_str()
-        ));
-    }
-
-    fn cell_started(&mut self, _index: usize, total: usize, cell: &Cell) {
-        // A shard runs part of the planned grid: the count comes with its first cell.
-        self.overall.set_length(total as u64);
-        self.cell.set_message(format!("{cell}: starting"));
-    }
-
-    fn cell_progress(&mut self, phase: Phase, runs: usize, elapsed: Duration) {
-        let what = match phase {
-            Phase::Building => "building model".to_string(),
-            Phase::Memory => "memory step".to_string(),
-            Phase::Timing => format!("timed run {runs} ({:.1}s)", elapsed.as_secs_f64()),
-        };
-        let msg = self.cell.message();
-        let head = msg.split(':').next().unwrap_or_default().to_string();
-        self.cell.set_message(format!("{head}: {what}"));
-    }
-
-    fn cell_skipped(&mut self, _cell: &Cell) {
-        self.overall.inc(1);
-    }
-
-    fn cell_finished(&mut self, m: &Measurement) {
-        self.overall.inc(1);
-        self.say(one_line(m));
-    }
-}
-
-fn one_line(m: &Measurement) -> String {
-    let mut parts = vec![format!("{:<40}", m.cell.to_string())];
-    if let Some(s) = &m.speed {
-        parts.push(format!(
-            "{} [{} .. {}] ({} runs)",
-            fmt_time(s.summary.median),
-            fmt_time(s.summary.median_ci_low),
-            fmt_time(s.summary.median_ci_high),
-            s.summary.n
-        ));
-    }
-    if let Some(mem) = &m.memory {
-        parts.push(format!("peak {:.0} MB", memory::to_mb(mem.peak_rss)));
-    }
-    if m.status != Status::Ok {
-        parts.push(format!(
-            "{}: {}",
-            m.status.as_str(),
-            m.reason.clone().unwrap_or_default()
-        ));
-    } else if let Some(r) = &m.reason {
-        parts.push(format!("warning: {r}"));
-    }
-    parts.join("  ")
-}
-
 fn print_summary(results: &ResultsFile, plan: &[Cell]) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(

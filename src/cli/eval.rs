@@ -7,7 +7,6 @@ use clap::Args;
 
 use super::model::ModelArgs;
 use crate::answer::EvalConfig;
-use crate::device::device_name;
 use crate::eval::EvalJob;
 use crate::squad::{DecodeConfig, FeatureConfig};
 
@@ -50,7 +49,7 @@ pub struct EvalArgs {
 
 pub fn eval(args: EvalArgs) -> Result<()> {
     let job = EvalJob {
-        model: args.model.model.clone(),
+        spec: args.model.spec(),
         dataset: args.dataset.clone(),
         limit: args.limit,
         config: EvalConfig {
@@ -65,23 +64,21 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             .unwrap_or_else(|| super::bench::timestamped_dir(Path::new("eval-results"))),
         overwrite: args.overwrite,
     };
-    evaluate(&job, &args.model)
+    job.check()?;
+    args.model.compute.use_threads()?;
+    evaluate(&job)
 }
 
-/// Opens the model, runs `job` with a progress bar and prints what it found; `run` evaluates
-/// its checkpoints through this too.
-pub(crate) fn evaluate(job: &EvalJob, model: &ModelArgs) -> Result<()> {
+/// Runs `job` with a progress bar and prints what it found (the compute pool is sized
+/// before); `run` evaluates its checkpoints through this too.
+pub(crate) fn evaluate(job: &EvalJob) -> Result<()> {
     job.check()?;
-    let opened = model.open()?;
-    let bar = super::progress_bar("windows {bar:30} {pos}/{len}  {per_sec}  eta {eta}");
-    let outcome = job.run(&opened, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    });
-    bar.finish_and_clear();
+    let mut bar = super::Bar::new("{prefix} {bar:30} {pos}/{len}  {per_sec}  eta {eta}");
+    let outcome = job.run(&mut bar);
+    bar.finish();
     let outcome = outcome?;
     let r = &outcome.results.report;
-    println!("{}  ({})", job.model, opened.source);
+    println!("{}  ({})", job.spec.model, outcome.results.model_source);
     println!(
         "  accuracy   EM {:.2}  F1 {:.2}  over {} questions{}",
         r.exact_match,
@@ -99,7 +96,7 @@ pub(crate) fn evaluate(job: &EvalJob, model: &ModelArgs) -> Result<()> {
         job.config.batch_size,
         outcome.results.threads,
         outcome.results.dtype,
-        device_name(opened.model.device())
+        outcome.results.device
     );
     println!(
         "  time       {:.2} s: tokenise {:.2} s, model {:.2} s, decode {:.2} s",

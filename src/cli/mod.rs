@@ -99,3 +99,52 @@ pub(crate) fn progress_bar(template: &str) -> indicatif::ProgressBar {
     bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template"));
     bar
 }
+
+/// The one progress display of a job's [`crate::job::Observer`]: the stage as the bar's
+/// prefix, the progress as its position and message, lines printed above it (on stderr
+/// without a terminal, where the bar is hidden).
+pub(crate) struct Bar {
+    bar: indicatif::ProgressBar,
+    /// A stage began and has had no progress yet: its first position restarts the estimate
+    /// of the time left (a resumed training starts part way).
+    fresh: bool,
+}
+
+impl Bar {
+    /// A bar drawn with `template` (indicatif's; `{prefix}` shows the stage).
+    pub(crate) fn new(template: &str) -> Self {
+        Self {
+            bar: progress_bar(template),
+            fresh: true,
+        }
+    }
+
+    /// Clears the bar.
+    pub(crate) fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl crate::job::Observer for Bar {
+    fn stage(&mut self, name: &str) {
+        self.bar.set_prefix(name.to_string());
+        self.fresh = true;
+    }
+
+    fn progress(&mut self, done: u64, total: u64, status: &str) {
+        self.bar.set_length(total);
+        self.bar.set_position(done);
+        self.bar.set_message(status.to_string());
+        if std::mem::take(&mut self.fresh) {
+            self.bar.reset_eta();
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            self.bar.println(text);
+        }
+    }
+}

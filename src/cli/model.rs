@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::compute::isa::IsaChoice;
 use crate::device::{device_name, DeviceSpec, Precision};
 use crate::hub::HubConfig;
-use crate::models::{self, ForwardCtx, LoadReport, ModelConfig, OpenOptions, QaModel, TokenInputs};
+use crate::models::{self, ForwardCtx, LoadReport, ModelConfig, ModelSpec, QaModel, TokenInputs};
 
 /// How to find and run a model; shared by every command that runs one.
 #[derive(Debug, Clone, Args)]
@@ -135,52 +135,33 @@ impl ComputeArgs {
 }
 
 impl ModelArgs {
-    /// Opens the model for inference (its weights packed for the fast kernels, see
-    /// [`QaModel::prepare_for_inference`]) and reports on stderr what loading had to do.
-    pub fn open(&self) -> Result<models::OpenedModel> {
-        self.compute.use_threads()?;
-        let device = self.compute.device.open()?;
-        let opts = OpenOptions {
+    /// The model these flags name, at this process's precision.
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            model: self.model.clone(),
             random_init: self.random_init,
             seed: self.seed,
-            dtype: self.compute.precision().load_dtype(&device),
-            device,
-            hub: HubConfig::from_env(self.offline),
-            inference: Some(self.compute.precision()),
-        };
-        let opened = models::open(&self.model, &opts)?;
-        if let Some(report) = &opened.report {
-            warn_about_load(report);
+            offline: self.offline,
+            precision: self.compute.precision(),
+            device: self.compute.device,
         }
+    }
+
+    /// Sizes the compute pool, opens the model for inference (its weights packed for the fast
+    /// kernels, see [`QaModel::prepare_for_inference`]) and reports on stderr what loading had
+    /// to do.
+    pub fn open(&self) -> Result<models::OpenedModel> {
+        self.compute.use_threads()?;
+        let opened = self.spec().open()?;
+        warn_about_load(opened.report.as_ref());
         Ok(opened)
     }
 }
 
 /// Prints what transformers would warn about: freshly initialised weights, unused tensors.
-fn warn_about_load(report: &LoadReport) {
-    if !report.initialised.is_empty() {
-        eprintln!(
-            "warning: {} parameter(s) were not in the checkpoint and were newly initialised: {}. \
-             The model needs fine-tuning before its answers mean anything.",
-            report.initialised.len(),
-            report.initialised.join(", ")
-        );
-    }
-    // `position_ids` buffers are saved by some exporters and carry no weights.
-    let unused: Vec<&str> = report
-        .unused
-        .iter()
-        .map(String::as_str)
-        .filter(|n| !n.ends_with("position_ids"))
-        .collect();
-    if !unused.is_empty() {
-        let shown: Vec<&str> = unused.iter().take(6).copied().collect();
-        eprintln!(
-            "note: {} checkpoint tensor(s) not used by the QA model (e.g. a pre-training head): {}{}",
-            unused.len(),
-            shown.join(", "),
-            if unused.len() > shown.len() { ", ..." } else { "" }
-        );
+pub(crate) fn warn_about_load(report: Option<&LoadReport>) {
+    for line in report.map(LoadReport::warnings).unwrap_or_default() {
+        eprintln!("{line}");
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 
-use super::model::{ComputeArgs, ModelArgs};
+use super::model::ComputeArgs;
 use super::report::PriceArgs;
 use crate::answer::EvalConfig;
 use crate::bench::grid::Preset;
@@ -16,6 +16,7 @@ use crate::bench::{BenchConfig, CellSettings};
 use crate::device::Precision;
 use crate::error::input;
 use crate::eval::EvalJob;
+use crate::models::ModelSpec;
 use crate::report::build::{write_report, ReportOptions};
 use crate::report::machines::{load_machines, write_machines_report, MachinePrices};
 use crate::squad::{DecodeConfig, FeatureConfig};
@@ -147,16 +148,6 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     // Each checkpoint is evaluated at every precision, so the report puts each one's EM/F1
     // beside its speed.
-    let model_args = |model: &str, precision: Precision| ModelArgs {
-        model: model.to_string(),
-        random_init: false,
-        seed: 0,
-        offline: args.offline,
-        compute: ComputeArgs {
-            dtype: vec![precision],
-            ..args.compute.clone()
-        },
-    };
     let mut evals = Vec::new();
     if let Some(dataset) = &args.dataset {
         for (i, model) in args.checkpoint.iter().enumerate() {
@@ -176,7 +167,14 @@ pub fn run(args: RunArgs) -> Result<()> {
                     p => format!("-{}", p.as_str()),
                 };
                 let job = EvalJob {
-                    model: model.clone(),
+                    spec: ModelSpec {
+                        model: model.clone(),
+                        random_init: false,
+                        seed: 0,
+                        offline: args.offline,
+                        precision,
+                        device: args.compute.device,
+                    },
                     dataset: dataset.clone(),
                     limit: Some(args.eval_limit),
                     config: EvalConfig {
@@ -189,7 +187,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                     overwrite: false,
                 };
                 job.check()?;
-                evals.push((job, precision));
+                evals.push(job);
             }
         }
     }
@@ -206,15 +204,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         super::bench::run_with_bars(config)?;
         reports.push(config.files.dir.clone());
     }
-    for (job, precision) in &evals {
+    for job in &evals {
         eprintln!(
             "== eval {} ({}) on the first {} questions -> {}",
-            job.model,
-            precision.as_str(),
+            job.spec.model,
+            job.spec.precision.as_str(),
             args.eval_limit,
             job.output_dir.display()
         );
-        super::eval::evaluate(job, &model_args(&job.model, *precision))?;
+        super::eval::evaluate(job)?;
     }
     let opts = ReportOptions {
         short_names: Vec::new(),

@@ -16,12 +16,10 @@ use super::report::PriceArgs;
 use crate::compute::Isa;
 use crate::error::input;
 use crate::serve::api::{Api, ServerWindows};
-use crate::serve::client::HttpSut;
 use crate::serve::http::{bind, HttpConfig, Loaded, ModelInfo};
-use crate::serve::loadgen::{LoadgenJob, Setup};
-use crate::serve::scenario::{queries_from, Progress, RunSettings, Scenario, SearchSettings, STOP};
-use crate::serve::{BatcherConfig, QaEngine, Server, Sut};
-use crate::squad::{load_tokenizer, read_dataset, tokenizer_path};
+use crate::serve::loadgen::{LoadgenJob, Questions, Target};
+use crate::serve::scenario::{RunSettings, Scenario, SearchSettings, STOP};
+use crate::serve::{BatcherConfig, QaEngine, Server};
 
 /// `bertbench serve`'s arguments.
 #[derive(Debug, Args)]
@@ -188,24 +186,18 @@ impl EngineArgs {
         })
     }
 
-    /// Opens the model and its tokenizer as an engine; returns it with the model's origin
-    /// and dtype.
+    /// Opens the model and its tokenizer as an engine ([`QaEngine::open`]), saying on
+    /// stderr what loading had to do; returns it with the model's origin and precision.
     fn open(&self, model: &ModelArgs) -> Result<(QaEngine, String, String)> {
-        let opened = model.open()?;
-        crate::answer::check_windows(&self.answers.windows, opened.model.config())?;
-        let tokenizer = load_tokenizer(&tokenizer_path(
+        let opened = QaEngine::open(
+            &model.spec(),
             self.answers.tokenizer.as_deref(),
-            opened.dir.as_deref(),
-            &model.model,
-        )?)?;
-        let dtype = opened.model.precision().as_str().to_string();
-        let engine = QaEngine {
-            model: opened.model,
-            tokenizer,
-            features: self.answers.windows,
-            decode: self.answers.decode,
-        };
-        Ok((engine, opened.source, dtype))
+            self.answers.windows,
+            self.answers.decode,
+        )?;
+        super::model::warn_about_load(opened.report.as_ref());
+        let dtype = opened.engine.model.precision().as_str().to_string();
+        Ok((opened.engine, opened.source, dtype))
     }
 }
 
@@ -366,80 +358,38 @@ fn stop_on_ctrl_c() {
 pub fn loadgen(args: LoadgenArgs) -> Result<()> {
     let job = args.job()?;
     job.check()?;
-    let dataset_path = match &args.dataset {
-        Some(p) => p.clone(),
-        None => crate::squad::download::dev_set(
-            args.model.offline || crate::hub::HubConfig::from_env(false).offline,
-        )?,
+    let batcher = args.engine.batcher()?;
+    let threads = args.model.compute.use_threads()?;
+    let answers = &args.engine.answers;
+    let target = match &args.url {
+        Some(url) => Target::Url {
+            url: url.clone(),
+            api: args.api,
+            name: args.model.model.clone(),
+        },
+        None => Target::Model {
+            spec: args.model.spec(),
+            tokenizer: answers.tokenizer.clone(),
+            decode: answers.decode,
+        },
     };
-    let full = read_dataset(&dataset_path)?;
-    let dataset = match args.limit {
-        Some(n) => full.first_questions(n),
-        None => full,
-    };
-    let queries = queries_from(&dataset);
-    let mut config = args.engine.batcher()?;
-    if job.scenario == Scenario::Offline {
-        let wave = if job.run.accuracy {
-            queries.len()
-        } else {
-            job.run.min_query_count
-        };
-        config.queue_capacity = config.queue_capacity.max(wave);
-    }
-    let mut setup = Setup {
-        model: args.model.model.clone(),
-        model_source: String::new(),
-        dataset: dataset_path.display().to_string(),
-        system: "in-process".into(),
-        batcher: Some(config.into()),
-        threads: args.model.compute.use_threads()?,
-        isa: Isa::current().name().to_string(),
-        cpu: crate::bench::env::cpu_model(),
-        dtype: String::new(),
-        max_seq_length: args.engine.answers.windows.max_seq_length,
-        doc_stride: args.engine.answers.windows.doc_stride,
-    };
-    // The system under test: a server at --url, or the model in this process.
-    let (sut, local): (Box<dyn Sut>, Option<Arc<Server>>) = match &args.url {
-        Some(url) => {
-            setup.system = url.clone();
-            setup.batcher = None;
-            setup.model_source = format!("the server at {url}");
-            (
-                Box::new(HttpSut::connect(url, args.api, config.queue_capacity)?),
-                None,
-            )
-        }
-        None => {
-            let (engine, source, dtype) = args.engine.open(&args.model)?;
-            setup.model_source = source;
-            setup.dtype = dtype;
-            let server = Arc::new(Server::start(Arc::new(engine), config));
-            (Box::new(Arc::clone(&server)), Some(server))
-        }
+    let questions = Questions {
+        dataset: args.dataset.clone(),
+        limit: args.limit,
+        offline: args.model.offline,
     };
     stop_on_ctrl_c();
-    let bar =
-        super::progress_bar("{prefix} {bar:25} {pos}/{len} queries  {elapsed_precise}  {msg}");
-    let mut progress = |p: &Progress| {
-        bar.set_prefix(format!("run {}", p.probe + 1));
-        bar.set_length(p.total as u64);
-        bar.set_position(p.done as u64);
-        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-        bar.set_message(format!(
-            "{:.2} QPS  p50 {} ms  p99 {} ms",
-            p.qps,
-            f(p.p50_ms),
-            f(p.p99_ms)
-        ));
-    };
-    let outcome = job.run(sut.as_ref(), &dataset, &queries, setup, &mut progress);
-    bar.finish_and_clear();
-    drop(sut);
-    if let Some(server) = local.and_then(Arc::into_inner) {
-        server.shutdown();
-    }
+    let mut bar =
+        super::Bar::new("{prefix} {bar:25} {pos}/{len} queries  {elapsed_precise}  {msg}");
+    let outcome = job.drive(
+        &target,
+        &questions,
+        batcher,
+        answers.windows,
+        threads,
+        &mut bar,
+    );
+    bar.finish();
     let outcome = outcome?;
     let r = &outcome.results;
     let system = match &args.url {

@@ -7,10 +7,9 @@ use clap::Args;
 
 use crate::cli::model::ComputeArgs;
 use crate::hub::HubConfig;
-use crate::train::checkpoint::{LogEntry, TrainerState};
 use crate::train::push::{check_token, push_folder};
 use crate::train::run::{fine_tune, RunOptions};
-use crate::train::trainer::{TrainObserver, TrainingArgs};
+use crate::train::trainer::TrainingArgs;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -39,64 +38,6 @@ pub struct TrainArgs {
     pub offline: bool,
 }
 
-struct BarObserver {
-    bar: indicatif::ProgressBar,
-}
-
-impl TrainObserver for BarObserver {
-    fn start(&mut self, total: usize, first: usize, windows: usize) {
-        self.bar.set_length(total as u64);
-        self.bar.set_position(first as u64);
-        self.bar.reset_eta();
-        self.message(&format!(
-            "training on {windows} windows for {total} optimizer steps"
-        ));
-    }
-
-    fn step(&mut self, state: &TrainerState, loss: f64, lr: f64) {
-        self.bar.set_position(state.global_step as u64);
-        self.bar.set_message(format!(
-            "loss {loss:.4}  lr {lr:.2e}  epoch {:.2}",
-            state.epoch
-        ));
-    }
-
-    fn log(&mut self, e: &LogEntry) {
-        let line = match (e.loss, e.eval_f1) {
-            (Some(loss), _) => format!(
-                "step {:>6}  epoch {:.2}  loss {loss:.4}  lr {:.2e}  grad norm {:.3}  {:.1} samples/s",
-                e.step,
-                e.epoch,
-                e.learning_rate.unwrap_or(0.0),
-                e.grad_norm.unwrap_or(0.0),
-                e.samples_per_s.unwrap_or(0.0)
-            ),
-            (None, Some(f1)) => format!(
-                "step {:>6}  epoch {:.2}  eval EM {:.2}  F1 {f1:.2}  ({} questions, {:.0} s into training)",
-                e.step,
-                e.epoch,
-                e.eval_exact_match.unwrap_or(0.0),
-                e.eval_questions.unwrap_or(0),
-                e.elapsed_s
-            ),
-            _ => return,
-        };
-        if self.bar.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            self.bar.println(line);
-        }
-    }
-
-    fn message(&mut self, text: &str) {
-        if self.bar.is_hidden() {
-            eprintln!("{text}");
-        } else {
-            self.bar.println(text);
-        }
-    }
-}
-
 pub fn train(args: TrainArgs) -> Result<()> {
     let mut settings = args.training;
     settings.dtype = args.compute.precision();
@@ -116,11 +57,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
         tokenizer: args.tokenizer.clone(),
         hub: hub.clone(),
     };
-    let bar =
-        super::progress_bar("steps {bar:30} {pos}/{len}  {msg}  elapsed {elapsed}  eta {eta}");
-    let mut observer = BarObserver { bar };
-    let outcome = fine_tune(&settings, &opts, &mut observer);
-    observer.bar.finish_and_clear();
+    let mut bar =
+        super::Bar::new("{prefix} {bar:30} {pos}/{len}  {msg}  elapsed {elapsed}  eta {eta}");
+    let outcome = fine_tune(&settings, &opts, &mut bar);
+    bar.finish();
     let outcome = outcome?;
 
     let s = &outcome.state;

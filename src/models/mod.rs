@@ -130,6 +130,39 @@ pub struct OpenOptions {
     pub inference: Option<Precision>,
 }
 
+/// Which model to run and how: what a command's model flags say, as the library takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// A local directory, a Hub model id, or (with `random_init`) a built-in config name.
+    pub model: String,
+    /// Build from the config with seeded random weights instead of loading weights.
+    pub random_init: bool,
+    /// Seed of the random weights.
+    pub seed: u64,
+    /// Never contact the Hub.
+    pub offline: bool,
+    pub precision: Precision,
+    pub device: crate::device::DeviceSpec,
+}
+
+impl ModelSpec {
+    /// Opens the model for inference at its precision (weights prepared for the fast kernels
+    /// as they load, see [`QaModel::new_for_inference`]). The compute pool and the kernels'
+    /// tier must be chosen before (`runtime::use_threads`, `compute::isa::use_isa`).
+    pub fn open(&self) -> Result<OpenedModel> {
+        let device = self.device.open()?;
+        let opts = OpenOptions {
+            random_init: self.random_init,
+            seed: self.seed,
+            dtype: self.precision.load_dtype(&device),
+            device,
+            hub: HubConfig::from_env(self.offline),
+            inference: Some(self.precision),
+        };
+        open(&self.model, &opts)
+    }
+}
+
 /// A model ready to run, with where it came from.
 pub struct OpenedModel {
     pub model: QaModel,

@@ -446,6 +446,44 @@ pub struct LoadReport {
     pub unused: Vec<String>,
 }
 
+impl LoadReport {
+    /// What transformers would warn about, one line each: freshly initialised weights, and
+    /// checkpoint tensors the QA model does not use (`position_ids` buffers, which some
+    /// exporters save and which carry no weights, are not counted).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if !self.initialised.is_empty() {
+            lines.push(format!(
+                "warning: {} parameter(s) were not in the checkpoint and were newly initialised: \
+                 {}. The model needs fine-tuning before its answers mean anything.",
+                self.initialised.len(),
+                self.initialised.join(", ")
+            ));
+        }
+        let unused: Vec<&str> = self
+            .unused
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !n.ends_with("position_ids"))
+            .collect();
+        if !unused.is_empty() {
+            let shown: Vec<&str> = unused.iter().take(6).copied().collect();
+            lines.push(format!(
+                "note: {} checkpoint tensor(s) not used by the QA model (e.g. a pre-training \
+                 head): {}{}",
+                unused.len(),
+                shown.join(", "),
+                if unused.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ));
+        }
+        lines
+    }
+}
+
 /// Serves parameters from a [`Checkpoint`], mapping the Hub's naming variants onto the model's
 /// names: task checkpoints (`bert.embeddings...`), base-model checkpoints without the prefix
 /// (MiniLM's `embeddings...`) and the old `LayerNorm.gamma/beta` spelling.

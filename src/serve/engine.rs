@@ -1,14 +1,16 @@
 //! The model as a system under test: the same tokeniser, forward pass and decoding as `eval`,
 //! one query at a time.
 
+use std::path::Path;
+
 use anyhow::Result;
 
 use super::batcher::{Answer, Engine, QueryOptions};
-use crate::answer::{forward_windows, LogitRows};
-use crate::models::QaModel;
+use crate::answer::{check_windows, forward_windows, LogitRows};
+use crate::models::{LoadReport, ModelSpec, QaModel};
 use crate::squad::{
-    data::char_slice, decode_predictions, DecodeConfig, Example, Feature, FeatureConfig,
-    QaTokenizer,
+    data::char_slice, decode_predictions, load_tokenizer, tokenizer_path, DecodeConfig, Example,
+    Feature, FeatureConfig, QaTokenizer,
 };
 
 /// A QA model with its tokeniser and the window and decoding settings `eval` uses.
@@ -17,6 +19,46 @@ pub struct QaEngine {
     pub tokenizer: QaTokenizer,
     pub features: FeatureConfig,
     pub decode: DecodeConfig,
+}
+
+/// An engine as opened, with where its model came from.
+pub struct OpenedEngine {
+    pub engine: QaEngine,
+    /// The model's origin (a directory, the cache, a download, a built-in config).
+    pub source: String,
+    /// What loading the checkpoint did (`None` for random weights).
+    pub report: Option<LoadReport>,
+}
+
+impl QaEngine {
+    /// Opens `spec`'s model and a tokenizer (`tokenizer`: a directory, `tokenizer.json` or
+    /// `vocab.txt`; else the model's own) as an engine cutting `features` windows and decoding
+    /// with `decode`; windows the model cannot take are refused first. The compute pool and
+    /// tier must be chosen before.
+    pub fn open(
+        spec: &ModelSpec,
+        tokenizer: Option<&Path>,
+        features: FeatureConfig,
+        decode: DecodeConfig,
+    ) -> Result<OpenedEngine> {
+        let opened = spec.open()?;
+        check_windows(&features, opened.model.config())?;
+        let tokenizer = load_tokenizer(&tokenizer_path(
+            tokenizer,
+            opened.dir.as_deref(),
+            &spec.model,
+        )?)?;
+        Ok(OpenedEngine {
+            engine: QaEngine {
+                model: opened.model,
+                tokenizer,
+                features,
+                decode,
+            },
+            source: opened.source,
+            report: opened.report,
+        })
+    }
 }
 
 fn example<'a>(question: &'a str, context: &'a str) -> Example<'a> {

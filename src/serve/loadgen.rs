@@ -13,16 +13,25 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::batcher::BatcherConfig;
+use std::sync::Arc;
+
+use super::api::Api;
+use super::batcher::{BatcherConfig, Server};
+use super::client::HttpSut;
+use super::engine::QaEngine;
 use super::scenario::{
-    offline, search, server, single_stream, Probe, ProbeSummary, Progress, Query, QueryRecord,
-    RunSettings, Scenario, SearchSettings, Sut,
+    offline, queries_from, search, server, single_stream, Probe, ProbeSummary, Progress, Query,
+    QueryRecord, RunSettings, Scenario, SearchSettings, Sut,
 };
 use crate::chart::{render, Chart, Point, Series};
+use crate::compute::Isa;
 use crate::cost::{usd_for_seconds, Price};
 use crate::error::input;
-use crate::record::atomic_write;
-use crate::squad::{evaluate, Dataset};
+use crate::hub::HubConfig;
+use crate::job::Observer;
+use crate::models::ModelSpec;
+use crate::record::{atomic_write, cpu_model};
+use crate::squad::{evaluate, read_dataset, Dataset, DecodeConfig, FeatureConfig};
 
 /// The file names a loadgen folder holds.
 pub const RESULTS_FILE: &str = "loadgen.json";
@@ -44,6 +53,42 @@ pub struct LoadgenJob {
     pub overwrite: bool,
     /// The hourly price dollar costs are computed with, when given.
     pub price: Option<Price>,
+}
+
+/// Where a load generator's questions come from.
+#[derive(Debug, Clone, Default)]
+pub struct Questions {
+    /// A SQuAD v1.1 file (`.json` or `.json.gz`); `None`: the official dev set, downloaded
+    /// once into bertbench's cache and checked by its sha256.
+    pub dataset: Option<PathBuf>,
+    /// Draw from the first N questions only.
+    pub limit: Option<usize>,
+    /// Never download (as `HF_HUB_OFFLINE=1`).
+    pub offline: bool,
+}
+
+/// The system under test.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A model in this process behind the batching server, with its tokenizer (`None`: the
+    /// model's own) and decoding.
+    Model {
+        spec: ModelSpec,
+        tokenizer: Option<PathBuf>,
+        decode: DecodeConfig,
+    },
+    /// A server at `url` speaking `api`; `name` names its model in the results.
+    Url { url: String, api: Api, name: String },
+}
+
+impl Target {
+    /// The model's name as the results give it.
+    fn name(&self) -> &str {
+        match self {
+            Self::Model { spec, .. } => &spec.model,
+            Self::Url { name, .. } => name,
+        }
+    }
 }
 
 /// Dollars per million questions at the rate a run sustained.
@@ -206,6 +251,112 @@ impl LoadgenJob {
             }
         }
         Ok(())
+    }
+
+    /// The whole run: reads the questions, opens the system under test (the model behind a
+    /// batching server with `batcher`, or a connection to a URL with at most
+    /// `batcher.queue_capacity` requests in flight), runs the scenario, stops what it started
+    /// and writes the files. `features` are the windows asked for; `threads` the compute
+    /// threads this process runs with (its pool is sized before). The observer hears of each
+    /// run's progress and of what loading the model had to do.
+    pub fn drive(
+        &self,
+        target: &Target,
+        questions: &Questions,
+        mut batcher: BatcherConfig,
+        features: FeatureConfig,
+        threads: usize,
+        observer: &mut dyn Observer,
+    ) -> Result<LoadgenOutcome> {
+        self.check()?;
+        let path = match &questions.dataset {
+            Some(p) => p.clone(),
+            None => {
+                crate::squad::download::dev_set(HubConfig::from_env(questions.offline).offline)?
+            }
+        };
+        let dataset = read_dataset(&path)?;
+        let dataset = match questions.limit {
+            Some(n) => dataset.first_questions(n),
+            None => dataset,
+        };
+        let queries = queries_from(&dataset);
+        if self.scenario == Scenario::Offline {
+            // The offline scenario sends its whole wave at once: the queue must hold it.
+            let wave = if self.run.accuracy {
+                queries.len()
+            } else {
+                self.run.min_query_count
+            };
+            batcher.queue_capacity = batcher.queue_capacity.max(wave);
+        }
+        let setup = |model_source: String, system: String, batcher, dtype: String| Setup {
+            model: target.name().to_string(),
+            model_source,
+            dataset: path.display().to_string(),
+            system,
+            batcher,
+            threads,
+            isa: Isa::current().name().to_string(),
+            cpu: cpu_model(),
+            dtype,
+            max_seq_length: features.max_seq_length,
+            doc_stride: features.doc_stride,
+        };
+        let (sut, local, setup): (Box<dyn Sut>, Option<Arc<Server>>, Setup) = match target {
+            Target::Url { url, api, .. } => (
+                Box::new(HttpSut::connect(url, *api, batcher.queue_capacity)?),
+                None,
+                setup(
+                    format!("the server at {url}"),
+                    url.clone(),
+                    None,
+                    String::new(),
+                ),
+            ),
+            Target::Model {
+                spec,
+                tokenizer,
+                decode,
+            } => {
+                let opened = QaEngine::open(spec, tokenizer.as_deref(), features, *decode)?;
+                for line in opened.report.iter().flat_map(|r| r.warnings()) {
+                    observer.line(&line);
+                }
+                let dtype = opened.engine.model.precision().as_str().to_string();
+                let server = Arc::new(Server::start(Arc::new(opened.engine), batcher));
+                let setup = setup(
+                    opened.source,
+                    "in-process".into(),
+                    Some(batcher.into()),
+                    dtype,
+                );
+                (Box::new(Arc::clone(&server)), Some(server), setup)
+            }
+        };
+        let mut probe = None;
+        let outcome = self.run(sut.as_ref(), &dataset, &queries, setup, &mut |p| {
+            if probe != Some(p.probe) {
+                probe = Some(p.probe);
+                observer.stage(&format!("run {}", p.probe + 1));
+            }
+            let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+            observer.progress(
+                p.done as u64,
+                p.total as u64,
+                &format!(
+                    "{:.2} QPS  p50 {} ms  p99 {} ms",
+                    p.qps,
+                    ms(p.p50_ms),
+                    ms(p.p99_ms)
+                ),
+            );
+        });
+        drop(sut);
+        if let Some(server) = local.and_then(Arc::into_inner) {
+            server.shutdown();
+        }
+        outcome
     }
 
     /// Runs the scenario on `sut` with `queries` (drawn from `dataset`) and writes the files.

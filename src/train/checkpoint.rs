@@ -30,6 +30,32 @@ pub struct LogEntry {
     pub eval_questions: Option<usize>,
 }
 
+impl LogEntry {
+    /// The row as a line for the person watching: a loss row or an evaluation row (`None`
+    /// for a row with neither).
+    pub fn line(&self) -> Option<String> {
+        match (self.loss, self.eval_f1) {
+            (Some(loss), _) => Some(format!(
+                "step {:>6}  epoch {:.2}  loss {loss:.4}  lr {:.2e}  grad norm {:.3}  {:.1} samples/s",
+                self.step,
+                self.epoch,
+                self.learning_rate.unwrap_or(0.0),
+                self.grad_norm.unwrap_or(0.0),
+                self.samples_per_s.unwrap_or(0.0)
+            )),
+            (None, Some(f1)) => Some(format!(
+                "step {:>6}  epoch {:.2}  eval EM {:.2}  F1 {f1:.2}  ({} questions, {:.0} s into training)",
+                self.step,
+                self.epoch,
+                self.eval_exact_match.unwrap_or(0.0),
+                self.eval_questions.unwrap_or(0),
+                self.elapsed_s
+            )),
+            (None, None) => None,
+        }
+    }
+}
+
 /// Where training stands: enough to resume with the same data order and the same result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {

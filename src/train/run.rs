@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use super::checkpoint;
-use super::trainer::{self, TrainObserver, TrainOutcome, TrainSetup, TrainingArgs};
+use super::trainer::{self, TrainOutcome, TrainSetup, TrainingArgs};
 use crate::answer::{check_windows, EvalResults, EVAL_RESULTS_FILE};
 use crate::device::device_name;
 use crate::error::input;
 use crate::hub::{self, HubConfig, Need, TOKENIZER_FILES};
+use crate::job::Observer;
 use crate::models::trainable::TrainableModel;
 use crate::models::{self, ModelConfig};
 use crate::squad::{load_tokenizer, read_dataset, tokenizer_path};
@@ -36,7 +37,7 @@ pub struct RunOptions {
 pub fn fine_tune(
     args: &TrainingArgs,
     opts: &RunOptions,
-    observer: &mut dyn TrainObserver,
+    observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
     args.validate()?;
     let device = args.device.open()?;
@@ -72,7 +73,7 @@ pub fn fine_tune(
             let config = ModelConfig::from_file(&dir.path.join("config.json"))?;
             let (model, report) = TrainableModel::from_dir(&dir.path, &config, dtype, &device)?;
             if !report.initialised.is_empty() {
-                observer.message(&format!(
+                observer.line(&format!(
                     "note: new QA head initialised: {}",
                     report.initialised.join(", ")
                 ));

@@ -22,6 +22,7 @@ use crate::answer::{evaluate_model, stack_windows, EvalConfig, EvalReport};
 use crate::compute::optim::{accumulate, global_norm, AdamW, AdamWConfig, Grads};
 use crate::device::{DeviceSpec, Precision};
 use crate::error::input;
+use crate::job::Observer;
 use crate::models::trainable::TrainableModel;
 use crate::models::weights::{ParamSource, ParamSpec, Params};
 use crate::models::{Batch, ModelConfig, QaModel};
@@ -197,17 +198,6 @@ impl TrainingArgs {
     }
 }
 
-/// Progress callbacks.
-pub trait TrainObserver {
-    /// Once, before the first step: total optimizer steps and the step training starts at.
-    fn start(&mut self, _total_steps: usize, _first_step: usize, _windows: usize) {}
-    /// After each optimizer step.
-    fn step(&mut self, _state: &TrainerState, _last_loss: f64, _lr: f64) {}
-    /// After each log row (loss logging or evaluation).
-    fn log(&mut self, _entry: &LogEntry) {}
-    fn message(&mut self, _text: &str) {}
-}
-
 /// What a finished run produced.
 pub struct TrainOutcome {
     pub state: TrainerState,
@@ -309,7 +299,7 @@ fn evaluate_now(
 pub fn train(
     args: &TrainingArgs,
     setup: TrainSetup,
-    observer: &mut dyn TrainObserver,
+    observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
     args.validate()?;
     let config = setup.config.clone();
@@ -318,7 +308,7 @@ pub fn train(
     let dtype = model.model.dtype();
     let args_json = serde_json::to_value(args)?;
 
-    observer.message("tokenising the training set...");
+    observer.line("tokenising the training set...");
     let examples: Vec<Example> = setup.train.examples().collect();
     let features = setup.tokenizer.features(&examples, &args.windows)?;
     if features.is_empty() {
@@ -359,13 +349,18 @@ pub fn train(
         }
         optimizer.load_state(&opt_state)?;
         state = saved;
-        observer.message(&format!(
+        observer.line(&format!(
             "resuming from {} (step {})",
             dir.display(),
             state.global_step
         ));
     }
-    observer.start(total_steps, state.global_step, features.len());
+    observer.line(&format!(
+        "training on {} windows for {total_steps} optimizer steps",
+        features.len()
+    ));
+    observer.stage("steps");
+    observer.progress(state.global_step as u64, total_steps as u64, "");
 
     let session = Instant::now();
     let base_elapsed = state.elapsed_s;
@@ -433,7 +428,14 @@ pub fn train(
             state.global_step += 1;
             state.epoch = epoch as f64 + (micro + 1) as f64 / micro_per_epoch as f64;
             state.elapsed_s = base_elapsed + session.elapsed().as_secs_f64();
-            observer.step(&state, loss_value, lr);
+            observer.progress(
+                state.global_step as u64,
+                total_steps as u64,
+                &format!(
+                    "loss {loss_value:.4}  lr {lr:.2e}  epoch {:.2}",
+                    state.epoch
+                ),
+            );
 
             if state.global_step.is_multiple_of(args.logging_steps)
                 || state.global_step == total_steps
@@ -455,13 +457,15 @@ pub fn train(
                 losses_since_log.clear();
                 samples_since_log = 0;
                 train_secs_since_log = 0.0;
-                observer.log(&entry);
+                if let Some(line) = entry.line() {
+                    observer.line(&line);
+                }
                 state.log_history.push(entry);
                 checkpoint::write_log_csv(&log_path, &state.log_history)?;
             }
             let epoch_done = last_micro || state.global_step == total_steps;
             if epoch_done && setup.eval.is_some() {
-                observer.message(&format!("evaluating after epoch {}...", epoch + 1));
+                observer.line(&format!("evaluating after epoch {}...", epoch + 1));
                 if let Some(report) = evaluate_now(&config, model, &setup, args)? {
                     let entry = LogEntry {
                         step: state.global_step,
@@ -475,7 +479,9 @@ pub fn train(
                         eval_f1: Some(report.f1),
                         eval_questions: Some(report.questions),
                     };
-                    observer.log(&entry);
+                    if let Some(line) = entry.line() {
+                        observer.line(&line);
+                    }
                     state.log_history.push(entry);
                     checkpoint::write_log_csv(&log_path, &state.log_history)?;
                     last_eval = Some(report);
@@ -487,7 +493,7 @@ pub fn train(
             {
                 let dir = checkpoint::checkpoint_dir(&args.output_dir, state.global_step);
                 checkpoint::save_run(&dir, &files, &args_json, &state, Some(&optimizer))?;
-                observer.message(&format!("saved {}", dir.display()));
+                observer.line(&format!("saved {}", dir.display()));
             }
         }
     }
