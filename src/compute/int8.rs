@@ -788,6 +788,10 @@ mod vnni {
     use super::{QTile, PANEL, QUAD};
     use std::arch::x86_64::*;
 
+    /// How many quads ahead of use the block's first tile prefetches its panels: 4 KiB a
+    /// panel.
+    const PREFETCH_QUADS: usize = 64;
+
     /// A block of rows: tiles of 12, then one of the rest, each over one or two panels.
     ///
     /// # Safety
@@ -817,8 +821,20 @@ mod vnni {
             std::array::from_fn(|r| unsafe { t.a.as_ptr().add((r0 + r) * t.lda) });
         let b = t.b.as_ptr().cast::<i8>();
         let panel_bytes = t.kq * PANEL * QUAD;
+        // The block's first tile reads the panels from memory (the later ones find them in
+        // L1 or L2): it asks for each panel's quads ahead of use.
+        let prefetch = r0 == 0;
         let mut acc = [[_mm512_setzero_si512(); P]; R];
         for q in 0..t.kq {
+            if prefetch {
+                for j in 0..P {
+                    // A prefetch reads nothing and may name any address: `wrapping_add`
+                    // forms it without claiming it is in bounds.
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        b.wrapping_add(j * panel_bytes + (q + PREFETCH_QUADS) * 64),
+                    );
+                }
+            }
             let bv: [__m512i; P] = std::array::from_fn(|j| {
                 // SAFETY: panel j < P holds kq aligned 64-byte quads; this is quad q < kq.
                 unsafe { _mm512_load_si512(b.add(j * panel_bytes + q * 64).cast()) }
@@ -936,6 +952,19 @@ mod avx2_tiles {
         (rows, b)
     }
 
+    /// How many quads ahead of use a panel's first tile prefetches it (as the 512-bit
+    /// kernel's, [`super::vnni`]).
+    const PREFETCH_QUADS: usize = 64;
+
+    /// Asks for quad `q + PREFETCH_QUADS` of panel `b` (a panel's first tile reads it from
+    /// memory; the later ones find it in L1 or L2). A prefetch reads nothing and may name any
+    /// address: `wrapping_add` forms it without claiming it is in bounds.
+    #[inline(always)]
+    fn prefetch(b: *const i8, q: usize) {
+        // SAFETY: a prefetch has no effect on memory and cannot fault; SSE is part of x86-64.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((q + PREFETCH_QUADS) * 64)) };
+    }
+
     /// Quad `q` of panel `b`: two halves of eight outputs' four inputs.
     ///
     /// # Safety
@@ -964,6 +993,9 @@ mod avx2_tiles {
         let (rows, b) = unsafe { operands::<R>(t, r0, j) };
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
         for q in 0..t.kq {
+            if r0 == 0 {
+                prefetch(b, q);
+            }
             // SAFETY: quad q < kq of the panel.
             let bv = unsafe { weights(b, q) };
             for (row, a) in acc.iter_mut().zip(&rows) {
@@ -1027,6 +1059,9 @@ mod avx2_tiles {
                 }
             }
             for i in 0..8 {
+                if r0 == 0 {
+                    prefetch(b, 8 * c + i);
+                }
                 // SAFETY: quad 8c + i < kq of the panel.
                 let bv = unsafe { weights(b, 8 * c + i) };
                 step(
