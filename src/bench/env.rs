@@ -9,8 +9,96 @@ use super::CellSettings;
 pub use crate::record::cpu_model;
 use crate::record::{CANDLE_VERSION, GIT_COMMIT, RUSTC_VERSION, VERSION};
 
-/// Ordered key/value pairs.
+/// Ordered key/value pairs, as the file holds them.
 pub type EnvInfo = Vec<(String, String)>;
+
+/// Declares [`Key`] and its spellings.
+macro_rules! keys {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        /// The environment file's keys: every key bertbench writes, in the order `collect`
+        /// writes them (then the GPU's, then those a precision sweep and a merge add), so a
+        /// reader names a key by type, not by its spelling. Files keep them as text, so a
+        /// file from another version reads whatever keys it has.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Key {
+            $($variant),*
+        }
+
+        impl Key {
+            /// Every key, in the order above.
+            #[cfg(test)]
+            pub const ALL: &[Key] = &[$(Key::$variant),*];
+
+            /// The key as the file spells it.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Key::$variant => $name),*
+                }
+            }
+        }
+    };
+}
+
+keys! {
+    BertbenchVersion => "bertbench_version",
+    GitCommit => "git_commit",
+    TransformersVersion => "transformers_version",
+    Framework => "framework",
+    FrameworkVersion => "framework_version",
+    CandleVersion => "candle_version",
+    RustcVersion => "rustc_version",
+    PythonVersion => "python_version",
+    UseTorchscript => "use_torchscript",
+    System => "system",
+    Os => "os",
+    Kernel => "kernel",
+    Hostname => "hostname",
+    Cpu => "cpu",
+    Architecture => "architecture",
+    LogicalCpus => "logical_cpus",
+    Threads => "threads",
+    Isa => "isa",
+    IsaAvailable => "isa_available",
+    Int8Kernel => "int8_kernel",
+    Bf16Kernel => "bf16_kernel",
+    L1dCacheKib => "l1d_cache_kib",
+    L2CacheKib => "l2_cache_kib",
+    L2CacheSharedBy => "l2_cache_shared_by",
+    L3CacheKib => "l3_cache_kib",
+    CacheSizesDetected => "cache_sizes_detected",
+    Blocking => "blocking",
+    CpuRamMb => "cpu_ram_mb",
+    AvailableRamMbAtStart => "available_ram_mb_at_start",
+    Date => "date",
+    Time => "time",
+    Timezone => "timezone",
+    Dtype => "dtype",
+    Fp16 => "fp16",
+    Device => "device",
+    UseMultiprocessing => "use_multiprocessing",
+    OnlyPretrainModel => "only_pretrain_model",
+    Weights => "weights",
+    Seed => "seed",
+    UseGpu => "use_gpu",
+    NumGpus => "num_gpus",
+    UseTpu => "use_tpu",
+    MinRuns => "min_runs",
+    MinTimeS => "min_time_s",
+    MaxRuns => "max_runs",
+    MaxTimeS => "max_time_s",
+    WarmupMaxRuns => "warmup_max_runs",
+    PeakMatmulGflops => "peak_matmul_gflops",
+    Gpu => "gpu",
+    GpuDriver => "gpu_driver",
+    GpuRamMb => "gpu_ram_mb",
+    GpuPowerWatts => "gpu_power_watts",
+    GpuPerformanceState => "gpu_performance_state",
+    Dtypes => "dtypes",
+    MergedShards => "merged_shards",
+    MergedHosts => "merged_hosts",
+    MergedMissingCells => "merged_missing_cells",
+    MergedNotOkCells => "merged_not_ok_cells",
+}
 
 /// The machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`), empty if unknown:
 /// a merged study lists the hosts its shards ran on.
@@ -69,59 +157,62 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
     let use_gpu = !settings.device.is_cpu();
     let caches = crate::compute::cache::CacheSizes::detect();
     let mut info: EnvInfo = vec![
-        ("bertbench_version", VERSION.to_string()),
-        ("git_commit", GIT_COMMIT.to_string()),
-        ("transformers_version", "N/A (bertbench)".into()),
-        ("framework", "candle".into()),
-        ("framework_version", CANDLE_VERSION.to_string()),
-        ("candle_version", CANDLE_VERSION.to_string()),
-        ("rustc_version", RUSTC_VERSION.to_string()),
-        ("python_version", "N/A".into()),
-        ("use_torchscript", "False".into()),
-        ("system", os_name()),
-        ("os", std::env::consts::OS.to_string()),
-        ("kernel", kernel()),
-        ("hostname", hostname()),
-        ("cpu", cpu_model()),
-        ("architecture", std::env::consts::ARCH.to_string()),
-        ("logical_cpus", logical_cpus().to_string()),
-        ("threads", settings.threads.to_string()),
-        ("isa", crate::compute::Isa::current().name().to_string()),
-        ("isa_available", crate::compute::Isa::available_names()),
-        ("int8_kernel", crate::compute::int8::Int8Kernel::described()),
+        (Key::BertbenchVersion, VERSION.to_string()),
+        (Key::GitCommit, GIT_COMMIT.to_string()),
+        (Key::TransformersVersion, "N/A (bertbench)".into()),
+        (Key::Framework, "candle".into()),
+        (Key::FrameworkVersion, CANDLE_VERSION.to_string()),
+        (Key::CandleVersion, CANDLE_VERSION.to_string()),
+        (Key::RustcVersion, RUSTC_VERSION.to_string()),
+        (Key::PythonVersion, "N/A".into()),
+        (Key::UseTorchscript, "False".into()),
+        (Key::System, os_name()),
+        (Key::Os, std::env::consts::OS.to_string()),
+        (Key::Kernel, kernel()),
+        (Key::Hostname, hostname()),
+        (Key::Cpu, cpu_model()),
+        (Key::Architecture, std::env::consts::ARCH.to_string()),
+        (Key::LogicalCpus, logical_cpus().to_string()),
+        (Key::Threads, settings.threads.to_string()),
+        (Key::Isa, crate::compute::Isa::current().name().to_string()),
+        (Key::IsaAvailable, crate::compute::Isa::available_names()),
         (
-            "bf16_kernel",
+            Key::Int8Kernel,
+            crate::compute::int8::Int8Kernel::described(),
+        ),
+        (
+            Key::Bf16Kernel,
             crate::compute::bf16::Bf16Kernel::current()
                 .name()
                 .to_string(),
         ),
-        ("l1d_cache_kib", (caches.l1d >> 10).to_string()),
-        ("l2_cache_kib", (caches.l2 >> 10).to_string()),
-        ("l2_cache_shared_by", caches.l2_shared_by.to_string()),
+        (Key::L1dCacheKib, (caches.l1d >> 10).to_string()),
+        (Key::L2CacheKib, (caches.l2 >> 10).to_string()),
+        (Key::L2CacheSharedBy, caches.l2_shared_by.to_string()),
         (
-            "l3_cache_kib",
+            Key::L3CacheKib,
             caches.l3.map_or("N/A".into(), |b| (b >> 10).to_string()),
         ),
-        ("cache_sizes_detected", caches.detected.to_string()),
-        ("blocking", blocking()),
-        ("cpu_ram_mb", mb(memory::total_memory())),
-        ("available_ram_mb_at_start", mb(memory::available_memory())),
-        ("date", now.format("%Y-%m-%d").to_string()),
-        ("time", now.format("%H:%M:%S").to_string()),
-        ("timezone", "UTC".into()),
-        ("dtype", settings.dtype.as_str().to_string()),
+        (Key::CacheSizesDetected, caches.detected.to_string()),
+        (Key::Blocking, blocking()),
+        (Key::CpuRamMb, mb(memory::total_memory())),
+        (Key::AvailableRamMbAtStart, mb(memory::available_memory())),
+        (Key::Date, now.format("%Y-%m-%d").to_string()),
+        (Key::Time, now.format("%H:%M:%S").to_string()),
+        (Key::Timezone, "UTC".into()),
+        (Key::Dtype, settings.dtype.as_str().to_string()),
         (
-            "fp16",
+            Key::Fp16,
             (settings.dtype == crate::device::Precision::F16).to_string(),
         ),
-        ("device", settings.device.to_string()),
+        (Key::Device, settings.device.to_string()),
         (
-            "use_multiprocessing",
+            Key::UseMultiprocessing,
             if multiprocess { "True" } else { "False" }.into(),
         ),
-        ("only_pretrain_model", "False".into()),
+        (Key::OnlyPretrainModel, "False".into()),
         (
-            "weights",
+            Key::Weights,
             if settings.load_weights {
                 "checkpoint"
             } else {
@@ -129,73 +220,99 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
             }
             .into(),
         ),
-        ("seed", settings.seed.to_string()),
-        ("use_gpu", if use_gpu { "True" } else { "False" }.into()),
-        ("num_gpus", if use_gpu { "1" } else { "0" }.into()),
-        ("use_tpu", "False".into()),
-        ("min_runs", settings.timing.min_runs.to_string()),
+        (Key::Seed, settings.seed.to_string()),
+        (Key::UseGpu, if use_gpu { "True" } else { "False" }.into()),
+        (Key::NumGpus, if use_gpu { "1" } else { "0" }.into()),
+        (Key::UseTpu, "False".into()),
+        (Key::MinRuns, settings.timing.min_runs.to_string()),
         (
-            "min_time_s",
+            Key::MinTimeS,
             settings.timing.min_time.as_secs_f64().to_string(),
         ),
-        ("max_runs", settings.timing.max_runs.to_string()),
+        (Key::MaxRuns, settings.timing.max_runs.to_string()),
         (
-            "max_time_s",
+            Key::MaxTimeS,
             settings.timing.max_time.as_secs_f64().to_string(),
         ),
         (
-            "warmup_max_runs",
+            Key::WarmupMaxRuns,
             settings.timing.warmup_max_runs.to_string(),
         ),
         (
-            "peak_matmul_gflops",
+            Key::PeakMatmulGflops,
             peak_gflops
                 .map(|g| format!("{g:.1}"))
                 .unwrap_or_else(|| "N/A".into()),
         ),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
+    .map(|(k, v): (Key, String)| (k.name().to_string(), v))
     .collect();
     let gpu = settings.device.cuda_ordinal().map(super::gpu::info);
-    let gpu_keys: [(&str, String); 5] = match gpu {
+    let gpu_keys: [(Key, String); 5] = match gpu {
         Some(Ok(g)) => [
-            ("gpu", g.name),
-            ("gpu_driver", g.driver),
+            (Key::Gpu, g.name),
+            (Key::GpuDriver, g.driver),
             (
-                "gpu_ram_mb",
+                Key::GpuRamMb,
                 format!("{:.0}", memory::to_mb(g.memory_total)),
             ),
             (
-                "gpu_power_watts",
+                Key::GpuPowerWatts,
                 g.power_watts
                     .map(|w| format!("{w:.0}"))
                     .unwrap_or_else(|| "N/A".into()),
             ),
             (
-                "gpu_performance_state",
+                Key::GpuPerformanceState,
                 g.performance_state.unwrap_or_else(|| "N/A".into()),
             ),
         ],
         Some(Err(e)) => {
             let na = format!("N/A ({e:#})");
             [
-                ("gpu", na.clone()),
-                ("gpu_driver", na.clone()),
-                ("gpu_ram_mb", na.clone()),
-                ("gpu_power_watts", na.clone()),
-                ("gpu_performance_state", na),
+                (Key::Gpu, na.clone()),
+                (Key::GpuDriver, na.clone()),
+                (Key::GpuRamMb, na.clone()),
+                (Key::GpuPowerWatts, na.clone()),
+                (Key::GpuPerformanceState, na),
             ]
         }
         None => [
-            "gpu",
-            "gpu_driver",
-            "gpu_ram_mb",
-            "gpu_power_watts",
-            "gpu_performance_state",
+            Key::Gpu,
+            Key::GpuDriver,
+            Key::GpuRamMb,
+            Key::GpuPowerWatts,
+            Key::GpuPerformanceState,
         ]
         .map(|k| (k, "N/A".to_string())),
     };
-    info.extend(gpu_keys.into_iter().map(|(k, v)| (k.to_string(), v)));
+    info.extend(gpu_keys.into_iter().map(|(k, v)| (k.name().to_string(), v)));
     info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file is written in [`Key`]'s order, every key once: the GPU's keys follow the
+    /// machine's, and the ones a sweep or a merge adds are the only ones left over.
+    #[test]
+    fn the_file_is_written_in_the_keys_order() {
+        let settings = crate::bench::run::default_settings(1);
+        let info = collect(&settings, false, None);
+        let written: Vec<&str> = info.iter().map(|(k, _)| k.as_str()).collect();
+        let all: Vec<&str> = Key::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(written, all[..written.len()]);
+        assert_eq!(
+            all[written.len()..],
+            [
+                "dtypes",
+                "merged_shards",
+                "merged_hosts",
+                "merged_missing_cells",
+                "merged_not_ok_cells"
+            ]
+        );
+    }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::env::Key;
 use super::memory::to_mb;
 use super::peak::PeakShape;
 use super::{Cell, CellSettings, Measurement, Mode, Status};
@@ -138,10 +139,10 @@ impl ResultsFile {
     }
 
     /// A value of the environment file (`env.csv`), if the run recorded it.
-    pub fn env(&self, key: &str) -> Option<&str> {
+    pub fn env(&self, key: Key) -> Option<&str> {
         self.environment
             .iter()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| k == key.name())
             .map(|(_, v)| v.as_str())
     }
 

@@ -360,7 +360,9 @@ pub fn run_bench(
     let precisions = config.precisions();
     if precisions.len() > 1 {
         let list: Vec<&str> = precisions.iter().map(|p| p.as_str()).collect();
-        results.environment.push(("dtypes".into(), list.join(" ")));
+        results
+            .environment
+            .push((super::env::Key::Dtypes.name().into(), list.join(" ")));
     }
     results.peak_matmul = peak_matmul;
     results.settings = Some(settings.clone());

@@ -16,6 +16,7 @@ use std::str::FromStr;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use super::env::Key;
 use super::output::ResultsFile;
 use super::{distinct, Cell, CellSettings, Measurement, Status};
 use crate::error::input;
@@ -147,18 +148,24 @@ pub struct ShardRecord {
 /// The environment keys that name a kind of machine: shards that differ in one of them ran on
 /// different kinds and are not merged (memory may differ by a few percent between VMs of one
 /// kind, so it is compared within 5%).
-pub const MACHINE_KEYS: [&str; 5] = ["cpu", "logical_cpus", "gpu", "isa", "cpu_ram_mb"];
+pub const MACHINE_KEYS: [Key; 5] = [
+    Key::Cpu,
+    Key::LogicalCpus,
+    Key::Gpu,
+    Key::Isa,
+    Key::CpuRamMb,
+];
 
 /// How two runs' machines differ, if they do (`None`: the same kind).
 pub fn machine_difference(a: &ResultsFile, b: &ResultsFile) -> Option<String> {
     for key in MACHINE_KEYS {
         let (va, vb) = (a.env(key).unwrap_or(""), b.env(key).unwrap_or(""));
         let same = match (key, va.parse::<f64>(), vb.parse::<f64>()) {
-            ("cpu_ram_mb", Ok(x), Ok(y)) => (x - y).abs() <= 0.05 * x.max(y),
+            (Key::CpuRamMb, Ok(x), Ok(y)) => (x - y).abs() <= 0.05 * x.max(y),
             _ => va == vb,
         };
         if !same {
-            return Some(format!("{key} {va:?} vs {vb:?}"));
+            return Some(format!("{} {va:?} vs {vb:?}", key.name()));
         }
     }
     None
@@ -244,7 +251,7 @@ pub fn merge(dirs: &[PathBuf], opts: MergeOptions) -> Result<ResultsFile> {
             ));
         }
         // The products' blocks (sized by rule, or forced by BERTBENCH_BLOCKING).
-        let blocking = |r: &ResultsFile| r.env("blocking").unwrap_or("").to_string();
+        let blocking = |r: &ResultsFile| r.env(Key::Blocking).unwrap_or("").to_string();
         if blocking(&p.results) != blocking(&first.results) {
             return Err(other(&format!(
                 "the products' blocks differ (env.csv blocking {:?} vs {:?})",
@@ -352,22 +359,22 @@ pub fn merge(dirs: &[PathBuf], opts: MergeOptions) -> Result<ResultsFile> {
     let hosts = distinct(
         parts
             .iter()
-            .map(|p| p.results.env("hostname").unwrap_or("").to_string()),
+            .map(|p| p.results.env(Key::Hostname).unwrap_or("").to_string()),
     );
     let mut shards: Vec<&Part> = parts.iter().collect();
     shards.sort_by_key(|p| p.record.index);
-    let set = |env: &mut Vec<(String, String)>, key: &str, value: String| {
-        env.retain(|(k, _)| k != key);
-        env.push((key.into(), value));
+    let set = |env: &mut Vec<(String, String)>, key: Key, value: String| {
+        env.retain(|(k, _)| k != key.name());
+        env.push((key.name().into(), value));
     };
     set(
         &mut merged.environment,
-        "merged_shards",
+        Key::MergedShards,
         format!("{} of {}", parts.len(), first.record.count),
     );
     set(
         &mut merged.environment,
-        "merged_hosts",
+        Key::MergedHosts,
         hosts
             .iter()
             .filter(|h| !h.is_empty())
@@ -377,12 +384,12 @@ pub fn merge(dirs: &[PathBuf], opts: MergeOptions) -> Result<ResultsFile> {
     );
     set(
         &mut merged.environment,
-        "merged_missing_cells",
+        Key::MergedMissingCells,
         missing.len().to_string(),
     );
     set(
         &mut merged.environment,
-        "merged_not_ok_cells",
+        Key::MergedNotOkCells,
         failed.to_string(),
     );
     Ok(merged)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::bench::env::Key;
 use crate::bench::grid::{self, Isolation, Preset};
 use crate::bench::output::{OutputFiles, ResultsFile, ResultsWriter};
 use crate::bench::shard::{self, MergeOptions, ShardChoice};
@@ -278,7 +279,7 @@ pub(crate) fn run_with_bars(config: &BenchConfig) -> Result<BenchOutcome> {
     Ok(outcome)
 }
 
-/// Draws an overall bar (cells, ETA) and a per-cell bar (runs of the current cell).
+/// The bench's one-screen table on stdout: a row per planned cell that has a result.
 fn print_summary(results: &ResultsFile, plan: &[Cell]) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
@@ -344,7 +345,7 @@ fn print_summary(results: &ResultsFile, plan: &[Cell]) {
         let _ = writeln!(out, "\nwarning: {noisy} cell(s) were noisy (see `reason` in results.csv): the machine was busy or the cells too short");
     }
     let kernels = results
-        .env("isa")
+        .env(Key::Isa)
         .map(|isa| format!(", {isa} kernels"))
         .unwrap_or_default();
     for threads in results.thread_counts() {

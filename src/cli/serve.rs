@@ -17,7 +17,7 @@ use crate::compute::Isa;
 use crate::error::input;
 use crate::serve::api::{Api, ServerWindows};
 use crate::serve::http::{bind, HttpConfig, Loaded, ModelInfo};
-use crate::serve::loadgen::{LoadgenJob, Questions, Target};
+use crate::serve::loadgen::{LoadgenJob, LoadgenOutcome, Questions, Target};
 use crate::serve::scenario::{RunSettings, Scenario, SearchSettings, STOP};
 use crate::serve::{BatcherConfig, QaEngine, Server};
 
@@ -390,9 +390,16 @@ pub fn loadgen(args: LoadgenArgs) -> Result<()> {
         &mut bar,
     );
     bar.finish();
-    let outcome = outcome?;
+    print_loadgen(&outcome?, args.url.as_deref());
+    Ok(())
+}
+
+/// What a load-generator run found, one screen: the system, each run's counts and
+/// percentiles, the search's verdict, the result, the answers under load, the cost and the
+/// files written.
+fn print_loadgen(outcome: &LoadgenOutcome, url: Option<&str>) {
     let r = &outcome.results;
-    let system = match &args.url {
+    let system = match url {
         Some(url) => format!("driving {url}"),
         None => format!("{} threads, {} kernels", r.setup.threads, r.setup.isa),
     };
@@ -485,5 +492,4 @@ pub fn loadgen(args: LoadgenArgs) -> Result<()> {
         .map(|p| p.display().to_string())
         .collect();
     println!("  wrote {}", shown.join(", "));
-    Ok(())
 }

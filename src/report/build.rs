@@ -10,6 +10,7 @@ use super::plot;
 use super::render::{self, Block};
 use crate::answer::{EvalResults, EVAL_RESULTS_FILE};
 use crate::bench::drift;
+use crate::bench::env::Key;
 use crate::bench::memory::to_mb;
 use crate::bench::output::{ResultsFile, RESULTS_JSON};
 use crate::bench::run::MAX_BATCH_FILE;
@@ -194,7 +195,7 @@ impl Context<'_> {
     }
 
     /// A value of the environment file, empty when missing.
-    pub(super) fn env(&self, key: &str) -> String {
+    pub(super) fn env(&self, key: Key) -> String {
         self.results.env(key).unwrap_or_default().to_string()
     }
 
@@ -311,21 +312,21 @@ impl ReportFiles {
 /// What was measured, where, with what, and the price the costs use.
 fn summary_section(cx: &Context) -> Vec<Block> {
     // Runs before the kernel tier and cache sizes were recorded have neither.
-    let kernels = match cx.env("isa") {
+    let kernels = match cx.env(Key::Isa) {
         isa if isa.is_empty() => String::new(),
         isa => format!(" {isa} kernels,"),
     };
-    let caches = match (cx.env("l1d_cache_kib"), cx.env("l2_cache_kib")) {
+    let caches = match (cx.env(Key::L1dCacheKib), cx.env(Key::L2CacheKib)) {
         (l1, l2) if l1.is_empty() || l2.is_empty() => String::new(),
         // An L2 that hardware threads or a cluster's cores share (runs before this was
         // recorded have no count).
-        (l1, l2) => match cx.env("l2_cache_shared_by").as_str() {
+        (l1, l2) => match cx.env(Key::L2CacheSharedBy).as_str() {
             "" | "1" => format!(" (L1d {l1} KiB, L2 {l2} KiB per core)"),
             n => format!(" (L1d {l1} KiB, L2 {l2} KiB per {n} logical CPUs)"),
         },
     };
     // Blocks forced by BERTBENCH_BLOCKING instead of sized from those caches ("rule").
-    let kernels = match cx.env("blocking") {
+    let kernels = match cx.env(Key::Blocking) {
         b if b.is_empty() || b == "rule" => kernels,
         b => format!("{kernels} blocks forced to {b} by BERTBENCH_BLOCKING,"),
     };
@@ -333,20 +334,20 @@ fn summary_section(cx: &Context) -> Vec<Block> {
         "{} cells of {} on {}{caches} ({} threads,{kernels} {}, {}), {} {} UTC, bertbench {} ({}), candle {}. Models use {} weights.",
         cx.results.plan.len(),
         cx.models.iter().map(|m| cx.name(m)).collect::<Vec<_>>().join(", "),
-        cx.env("cpu"),
-        cx.env("threads"),
-        cx.env("device"),
+        cx.env(Key::Cpu),
+        cx.env(Key::Threads),
+        cx.env(Key::Device),
         // A run over several precisions lists them all.
-        match cx.env("dtypes") {
-            d if d.is_empty() => cx.env("dtype"),
+        match cx.env(Key::Dtypes) {
+            d if d.is_empty() => cx.env(Key::Dtype),
             d => d,
         },
-        cx.env("date"),
-        cx.env("time"),
-        cx.env("bertbench_version"),
-        cx.env("git_commit"),
-        cx.env("candle_version"),
-        cx.env("weights"),
+        cx.env(Key::Date),
+        cx.env(Key::Time),
+        cx.env(Key::BertbenchVersion),
+        cx.env(Key::GitCommit),
+        cx.env(Key::CandleVersion),
+        cx.env(Key::Weights),
     ))];
     let processes = cx
         .results

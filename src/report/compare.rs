@@ -16,6 +16,7 @@
 
 use serde::Serialize;
 
+use crate::bench::env::Key;
 use crate::bench::output::ResultsFile;
 use crate::bench::{ratio_interval, Cell, Measurement, Speed, Status};
 use crate::stats;
@@ -337,12 +338,12 @@ fn settings_warnings(base: &ResultsFile, new: &ResultsFile) -> Vec<String> {
         weights(n.load_weights).into(),
     );
     // The tier that ran, from the environment file (runs before it was recorded have none).
-    let isa = |r: &ResultsFile| r.env("isa").map(str::to_string);
+    let isa = |r: &ResultsFile| r.env(Key::Isa).map(str::to_string);
     if let (Some(x), Some(y)) = (isa(base), isa(new)) {
         differ("CPU kernels (isa)", x, y);
     }
     // How the products' blocks were sized (`rule`, or forced by BERTBENCH_BLOCKING).
-    let blocking = |r: &ResultsFile| r.env("blocking").map(str::to_string);
+    let blocking = |r: &ResultsFile| r.env(Key::Blocking).map(str::to_string);
     if let (Some(x), Some(y)) = (blocking(base), blocking(new)) {
         differ("product blocking", x, y);
     }

@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result};
 use super::build::{display_name, figure, files_named, ReportFiles};
 use super::plot;
 use super::render::Block;
+use crate::bench::env::Key;
 use crate::bench::memory::to_mb;
 use crate::bench::output::ResultsFile;
 use crate::bench::ratio_interval;
@@ -62,16 +63,16 @@ impl MachinePrices {
 /// A machine's name from its environment: the GPU when the run used one, else the CPU model
 /// (without trademark marks and "Processor"), its logical CPUs and its memory.
 pub fn machine_label(results: &ResultsFile) -> String {
-    let gpu = results.env("gpu").unwrap_or("");
+    let gpu = results.env(Key::Gpu).unwrap_or("");
     let on_gpu = results
-        .env("device")
+        .env(Key::Device)
         .and_then(|d| d.parse::<DeviceSpec>().ok())
         .is_some_and(|d| !d.is_cpu());
     if on_gpu && !gpu.is_empty() && !gpu.starts_with("N/A") {
         return gpu.to_string();
     }
     let cpu = results
-        .env("cpu")
+        .env(Key::Cpu)
         .unwrap_or("")
         .replace("(R)", "")
         .replace("(TM)", "")
@@ -83,10 +84,10 @@ pub fn machine_label(results: &ResultsFile) -> String {
     } else {
         cpu
     };
-    if let Ok(n) = results.env("logical_cpus").unwrap_or("").parse::<usize>() {
+    if let Ok(n) = results.env(Key::LogicalCpus).unwrap_or("").parse::<usize>() {
         label.push_str(&format!(", {n} CPUs"));
     }
-    if let Ok(mb) = results.env("cpu_ram_mb").unwrap_or("").parse::<f64>() {
+    if let Ok(mb) = results.env(Key::CpuRamMb).unwrap_or("").parse::<f64>() {
         label.push_str(&format!(", {:.0} GB", mb / 1024.0));
     }
     label
@@ -468,7 +469,7 @@ fn machines_section(machines: &[Machine]) -> Vec<Block> {
         .iter()
         .map(|m| {
             let r = &m.results;
-            let e = |k: &str| r.env(k).unwrap_or("").to_string();
+            let e = |k: Key| r.env(k).unwrap_or("").to_string();
             let processes = r
                 .measurements
                 .iter()
@@ -478,16 +479,16 @@ fn machines_section(machines: &[Machine]) -> Vec<Block> {
             vec![
                 m.name.clone(),
                 m.dir.display().to_string(),
-                e("cpu"),
-                e("logical_cpus"),
-                e("cpu_ram_mb"),
-                e("gpu"),
-                e("isa"),
-                e("l2_cache_kib"),
+                e(Key::Cpu),
+                e(Key::LogicalCpus),
+                e(Key::CpuRamMb),
+                e(Key::Gpu),
+                e(Key::Isa),
+                e(Key::L2CacheKib),
                 compared_threads(m).to_string(),
                 processes.to_string(),
-                format!("{} {} UTC", e("date"), e("time")),
-                format!("{} ({})", e("bertbench_version"), e("git_commit")),
+                format!("{} {} UTC", e(Key::Date), e(Key::Time)),
+                format!("{} ({})", e(Key::BertbenchVersion), e(Key::GitCommit)),
                 m.price
                     .as_ref()
                     .map(|p| format!("{}", p.usd_per_hour))

@@ -14,6 +14,7 @@ use anyhow::Result;
 
 use super::build::{display_name, figure, Accuracy, Context};
 use super::render::Block;
+use crate::bench::env::Key;
 use crate::bench::memory::to_mb;
 use crate::bench::ratio_interval;
 use crate::bench::{Cell, Measurement, Mode, Status};
@@ -395,7 +396,7 @@ fn footnote(cx: &Context, shape: Option<Shape>, price: Option<f64>) -> String {
              sequence {}, with its 95% interval (across processes where the cell was timed in \
              several, else within its one). Sequences/s: the best batch measured at sequence \
              {}. Peak RSS: the process's resident high-water mark through that pass.",
-            cx.env("cpu"),
+            cx.env(Key::Cpu),
             s.threads,
             s.batch,
             s.sequence,
