@@ -9,11 +9,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-
-use std::sync::Arc;
 
 use super::api::Api;
 use super::batcher::{BatcherConfig, Server};
