@@ -199,6 +199,54 @@ pub struct MergeOptions {
 /// machine; a shard given twice; a cell measured in two shards), and when cells of the grid
 /// are missing (listed, with the command that finishes them) unless `allow_missing`.
 pub fn merge(dirs: &[PathBuf], opts: MergeOptions) -> Result<ResultsFile> {
+    let parts = read_parts(dirs)?;
+    let seen = check_parts(&parts)?;
+    let first = &parts[0];
+    let grid = first.record.grid.clone();
+    let (mut measurements, owner) = measurements_of(&parts, &grid)?;
+    let missing: Vec<&Cell> = grid.iter().filter(|c| !owner.contains_key(c)).collect();
+    if !missing.is_empty() && !opts.allow_missing {
+        return Err(missing_cells(
+            &missing,
+            grid.len(),
+            &seen,
+            first.record.count,
+        ));
+    }
+    // Unfinished or failed cells are data, not gaps: they merge as they are.
+    let failed = measurements
+        .iter()
+        .filter(|m| m.status != Status::Ok)
+        .count();
+    let mut merged = first.results.clone();
+    merged.shard = None;
+    merged.plan = grid.clone();
+    measurements.sort_by_key(|m| grid.iter().position(|c| *c == m.cell));
+    merged.measurements = measurements;
+    merged.peak_matmul = best_peaks(&parts);
+    let hosts = distinct(
+        parts
+            .iter()
+            .map(|p| p.results.env(Key::Hostname).unwrap_or("").to_string()),
+    );
+    let hosts: Vec<String> = hosts.into_iter().filter(|h| !h.is_empty()).collect();
+    for (key, value) in [
+        (
+            Key::MergedShards,
+            format!("{} of {}", parts.len(), first.record.count),
+        ),
+        (Key::MergedHosts, hosts.join(" ")),
+        (Key::MergedMissingCells, missing.len().to_string()),
+        (Key::MergedNotOkCells, failed.to_string()),
+    ] {
+        merged.environment.retain(|(k, _)| k != key.name());
+        merged.environment.push((key.name().into(), value));
+    }
+    Ok(merged)
+}
+
+/// Each folder's results with its shard record; a folder without one is not a shard.
+fn read_parts(dirs: &[PathBuf]) -> Result<Vec<Part>> {
     if dirs.is_empty() {
         return Err(input("merge: no shard folders given"));
     }
@@ -218,9 +266,15 @@ pub fn merge(dirs: &[PathBuf], opts: MergeOptions) -> Result<ResultsFile> {
             record,
         });
     }
+    Ok(parts)
+}
+
+/// Refuses parts that are not shards of one study (grid, version, settings, blocks, kind of
+/// machine) or that repeat a shard; returns each shard's folder by its index.
+fn check_parts(parts: &[Part]) -> Result<BTreeMap<usize, &Path>> {
     let first = &parts[0];
     let mut seen: BTreeMap<usize, &Path> = BTreeMap::new();
-    for p in &parts {
+    for p in parts {
         let other = |what: &str| {
             input(format!(
                 "{} and {} are not shards of one study: {what}",
@@ -279,11 +333,17 @@ pub fn merge(dirs: &[PathBuf], opts: MergeOptions) -> Result<ResultsFile> {
             )));
         }
     }
-    // Every measured cell from exactly one shard.
-    let grid = first.record.grid.clone();
+    Ok(seen)
+}
+
+/// Every measured cell from exactly one shard, and which shard measured it.
+fn measurements_of<'a>(
+    parts: &'a [Part],
+    grid: &[Cell],
+) -> Result<(Vec<Measurement>, BTreeMap<&'a Cell, &'a Part>)> {
     let mut owner: BTreeMap<&Cell, &Part> = BTreeMap::new();
     let mut measurements: Vec<Measurement> = Vec::new();
-    for p in &parts {
+    for p in parts {
         for m in &p.results.measurements {
             if !grid.contains(&m.cell) {
                 return Err(input(format!(
@@ -305,44 +365,44 @@ pub fn merge(dirs: &[PathBuf], opts: MergeOptions) -> Result<ResultsFile> {
             measurements.push(m.clone());
         }
     }
-    let missing: Vec<&Cell> = grid.iter().filter(|c| !owner.contains_key(c)).collect();
-    if !missing.is_empty() && !opts.allow_missing {
-        let count = first.record.count;
-        let absent: Vec<usize> = (1..=count).filter(|i| !seen.contains_key(i)).collect();
-        let mut msg = format!(
-            "{} of the grid's {} cells are missing:",
-            missing.len(),
-            grid.len()
-        );
-        for c in missing.iter().take(20) {
-            msg.push_str(&format!("\n  {c}"));
-        }
-        if missing.len() > 20 {
-            msg.push_str(&format!("\n  ... and {} more", missing.len() - 20));
-        }
-        if !absent.is_empty() {
-            let list: Vec<String> = absent.iter().map(|i| format!("{i}/{count}")).collect();
-            msg.push_str(&format!("\nshards not given: {}", list.join(", ")));
-        }
-        msg.push_str(
-            "\nfinish a shard with `bench ... --shard K/N --resume --output-dir ITS_FOLDER`, \
-             or merge what there is with --allow-missing",
-        );
-        return Err(input(msg));
+    Ok((measurements, owner))
+}
+
+/// The error for a merge with cells missing: the first 20 of them, the shards not given, and
+/// how to finish or merge anyway.
+fn missing_cells(
+    missing: &[&Cell],
+    grid_cells: usize,
+    seen: &BTreeMap<usize, &Path>,
+    count: usize,
+) -> anyhow::Error {
+    let absent: Vec<usize> = (1..=count).filter(|i| !seen.contains_key(i)).collect();
+    let mut msg = format!(
+        "{} of the grid's {} cells are missing:",
+        missing.len(),
+        grid_cells
+    );
+    for c in missing.iter().take(20) {
+        msg.push_str(&format!("\n  {c}"));
     }
-    // Unfinished or failed cells are data, not gaps: they merge as they are.
-    let failed = measurements
-        .iter()
-        .filter(|m| m.status != Status::Ok)
-        .count();
-    let mut merged = first.results.clone();
-    merged.shard = None;
-    merged.plan = grid.clone();
-    measurements.sort_by_key(|m| grid.iter().position(|c| *c == m.cell));
-    merged.measurements = measurements;
-    // The peak: the best rate of each shape over the shards (each measured its own).
-    let mut peaks = Vec::new();
-    for p in &parts {
+    if missing.len() > 20 {
+        msg.push_str(&format!("\n  ... and {} more", missing.len() - 20));
+    }
+    if !absent.is_empty() {
+        let list: Vec<String> = absent.iter().map(|i| format!("{i}/{count}")).collect();
+        msg.push_str(&format!("\nshards not given: {}", list.join(", ")));
+    }
+    msg.push_str(
+        "\nfinish a shard with `bench ... --shard K/N --resume --output-dir ITS_FOLDER`, \
+         or merge what there is with --allow-missing",
+    );
+    input(msg)
+}
+
+/// The peak: the best rate of each shape over the shards (each measured its own).
+fn best_peaks(parts: &[Part]) -> Vec<super::peak::PeakShape> {
+    let mut peaks: Vec<super::peak::PeakShape> = Vec::new();
+    for p in parts {
         for s in &p.results.peak_matmul {
             let same = |q: &&mut super::peak::PeakShape| {
                 (q.kernel.as_str(), q.m, q.k, q.n, q.threads)
@@ -355,44 +415,7 @@ pub fn merge(dirs: &[PathBuf], opts: MergeOptions) -> Result<ResultsFile> {
             }
         }
     }
-    merged.peak_matmul = peaks;
-    let hosts = distinct(
-        parts
-            .iter()
-            .map(|p| p.results.env(Key::Hostname).unwrap_or("").to_string()),
-    );
-    let mut shards: Vec<&Part> = parts.iter().collect();
-    shards.sort_by_key(|p| p.record.index);
-    let set = |env: &mut Vec<(String, String)>, key: Key, value: String| {
-        env.retain(|(k, _)| k != key.name());
-        env.push((key.name().into(), value));
-    };
-    set(
-        &mut merged.environment,
-        Key::MergedShards,
-        format!("{} of {}", parts.len(), first.record.count),
-    );
-    set(
-        &mut merged.environment,
-        Key::MergedHosts,
-        hosts
-            .iter()
-            .filter(|h| !h.is_empty())
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(" "),
-    );
-    set(
-        &mut merged.environment,
-        Key::MergedMissingCells,
-        missing.len().to_string(),
-    );
-    set(
-        &mut merged.environment,
-        Key::MergedNotOkCells,
-        failed.to_string(),
-    );
-    Ok(merged)
+    peaks
 }
 
 /// Cells' expected cost for the split: their analytic FLOPs, from each model's config (none
