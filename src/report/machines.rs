@@ -291,125 +291,18 @@ pub fn write_machines_report(
     ];
     blocks.extend(machines_section(machines));
 
-    // Side by side, ratios against the first machine, memory.
-    let base = &machines[0];
+    // Side by side, ratios against the first machine, memory and cost, per mode.
     for mode in [Mode::Inference, Mode::Training] {
         let at: Vec<_> = shapes.iter().copied().filter(|s| s.0 == mode).collect();
-        if at.is_empty() {
-            continue;
-        }
-        let mut header = vec!["model".to_string(), "batch".into(), "seq".into()];
-        header.extend(machines.iter().map(|m| m.name.clone()));
-        header.push("fastest".into());
-        let mut time_rows = Vec::new();
-        let mut ratio_rows = Vec::new();
-        let mut memory_rows = Vec::new();
-        for model in &models {
-            for &shape in &at {
-                let cells: Vec<Option<&Measurement>> =
-                    machines.iter().map(|m| cell_of(m, model, shape)).collect();
-                if cells.iter().all(Option::is_none) {
-                    continue;
-                }
-                let lead = vec![name(model), shape.1.to_string(), shape.2.to_string()];
-                let mut row = lead.clone();
-                row.extend(
-                    cells
-                        .iter()
-                        .map(|c| c.and_then(time_with_interval).unwrap_or_else(|| "-".into())),
-                );
-                let fastest = cells
-                    .iter()
-                    .zip(machines)
-                    .filter_map(|(c, m)| Some((point_time((*c)?)?, &m.name)))
-                    .min_by(|a, b| a.0.total_cmp(&b.0));
-                row.push(
-                    fastest
-                        .map(|(_, n)| n.clone())
-                        .unwrap_or_else(|| "-".into()),
-                );
-                time_rows.push(row);
-
-                let mut row = lead.clone();
-                for (c, m) in cells.iter().zip(machines).skip(1) {
-                    row.push(match (cells[0], c) {
-                        (Some(b), Some(o)) => {
-                            let (bs, os) = (b.speed.as_ref(), o.speed.as_ref());
-                            match (bs, os) {
-                                (Some(bs), Some(os)) => {
-                                    let (r, lo, hi) = ratio_interval(bs, os);
-                                    if lo > 1.0 || hi < 1.0 {
-                                        observations.push(format!(
-                                            "{} {} b{} s{}: {} is {r:.2}x as fast as {} [{lo:.2}, {hi:.2}].",
-                                            name(model),
-                                            mode.as_str(),
-                                            shape.1,
-                                            shape.2,
-                                            m.name,
-                                            base.name
-                                        ));
-                                    }
-                                    format!("{r:.2} [{lo:.2}, {hi:.2}]")
-                                }
-                                _ => "-".into(),
-                            }
-                        }
-                        _ => "-".into(),
-                    });
-                }
-                ratio_rows.push(row);
-
-                let mut row = lead;
-                let mems: Vec<Option<f64>> = cells
-                    .iter()
-                    .map(|c| c.and_then(|c| c.memory.as_ref()).map(|m| to_mb(m.peak_rss)))
-                    .collect();
-                if mems.iter().any(Option::is_some) {
-                    row.extend(
-                        mems.iter()
-                            .map(|v| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())),
-                    );
-                    memory_rows.push(row);
-                }
-            }
-        }
-        let title = match mode {
-            Mode::Inference => "Inference",
-            Mode::Training => "Training",
-        };
-        blocks.push(Block::Heading(2, format!("{title}: time per step")));
-        blocks.push(Block::Table {
-            header: header.clone(),
-            rows: time_rows,
-        });
-        let mut ratio_header = vec!["model".to_string(), "batch".into(), "seq".into()];
-        ratio_header.extend(
-            machines
-                .iter()
-                .skip(1)
-                .map(|m| format!("{} vs {}", m.name, base.name)),
-        );
-        blocks.push(Block::Heading(
-            3,
-            format!("{title}: speed relative to {}", base.name),
-        ));
-        blocks.push(Block::Table {
-            header: ratio_header,
-            rows: ratio_rows,
-        });
-        if !memory_rows.is_empty() {
-            let mut mem_header = vec!["model".to_string(), "batch".into(), "seq".into()];
-            mem_header.extend(machines.iter().map(|m| format!("{} peak RSS MB", m.name)));
-            blocks.push(Block::Heading(3, format!("{title}: peak memory")));
-            blocks.push(Block::Table {
-                header: mem_header,
-                rows: memory_rows,
-            });
-        }
-        if machines.iter().all(|m| m.price.is_some()) {
-            let (b, o) = cost_section(machines, &models, &at, &name, title);
-            blocks.extend(b);
-            observations.extend(o);
+        if !at.is_empty() {
+            blocks.extend(mode_section(
+                machines,
+                &models,
+                &at,
+                &name,
+                mode,
+                &mut observations,
+            ));
         }
     }
     if machines.iter().any(|m| m.price.is_none()) {
@@ -444,6 +337,135 @@ pub fn write_machines_report(
         observations,
         warnings,
     )
+}
+
+/// One mode's tables across machines: time per step with the fastest machine, speed
+/// relative to the first machine (an observation for each ratio whose interval excludes 1),
+/// peak memory where measured, and cost where every machine has a price.
+fn mode_section(
+    machines: &[Machine],
+    models: &[String],
+    at: &[(Mode, usize, usize)],
+    name: &dyn Fn(&str) -> String,
+    mode: Mode,
+    observations: &mut Vec<String>,
+) -> Vec<Block> {
+    let base = &machines[0];
+    let mut blocks = Vec::new();
+    let mut header = vec!["model".to_string(), "batch".into(), "seq".into()];
+    header.extend(machines.iter().map(|m| m.name.clone()));
+    header.push("fastest".into());
+    let mut time_rows = Vec::new();
+    let mut ratio_rows = Vec::new();
+    let mut memory_rows = Vec::new();
+    for model in models {
+        for &shape in at {
+            let cells: Vec<Option<&Measurement>> =
+                machines.iter().map(|m| cell_of(m, model, shape)).collect();
+            if cells.iter().all(Option::is_none) {
+                continue;
+            }
+            let lead = vec![name(model), shape.1.to_string(), shape.2.to_string()];
+            let mut row = lead.clone();
+            row.extend(
+                cells
+                    .iter()
+                    .map(|c| c.and_then(time_with_interval).unwrap_or_else(|| "-".into())),
+            );
+            let fastest = cells
+                .iter()
+                .zip(machines)
+                .filter_map(|(c, m)| Some((point_time((*c)?)?, &m.name)))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            row.push(
+                fastest
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_else(|| "-".into()),
+            );
+            time_rows.push(row);
+
+            let mut row = lead.clone();
+            for (c, m) in cells.iter().zip(machines).skip(1) {
+                row.push(match (cells[0], c) {
+                    (Some(b), Some(o)) => {
+                        let (bs, os) = (b.speed.as_ref(), o.speed.as_ref());
+                        match (bs, os) {
+                            (Some(bs), Some(os)) => {
+                                let (r, lo, hi) = ratio_interval(bs, os);
+                                if lo > 1.0 || hi < 1.0 {
+                                    observations.push(format!(
+                                        "{} {} b{} s{}: {} is {r:.2}x as fast as {} [{lo:.2}, {hi:.2}].",
+                                        name(model),
+                                        mode.as_str(),
+                                        shape.1,
+                                        shape.2,
+                                        m.name,
+                                        base.name
+                                    ));
+                                }
+                                format!("{r:.2} [{lo:.2}, {hi:.2}]")
+                            }
+                            _ => "-".into(),
+                        }
+                    }
+                    _ => "-".into(),
+                });
+            }
+            ratio_rows.push(row);
+
+            let mut row = lead;
+            let mems: Vec<Option<f64>> = cells
+                .iter()
+                .map(|c| c.and_then(|c| c.memory.as_ref()).map(|m| to_mb(m.peak_rss)))
+                .collect();
+            if mems.iter().any(Option::is_some) {
+                row.extend(
+                    mems.iter()
+                        .map(|v| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())),
+                );
+                memory_rows.push(row);
+            }
+        }
+    }
+    let title = match mode {
+        Mode::Inference => "Inference",
+        Mode::Training => "Training",
+    };
+    blocks.push(Block::Heading(2, format!("{title}: time per step")));
+    blocks.push(Block::Table {
+        header: header.clone(),
+        rows: time_rows,
+    });
+    let mut ratio_header = vec!["model".to_string(), "batch".into(), "seq".into()];
+    ratio_header.extend(
+        machines
+            .iter()
+            .skip(1)
+            .map(|m| format!("{} vs {}", m.name, base.name)),
+    );
+    blocks.push(Block::Heading(
+        3,
+        format!("{title}: speed relative to {}", base.name),
+    ));
+    blocks.push(Block::Table {
+        header: ratio_header,
+        rows: ratio_rows,
+    });
+    if !memory_rows.is_empty() {
+        let mut mem_header = vec!["model".to_string(), "batch".into(), "seq".into()];
+        mem_header.extend(machines.iter().map(|m| format!("{} peak RSS MB", m.name)));
+        blocks.push(Block::Heading(3, format!("{title}: peak memory")));
+        blocks.push(Block::Table {
+            header: mem_header,
+            rows: memory_rows,
+        });
+    }
+    if machines.iter().all(|m| m.price.is_some()) {
+        let (b, o) = cost_section(machines, models, at, name, title);
+        blocks.extend(b);
+        observations.extend(o);
+    }
+    blocks
 }
 
 /// The machines' facts, one row each.
