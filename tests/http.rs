@@ -517,7 +517,10 @@ fn abuse_leaves_well_behaved_clients_answered() {
 /// others are served.
 #[test]
 fn connections_beyond_the_limit_get_a_503() {
-    let s = start_server(&["--max-connections", "3"]);
+    // The held connections send nothing: a header timeout longer than any stall of a busy
+    // machine keeps them open (and counted) until the fourth arrives. With the default 5 s,
+    // one CI run timed one out first and the fourth was served.
+    let s = start_server(&["--max-connections", "3", "--header-timeout", "120s"]);
     let held: Vec<TcpStream> = (0..3).map(|_| raw(&s.addr, b"")).collect();
     std::thread::sleep(Duration::from_millis(200));
     let mut over = raw(&s.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
