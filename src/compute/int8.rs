@@ -820,34 +820,17 @@ mod vnni {
         let rows: [*const u8; R] =
             std::array::from_fn(|r| unsafe { t.a.as_ptr().add((r0 + r) * t.lda) });
         let b = t.b.as_ptr().cast::<i8>();
-        let panel_bytes = t.kq * PANEL * QUAD;
-        // The block's first tile reads the panels from memory (the later ones find them in
-        // L1 or L2): it asks for each panel's quads ahead of use.
-        let prefetch = r0 == 0;
-        let mut acc = [[_mm512_setzero_si512(); P]; R];
-        for q in 0..t.kq {
-            if prefetch {
-                for j in 0..P {
-                    // A prefetch reads nothing and may name any address: `wrapping_add`
-                    // forms it without claiming it is in bounds.
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        b.wrapping_add(j * panel_bytes + (q + PREFETCH_QUADS) * 64),
-                    );
-                }
+        // The block's first tile reads the panels from memory: it asks for each panel's quads
+        // ahead of use. The second asks for the panels after its own into L2, so the next
+        // pair's first tile finds them there; the later ones find theirs in L1 or L2.
+        // SAFETY: `rows` hold kq quads each, `b` P panels of kq quads (the tile's invariant).
+        let acc = unsafe {
+            match r0 {
+                0 => sums::<R, P, FIRST>(rows, b, t.kq),
+                12 => sums::<R, P, SECOND>(rows, b, t.kq),
+                _ => sums::<R, P, LATER>(rows, b, t.kq),
             }
-            let bv: [__m512i; P] = std::array::from_fn(|j| {
-                // SAFETY: panel j < P holds kq aligned 64-byte quads; this is quad q < kq.
-                unsafe { _mm512_load_si512(b.add(j * panel_bytes + q * 64).cast()) }
-            });
-            for (row, a) in acc.iter_mut().zip(&rows) {
-                // SAFETY: each row holds kq quads of 4 bytes; this is quad q < kq.
-                let four = unsafe { a.add(q * QUAD).cast::<i32>().read_unaligned() };
-                let av = _mm512_set1_epi32(four);
-                for j in 0..P {
-                    row[j] = _mm512_dpbusd_epi32(row[j], av, bv[j]);
-                }
-            }
-        }
+        };
         // The columns' sums, scales and biases: each slice holds `cols` values, panel j's
         // start j * 16 < cols in, and mask j enables only those.
         let sums: [__m512i; P] = std::array::from_fn(|j| {
@@ -881,6 +864,56 @@ mod vnni {
                 };
             }
         }
+    }
+    /// Which prefetch a tile's sums do (see [`tile`]).
+    const FIRST: u8 = 0;
+    const SECOND: u8 = 1;
+    const LATER: u8 = 2;
+
+    /// The int32 sums of `R` rows by `P` panels of `kq` quads, with the prefetch `PF` asks
+    /// for. Its own function, over a loop with no branch in it: with the prefetches' branches
+    /// in the tile's loop, LLVM kept the accumulators in a stack array, stored back after
+    /// every `vpdpbusd` (a third of the speed).
+    ///
+    /// # Safety
+    /// AVX-512F, BW and VNNI available; each of `rows` holds `kq` quads; `b` holds `P`
+    /// panels of `kq` aligned 64-byte quads, one after another.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn sums<const R: usize, const P: usize, const PF: u8>(
+        rows: [*const u8; R],
+        b: *const i8,
+        kq: usize,
+    ) -> [[__m512i; P]; R] {
+        let panel_bytes = kq * PANEL * QUAD;
+        let mut acc = [[_mm512_setzero_si512(); P]; R];
+        for q in 0..kq {
+            for j in 0..P {
+                // A prefetch reads nothing and may name any address: `wrapping_add` forms it
+                // without claiming it is in bounds.
+                match PF {
+                    FIRST => _mm_prefetch::<_MM_HINT_T0>(
+                        b.wrapping_add(j * panel_bytes + (q + PREFETCH_QUADS) * 64),
+                    ),
+                    SECOND => {
+                        _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add((P + j) * panel_bytes + q * 64))
+                    }
+                    _ => {}
+                }
+            }
+            let bv: [__m512i; P] = std::array::from_fn(|j| {
+                // SAFETY: panel j < P holds kq aligned 64-byte quads; this is quad q < kq.
+                unsafe { _mm512_load_si512(b.add(j * panel_bytes + q * 64).cast()) }
+            });
+            for (row, a) in acc.iter_mut().zip(&rows) {
+                // SAFETY: each row holds kq quads of 4 bytes; this is quad q < kq.
+                let four = unsafe { a.add(q * QUAD).cast::<i32>().read_unaligned() };
+                let av = _mm512_set1_epi32(four);
+                for j in 0..P {
+                    row[j] = _mm512_dpbusd_epi32(row[j], av, bv[j]);
+                }
+            }
+        }
+        acc
     }
 }
 
