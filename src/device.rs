@@ -44,8 +44,13 @@ impl Precision {
     /// except bf16 on the CPU, whose bf16 kernels read f32 tensors (the weights are rounded
     /// to bf16 when the model is prepared for inference, the rest runs in f32).
     pub fn load_dtype(self, device: &Device) -> DType {
+        self.load_dtype_on(device.is_cpu())
+    }
+
+    /// [`Self::load_dtype`] on the CPU (`cpu`) or a GPU, before the device is opened.
+    pub fn load_dtype_on(self, cpu: bool) -> DType {
         match self {
-            Precision::Bf16 if device.is_cpu() => DType::F32,
+            Precision::Bf16 if cpu => DType::F32,
             p => p.dtype(),
         }
     }

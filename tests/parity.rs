@@ -299,7 +299,12 @@ fn fused_training_ops_match_composed_gradients() {
 
     let (b, s) = (3, 21);
     for (family, activation, config) in kernel_test_configs() {
-        let model = TrainableModel::random(&config, 5, DType::F32, &Device::Cpu).unwrap();
+        // ReLU's derivative jumps at 0: a pre-activation within rounding of 0 can take either
+        // side on the two paths (their sums round differently), and then every gradient below
+        // it differs by far more than rounding. Seed 5 drew one (BERT's second block, ReLU:
+        // |x| of 1.0e-6 and 1.6e-6 on the two paths) once the embeddings were drawn first;
+        // seed 6's smallest |x| in any family is 2.6e-5, far from the paths' ~1e-6 apart.
+        let model = TrainableModel::random(&config, 6, DType::F32, &Device::Cpu).unwrap();
         let batch = padded_batch(b, s, config.type_vocab_size > 0);
         let starts = Tensor::new(&[1u32, 4, 9], &Device::Cpu).unwrap();
         let ends = Tensor::new(&[3u32, 4, 12], &Device::Cpu).unwrap();

@@ -172,7 +172,7 @@ pub fn step_flops(config: &ModelConfig, cell: &Cell) -> u64 {
 /// The row for a cell that must not run, if it must not.
 pub fn precheck(config: &ModelConfig, cell: &Cell, opts: &RunOptions) -> Option<Measurement> {
     let flops = step_flops(config, cell);
-    let estimate = estimate_bytes(config, cell, opts.settings.dtype.dtype());
+    let estimate = estimate_bytes(config, cell, opts.settings.dtype, opts.settings.device);
     if cell.sequence_length > config.max_position_embeddings {
         return Some(Measurement::failed(
             cell.clone(),
@@ -283,7 +283,7 @@ pub(super) fn failed_row(
         status,
         reason,
         step_flops(config, cell),
-        estimate_bytes(config, cell, settings.dtype.dtype()),
+        estimate_bytes(config, cell, settings.dtype, settings.device),
         settings,
     )
 }

@@ -5,14 +5,16 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::layers::{EncoderBlock, EncoderStack, Form, ForwardCtx, LayerNorm, Linear, Projection};
+use super::layers::{
+    EncoderBlock, EncoderStack, Form, ForwardCtx, LayerNorm, Linear, Projection, Table,
+};
 use super::weights::{Init, Params};
 
 /// Word + position + token-type embeddings, then LayerNorm and dropout. SqueezeBERT's
 /// embeddings are the same module, so it reuses this one.
 #[derive(Debug, Clone)]
 pub struct Embeddings {
-    word: Tensor,
+    word: Table,
     position: Tensor,
     token_type: Tensor,
     layer_norm: LayerNorm,
@@ -20,18 +22,23 @@ pub struct Embeddings {
 }
 
 impl Embeddings {
-    pub fn new(p: &Params, cfg: &ModelConfig) -> Result<Self> {
+    /// `form`: the word embeddings prepared for inference as they load ([`Table::prepare`]).
+    pub fn new(p: &Params, cfg: &ModelConfig, form: Option<Form>) -> Result<Self> {
         let std = cfg.initializer_range;
         let h = cfg.hidden_size;
+        let mut word = Table::Dense(p.get(
+            "word_embeddings.weight",
+            &[cfg.vocab_size, h],
+            Init::Embedding {
+                std,
+                padding_idx: Some(cfg.pad_token_id),
+            },
+        )?);
+        if let Some(form) = form {
+            word.prepare(form);
+        }
         Ok(Self {
-            word: p.get(
-                "word_embeddings.weight",
-                &[cfg.vocab_size, h],
-                Init::Embedding {
-                    std,
-                    padding_idx: Some(cfg.pad_token_id),
-                },
-            )?,
+            word,
             position: p.get(
                 "position_embeddings.weight",
                 &[cfg.max_position_embeddings, h],
@@ -47,6 +54,11 @@ impl Embeddings {
         })
     }
 
+    /// The word embeddings (what int8 inference quantizes).
+    pub fn word_mut(&mut self) -> &mut Table {
+        &mut self.word
+    }
+
     /// `input_ids`, `token_type_ids`: `(batch, seq)` u32. Positions are `0..seq`.
     pub fn forward(
         &self,
@@ -55,8 +67,8 @@ impl Embeddings {
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
         let (b, s) = input_ids.dims2()?;
-        let h = self.word.dim(1)?;
-        let words = self.word.index_select(&input_ids.flatten_all()?, 0)?;
+        let h = self.word.dim()?;
+        let words = self.word.lookup(input_ids)?;
         let types = self
             .token_type
             .index_select(&token_type_ids.flatten_all()?, 0)?;
@@ -77,9 +89,10 @@ pub struct Bert {
 }
 
 impl Bert {
-    /// The encoder blocks, for [`crate::models::QaModel::prepare_for_inference`].
-    pub fn blocks_mut(&mut self) -> &mut [EncoderBlock] {
-        self.layers.blocks_mut()
+    /// The word embeddings and the encoder blocks, for
+    /// [`crate::models::QaModel::prepare_for_inference`].
+    pub fn prepared_parts(&mut self) -> (&mut Table, &mut [EncoderBlock]) {
+        (self.embeddings.word_mut(), self.layers.blocks_mut())
     }
 
     /// `p` points at the base model (`bert.` in a QA checkpoint). `form`: each encoder block
@@ -88,6 +101,8 @@ impl Bert {
         let std = cfg.initializer_range;
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let eps = cfg.encoder_layer_norm_eps;
+        // The embeddings first: at int8 their f32 table is quantized before any block loads.
+        let embeddings = Embeddings::new(&p.pp("embeddings"), cfg, form)?;
         let linear = |p: &Params, cin, cout| {
             Ok::<_, anyhow::Error>(Projection::Linear(Linear::new(p, cin, cout, std)?))
         };
@@ -110,10 +125,7 @@ impl Bert {
                 dropout_on_attention_output: true,
             })
         })?;
-        Ok(Self {
-            embeddings: Embeddings::new(&p.pp("embeddings"), cfg)?,
-            layers,
-        })
+        Ok(Self { embeddings, layers })
     }
 
     /// `mask` is the additive `(batch, 1, 1, seq)` mask from [`super::layers::additive_mask`].

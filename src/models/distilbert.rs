@@ -6,12 +6,14 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::layers::{EncoderBlock, EncoderStack, Form, ForwardCtx, LayerNorm, Linear, Projection};
+use super::layers::{
+    EncoderBlock, EncoderStack, Form, ForwardCtx, LayerNorm, Linear, Projection, Table,
+};
 use super::weights::{Init, Params};
 
 #[derive(Debug, Clone)]
 pub struct DistilBert {
-    word: Tensor,
+    word: Table,
     position: Tensor,
     embedding_norm: LayerNorm,
     dropout: f64,
@@ -19,9 +21,10 @@ pub struct DistilBert {
 }
 
 impl DistilBert {
-    /// The encoder blocks, for [`crate::models::QaModel::prepare_for_inference`].
-    pub fn blocks_mut(&mut self) -> &mut [EncoderBlock] {
-        self.layers.blocks_mut()
+    /// The word embeddings and the encoder blocks, for
+    /// [`crate::models::QaModel::prepare_for_inference`].
+    pub fn prepared_parts(&mut self) -> (&mut Table, &mut [EncoderBlock]) {
+        (&mut self.word, self.layers.blocks_mut())
     }
 
     /// `p` points at the base model (`distilbert.` in a QA checkpoint).
@@ -36,6 +39,24 @@ impl DistilBert {
         } else {
             Init::Normal { std }
         };
+        // The embeddings first: at int8 their f32 table is quantized before any block loads.
+        let mut word = Table::Dense(emb.get(
+            "word_embeddings.weight",
+            &[cfg.vocab_size, h],
+            Init::Embedding {
+                std,
+                padding_idx: Some(cfg.pad_token_id),
+            },
+        )?);
+        if let Some(form) = form {
+            word.prepare(form);
+        }
+        let position = emb.get(
+            "position_embeddings.weight",
+            &[cfg.max_position_embeddings, h],
+            position_init,
+        )?;
+        let embedding_norm = LayerNorm::new(&emb.pp("LayerNorm"), h, cfg.embedding_layer_norm_eps)?;
         let linear = |p: &Params, cin, cout| {
             Ok::<_, anyhow::Error>(Projection::Linear(Linear::new(p, cin, cout, std)?))
         };
@@ -58,20 +79,9 @@ impl DistilBert {
             })
         })?;
         Ok(Self {
-            word: emb.get(
-                "word_embeddings.weight",
-                &[cfg.vocab_size, h],
-                Init::Embedding {
-                    std,
-                    padding_idx: Some(cfg.pad_token_id),
-                },
-            )?,
-            position: emb.get(
-                "position_embeddings.weight",
-                &[cfg.max_position_embeddings, h],
-                position_init,
-            )?,
-            embedding_norm: LayerNorm::new(&emb.pp("LayerNorm"), h, cfg.embedding_layer_norm_eps)?,
+            word,
+            position,
+            embedding_norm,
             dropout: cfg.hidden_dropout,
             layers,
         })
@@ -84,8 +94,8 @@ impl DistilBert {
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
         let (b, s) = input_ids.dims2()?;
-        let h = self.word.dim(1)?;
-        let words = self.word.index_select(&input_ids.flatten_all()?, 0)?;
+        let h = self.word.dim()?;
+        let words = self.word.lookup(input_ids)?;
         let x = words
             .reshape((b, s, h))?
             .broadcast_add(&self.position.narrow(0, 0, s)?)?;

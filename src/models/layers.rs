@@ -30,7 +30,7 @@ use crate::compute::attention::{self as fused_attention, AttentionDims, Attentio
 use crate::compute::bf16::{bf16_linear, Bf16Rows, Bf16Weight};
 use crate::compute::dense::{dense_linear, parallelism};
 use crate::compute::dropout::{dropout_mask, DropoutDraw};
-use crate::compute::int8::{int8_linear, QuantizedRows, QuantizedWeight};
+use crate::compute::int8::{int8_linear, QuantizedRows, QuantizedTable, QuantizedWeight};
 use crate::compute::math::{gelu_erf, gelu_tanh, relu};
 use crate::compute::norm::add_layer_norm;
 use crate::compute::ops::{self, CpuF32};
@@ -198,6 +198,58 @@ impl Weight {
         });
         if let Some(prepared) = prepared {
             *self = prepared;
+        }
+    }
+}
+
+/// An embedding table (`[rows, hidden]`): as loaded, or, for int8 inference, quantized per
+/// row ([`QuantizedTable`]) by [`Self::prepare`], which drops the loaded tensor.
+#[derive(Debug, Clone)]
+pub enum Table {
+    Dense(Tensor),
+    Int8(Arc<QuantizedTable>),
+}
+
+impl Table {
+    /// Values per row.
+    pub fn dim(&self) -> Result<usize> {
+        Ok(match self {
+            Self::Dense(t) => t.dim(1)?,
+            Self::Int8(q) => q.k(),
+        })
+    }
+
+    /// Prepares a dense f32 CPU table that records no gradient for inference as `form`: at
+    /// int8 it is quantized per row; other forms and tables stay as they are (a lookup reads
+    /// each row once: nothing to pack).
+    pub fn prepare(&mut self, form: Form) {
+        let Self::Dense(t) = self else { return };
+        if form != Form::Int8 {
+            return;
+        }
+        let Ok((rows, k)) = t.dims2() else { return };
+        let table = CpuF32::of(t).map(|data| QuantizedTable::quantize(data.slice(), rows, k));
+        if let Some(table) = table {
+            *self = Self::Int8(Arc::new(table));
+        }
+    }
+
+    /// The rows of `ids` (u32, any shape), as `(ids.elem_count(), dim)`.
+    pub fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        let ids = ids.flatten_all()?;
+        match self {
+            Self::Dense(t) => Ok(t.index_select(&ids, 0)?),
+            Self::Int8(q) => {
+                let ids = ids.to_vec1::<u32>()?;
+                let mut out = vec![0f32; ids.len() * q.k()];
+                if let Err(id) = q.gather(&ids, &mut out) {
+                    anyhow::bail!(
+                        "token id {id} is outside the embedding table of {} rows",
+                        q.rows()
+                    );
+                }
+                Ok(Tensor::from_vec(out, (ids.len(), q.k()), &Device::Cpu)?)
+            }
         }
     }
 }

@@ -145,15 +145,17 @@ impl QaModel {
     ///
     /// int8 is refused unless the model is f32 on the CPU (the int8 kernels are CPU kernels),
     /// and bf16 on the CPU unless its AVX512_BF16 kernel runs.
-    /// The embeddings, LayerNorms, the attention's score products and the QA head stay f32.
+    /// At int8 the word embeddings are quantized too, per row ([`super::layers::Table`]); the
+    /// other embeddings, LayerNorms, the attention's score products and the QA head stay f32.
     pub fn prepare_for_inference(&mut self, precision: Precision) -> Result<()> {
         let form = inference_form(precision, self.dtype, &self.device)?;
-        let blocks = match &mut self.encoder {
-            Encoder::Bert(m) => m.blocks_mut(),
-            Encoder::DistilBert(m) => m.blocks_mut(),
-            Encoder::SqueezeBert(m) => m.blocks_mut(),
+        let (word, blocks) = match &mut self.encoder {
+            Encoder::Bert(m) => m.prepared_parts(),
+            Encoder::DistilBert(m) => m.prepared_parts(),
+            Encoder::SqueezeBert(m) => m.prepared_parts(),
         };
         if let Some(form) = form {
+            word.prepare(form);
             blocks.iter_mut().for_each(|b| b.prepare_releasing(form));
         }
         self.finish_preparing(precision);

@@ -10,7 +10,7 @@ use super::bert::Embeddings;
 use super::config::ModelConfig;
 use super::layers::{
     EncoderBlock, EncoderStack, Form, ForwardCtx, GroupedPointwiseConv, LayerNorm, Linear,
-    Projection,
+    Projection, Table,
 };
 use super::weights::Params;
 
@@ -24,9 +24,10 @@ pub struct SqueezeBert {
 }
 
 impl SqueezeBert {
-    /// The encoder blocks, for [`crate::models::QaModel::prepare_for_inference`].
-    pub fn blocks_mut(&mut self) -> &mut [EncoderBlock] {
-        self.layers.blocks_mut()
+    /// The word embeddings and the encoder blocks, for
+    /// [`crate::models::QaModel::prepare_for_inference`].
+    pub fn prepared_parts(&mut self) -> (&mut Table, &mut [EncoderBlock]) {
+        (self.embeddings.word_mut(), self.layers.blocks_mut())
     }
 
     /// `p` points at the base model (`transformer.` in a QA checkpoint).
@@ -36,6 +37,8 @@ impl SqueezeBert {
         let std = cfg.initializer_range;
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let eps = cfg.encoder_layer_norm_eps;
+        // The embeddings first: at int8 their f32 table is quantized before any block loads.
+        let embeddings = Embeddings::new(&p.pp("embeddings"), cfg, form)?;
         let conv = |p: &Params, cin, cout, groups| {
             Ok::<_, anyhow::Error>(Projection::Grouped(GroupedPointwiseConv::new(
                 p, cin, cout, groups, std,
@@ -60,7 +63,7 @@ impl SqueezeBert {
             })
         })?;
         Ok(Self {
-            embeddings: Embeddings::new(&p.pp("embeddings"), cfg)?,
+            embeddings,
             layers,
             _pooler: Linear::new(&p.pp("pooler.dense"), h, h, std)?,
         })
