@@ -32,6 +32,7 @@
 use rayon::prelude::*;
 
 use super::isa::Isa;
+use super::overrides::EnvOverride;
 use super::packed::{Epilogue, PANEL};
 use super::split::{check_product, for_each_block, over_panels, rows_per_block, Block};
 use super::view::{MatMut, MatRef, SendPtr};
@@ -58,6 +59,8 @@ impl Default for QuadRow {
 
 /// The variable that forces an int8 kernel ([`Int8Kernel::forced`]).
 pub const KERNEL_ENV: &str = "BERTBENCH_INT8_KERNEL";
+
+static FORCED_KERNEL: EnvOverride<Int8Kernel> = EnvOverride::new(KERNEL_ENV, Int8Kernel::by_id);
 
 /// Which int8 kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -116,26 +119,15 @@ impl Int8Kernel {
     /// once; for measuring a kernel a CPU would not pick, as the AVX2 one on a CPU with VNNI):
     /// `None` when unset; an error naming the variable, the value and the choices otherwise.
     pub fn forced() -> &'static Result<Option<Self>, String> {
-        static FORCED: std::sync::OnceLock<Result<Option<Int8Kernel>, String>> =
-            std::sync::OnceLock::new();
-        FORCED.get_or_init(|| Self::parse_forced(std::env::var_os(KERNEL_ENV).as_deref()))
+        FORCED_KERNEL.get()
     }
 
-    /// [`Int8Kernel::forced`] on a given value of the variable.
-    fn parse_forced(value: Option<&std::ffi::OsStr>) -> Result<Option<Self>, String> {
-        let Some(value) = value else { return Ok(None) };
-        let text = value.to_string_lossy();
-        Self::ALL
-            .into_iter()
-            .find(|k| k.id() == text.trim())
-            .map(Some)
-            .ok_or_else(|| {
-                let ids: Vec<_> = Self::ALL.iter().map(|k| k.id()).collect();
-                format!(
-                    "{KERNEL_ENV}={text:?}: expected one of {} (or unset)",
-                    ids.join(", ")
-                )
-            })
+    /// A kernel by its id, or the ids there are.
+    fn by_id(id: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|k| k.id() == id).ok_or_else(|| {
+            let ids: Vec<_> = Self::ALL.iter().map(|k| k.id()).collect();
+            format!("one of {} (or unset)", ids.join(", "))
+        })
     }
 
     /// The kernel in force by [`Int8Kernel::name`], and `forced by BERTBENCH_INT8_KERNEL` when
@@ -370,7 +362,8 @@ fn symmetric(v: f32, scale: f32) -> i8 {
 /// in rows as loaded. A lookup gathers rows back to f32 (`q * s`): the table takes a quarter
 /// of the f32 one's memory (BERT-base's word embeddings: 23 MB for 94 MB), and what follows
 /// the lookup (the sum of the embeddings, LayerNorm) stays f32. (ONNX Runtime's dynamic
-/// quantization of the fused BERT graph leaves its `EmbedLayerNormalization` in f32.)
+/// quantization quantizes the embeddings' gathers of some graphs, DistilBERT's, and leaves
+/// the fused `EmbedLayerNormalization` of BERT's in f32.)
 #[derive(Clone, Debug)]
 pub struct QuantizedTable {
     q: Vec<i8>,
@@ -1396,8 +1389,8 @@ mod tests {
     #[test]
     fn a_forced_kernel_is_parsed_or_refused_by_name() {
         use std::ffi::OsStr;
-        let parse = |v: &str| Int8Kernel::parse_forced(Some(OsStr::new(v)));
-        assert_eq!(Int8Kernel::parse_forced(None), Ok(None));
+        let parse = |v: &str| FORCED_KERNEL.parse_value(Some(OsStr::new(v)));
+        assert_eq!(FORCED_KERNEL.parse_value(None), Ok(None));
         for k in Int8Kernel::ALL {
             assert_eq!(parse(k.id()), Ok(Some(k)));
         }

@@ -39,6 +39,7 @@ pub(crate) mod math;
 pub(crate) mod norm;
 pub(crate) mod ops;
 pub mod optim;
+pub(crate) mod overrides;
 pub mod packed;
 pub(crate) mod softmax;
 pub(crate) mod split;

@@ -19,10 +19,9 @@
 
 use rayon::prelude::*;
 
-use std::sync::OnceLock;
-
 use super::cache::CacheSizes;
 use super::isa::Isa;
+use super::overrides::EnvOverride;
 use super::view::{MatMut, MatRef, SendPtr};
 
 /// Output columns per weight panel: one AVX-512 vector, two AVX2 vectors.
@@ -38,6 +37,8 @@ pub struct Blocking {
 
 /// The variable that fixes the blocking for tuning runs: `MC,KC` (both at least 1).
 pub const BLOCKING_ENV: &str = "BERTBENCH_BLOCKING";
+
+static FORCED_BLOCKING: EnvOverride<Blocking> = EnvOverride::new(BLOCKING_ENV, Blocking::parse);
 
 impl Blocking {
     /// The blocking a product with `k` inputs uses on this machine with `isa`: `BERTBENCH_BLOCKING`
@@ -62,27 +63,21 @@ impl Blocking {
     /// `MC,KC` with both at least 1.
     /// Borrowed, not copied: every product asks.
     pub fn forced() -> &'static Result<Option<Self>, String> {
-        static FORCED: OnceLock<Result<Option<Blocking>, String>> = OnceLock::new();
-        FORCED.get_or_init(|| Self::parse_forced(std::env::var_os(BLOCKING_ENV).as_deref()))
+        FORCED_BLOCKING.get()
     }
 
-    /// [`Blocking::forced`] on a given value of the variable.
-    fn parse_forced(value: Option<&std::ffi::OsStr>) -> Result<Option<Self>, String> {
-        let Some(value) = value else {
-            return Ok(None);
-        };
-        let text = value.to_string_lossy();
-        let parsed = text.split_once(',').and_then(|(mc, kc)| {
-            let (mc, kc) = (mc.trim().parse().ok()?, kc.trim().parse().ok()?);
-            (mc >= 1 && kc >= 1).then_some(Blocking { mc, kc })
-        });
-        parsed.map(Some).ok_or_else(|| {
-            format!(
-                "{BLOCKING_ENV}={text:?}: expected MC,KC (activation rows and inputs per block \
-                 of a product, both at least 1, e.g. 84,768); unset it to size the blocks from \
-                 the caches"
-            )
-        })
+    /// `MC,KC` (spaces allowed around each), both at least 1.
+    fn parse(text: &str) -> Result<Self, String> {
+        text.split_once(',')
+            .and_then(|(mc, kc)| {
+                let (mc, kc) = (mc.trim().parse().ok()?, kc.trim().parse().ok()?);
+                (mc >= 1 && kc >= 1).then_some(Blocking { mc, kc })
+            })
+            .ok_or_else(|| {
+                "MC,KC (activation rows and inputs per block of a product, both at least 1, \
+                 e.g. 84,768); unset it to size the blocks from the caches"
+                    .to_string()
+            })
     }
 
     /// The rule: the block of activations a thread re-reads for every weight panel of its
@@ -1083,8 +1078,8 @@ mod tests {
     #[test]
     fn a_forced_blocking_is_parsed_or_refused_by_name() {
         use std::ffi::OsStr;
-        let parse = |v: &str| Blocking::parse_forced(Some(OsStr::new(v)));
-        assert_eq!(Blocking::parse_forced(None), Ok(None));
+        let parse = |v: &str| FORCED_BLOCKING.parse_value(Some(OsStr::new(v)));
+        assert_eq!(FORCED_BLOCKING.parse_value(None), Ok(None));
         assert_eq!(parse("84,768"), Ok(Some(Blocking { mc: 84, kc: 768 })));
         assert_eq!(
             parse(" 60 , 1024 "),
