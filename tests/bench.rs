@@ -173,11 +173,52 @@ fn csv_layouts_and_failures_as_rows() {
     }
 }
 
+/// `bench` on `grid` into `out` with the variable `var` set to `value` (removed for `None`):
+/// the exit code, stdout and stderr.
+fn bench_with_var(
+    out: &Path,
+    grid: &[&str],
+    var: &str,
+    value: Option<&str>,
+) -> (i32, String, String) {
+    let mut cmd = bench(out, grid);
+    match value {
+        Some(v) => cmd.env(var, v),
+        None => cmd.env_remove(var),
+    };
+    run(&mut cmd)
+}
+
+/// `bench` with `var=value` exits `code`, saying `says`, and measures nothing.
+fn assert_var_refused(out: &Path, grid: &[&str], var: &str, value: &str, code: i32, says: &str) {
+    let (got, _, stderr) = bench_with_var(out, grid, var, Some(value));
+    assert_eq!(got, code, "{var}={value}: {stderr}");
+    assert!(stderr.contains(says), "{stderr}");
+    assert!(!out.join("results.csv").exists());
+}
+
+/// `bench` with `var` set to `value` (or unset) runs and `env.csv` records `want` as `key`.
+fn assert_var_recorded(
+    out: &Path,
+    grid: &[&str],
+    var: &str,
+    value: Option<&str>,
+    key: &str,
+    want: &str,
+) {
+    let (code, _, stderr) = bench_with_var(out, grid, var, value);
+    assert_eq!(code, 0, "{stderr}");
+    let env = csv_rows(&out.join("env.csv"));
+    let row = env.iter().find(|r| r[0] == key);
+    assert_eq!(row.map(|r| r[1].as_str()), Some(want), "{env:?}");
+}
+
 /// `BERTBENCH_BLOCKING` (the products' blocks, for tuning runs): a malformed value is refused
 /// by name before anything is measured; a valid one is used and recorded in `env.csv`, where a
 /// run without it says `rule` (blocks sized from the cache sizes recorded beside it).
 #[test]
 fn a_forced_blocking_is_checked_and_recorded() {
+    use bertbench::compute::packed::BLOCKING_ENV;
     let tmp = tempfile::tempdir().unwrap();
     let grid = [
         "--batch-sizes",
@@ -186,27 +227,11 @@ fn a_forced_blocking_is_checked_and_recorded() {
         "16",
         "--no-memory",
     ];
-    let bad = tmp.path().join("bad");
-    let (code, _, stderr) =
-        run(bench(&bad, &grid).env(bertbench::compute::packed::BLOCKING_ENV, "84"));
-    assert_eq!(code, 3, "{stderr}");
-    assert!(
-        stderr.contains("BERTBENCH_BLOCKING=\"84\": expected MC,KC"),
-        "{stderr}"
-    );
-    assert!(!bad.join("results.csv").exists());
+    let says = "BERTBENCH_BLOCKING=\"84\": expected MC,KC";
+    assert_var_refused(&tmp.path().join("bad"), &grid, BLOCKING_ENV, "84", 3, says);
     for (value, want) in [(None, "rule"), (Some(" 6, 16"), "6,16")] {
         let out = tmp.path().join(want.replace(',', "-"));
-        let mut cmd = bench(&out, &grid);
-        match value {
-            Some(v) => cmd.env(bertbench::compute::packed::BLOCKING_ENV, v),
-            None => cmd.env_remove(bertbench::compute::packed::BLOCKING_ENV),
-        };
-        let (code, _, stderr) = run(&mut cmd);
-        assert_eq!(code, 0, "{stderr}");
-        let env = csv_rows(&out.join("env.csv"));
-        let row = env.iter().find(|r| r[0] == "blocking");
-        assert_eq!(row.map(|r| r[1].as_str()), Some(want), "{env:?}");
+        assert_var_recorded(&out, &grid, BLOCKING_ENV, value, "blocking", want);
     }
 }
 
@@ -236,21 +261,24 @@ fn a_forced_int8_kernel_is_checked_and_recorded() {
             "the portable tier cannot run that int8 kernel",
         ),
     ] {
-        let out = tmp.path().join(value);
-        let (got, _, stderr) = run(bench(&out, &grid).env(KERNEL_ENV, value));
-        assert_eq!(got, code, "{value}: {stderr}");
-        assert!(stderr.contains(says), "{stderr}");
-        assert!(!out.join("results.csv").exists());
+        assert_var_refused(
+            &tmp.path().join(value),
+            &grid,
+            KERNEL_ENV,
+            value,
+            code,
+            says,
+        );
     }
     let out = tmp.path().join("forced");
-    let (code, _, stderr) = run(bench(&out, &grid).env(KERNEL_ENV, "portable"));
-    assert_eq!(code, 0, "{stderr}");
-    let env = csv_rows(&out.join("env.csv"));
-    let row = env.iter().find(|r| r[0] == "int8_kernel");
-    assert_eq!(
-        row.map(|r| r[1].as_str()),
-        Some("portable (forced by BERTBENCH_INT8_KERNEL)"),
-        "{env:?}"
+    let want = "portable (forced by BERTBENCH_INT8_KERNEL)";
+    assert_var_recorded(
+        &out,
+        &grid,
+        KERNEL_ENV,
+        Some("portable"),
+        "int8_kernel",
+        want,
     );
     let results = results(&out);
     assert!(
