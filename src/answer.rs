@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::device::{DeviceSpec, Precision};
 use crate::error::input;
 use crate::models::{Batch, ForwardCtx, ModelConfig, ModelType, QaModel};
 use crate::squad::{
@@ -63,8 +64,10 @@ pub struct EvalResults {
     pub dataset: String,
     /// Only the first N questions, when set.
     pub limit: Option<usize>,
-    pub dtype: String,
-    pub device: String,
+    /// What the model ran at (`f32`, `int8`, ...).
+    pub dtype: Precision,
+    /// Where (`cpu`, `cuda:N`).
+    pub device: DeviceSpec,
     pub threads: usize,
     pub batch_size: usize,
     pub max_seq_length: usize,
@@ -91,8 +94,8 @@ impl EvalResults {
         model_source: &str,
         dataset: &Path,
         limit: Option<usize>,
-        dtype: &str,
-        device: &str,
+        dtype: Precision,
+        device: DeviceSpec,
         threads: usize,
     ) -> Self {
         Self {
@@ -101,8 +104,8 @@ impl EvalResults {
             model_source: model_source.to_string(),
             dataset: dataset.display().to_string(),
             limit,
-            dtype: dtype.to_string(),
-            device: device.to_string(),
+            dtype,
+            device,
             threads,
             batch_size: cfg.batch_size,
             max_seq_length: cfg.features.max_seq_length,

@@ -74,6 +74,28 @@ impl Precision {
     }
 }
 
+/// Reads an optional precision that files written before it was typed spelled `""` when
+/// unknown (a load-generator run driving a URL): `""` and `null` are `None`.
+pub fn optional_precision<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Precision>, D::Error> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Precision(Precision),
+        Other(String),
+    }
+    match Option::<Text>::deserialize(d)? {
+        None => Ok(None),
+        Some(Text::Precision(p)) => Ok(Some(p)),
+        Some(Text::Other(s)) if s.is_empty() => Ok(None),
+        Some(Text::Other(s)) => Err(serde::de::Error::custom(format!(
+            "precision {s:?}: expected f32, f16, bf16 or int8"
+        ))),
+    }
+}
+
 /// A compute device as the user names it: `cpu`, `cuda` or `cuda:N`. Parsed once (from the
 /// command line or a results file) and carried typed; written back as the same text, so the
 /// files that record it (`results.json`, `env.csv`, `training_args.json`) read as before.
@@ -95,6 +117,18 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Cpu => None,
             DeviceSpec::Cuda(n) => Some(n),
+        }
+    }
+
+    /// The spec of a device [`Self::open`] opened (a CPU or a CUDA GPU; anything else is an
+    /// error naming it).
+    pub fn of(device: &Device) -> Result<Self> {
+        match device.location() {
+            candle_core::DeviceLocation::Cpu => Ok(DeviceSpec::Cpu),
+            candle_core::DeviceLocation::Cuda { gpu_id } => Ok(DeviceSpec::Cuda(gpu_id)),
+            other => Err(input(format!(
+                "device {other:?}: only cpu and cuda:N are supported"
+            ))),
         }
     }
 

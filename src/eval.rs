@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::answer::{check_windows, evaluate_model, EvalConfig, EvalResults, EVAL_RESULTS_FILE};
-use crate::device::device_name;
+use crate::device::DeviceSpec;
 use crate::error::input;
 use crate::job::Observer;
 use crate::models::ModelSpec;
@@ -95,8 +95,8 @@ impl EvalJob {
             &opened.source,
             &self.dataset,
             self.limit,
-            model.precision().as_str(),
-            &device_name(model.device()),
+            model.precision(),
+            DeviceSpec::of(model.device())?,
             rayon::current_num_threads(),
         );
         let results_file = self.output_dir.join(EVAL_RESULTS_FILE);

@@ -64,7 +64,6 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             .unwrap_or_else(|| super::bench::timestamped_dir(Path::new("eval-results"))),
         overwrite: args.overwrite,
     };
-    job.check()?;
     args.model.compute.use_threads()?;
     evaluate(&job)
 }
@@ -72,7 +71,6 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 /// Runs `job` with a progress bar and prints what it found (the compute pool is sized
 /// before); `run` evaluates its checkpoints through this too.
 pub(crate) fn evaluate(job: &EvalJob) -> Result<()> {
-    job.check()?;
     let mut bar = super::Bar::new("{prefix} {bar:30} {pos}/{len}  {per_sec}  eta {eta}");
     let outcome = job.run(&mut bar);
     bar.finish();
@@ -95,7 +93,7 @@ pub(crate) fn evaluate(job: &EvalJob) -> Result<()> {
         r.windows,
         job.config.batch_size,
         outcome.results.threads,
-        outcome.results.dtype,
+        outcome.results.dtype.as_str(),
         outcome.results.device
     );
     println!(

@@ -276,6 +276,8 @@ fn eval_jobs(args: &RunArgs, precisions: &[Precision], root: &Path) -> Result<Ve
                 output_dir: root.join("eval").join(format!("{i}-{name}{suffix}")),
                 overwrite: false,
             };
+            // Checked now, before the bench runs (each job checks again as it starts): a
+            // clash fails in seconds, not after the grid.
             job.check()?;
             evals.push(job);
         }

@@ -357,7 +357,6 @@ fn stop_on_ctrl_c() {
 
 pub fn loadgen(args: LoadgenArgs) -> Result<()> {
     let job = args.job()?;
-    job.check()?;
     let batcher = args.engine.batcher()?;
     let threads = args.model.compute.use_threads()?;
     let answers = &args.engine.answers;
@@ -401,7 +400,11 @@ fn print_loadgen(outcome: &LoadgenOutcome, url: Option<&str>) {
     let r = &outcome.results;
     let system = match url {
         Some(url) => format!("driving {url}"),
-        None => format!("{} threads, {} kernels", r.setup.threads, r.setup.isa),
+        None => format!(
+            "{} threads, {} kernels",
+            r.setup.threads,
+            r.setup.isa.map_or("?", |isa| isa.name())
+        ),
     };
     println!(
         "{}  ({}), {} scenario, {system}",

@@ -106,6 +106,24 @@ pub enum Isa {
     Portable,
 }
 
+/// Written by its `--isa` name (`avx512`, `avx2`, `portable`), as the result files record it.
+impl Serialize for Isa {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Isa {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Isa::from_name(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "kernel tier {name:?}: expected avx512, avx2 or portable"
+            ))
+        })
+    }
+}
+
 /// The tier this process runs, fixed by the first [`Isa::select`] or [`Isa::current`].
 static SELECTED: OnceLock<Isa> = OnceLock::new();
 

@@ -17,6 +17,7 @@ use crate::bench::run::MAX_BATCH_FILE;
 use crate::bench::{fmt_time, Mode};
 use crate::chart::{self, Chart, Point, Series};
 use crate::cost::{usd_for_seconds, usd_per_1000_questions, Price};
+use crate::device::Precision;
 use crate::error::input;
 use crate::record::atomic_write;
 use crate::serve::loadgen::{self, LoadgenResults};
@@ -108,9 +109,9 @@ fn find_evaluations(dir: &Path, warnings: &mut Vec<String>) -> Vec<Accuracy> {
                 let e = &r.report;
                 // A checkpoint evaluated at several precisions is one row each, named as the
                 // bench names a precision's variant (`model int8`).
-                let model = match r.dtype.as_str() {
-                    "f32" | "" => display_name(&r.model),
-                    dtype => format!("{} {dtype}", display_name(&r.model)),
+                let model = match r.dtype {
+                    Precision::F32 => display_name(&r.model),
+                    dtype => format!("{} {}", display_name(&r.model), dtype.as_str()),
                 };
                 out.push(Accuracy {
                     model,

@@ -25,6 +25,7 @@ use super::scenario::{
 use crate::chart::{render, Chart, Point, Series};
 use crate::compute::Isa;
 use crate::cost::{usd_for_seconds, Price};
+use crate::device::Precision;
 use crate::error::input;
 use crate::hub::HubConfig;
 use crate::job::Observer;
@@ -110,9 +111,12 @@ pub struct Setup {
     pub system: String,
     pub batcher: Option<BatcherSetup>,
     pub threads: usize,
-    pub isa: String,
+    /// The kernel tier the model ran on; `None` when driving a URL (the server's own).
+    pub isa: Option<Isa>,
     pub cpu: String,
-    pub dtype: String,
+    /// The precision the model ran at; `None` when driving a URL (unknown here).
+    #[serde(default, deserialize_with = "crate::device::optional_precision")]
+    pub dtype: Option<Precision>,
     pub max_seq_length: usize,
     pub doc_stride: usize,
 }
@@ -289,29 +293,25 @@ impl LoadgenJob {
             };
             batcher.queue_capacity = batcher.queue_capacity.max(wave);
         }
-        let setup = |model_source: String, system: String, batcher, dtype: String| Setup {
-            model: target.name().to_string(),
-            model_source,
-            dataset: path.display().to_string(),
-            system,
-            batcher,
-            threads,
-            isa: Isa::current().name().to_string(),
-            cpu: cpu_model(),
-            dtype,
-            max_seq_length: features.max_seq_length,
-            doc_stride: features.doc_stride,
-        };
+        let setup =
+            |model_source: String, system: String, batcher, model_at: Option<Precision>| Setup {
+                model: target.name().to_string(),
+                model_source,
+                dataset: path.display().to_string(),
+                system,
+                batcher,
+                threads,
+                isa: model_at.map(|_| Isa::current()),
+                cpu: cpu_model(),
+                dtype: model_at,
+                max_seq_length: features.max_seq_length,
+                doc_stride: features.doc_stride,
+            };
         let (sut, local, setup): (Box<dyn Sut>, Option<Arc<Server>>, Setup) = match target {
             Target::Url { url, api, .. } => (
                 Box::new(HttpSut::connect(url, *api, batcher.queue_capacity)?),
                 None,
-                setup(
-                    format!("the server at {url}"),
-                    url.clone(),
-                    None,
-                    String::new(),
-                ),
+                setup(format!("the server at {url}"), url.clone(), None, None),
             ),
             Target::Model {
                 spec,
@@ -322,19 +322,19 @@ impl LoadgenJob {
                 for line in opened.report.iter().flat_map(|r| r.warnings()) {
                     observer.line(&line);
                 }
-                let dtype = opened.engine.model.precision().as_str().to_string();
+                let precision = opened.engine.model.precision();
                 let server = Arc::new(Server::start(Arc::new(opened.engine), batcher));
                 let setup = setup(
                     opened.source,
                     "in-process".into(),
                     Some(batcher.into()),
-                    dtype,
+                    Some(precision),
                 );
                 (Box::new(Arc::clone(&server)), Some(server), setup)
             }
         };
         let mut probe = None;
-        let outcome = self.run(sut.as_ref(), &dataset, &queries, setup, &mut |p| {
+        let outcome = self.run_checked(sut.as_ref(), &dataset, &queries, setup, &mut |p| {
             if probe != Some(p.probe) {
                 probe = Some(p.probe);
                 observer.stage(&format!("run {}", p.probe + 1));
@@ -358,7 +358,8 @@ impl LoadgenJob {
         outcome
     }
 
-    /// Runs the scenario on `sut` with `queries` (drawn from `dataset`) and writes the files.
+    /// Runs the scenario on `sut` with `queries` (drawn from `dataset`) and writes the files,
+    /// once [`Self::check`] passes.
     pub fn run(
         &self,
         sut: &dyn Sut,
@@ -368,6 +369,18 @@ impl LoadgenJob {
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<LoadgenOutcome> {
         self.check()?;
+        self.run_checked(sut, dataset, queries, setup, progress)
+    }
+
+    /// [`Self::run`] on a job already checked ([`Self::drive`] checks before it loads).
+    fn run_checked(
+        &self,
+        sut: &dyn Sut,
+        dataset: &Dataset,
+        queries: &[Query],
+        setup: Setup,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<LoadgenOutcome> {
         if queries.is_empty() {
             return Err(input(format!("{}: no questions to send", setup.dataset)));
         }

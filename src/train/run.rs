@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::checkpoint;
 use super::trainer::{self, TrainOutcome, TrainSetup, TrainingArgs};
 use crate::answer::{check_windows, EvalResults, EVAL_RESULTS_FILE};
-use crate::device::device_name;
+use crate::device::DeviceSpec;
 use crate::error::input;
 use crate::hub::{self, HubConfig, Need, TOKENIZER_FILES};
 use crate::job::Observer;
@@ -104,8 +104,8 @@ pub fn fine_tune(
             &format!("fine-tuned from {} by bertbench train", args.model),
             eval_file,
             args.eval_limit,
-            args.dtype.as_str(),
-            &device_name(&device),
+            args.dtype,
+            DeviceSpec::of(&device)?,
             args.threads,
         )
         .write(&args.output_dir.join(EVAL_RESULTS_FILE))?;
