@@ -213,6 +213,24 @@ pub fn device_name(device: &Device) -> String {
 mod tests {
     use super::*;
 
+    /// A precision read where older files wrote `""` for unknown: `""`, `null` and a missing
+    /// field are none, a name is that precision, anything else an error naming it.
+    #[test]
+    fn optional_precisions_read_old_and_new_files() {
+        #[derive(serde::Deserialize)]
+        struct Setup {
+            #[serde(default, deserialize_with = "optional_precision")]
+            dtype: Option<Precision>,
+        }
+        let read = |json: &str| serde_json::from_str::<Setup>(json).map(|s| s.dtype);
+        assert_eq!(read(r#"{"dtype": "int8"}"#).unwrap(), Some(Precision::Int8));
+        assert_eq!(read(r#"{"dtype": ""}"#).unwrap(), None);
+        assert_eq!(read(r#"{"dtype": null}"#).unwrap(), None);
+        assert_eq!(read("{}").unwrap(), None);
+        let e = read(r#"{"dtype": "fp8"}"#).unwrap_err().to_string();
+        assert!(e.contains("precision \"fp8\": expected"), "{e}");
+    }
+
     #[test]
     fn devices_parse_or_explain() {
         let parse = |s: &str| s.parse::<DeviceSpec>().and_then(DeviceSpec::open);
