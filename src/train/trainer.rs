@@ -295,6 +295,147 @@ fn evaluate_now(
     Ok(Some(report))
 }
 
+/// How many windows, micro-batches and optimizer steps a run has, as the Trainer counts them.
+struct Schedule {
+    /// Windows per micro-batch.
+    batch: usize,
+    /// Micro-batches per optimizer step.
+    accum: usize,
+    micro_per_epoch: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    epochs: usize,
+    warmup: usize,
+}
+
+impl Schedule {
+    fn new(args: &TrainingArgs, windows: usize) -> Self {
+        let batch = args.per_device_train_batch_size;
+        let accum = args.gradient_accumulation_steps;
+        let micro_per_epoch = windows.div_ceil(batch);
+        let steps_per_epoch = micro_per_epoch.div_ceil(accum);
+        let total_steps = args
+            .max_steps
+            .unwrap_or(args.num_train_epochs * steps_per_epoch);
+        Self {
+            batch,
+            accum,
+            micro_per_epoch,
+            steps_per_epoch,
+            total_steps,
+            epochs: total_steps.div_ceil(steps_per_epoch),
+            warmup: warmup_steps(args.warmup_steps, args.warmup_ratio, total_steps),
+        }
+    }
+}
+
+/// The trainer's state at the start: fresh, or read with the optimizer's from the checkpoint
+/// to resume from (which must have been made with the same seed and steps).
+fn starting_state(
+    args: &TrainingArgs,
+    setup: &TrainSetup,
+    schedule: &Schedule,
+    optimizer: &mut AdamW,
+    observer: &mut dyn Observer,
+) -> Result<TrainerState> {
+    let fresh = TrainerState {
+        global_step: 0,
+        max_steps: schedule.total_steps,
+        num_train_epochs: schedule.epochs,
+        epoch: 0.0,
+        elapsed_s: 0.0,
+        log_history: Vec::new(),
+        seed: args.seed,
+    };
+    let Some(dir) = &setup.resume_from else {
+        return Ok(fresh);
+    };
+    let (saved, opt_state) = checkpoint::read_checkpoint(dir)?;
+    if saved.seed != args.seed || saved.max_steps != schedule.total_steps {
+        return Err(input(format!(
+            "{}: the checkpoint was made with seed {} and {} total steps, this run has seed {} and {} steps; \
+             resume with the same arguments",
+            dir.display(),
+            saved.seed,
+            saved.max_steps,
+            args.seed,
+            schedule.total_steps
+        )));
+    }
+    optimizer.load_state(&opt_state)?;
+    observer.line(&format!(
+        "resuming from {} (step {})",
+        dir.display(),
+        saved.global_step
+    ));
+    Ok(saved)
+}
+
+/// What the training log's next loss row averages: the losses, windows and seconds of training
+/// steps (evaluation excluded) since the previous row.
+#[derive(Default)]
+struct SinceLog {
+    losses: Vec<f64>,
+    samples: usize,
+    secs: f64,
+}
+
+impl SinceLog {
+    /// The loss row at `state`'s step, and a fresh start for the next.
+    fn take_row(&mut self, state: &TrainerState, lr: f64, norm: f64) -> LogEntry {
+        let row = LogEntry {
+            step: state.global_step,
+            epoch: state.epoch,
+            loss: Some(self.losses.iter().sum::<f64>() / self.losses.len().max(1) as f64),
+            learning_rate: Some(lr),
+            grad_norm: Some(norm),
+            samples_per_s: Some(self.samples as f64 / self.secs.max(1e-9)),
+            elapsed_s: state.elapsed_s,
+            eval_exact_match: None,
+            eval_f1: None,
+            eval_questions: None,
+        };
+        *self = Self::default();
+        row
+    }
+}
+
+/// Adds `row` to the log: its line to the observer, the history and `train_log.csv`.
+fn log_row(
+    row: LogEntry,
+    state: &mut TrainerState,
+    log_path: &std::path::Path,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    if let Some(line) = row.line() {
+        observer.line(&line);
+    }
+    state.log_history.push(row);
+    checkpoint::write_log_csv(log_path, &state.log_history)
+}
+
+/// One optimizer step on the accumulated gradients, as the Trainer takes it: the loss divided
+/// by the accumulation steps, then the global norm clipped. Returns the learning rate and the
+/// norm.
+fn optimizer_step(
+    optimizer: &mut AdamW,
+    acc: &Grads,
+    args: &TrainingArgs,
+    schedule: &Schedule,
+    step: usize,
+) -> Result<(f64, f64)> {
+    let accum = schedule.accum as f64;
+    let norm = global_norm(acc)? / accum;
+    let clip = if args.max_grad_norm > 0.0 {
+        (args.max_grad_norm / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    };
+    let lr = args.learning_rate * linear_with_warmup(step, schedule.warmup, schedule.total_steps);
+    optimizer.step(acc, lr, clip / accum)?;
+    Ok((lr, norm))
+}
+
 /// Runs (or resumes) training and saves the final model in `args.output_dir`.
 pub fn train(
     args: &TrainingArgs,
@@ -305,7 +446,6 @@ pub fn train(
     let config = setup.config.clone();
     let model = &setup.model;
     let device = model.model.device().clone();
-    let dtype = model.model.dtype();
     let args_json = serde_json::to_value(args)?;
 
     observer.line("tokenising the training set...");
@@ -314,47 +454,10 @@ pub fn train(
     if features.is_empty() {
         bail!("the training set produced no windows");
     }
-    let bs = args.per_device_train_batch_size;
-    let accum = args.gradient_accumulation_steps;
-    let micro_per_epoch = features.len().div_ceil(bs);
-    let steps_per_epoch = micro_per_epoch.div_ceil(accum);
-    let total_steps = args
-        .max_steps
-        .unwrap_or(args.num_train_epochs * steps_per_epoch);
-    let epochs_needed = total_steps.div_ceil(steps_per_epoch);
-    let warmup = warmup_steps(args.warmup_steps, args.warmup_ratio, total_steps);
-
+    let schedule = Schedule::new(args, features.len());
+    let total_steps = schedule.total_steps;
     let mut optimizer = AdamW::new(&model.params, args.adamw())?;
-    let mut state = TrainerState {
-        global_step: 0,
-        max_steps: total_steps,
-        num_train_epochs: epochs_needed,
-        epoch: 0.0,
-        elapsed_s: 0.0,
-        log_history: Vec::new(),
-        seed: args.seed,
-    };
-    if let Some(dir) = &setup.resume_from {
-        let (saved, opt_state) = checkpoint::read_checkpoint(dir)?;
-        if saved.seed != args.seed || saved.max_steps != total_steps {
-            return Err(input(format!(
-                "{}: the checkpoint was made with seed {} and {} total steps, this run has seed {} and {} steps; \
-                 resume with the same arguments",
-                dir.display(),
-                saved.seed,
-                saved.max_steps,
-                args.seed,
-                total_steps
-            )));
-        }
-        optimizer.load_state(&opt_state)?;
-        state = saved;
-        observer.line(&format!(
-            "resuming from {} (step {})",
-            dir.display(),
-            state.global_step
-        ));
-    }
+    let mut state = starting_state(args, &setup, &schedule, &mut optimizer, observer)?;
     observer.line(&format!(
         "training on {} windows for {total_steps} optimizer steps",
         features.len()
@@ -366,23 +469,20 @@ pub fn train(
     let base_elapsed = state.elapsed_s;
     let mut acc: Grads = Vec::new();
     let mut in_group = 0usize;
-    let mut losses_since_log: Vec<f64> = Vec::new();
-    let mut samples_since_log = 0usize;
-    // Seconds spent on training steps since the last log row (evaluation excluded).
-    let mut train_secs_since_log = 0f64;
+    let mut since_log = SinceLog::default();
     let mut last_eval: Option<EvalReport> = None;
     let log_path = args.output_dir.join("train_log.csv");
     let files = checkpoint::ModelFiles {
         config: &config,
         params: &model.params,
-        dtype,
+        dtype: model.model.dtype(),
         tokenizer_files: &setup.tokenizer_files,
     };
 
-    'epochs: for epoch in 0..epochs_needed {
+    'epochs: for epoch in 0..schedule.epochs {
         let order = epoch_order(features.len(), args.seed, epoch);
-        for (micro, chunk) in order.chunks(bs).enumerate() {
-            let step_of_micro = epoch * steps_per_epoch + micro / accum;
+        for (micro, chunk) in order.chunks(schedule.batch).enumerate() {
+            let step_of_micro = epoch * schedule.steps_per_epoch + micro / schedule.accum;
             if step_of_micro < state.global_step {
                 continue; // done before the checkpoint we resumed from
             }
@@ -393,7 +493,7 @@ pub fn train(
             let batch_features: Vec<&Feature> = chunk.iter().map(|&i| &features[i]).collect();
             let (batch, starts, ends) = batch_of(&batch_features, &config, &device)?;
             let dropout_seed = args.seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
-                ^ ((epoch * micro_per_epoch + micro) as u64);
+                ^ ((epoch * schedule.micro_per_epoch + micro) as u64);
             let (loss, grads) = model.loss_and_grads(&batch, &starts, &ends, dropout_seed)?;
             let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !loss_value.is_finite() {
@@ -402,31 +502,22 @@ pub fn train(
                     state.global_step + 1
                 );
             }
-            losses_since_log.push(loss_value);
-            samples_since_log += chunk.len();
+            since_log.losses.push(loss_value);
+            since_log.samples += chunk.len();
             accumulate(&mut acc, grads)?;
             in_group += 1;
-            let last_micro = micro + 1 == micro_per_epoch;
-            if in_group < accum && !last_micro {
-                train_secs_since_log += step_clock.elapsed().as_secs_f64();
+            let last_micro = micro + 1 == schedule.micro_per_epoch;
+            if in_group < schedule.accum && !last_micro {
+                since_log.secs += step_clock.elapsed().as_secs_f64();
                 continue;
             }
-            // As the Trainer: the loss is divided by the accumulation steps, then the global
-            // norm is clipped.
-            let norm = global_norm(&acc)? / accum as f64;
-            let clip = if args.max_grad_norm > 0.0 {
-                (args.max_grad_norm / (norm + 1e-6)).min(1.0)
-            } else {
-                1.0
-            };
-            let lr =
-                args.learning_rate * linear_with_warmup(state.global_step, warmup, total_steps);
-            optimizer.step(&acc, lr, clip / accum as f64)?;
+            let (lr, norm) =
+                optimizer_step(&mut optimizer, &acc, args, &schedule, state.global_step)?;
             acc.clear();
             in_group = 0;
-            train_secs_since_log += step_clock.elapsed().as_secs_f64();
+            since_log.secs += step_clock.elapsed().as_secs_f64();
             state.global_step += 1;
-            state.epoch = epoch as f64 + (micro + 1) as f64 / micro_per_epoch as f64;
+            state.epoch = epoch as f64 + (micro + 1) as f64 / schedule.micro_per_epoch as f64;
             state.elapsed_s = base_elapsed + session.elapsed().as_secs_f64();
             observer.progress(
                 state.global_step as u64,
@@ -440,34 +531,14 @@ pub fn train(
             if state.global_step.is_multiple_of(args.logging_steps)
                 || state.global_step == total_steps
             {
-                let entry = LogEntry {
-                    step: state.global_step,
-                    epoch: state.epoch,
-                    loss: Some(
-                        losses_since_log.iter().sum::<f64>() / losses_since_log.len().max(1) as f64,
-                    ),
-                    learning_rate: Some(lr),
-                    grad_norm: Some(norm),
-                    samples_per_s: Some(samples_since_log as f64 / train_secs_since_log.max(1e-9)),
-                    elapsed_s: state.elapsed_s,
-                    eval_exact_match: None,
-                    eval_f1: None,
-                    eval_questions: None,
-                };
-                losses_since_log.clear();
-                samples_since_log = 0;
-                train_secs_since_log = 0.0;
-                if let Some(line) = entry.line() {
-                    observer.line(&line);
-                }
-                state.log_history.push(entry);
-                checkpoint::write_log_csv(&log_path, &state.log_history)?;
+                let row = since_log.take_row(&state, lr, norm);
+                log_row(row, &mut state, &log_path, observer)?;
             }
             let epoch_done = last_micro || state.global_step == total_steps;
             if epoch_done && setup.eval.is_some() {
                 observer.line(&format!("evaluating after epoch {}...", epoch + 1));
                 if let Some(report) = evaluate_now(&config, model, &setup, args)? {
-                    let entry = LogEntry {
+                    let row = LogEntry {
                         step: state.global_step,
                         epoch: state.epoch,
                         loss: None,
@@ -479,11 +550,7 @@ pub fn train(
                         eval_f1: Some(report.f1),
                         eval_questions: Some(report.questions),
                     };
-                    if let Some(line) = entry.line() {
-                        observer.line(&line);
-                    }
-                    state.log_history.push(entry);
-                    checkpoint::write_log_csv(&log_path, &state.log_history)?;
+                    log_row(row, &mut state, &log_path, observer)?;
                     last_eval = Some(report);
                 }
             }
