@@ -159,124 +159,27 @@ pub fn run_cell(
     crate::compute::isa::use_isa(settings.isa)?;
     progress(Phase::Building, 0, Duration::ZERO);
     let device = settings.device.open()?;
-    // Inference loads what the precision runs from (f32 for bf16 on the CPU); training steps
-    // train in the precision's own dtype.
-    let dtype = match cell.mode {
-        Mode::Inference => settings.dtype.load_dtype(&device),
-        Mode::Training => settings.dtype.dtype(),
-    };
     let hub = HubConfig::from_env(settings.offline);
     let (config, _) = models::open_config(&cell.model, &hub)?;
-    let flops = match cell.mode {
-        Mode::Inference => {
-            super::flops::forward_flops(&config, cell.batch_size, cell.sequence_length)
-        }
-        Mode::Training => {
-            super::flops::training_step_flops(&config, cell.batch_size, cell.sequence_length)
-        }
-    };
-    let estimated_bytes = estimate_bytes(&config, cell, settings.dtype, settings.device);
-    let batch = random_batch(
-        &config,
-        cell.batch_size,
-        cell.sequence_length,
-        settings.seed,
-        &device,
-    )?;
-    let mut stepper = match cell.mode {
-        Mode::Inference => {
-            let inference = Some(settings.dtype);
-            let model = if settings.load_weights {
-                let opts = models::OpenOptions {
-                    random_init: false,
-                    seed: settings.seed,
-                    dtype,
-                    device: device.clone(),
-                    hub: hub.clone(),
-                    inference,
-                };
-                models::open(&cell.model, &opts)?.model
-            } else {
-                models::random_model_for(&config, settings.seed, dtype, &device, inference)?
-            };
-            Stepper::Inference { model, batch }
-        }
-        Mode::Training => {
-            let model = TrainableModel::random(&config, settings.seed, dtype, &device)?;
-            let optimizer = AdamW::new(&model.params, AdamWConfig::default())?;
-            let mut rng = StdRng::seed_from_u64(settings.seed ^ 0x5eed);
-            let mut positions = |n: usize| -> Vec<u32> {
-                (0..n)
-                    .map(|_| rng.random_range(0..cell.sequence_length as u32))
-                    .collect()
-            };
-            let starts = Tensor::from_vec(positions(cell.batch_size), cell.batch_size, &device)?;
-            let ends = Tensor::from_vec(positions(cell.batch_size), cell.batch_size, &device)?;
-            Stepper::Training {
-                model,
-                batch,
-                optimizer,
-                starts,
-                ends,
-                step: 0,
-                seed: settings.seed,
-            }
-        }
-    };
+    let mut stepper = Stepper::new(cell, settings, &config, &device, &hub)?;
     let model_rss = memory::rss().unwrap_or_default();
-
     let memory = if settings.memory {
         progress(Phase::Memory, 0, Duration::ZERO);
-        let reset = memory::reset_rss_peak();
-        let alloc_before_step = CountingAlloc::current() as u64;
-        let sampler = settings
-            .device
-            .cuda_ordinal()
-            .map(super::gpu::Sampler::start)
-            .transpose()
-            .context("GPU memory sampling")?;
-        CountingAlloc::reset_peak();
-        stepper.step().context("memory step")?;
-        let gpu = sampler.map(super::gpu::Sampler::finish).transpose()?;
-        let rss = memory::rss().unwrap_or_default();
-        Some(Memory {
-            baseline_rss: baseline.current,
-            model_rss: model_rss.current,
-            peak_rss: rss.peak,
-            peak_rss_reset: reset,
-            alloc_before_step,
-            alloc_peak: CountingAlloc::peak() as u64,
-            gpu_process_peak: gpu.and_then(|g| g.process),
-            gpu_device_peak: gpu.map(|g| g.device),
-        })
+        Some(measure_memory(
+            &mut stepper,
+            settings,
+            baseline.current,
+            model_rss.current,
+        )?)
     } else {
         None
     };
-
-    let mut reason = None;
-    let speed = if settings.speed {
-        let timings = timer::measure(
-            &settings.timing,
-            || stepper.step(),
-            |runs, elapsed| progress(Phase::Timing, runs, elapsed),
-        )?;
-        let summary = Summary::of(&timings.samples).context("no valid timings")?;
-        if summary.is_noisy() {
-            reason = Some(format!(
-                "{NOISY_REASON} within its process: the median's 95% CI there is {:.1}% of the median, CV {:.1}%; close other programs or raise --min-time",
-                100.0 * summary.ci_relative_width(),
-                100.0 * summary.cv()
-            ));
-        }
-        Some(Speed {
-            timings,
-            summary,
-            between: None,
-        })
+    let (speed, reason) = if settings.speed {
+        let (speed, reason) = measure_speed(&mut stepper, settings, progress)?;
+        (Some(speed), reason)
     } else {
-        None
+        (None, None)
     };
-
     // The drift monitor, after the timings (see `drift`): CPU processes that timed the cell.
     let drift = if speed.is_some() && device.is_cpu() {
         vec![super::drift::calibrate()]
@@ -289,11 +192,134 @@ pub fn run_cell(
         reason,
         speed,
         memory,
-        flops,
-        estimated_bytes,
+        flops: super::flops::step_flops(&config, cell),
+        estimated_bytes: estimate_bytes(&config, cell, settings.dtype, settings.device),
         settings: settings.clone(),
         drift,
     })
+}
+
+impl Stepper {
+    /// The cell's model (its weights loaded, or random from the seed) and seeded inputs: for
+    /// inference prepared at the cell's precision, for training with an optimizer and
+    /// random answer positions.
+    fn new(
+        cell: &Cell,
+        settings: &CellSettings,
+        config: &ModelConfig,
+        device: &Device,
+        hub: &HubConfig,
+    ) -> Result<Self> {
+        // Inference loads what the precision runs from (f32 for bf16 on the CPU); training
+        // steps train in the precision's own dtype.
+        let dtype = match cell.mode {
+            Mode::Inference => settings.dtype.load_dtype(device),
+            Mode::Training => settings.dtype.dtype(),
+        };
+        let (b, seq) = (cell.batch_size, cell.sequence_length);
+        let batch = random_batch(config, b, seq, settings.seed, device)?;
+        Ok(match cell.mode {
+            Mode::Inference => {
+                let inference = Some(settings.dtype);
+                let model = if settings.load_weights {
+                    let opts = models::OpenOptions {
+                        random_init: false,
+                        seed: settings.seed,
+                        dtype,
+                        device: device.clone(),
+                        hub: hub.clone(),
+                        inference,
+                    };
+                    models::open(&cell.model, &opts)?.model
+                } else {
+                    models::random_model_for(config, settings.seed, dtype, device, inference)?
+                };
+                Stepper::Inference { model, batch }
+            }
+            Mode::Training => {
+                let model = TrainableModel::random(config, settings.seed, dtype, device)?;
+                let optimizer = AdamW::new(&model.params, AdamWConfig::default())?;
+                let mut rng = StdRng::seed_from_u64(settings.seed ^ 0x5eed);
+                let mut positions = |n: usize| -> Vec<u32> {
+                    (0..n).map(|_| rng.random_range(0..seq as u32)).collect()
+                };
+                let starts = Tensor::from_vec(positions(b), b, device)?;
+                let ends = Tensor::from_vec(positions(b), b, device)?;
+                Stepper::Training {
+                    model,
+                    batch,
+                    optimizer,
+                    starts,
+                    ends,
+                    step: 0,
+                    seed: settings.seed,
+                }
+            }
+        })
+    }
+}
+
+/// One step's memory: the resident peak (reset first where the OS can), the allocator's
+/// counts and, on a GPU, NVML's peaks; beside the process's resident memory before the cell
+/// (`baseline_rss`) and with its model built (`model_rss`).
+fn measure_memory(
+    stepper: &mut Stepper,
+    settings: &CellSettings,
+    baseline_rss: u64,
+    model_rss: u64,
+) -> Result<Memory> {
+    let reset = memory::reset_rss_peak();
+    let alloc_before_step = CountingAlloc::current() as u64;
+    let sampler = settings
+        .device
+        .cuda_ordinal()
+        .map(super::gpu::Sampler::start)
+        .transpose()
+        .context("GPU memory sampling")?;
+    CountingAlloc::reset_peak();
+    stepper.step().context("memory step")?;
+    let gpu = sampler.map(super::gpu::Sampler::finish).transpose()?;
+    let rss = memory::rss().unwrap_or_default();
+    Ok(Memory {
+        baseline_rss,
+        model_rss,
+        peak_rss: rss.peak,
+        peak_rss_reset: reset,
+        alloc_before_step,
+        alloc_peak: CountingAlloc::peak() as u64,
+        gpu_process_peak: gpu.and_then(|g| g.process),
+        gpu_device_peak: gpu.map(|g| g.device),
+    })
+}
+
+/// The step timed under the settings' policy, and the reason to record when the process's
+/// own timings were noisy.
+fn measure_speed(
+    stepper: &mut Stepper,
+    settings: &CellSettings,
+    progress: &mut dyn FnMut(Phase, usize, Duration),
+) -> Result<(Speed, Option<String>)> {
+    let timings = timer::measure(
+        &settings.timing,
+        || stepper.step(),
+        |runs, elapsed| progress(Phase::Timing, runs, elapsed),
+    )?;
+    let summary = Summary::of(&timings.samples).context("no valid timings")?;
+    let reason = summary.is_noisy().then(|| {
+        format!(
+            "{NOISY_REASON} within its process: the median's 95% CI there is {:.1}% of the median, CV {:.1}%; close other programs or raise --min-time",
+            100.0 * summary.ci_relative_width(),
+            100.0 * summary.cv()
+        )
+    });
+    Ok((
+        Speed {
+            timings,
+            summary,
+            between: None,
+        },
+        reason,
+    ))
 }
 
 #[cfg(test)]

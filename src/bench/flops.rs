@@ -34,6 +34,14 @@ pub fn training_step_flops(config: &ModelConfig, batch: usize, seq: usize) -> u6
     3 * forward_flops(config, batch, seq)
 }
 
+/// Analytic FLOPs of one step of `cell`.
+pub fn step_flops(config: &ModelConfig, cell: &super::Cell) -> u64 {
+    match cell.mode {
+        super::Mode::Inference => forward_flops(config, cell.batch_size, cell.sequence_length),
+        super::Mode::Training => training_step_flops(config, cell.batch_size, cell.sequence_length),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

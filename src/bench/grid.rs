@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::cell::{self, estimate_bytes, Phase};
-use super::flops::{forward_flops, training_step_flops};
+use super::flops::step_flops;
 use super::output::{is_finished, ResultsWriter};
 use super::{Cell, CellSettings, Measurement, Mode, Status};
 use crate::device::Precision;
@@ -158,14 +158,6 @@ impl Configs {
             self.cache.insert(model.to_string(), config);
         }
         Ok(&self.cache[model])
-    }
-}
-
-/// Analytic FLOPs of one step of `cell`.
-pub fn step_flops(config: &ModelConfig, cell: &Cell) -> u64 {
-    match cell.mode {
-        Mode::Inference => forward_flops(config, cell.batch_size, cell.sequence_length),
-        Mode::Training => training_step_flops(config, cell.batch_size, cell.sequence_length),
     }
 }
 

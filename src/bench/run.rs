@@ -11,6 +11,7 @@ use anyhow::Result;
 
 use super::grid::{self, Isolation, MaxBatch, Observer, Preset, RunOptions, STUDY_MODELS};
 use super::output::{OutputFiles, ResultsFile, ResultsWriter};
+use super::peak::PeakShape;
 use super::shard::{self, Shard, ShardRecord};
 use super::{distinct, env, memory, peak, Cell, CellSettings, Mode, TimingPolicy};
 use crate::device::{DeviceSpec, Precision};
@@ -242,108 +243,153 @@ pub fn run_bench(
         observer,
         config.plan().len() * config.processes.max(1),
     );
-    let grid_plan = config.plan();
     let files = config.files.clone();
-    let previous = if files.results_json.exists() {
-        if !config.resume {
-            return Err(input(format!(
-                "{} already holds results; pass --resume to continue that run, or choose another --output-dir",
-                files.dir.display()
-            )));
-        }
-        Some(ResultsFile::read(&files.results_json)?)
-    } else {
-        None
-    };
-    // A shard measures its part of the grid and records the whole grid for `merge`.
-    let (plan, shard) = match config.shard {
-        Some(shard) => {
-            let hub = HubConfig::from_env(config.settings.offline);
-            let costs = shard::flops_cost(&grid_plan, &mut grid::Configs::default(), &hub)?;
-            let record = ShardRecord {
-                index: shard.index,
-                count: shard.count,
-                grid: grid_plan.clone(),
-            };
-            (shard.select(&grid_plan, &costs), Some(record))
-        }
-        None => (grid_plan, None),
-    };
+    let previous = previous_results(config)?;
+    let (plan, shard) = shard_plan(config)?;
     if let Some(prev) = &previous {
-        let dir = files.dir.display();
-        match (&prev.shard, &shard) {
-            (None, None) => {}
-            (Some(old), Some(new)) if old == new => {}
-            (Some(old), Some(new)) if old.grid == new.grid => {
-                return Err(input(format!(
-                    "{dir} holds shard {}/{} of this grid; resume it with --shard {}/{}, not {}/{}",
-                    old.index, old.count, old.index, old.count, new.index, new.count
-                )))
-            }
-            (Some(old), _) => {
-                return Err(input(format!(
-                    "{dir} holds shard {}/{} of a grid of {} cells; resume it with the same grid \
-                     and --shard {}/{}",
-                    old.index,
-                    old.count,
-                    old.grid.len(),
-                    old.index,
-                    old.count
-                )))
-            }
-            (None, Some(new)) => {
-                return Err(input(format!(
-                    "{dir} holds an unsharded run; --shard {}/{} cannot resume it (drop --shard)",
-                    new.index, new.count
-                )))
-            }
-        }
+        check_resumed_shard(prev, shard.as_ref(), &files.dir)?;
     }
     let max_memory = config
         .max_memory
         .or_else(memory::available_memory)
         .unwrap_or(u64::MAX);
-    let settings = &config.settings;
     let opts = RunOptions {
-        settings: settings.clone(),
+        settings: config.settings.clone(),
         isolation: config.isolation.clone(),
         max_memory,
         retry_failed: config.retry_failed,
         processes: config.processes,
     };
-
-    // A resumed run keeps the peaks it measured, so its cells' shares of peak stay
-    // comparable; a thread count it did not measure yet is measured now.
-    let mut peak_matmul = previous
-        .as_ref()
-        .map(|p| p.peak_matmul.clone())
-        .unwrap_or_default();
-    if config.measure_peak {
-        let device = settings.device.open()?;
-        let policy = TimingPolicy {
-            min_runs: 5,
-            min_time: Duration::from_millis(500),
-            ..TimingPolicy::default()
-        };
-        // One measurement serves every precision of the run: it times the int8 and bf16
-        // products where the run has them, and each cell takes the peak of its own kind.
-        let precisions = config.precisions();
-        for threads in distinct(config.threads.iter().copied()) {
-            if peak_matmul.iter().any(|s| s.threads == threads) {
-                continue;
-            }
-            observer.peak_started(threads);
-            let shapes = if threads == rayon::current_num_threads() {
-                peak::measure_peak(&device, &precisions, &policy)?
-            } else {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()?
-                    .install(|| peak::measure_peak(&device, &precisions, &policy))?
-            };
-            peak_matmul.extend(shapes);
+    let peak_matmul = measure_peaks(config, previous.as_ref(), observer)?;
+    let results = results_to_fill(config, previous, peak_matmul, shard, &plan);
+    let mut writer = ResultsWriter::new(files, results)?;
+    grid::run_grid(&plan, &opts, &mut writer, observer)?;
+    let max_batch = match config.find_max_batch {
+        Some(cap) => {
+            let rows = find_max_batches(config, cap, &opts, observer)?;
+            let path = writer.files.dir.join(MAX_BATCH_FILE);
+            grid::write_max_batch_csv(&rows, max_memory, &path)?;
+            rows
         }
+        None => Vec::new(),
+    };
+    Ok(BenchOutcome {
+        results: writer.results,
+        plan,
+        files: writer.files,
+        max_batch,
+        max_memory,
+    })
+}
+
+/// The results already in the output folder, which only `--resume` may continue.
+fn previous_results(config: &BenchConfig) -> Result<Option<ResultsFile>> {
+    let files = &config.files;
+    if !files.results_json.exists() {
+        return Ok(None);
     }
+    if !config.resume {
+        return Err(input(format!(
+            "{} already holds results; pass --resume to continue that run, or choose another --output-dir",
+            files.dir.display()
+        )));
+    }
+    Ok(Some(ResultsFile::read(&files.results_json)?))
+}
+
+/// The cells this run measures: the whole grid, or a shard's part of it (which records the
+/// whole grid for `merge`).
+fn shard_plan(config: &BenchConfig) -> Result<(Vec<Cell>, Option<ShardRecord>)> {
+    let grid_plan = config.plan();
+    let Some(shard) = config.shard else {
+        return Ok((grid_plan, None));
+    };
+    let hub = HubConfig::from_env(config.settings.offline);
+    let costs = shard::flops_cost(&grid_plan, &mut grid::Configs::default(), &hub)?;
+    let record = ShardRecord {
+        index: shard.index,
+        count: shard.count,
+        grid: grid_plan.clone(),
+    };
+    Ok((shard.select(&grid_plan, &costs), Some(record)))
+}
+
+/// A resumed folder must hold the same shard of the same grid (or an unsharded run, resumed
+/// unsharded).
+fn check_resumed_shard(prev: &ResultsFile, shard: Option<&ShardRecord>, dir: &Path) -> Result<()> {
+    let dir = dir.display();
+    match (&prev.shard, shard) {
+        (None, None) => Ok(()),
+        (Some(old), Some(new)) if old == new => Ok(()),
+        (Some(old), Some(new)) if old.grid == new.grid => Err(input(format!(
+            "{dir} holds shard {}/{} of this grid; resume it with --shard {}/{}, not {}/{}",
+            old.index, old.count, old.index, old.count, new.index, new.count
+        ))),
+        (Some(old), _) => Err(input(format!(
+            "{dir} holds shard {}/{} of a grid of {} cells; resume it with the same grid \
+             and --shard {}/{}",
+            old.index,
+            old.count,
+            old.grid.len(),
+            old.index,
+            old.count
+        ))),
+        (None, Some(new)) => Err(input(format!(
+            "{dir} holds an unsharded run; --shard {}/{} cannot resume it (drop --shard)",
+            new.index, new.count
+        ))),
+    }
+}
+
+/// The machine's matmul peaks per thread count: a resumed run keeps those it measured, so its
+/// cells' shares of peak stay comparable, and measures a thread count it has not yet.
+fn measure_peaks(
+    config: &BenchConfig,
+    previous: Option<&ResultsFile>,
+    observer: &mut dyn Observer,
+) -> Result<Vec<PeakShape>> {
+    let mut peak_matmul = previous.map(|p| p.peak_matmul.clone()).unwrap_or_default();
+    if !config.measure_peak {
+        return Ok(peak_matmul);
+    }
+    let device = config.settings.device.open()?;
+    let policy = TimingPolicy {
+        min_runs: 5,
+        min_time: Duration::from_millis(500),
+        ..TimingPolicy::default()
+    };
+    // One measurement serves every precision of the run: it times the int8 and bf16
+    // products where the run has them, and each cell takes the peak of its own kind.
+    let precisions = config.precisions();
+    for threads in distinct(config.threads.iter().copied()) {
+        if peak_matmul.iter().any(|s| s.threads == threads) {
+            continue;
+        }
+        observer.peak_started(threads);
+        let shapes = if threads == rayon::current_num_threads() {
+            peak::measure_peak(&device, &precisions, &policy)?
+        } else {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?
+                .install(|| peak::measure_peak(&device, &precisions, &policy))?
+        };
+        peak_matmul.extend(shapes);
+    }
+    Ok(peak_matmul)
+}
+
+/// The results file the grid fills: the previous one when resuming, with this run's version,
+/// environment (and its thread counts and precisions when it sweeps them), peaks, settings,
+/// shard and any cell of `plan` it lacks.
+fn results_to_fill(
+    config: &BenchConfig,
+    previous: Option<ResultsFile>,
+    peak_matmul: Vec<PeakShape>,
+    shard: Option<ShardRecord>,
+    plan: &[Cell],
+) -> ResultsFile {
+    let settings = &config.settings;
     // env.csv's matmul peak is the f32 products' (int8 and bf16 have their own).
     let peak_gflops = peak::peak_of_kind(&peak_matmul, None);
     let multiprocess = matches!(config.isolation, Isolation::Child { .. });
@@ -367,37 +413,33 @@ pub fn run_bench(
     results.peak_matmul = peak_matmul;
     results.settings = Some(settings.clone());
     results.shard = shard;
-    for cell in &plan {
+    for cell in plan {
         if !results.plan.contains(cell) {
             results.plan.push(cell.clone());
         }
     }
-    let mut writer = ResultsWriter::new(files, results)?;
-    grid::run_grid(&plan, &opts, &mut writer, observer)?;
+    results
+}
 
-    let mut max_batch = Vec::new();
-    if let Some(cap) = config.find_max_batch {
-        for model in distinct(config.models.iter().cloned()) {
-            for mode in distinct(config.modes.iter().copied()) {
-                for seq in distinct(config.sequence_lengths.iter().copied()) {
-                    observer.search_started(&model, mode, seq);
-                    // The probes are not cells of the grid: they stay out of its progress.
-                    let row =
-                        grid::find_max_batch(&model, mode, seq, cap, &opts, &mut grid::Quiet)?;
-                    max_batch.push(row);
-                }
+/// `--find-max-batch`: the largest batch per model, mode and sequence length, up to `cap`.
+fn find_max_batches(
+    config: &BenchConfig,
+    cap: usize,
+    opts: &RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<Vec<MaxBatch>> {
+    let mut rows = Vec::new();
+    for model in distinct(config.models.iter().cloned()) {
+        for mode in distinct(config.modes.iter().copied()) {
+            for seq in distinct(config.sequence_lengths.iter().copied()) {
+                observer.search_started(&model, mode, seq);
+                // The probes are not cells of the grid: they stay out of its progress.
+                let row = grid::find_max_batch(&model, mode, seq, cap, opts, &mut grid::Quiet)?;
+                rows.push(row);
             }
         }
-        let path = writer.files.dir.join(MAX_BATCH_FILE);
-        grid::write_max_batch_csv(&max_batch, max_memory, &path)?;
     }
-    Ok(BenchOutcome {
-        results: writer.results,
-        plan,
-        files: writer.files,
-        max_batch,
-        max_memory,
-    })
+    Ok(rows)
 }
 
 /// The largest-batch table's file name in the output folder.

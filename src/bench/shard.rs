@@ -431,7 +431,7 @@ pub fn flops_cost(
             Ok(if c.sequence_length > config.max_position_embeddings {
                 0.0
             } else {
-                super::grid::step_flops(config, c) as f64
+                super::flops::step_flops(config, c) as f64
             })
         })
         .collect()
