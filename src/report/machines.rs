@@ -352,9 +352,6 @@ fn mode_section(
 ) -> Vec<Block> {
     let base = &machines[0];
     let mut blocks = Vec::new();
-    let mut header = vec!["model".to_string(), "batch".into(), "seq".into()];
-    header.extend(machines.iter().map(|m| m.name.clone()));
-    header.push("fastest".into());
     let mut time_rows = Vec::new();
     let mut ratio_rows = Vec::new();
     let mut memory_rows = Vec::new();
@@ -366,97 +363,59 @@ fn mode_section(
                 continue;
             }
             let lead = vec![name(model), shape.1.to_string(), shape.2.to_string()];
-            let mut row = lead.clone();
-            row.extend(
-                cells
-                    .iter()
-                    .map(|c| c.and_then(time_with_interval).unwrap_or_else(|| "-".into())),
-            );
-            let fastest = cells
-                .iter()
-                .zip(machines)
-                .filter_map(|(c, m)| Some((point_time((*c)?)?, &m.name)))
-                .min_by(|a, b| a.0.total_cmp(&b.0));
-            row.push(
-                fastest
-                    .map(|(_, n)| n.clone())
-                    .unwrap_or_else(|| "-".into()),
-            );
-            time_rows.push(row);
-
-            let mut row = lead.clone();
-            for (c, m) in cells.iter().zip(machines).skip(1) {
-                row.push(match (cells[0], c) {
-                    (Some(b), Some(o)) => {
-                        let (bs, os) = (b.speed.as_ref(), o.speed.as_ref());
-                        match (bs, os) {
-                            (Some(bs), Some(os)) => {
-                                let (r, lo, hi) = ratio_interval(bs, os);
-                                if lo > 1.0 || hi < 1.0 {
-                                    observations.push(format!(
-                                        "{} {} b{} s{}: {} is {r:.2}x as fast as {} [{lo:.2}, {hi:.2}].",
-                                        name(model),
-                                        mode.as_str(),
-                                        shape.1,
-                                        shape.2,
-                                        m.name,
-                                        base.name
-                                    ));
-                                }
-                                format!("{r:.2} [{lo:.2}, {hi:.2}]")
-                            }
-                            _ => "-".into(),
-                        }
-                    }
-                    _ => "-".into(),
-                });
-            }
-            ratio_rows.push(row);
-
-            let mut row = lead;
-            let mems: Vec<Option<f64>> = cells
-                .iter()
-                .map(|c| c.and_then(|c| c.memory.as_ref()).map(|m| to_mb(m.peak_rss)))
-                .collect();
-            if mems.iter().any(Option::is_some) {
-                row.extend(
-                    mems.iter()
-                        .map(|v| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())),
-                );
-                memory_rows.push(row);
-            }
+            time_rows.push(time_row(lead.clone(), &cells, machines));
+            let mut say = |other: &Machine, (r, lo, hi): (f64, f64, f64)| {
+                observations.push(format!(
+                    "{} {} b{} s{}: {} is {r:.2}x as fast as {} [{lo:.2}, {hi:.2}].",
+                    name(model),
+                    mode.as_str(),
+                    shape.1,
+                    shape.2,
+                    other.name,
+                    base.name
+                ))
+            };
+            ratio_rows.push(ratio_row(lead.clone(), &cells, machines, &mut say));
+            memory_rows.extend(memory_row(lead, &cells));
         }
     }
     let title = match mode {
         Mode::Inference => "Inference",
         Mode::Training => "Training",
     };
+    let header = |columns: Vec<String>| {
+        let mut h = vec!["model".to_string(), "batch".into(), "seq".into()];
+        h.extend(columns);
+        h
+    };
+    let mut time_columns: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
+    time_columns.push("fastest".into());
     blocks.push(Block::Heading(2, format!("{title}: time per step")));
     blocks.push(Block::Table {
-        header: header.clone(),
+        header: header(time_columns),
         rows: time_rows,
     });
-    let mut ratio_header = vec!["model".to_string(), "batch".into(), "seq".into()];
-    ratio_header.extend(
-        machines
-            .iter()
-            .skip(1)
-            .map(|m| format!("{} vs {}", m.name, base.name)),
-    );
+    let ratio_columns = machines
+        .iter()
+        .skip(1)
+        .map(|m| format!("{} vs {}", m.name, base.name))
+        .collect();
     blocks.push(Block::Heading(
         3,
         format!("{title}: speed relative to {}", base.name),
     ));
     blocks.push(Block::Table {
-        header: ratio_header,
+        header: header(ratio_columns),
         rows: ratio_rows,
     });
     if !memory_rows.is_empty() {
-        let mut mem_header = vec!["model".to_string(), "batch".into(), "seq".into()];
-        mem_header.extend(machines.iter().map(|m| format!("{} peak RSS MB", m.name)));
+        let columns = machines
+            .iter()
+            .map(|m| format!("{} peak RSS MB", m.name))
+            .collect();
         blocks.push(Block::Heading(3, format!("{title}: peak memory")));
         blocks.push(Block::Table {
-            header: mem_header,
+            header: header(columns),
             rows: memory_rows,
         });
     }
@@ -466,6 +425,74 @@ fn mode_section(
         observations.extend(o);
     }
     blocks
+}
+
+/// A shape's time on each machine (with its interval) and the fastest machine, after `lead`.
+fn time_row(
+    mut row: Vec<String>,
+    cells: &[Option<&Measurement>],
+    machines: &[Machine],
+) -> Vec<String> {
+    row.extend(
+        cells
+            .iter()
+            .map(|c| c.and_then(time_with_interval).unwrap_or_else(|| "-".into())),
+    );
+    let fastest = cells
+        .iter()
+        .zip(machines)
+        .filter_map(|(c, m)| Some((point_time((*c)?)?, &m.name)))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    row.push(
+        fastest
+            .map(|(_, n)| n.clone())
+            .unwrap_or_else(|| "-".into()),
+    );
+    row
+}
+
+/// A speed ratio and its 95% interval: `(ratio, low, high)`.
+type Ratio = (f64, f64, f64);
+
+/// A shape's speed on each machine after the first relative to the first, with its
+/// interval, after `lead`; `say` hears each ratio whose interval excludes 1.
+fn ratio_row(
+    mut row: Vec<String>,
+    cells: &[Option<&Measurement>],
+    machines: &[Machine],
+    say: &mut dyn FnMut(&Machine, Ratio),
+) -> Vec<String> {
+    let base = cells[0].and_then(|b| b.speed.as_ref());
+    for (c, m) in cells.iter().zip(machines).skip(1) {
+        let other = c.and_then(|o| o.speed.as_ref());
+        row.push(match (base, other) {
+            (Some(bs), Some(os)) => {
+                let (r, lo, hi) = ratio_interval(bs, os);
+                if lo > 1.0 || hi < 1.0 {
+                    say(m, (r, lo, hi));
+                }
+                format!("{r:.2} [{lo:.2}, {hi:.2}]")
+            }
+            _ => "-".into(),
+        });
+    }
+    row
+}
+
+/// A shape's peak RSS on each machine after `lead`, where any machine measured it.
+fn memory_row(mut row: Vec<String>, cells: &[Option<&Measurement>]) -> Option<Vec<String>> {
+    let mems: Vec<Option<f64>> = cells
+        .iter()
+        .map(|c| c.and_then(|c| c.memory.as_ref()).map(|m| to_mb(m.peak_rss)))
+        .collect();
+    if mems.iter().all(Option::is_none) {
+        return None;
+    }
+    row.extend(
+        mems.iter()
+            .map(|v| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())),
+    );
+    Some(row)
 }
 
 /// The machines' facts, one row each.

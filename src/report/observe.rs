@@ -449,10 +449,19 @@ pub fn thread_scaling(results: &ResultsFile) -> Vec<Scaling> {
 /// the largest cell with its interval), how time and activation memory grow, the models'
 /// memory order, what failed and what was noisy. `names` labels a model.
 pub fn observations(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Vec<String> {
-    let mut obs: Vec<String> = Vec::new();
+    let mut obs = pair_speeds(results, names);
+    obs.extend(growth_sentences(results, names));
+    obs.extend(scaling_sentences(results, names));
+    obs.extend(memory_order_sentence(results, names));
+    obs.extend(failures_and_noise(results));
+    obs
+}
+
+/// One sentence per unordered pair of models, mode and thread count: the geometric mean of
+/// the speed ratio over every cell both measured, and the largest cell with its interval.
+fn pair_speeds(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Vec<String> {
     let models = models(results);
     let ratios = speed_ratios(results);
-    // One summary per unordered pair of models and mode, over every cell both measured.
     let mut pairs: Vec<(String, String, Mode, usize)> = Vec::new();
     for r in &ratios {
         let (a, b) = if models.iter().position(|m| *m == r.faster)
@@ -466,6 +475,7 @@ pub fn observations(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Ve
             pairs.push((a, b, r.mode, r.threads));
         }
     }
+    let mut obs = Vec::new();
     for (a, b, mode, threads) in &pairs {
         let these: Vec<&SpeedRatio> = ratios
             .iter()
@@ -512,28 +522,38 @@ pub fn observations(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Ve
         }
         obs.push(sentence);
     }
+    obs
+}
+
+/// How time and activation memory grow along the sequence and the batch: per model and mode,
+/// the fit at the largest fixed value, where it rests on three points or more (two always fit
+/// a power law exactly).
+fn growth_sentences(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Vec<String> {
+    let mut obs = Vec::new();
     for (quantity, along_batch) in [
         (Quantity::Time, false),
         (Quantity::Time, true),
         (Quantity::ActivationMemory, false),
         (Quantity::ActivationMemory, true),
     ] {
-        // One sentence per model and mode: the fit at the largest fixed value.
         let fits = growth(results, quantity, along_batch);
         let mut seen: Vec<(String, Mode, usize)> = Vec::new();
         for g in fits.iter().rev() {
             let key = (g.model.clone(), g.mode, g.threads);
-            // Two points always fit a power law exactly: an exponent needs a third to mean
-            // anything.
             if !seen.contains(&key) && g.points >= 3 {
                 seen.push(key);
                 obs.push(g.sentence(names));
             }
         }
     }
-    // Thread scaling: per model and mode, the largest cell measured at both ends of the sweep.
+    obs
+}
+
+/// Thread scaling: per model and mode, the largest cell measured at both ends of the sweep.
+fn scaling_sentences(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Vec<String> {
     let scaling = thread_scaling(results);
     let mut seen: Vec<(String, Mode)> = Vec::new();
+    let mut obs = Vec::new();
     for sc in scaling.iter().rev().filter(|sc| {
         let biggest = scaling
             .iter()
@@ -548,21 +568,31 @@ pub fn observations(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Ve
             obs.push(sc.sentence(names));
         }
     }
+    obs
+}
+
+/// The models' peak-memory order, where the cells agree on one (or that they do not).
+fn memory_order_sentence(results: &ResultsFile, names: &dyn Fn(&str) -> String) -> Option<String> {
     let (order_rows, consistent) = memory_order(results);
     if let Some(order) = &consistent {
-        obs.push(format!(
+        Some(format!(
             "Peak memory orders the models the same way in every measured cell: {}.",
             order
                 .iter()
                 .map(|m| names(m))
                 .collect::<Vec<_>>()
                 .join(" < ")
-        ));
+        ))
     } else if order_rows.iter().any(|r| r.models.len() > 1) {
-        obs.push(
-            "The models' peak-memory order changes between cells (see the memory table).".into(),
-        );
+        Some("The models' peak-memory order changes between cells (see the memory table).".into())
+    } else {
+        None
     }
+}
+
+/// The cells that gave no numbers, and those whose timings were noisy.
+fn failures_and_noise(results: &ResultsFile) -> Vec<String> {
+    let mut obs = Vec::new();
     let failures = failures(results);
     if !failures.is_empty() {
         obs.push(format!(

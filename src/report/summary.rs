@@ -523,126 +523,167 @@ fn x_of(row: &Row, price: Option<f64>) -> Option<f64> {
 }
 
 /// The evaluated rows with what they are ranked by: `(row, cost or ms per question, F1)`.
-fn ranked<'r, 'a>(rows: &'r [Row<'a>], price: Option<f64>) -> Vec<(&'r Row<'a>, f64, f64)> {
+fn ranked<'r, 'a>(rows: &'r [Row<'a>], price: Option<f64>) -> Vec<Ranked<'r, 'a>> {
     rows.iter()
         .filter_map(|r| Some((r, x_of(r, price)?, r.eval?.f1)))
         .collect()
 }
 
-/// The recommendation, in sentences, each with what it rests on.
+/// The recommendation, in sentences, each with what it rests on: by accuracy and cost where
+/// rows were evaluated, else by speed and memory.
 fn recommendation(
     rows: &[Row],
     shape: Option<Shape>,
     price: Option<f64>,
     scores: &Scores,
 ) -> Vec<String> {
-    let axis = axis(price);
     let ranked = ranked(rows, price);
-    let speed_at_shape = |fast: &Row, slow: &Row| -> Option<String> {
-        let (f, s) = (
-            fast.at_shape?.speed.as_ref()?,
-            slow.at_shape?.speed.as_ref()?,
-        );
-        let (ratio, low, high) = ratio_interval(s, f);
-        let s0 = shape?;
-        Some(format!(
-            "at batch {}, sequence {} it is {ratio:.2}x [{low:.2}, {high:.2}] as fast (95% interval)",
-            s0.batch, s0.sequence
-        ))
-    };
-    let mut out = Vec::new();
-    // The most accurate; on a tie the first listed (f32 before its lower precisions).
-    let best = ranked
-        .iter()
-        .fold(None, |acc: Option<&(&Row, f64, f64)>, r| match acc {
-            Some(b) if b.2 >= r.2 => Some(b),
-            _ => Some(r),
-        });
-    if let Some(best) = best {
-        let within: Vec<&(&Row, f64, f64)> = ranked
-            .iter()
-            .filter(|r| r.2 >= best.2 - F1_TOLERANCE)
-            .collect();
-        // The best is within its own tolerance, so `within` is never empty.
-        // On a tie in cost, the more accurate (so a free machine recommends the most accurate).
-        let pick = within
-            .into_iter()
-            .min_by(|a, b| a.1.total_cmp(&b.1).then(b.2.total_cmp(&a.2)))
-            .unwrap_or(best);
-        let questions = best.0.eval.map_or(0, |a| a.questions);
-        if pick.0.label == best.0.label {
-            out.push(format!(
-                "Recommended: {}: the most accurate (F1 {:.2} on {questions} questions), and \
-                 nothing within {F1_TOLERANCE:.1} F1 of it is {}.",
-                best.0.label, best.2, axis.cheaper
-            ));
-        } else {
-            let changed = pick
-                .0
-                .changed
-                .map(|(d, n)| {
-                    format!(
-                        ", {:.1}% of its answers changed",
-                        100.0 * d as f64 / n.max(1) as f64
-                    )
-                })
-                .unwrap_or_default();
-            let interval = match (pick.0.eval, best.0.eval) {
-                (Some(a), Some(b)) => scores.difference(a, b).map(|(_, lo, hi)| {
-                    format!(" [{lo:+.2}, {hi:+.2}], 95% paired bootstrap over the questions")
-                }),
-                _ => None,
-            }
-            .unwrap_or_default();
-            let mut s = format!(
-                "Recommended: {}: {:.2}x {} than {}, the most accurate, for {:+.2} F1{interval} \
-                 ({:.2} against {:.2} on {questions} questions{changed}). It is the {} within \
-                 {F1_TOLERANCE:.1} F1 of the most accurate, by {} from the evaluations",
-                pick.0.label,
-                best.1 / pick.1,
-                axis.cheaper,
-                best.0.label,
-                pick.2 - best.2,
-                pick.2,
-                best.2,
-                if price.is_some() {
-                    "cheapest"
-                } else {
-                    "fastest"
-                },
-                axis.name
-            );
-            match speed_at_shape(pick.0, best.0) {
-                Some(t) => s.push_str(&format!("; {t}")),
-                None => s.push_str(
-                    ", one run of each, so the ratio has no interval (bench both models for one)",
-                ),
-            }
-            s.push('.');
-            out.push(s);
-        }
-        if let Some(cheapest) = ranked
-            .iter()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .filter(|c| c.1 < pick.1)
-        {
-            out.push(format!(
-                "{} overall: {}, {:.2}x {} than {} for {:+.2} F1.",
-                if price.is_some() {
-                    "Cheapest"
-                } else {
-                    "Fastest"
-                },
-                cheapest.0.label,
-                pick.1 / cheapest.1,
-                axis.cheaper,
-                pick.0.label,
-                cheapest.2 - pick.2
-            ));
-        }
-        return out;
+    match most_accurate(&ranked) {
+        Some(best) => by_accuracy(&ranked, best, shape, price, scores),
+        None => by_speed(rows, shape),
     }
-    // No accuracy: speed and memory only.
+}
+
+/// A ranked row: `(row, cost or ms per question, F1)`.
+type Ranked<'r, 'a> = (&'r Row<'a>, f64, f64);
+
+/// The most accurate; on a tie the first listed (f32 before its lower precisions).
+fn most_accurate<'x, 'r, 'a>(ranked: &'x [Ranked<'r, 'a>]) -> Option<&'x Ranked<'r, 'a>> {
+    ranked.iter().fold(None, |acc, r| match acc {
+        Some(b) if b.2 >= r.2 => Some(b),
+        _ => Some(r),
+    })
+}
+
+/// How much faster `fast` is than `slow` at the summary's shape, with its 95% interval, where
+/// both were timed there.
+fn speed_at(fast: &Row, slow: &Row, shape: Option<Shape>) -> Option<String> {
+    let (f, s) = (
+        fast.at_shape?.speed.as_ref()?,
+        slow.at_shape?.speed.as_ref()?,
+    );
+    let (ratio, low, high) = ratio_interval(s, f);
+    let s0 = shape?;
+    Some(format!(
+        "at batch {}, sequence {} it is {ratio:.2}x [{low:.2}, {high:.2}] as fast (95% interval)",
+        s0.batch, s0.sequence
+    ))
+}
+
+/// The recommendation among evaluated rows: the cheapest (or fastest) within
+/// [`F1_TOLERANCE`] of the most accurate, and the cheapest overall when that is another.
+fn by_accuracy(
+    ranked: &[Ranked],
+    best: &Ranked,
+    shape: Option<Shape>,
+    price: Option<f64>,
+    scores: &Scores,
+) -> Vec<String> {
+    let axis = axis(price);
+    let mut out = Vec::new();
+    let within: Vec<&Ranked> = ranked
+        .iter()
+        .filter(|r| r.2 >= best.2 - F1_TOLERANCE)
+        .collect();
+    // The best is within its own tolerance, so `within` is never empty.
+    // On a tie in cost, the more accurate (so a free machine recommends the most accurate).
+    let pick = within
+        .into_iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1).then(b.2.total_cmp(&a.2)))
+        .unwrap_or(best);
+    let questions = best.0.eval.map_or(0, |a| a.questions);
+    if pick.0.label == best.0.label {
+        out.push(format!(
+            "Recommended: {}: the most accurate (F1 {:.2} on {questions} questions), and \
+             nothing within {F1_TOLERANCE:.1} F1 of it is {}.",
+            best.0.label, best.2, axis.cheaper
+        ));
+    } else {
+        out.push(pick_over_best(pick, best, shape, price, scores));
+    }
+    if let Some(cheapest) = ranked
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .filter(|c| c.1 < pick.1)
+    {
+        out.push(format!(
+            "{} overall: {}, {:.2}x {} than {} for {:+.2} F1.",
+            if price.is_some() {
+                "Cheapest"
+            } else {
+                "Fastest"
+            },
+            cheapest.0.label,
+            pick.1 / cheapest.1,
+            axis.cheaper,
+            pick.0.label,
+            cheapest.2 - pick.2
+        ));
+    }
+    out
+}
+
+/// The sentence recommending `pick` over the most accurate `best`: how much cheaper or
+/// faster, for what F1 (with its paired interval and the answers changed), and the speed
+/// ratio's interval at the summary's shape where both were timed there.
+fn pick_over_best(
+    pick: &Ranked,
+    best: &Ranked,
+    shape: Option<Shape>,
+    price: Option<f64>,
+    scores: &Scores,
+) -> String {
+    let axis = axis(price);
+    let questions = best.0.eval.map_or(0, |a| a.questions);
+    let changed = pick
+        .0
+        .changed
+        .map(|(d, n)| {
+            format!(
+                ", {:.1}% of its answers changed",
+                100.0 * d as f64 / n.max(1) as f64
+            )
+        })
+        .unwrap_or_default();
+    let interval = match (pick.0.eval, best.0.eval) {
+        (Some(a), Some(b)) => scores.difference(a, b).map(|(_, lo, hi)| {
+            format!(" [{lo:+.2}, {hi:+.2}], 95% paired bootstrap over the questions")
+        }),
+        _ => None,
+    }
+    .unwrap_or_default();
+    let mut s = format!(
+        "Recommended: {}: {:.2}x {} than {}, the most accurate, for {:+.2} F1{interval} \
+         ({:.2} against {:.2} on {questions} questions{changed}). It is the {} within \
+         {F1_TOLERANCE:.1} F1 of the most accurate, by {} from the evaluations",
+        pick.0.label,
+        best.1 / pick.1,
+        axis.cheaper,
+        best.0.label,
+        pick.2 - best.2,
+        pick.2,
+        best.2,
+        if price.is_some() {
+            "cheapest"
+        } else {
+            "fastest"
+        },
+        axis.name
+    );
+    match speed_at(pick.0, best.0, shape) {
+        Some(t) => s.push_str(&format!("; {t}")),
+        None => s.push_str(
+            ", one run of each, so the ratio has no interval (bench both models for one)",
+        ),
+    }
+    s.push('.');
+    s
+}
+
+/// The recommendation without accuracy: the fastest at the summary's shape (against the
+/// runner-up) and the smallest peak memory, and what would weigh F1 in.
+fn by_speed(rows: &[Row], shape: Option<Shape>) -> Vec<String> {
+    let mut out = Vec::new();
     let mut timed: Vec<(&Row, f64)> = rows
         .iter()
         .filter_map(|r| Some((r, r.latency_s()?)))
@@ -658,7 +699,7 @@ fn recommendation(
         );
         if let Some(t) = timed
             .get(1)
-            .and_then(|second| speed_at_shape(first.0, second.0))
+            .and_then(|second| speed_at(first.0, second.0, shape))
         {
             text.push_str(&format!(
                 "; against the runner-up, {}, {t}",
