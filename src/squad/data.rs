@@ -231,23 +231,8 @@ pub fn parse_dataset(name: &str, json: &[u8]) -> Result<Dataset> {
         serde_json::from_slice(json).map_err(|e| input(format!("{name}: not valid JSON: {e}")))?;
     let ctx = Ctx { name };
     let root = ctx.object(&root, &Loc::Root, "the top level")?;
-
     let version = ctx.string(root, "version", &Loc::Root)?;
-    if version != "1.1" {
-        let looks_v2 = version.trim_start_matches('v').starts_with('2');
-        return Err(if looks_v2 {
-            input(format!(
-                "{name}: this is a SQuAD 2.0 file (version {version:?}); bertbench handles \
-                 SQuAD v1.1 only (2.0's unanswerable questions need a different metric and \
-                 decoding)"
-            ))
-        } else {
-            input(format!(
-                "{name}: `version` is {version:?}; expected \"1.1\" (SQuAD v1.1)"
-            ))
-        });
-    }
-
+    check_version(name, version)?;
     let data = ctx.array(ctx.field(root, "data", &Loc::Root)?, "data", &Loc::Root)?;
     let mut articles = Vec::with_capacity(data.len());
     let mut seen_ids: HashMap<String, (usize, usize, usize)> = HashMap::new();
@@ -273,63 +258,24 @@ pub fn parse_dataset(name: &str, json: &[u8]) -> Result<Dataset> {
             let qas_v = ctx.array(ctx.field(paragraph, "qas", &loc)?, "qas", &loc)?;
             let mut qas = Vec::with_capacity(qas_v.len());
             for (qi, qa) in qas_v.iter().enumerate() {
-                let mut loc = Loc::Question {
-                    ai,
-                    title: &title,
-                    pi,
-                    qi,
-                    id: None,
-                };
-                let qa = ctx.object(qa, &loc, "a question")?;
-                let id = ctx.string(qa, "id", &loc)?.to_string();
-                if let Loc::Question { id: slot, .. } = &mut loc {
-                    *slot = Some(&id);
-                }
-                if qa.contains_key("is_impossible") || qa.contains_key("plausible_answers") {
+                let question = ctx.question(qa, ai, &title, pi, qi)?;
+                if let Some(&(fa, fp, fq)) = seen_ids.get(&question.id) {
+                    let loc = Loc::Question {
+                        ai,
+                        title: &title,
+                        pi,
+                        qi,
+                        id: Some(&question.id),
+                    };
                     return Err(input(format!(
-                        "{name}: {loc}: has `is_impossible`/`plausible_answers`, so this is a \
-                         SQuAD 2.0 file; bertbench handles SQuAD v1.1 only"
-                    )));
-                }
-                let question = ctx.string(qa, "question", &loc)?.to_string();
-                let answers_v = ctx.array(ctx.field(qa, "answers", &loc)?, "answers", &loc)?;
-                if answers_v.is_empty() {
-                    return Err(input(format!(
-                        "{name}: {loc}: `answers` is empty; every SQuAD v1.1 question has at \
-                         least one gold answer"
-                    )));
-                }
-                let mut answers = Vec::with_capacity(answers_v.len());
-                for (xi, answer) in answers_v.iter().enumerate() {
-                    let loc = Loc::Answer(&loc, xi);
-                    let answer = ctx.object(answer, &loc, "an answer")?;
-                    let text = ctx.string(answer, "text", &loc)?.to_string();
-                    let start_v = ctx.field(answer, "answer_start", &loc)?;
-                    let answer_start = start_v
-                        .as_u64()
-                        .and_then(|v| usize::try_from(v).ok())
-                        .ok_or_else(|| {
-                            input(format!(
-                                "{name}: {loc}: `answer_start` must be a non-negative integer, \
-                                 found {}",
-                                describe(start_v)
-                            ))
-                        })?;
-                    answers.push(Answer { text, answer_start });
-                }
-                if let Some(&(fa, fp, fq)) = seen_ids.get(&id) {
-                    return Err(input(format!(
-                        "{name}: {loc}: question id {id:?} already used at \
+                        "{name}: {loc}: question id {:?} already used at \
                          data[{fa}].paragraphs[{fp}].qas[{fq}]; ids must be unique because \
-                         predictions are keyed by id"
+                         predictions are keyed by id",
+                        question.id
                     )));
                 }
-                seen_ids.insert(id.clone(), (ai, pi, qi));
-                qas.push(Question {
-                    id,
-                    question,
-                    answers,
-                });
+                seen_ids.insert(question.id.clone(), (ai, pi, qi));
+                qas.push(question);
             }
             paragraphs.push(Paragraph { context, qas });
         }
@@ -338,6 +284,25 @@ pub fn parse_dataset(name: &str, json: &[u8]) -> Result<Dataset> {
     Ok(Dataset {
         version: version.to_string(),
         articles,
+    })
+}
+
+/// SQuAD v1.1 only: a 2.0 file is refused as such, any other version as not 1.1.
+fn check_version(name: &str, version: &str) -> Result<()> {
+    if version == "1.1" {
+        return Ok(());
+    }
+    let looks_v2 = version.trim_start_matches('v').starts_with('2');
+    Err(if looks_v2 {
+        input(format!(
+            "{name}: this is a SQuAD 2.0 file (version {version:?}); bertbench handles \
+             SQuAD v1.1 only (2.0's unanswerable questions need a different metric and \
+             decoding)"
+        ))
+    } else {
+        input(format!(
+            "{name}: `version` is {version:?}; expected \"1.1\" (SQuAD v1.1)"
+        ))
     })
 }
 
@@ -419,6 +384,68 @@ struct Ctx<'n> {
 }
 
 impl Ctx<'_> {
+    /// Question `qi` of paragraph `pi` of article `ai` (titled `title`): its id, text and
+    /// gold answers (at least one; SQuAD 2.0's fields refused).
+    fn question(
+        &self,
+        qa: &Value,
+        ai: usize,
+        title: &str,
+        pi: usize,
+        qi: usize,
+    ) -> Result<Question> {
+        let name = self.name;
+        let mut loc = Loc::Question {
+            ai,
+            title,
+            pi,
+            qi,
+            id: None,
+        };
+        let qa = self.object(qa, &loc, "a question")?;
+        let id = self.string(qa, "id", &loc)?.to_string();
+        if let Loc::Question { id: slot, .. } = &mut loc {
+            *slot = Some(&id);
+        }
+        if qa.contains_key("is_impossible") || qa.contains_key("plausible_answers") {
+            return Err(input(format!(
+                "{name}: {loc}: has `is_impossible`/`plausible_answers`, so this is a \
+                 SQuAD 2.0 file; bertbench handles SQuAD v1.1 only"
+            )));
+        }
+        let question = self.string(qa, "question", &loc)?.to_string();
+        let answers_v = self.array(self.field(qa, "answers", &loc)?, "answers", &loc)?;
+        if answers_v.is_empty() {
+            return Err(input(format!(
+                "{name}: {loc}: `answers` is empty; every SQuAD v1.1 question has at \
+                 least one gold answer"
+            )));
+        }
+        let mut answers = Vec::with_capacity(answers_v.len());
+        for (xi, answer) in answers_v.iter().enumerate() {
+            let loc = Loc::Answer(&loc, xi);
+            let answer = self.object(answer, &loc, "an answer")?;
+            let text = self.string(answer, "text", &loc)?.to_string();
+            let start_v = self.field(answer, "answer_start", &loc)?;
+            let answer_start = start_v
+                .as_u64()
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| {
+                    input(format!(
+                        "{name}: {loc}: `answer_start` must be a non-negative integer, \
+                         found {}",
+                        describe(start_v)
+                    ))
+                })?;
+            answers.push(Answer { text, answer_start });
+        }
+        Ok(Question {
+            id,
+            question,
+            answers,
+        })
+    }
+
     fn field<'v>(&self, obj: &'v Map<String, Value>, key: &str, loc: &Loc) -> Result<&'v Value> {
         obj.get(key)
             .ok_or_else(|| input(format!("{}: {loc}: missing field `{key}`", self.name)))
