@@ -13,6 +13,7 @@
 //! | answering | [`answer`] | questions answered with a model (windows batched by length, forward, decode, score): what the jobs share |
 //! | jobs | [`bench`](mod@bench), [`eval`], [`train`], [`serve`] | one entry point each: [`bench::run_bench`], [`eval::EvalJob::run`], [`train::run::fine_tune`], [`serve::LoadgenJob::drive`] (and the batching [`serve::Server`]); each writes one typed result file; no job imports another |
 //! | answers | [`report`] | plots, observations, costs, run comparison and the report, read from those files' types (it never runs a model) |
+//! | study | [`study`] | `bertbench run`: the benches, the evaluations and the reports composed, planned and checked before any work ([`study::StudyJob`]) |
 //! | cli | [`cli`] | flags to typed configurations, one library call, progress and exit codes |
 //!
 //! Data flows one way: model spec -> [`models`] -> measurement / evaluation / training ->
@@ -39,4 +40,5 @@ pub mod runtime;
 pub mod serve;
 pub mod squad;
 pub mod stats;
+pub mod study;
 pub mod train;

@@ -23,7 +23,8 @@ const FLOOR: [&str; 8] = [
 /// `compute` knows no model; `models`, `hub` and `squad` know no job; `answer` is the shared
 /// "answer questions with a model" layer under the jobs that use it; the jobs (`bench`,
 /// `eval`, `train`, `serve`) do not import each other; `report` reads the jobs' result types but never
-/// runs a model; `cli` may use everything.
+/// runs a model; `study` (`bertbench run`) composes the jobs and the reports; `cli` may use
+/// everything.
 fn matrix() -> Vec<(&'static str, Vec<&'static str>)> {
     let above_floor = |extra: &[&'static str]| -> Vec<&'static str> {
         FLOOR.iter().chain(extra).copied().collect()
@@ -58,10 +59,17 @@ fn matrix() -> Vec<(&'static str, Vec<&'static str>)> {
             above_floor(&["answer", "bench", "eval", "train", "serve"]),
         ),
         (
-            "cli",
+            "study",
             above_floor(&[
                 "compute", "hub", "models", "squad", "answer", "eval", "bench", "train", "serve",
                 "report",
+            ]),
+        ),
+        (
+            "cli",
+            above_floor(&[
+                "compute", "hub", "models", "squad", "answer", "eval", "bench", "train", "serve",
+                "report", "study",
             ]),
         ),
     ]

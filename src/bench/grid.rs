@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::cell::{self, estimate_bytes, Phase};
@@ -100,6 +100,15 @@ pub enum Isolation {
     Child { exe: PathBuf },
     /// The current process (quick, but memory of one cell can leak into the next).
     InProcess,
+}
+
+impl Isolation {
+    /// Each cell in a fresh child process of this binary.
+    pub fn this_binary() -> Result<Self> {
+        Ok(Isolation::Child {
+            exe: std::env::current_exe().context("locating the bertbench binary")?,
+        })
+    }
 }
 
 /// How a grid runs.

@@ -442,6 +442,18 @@ fn find_max_batches(
     Ok(rows)
 }
 
+/// Processes per cell unless told: three child processes on the CPU (so intervals include
+/// drift between processes), one on a GPU or in this process.
+pub fn default_processes(isolation: &Isolation, device: DeviceSpec) -> usize {
+    match isolation {
+        Isolation::Child { .. } if device.is_cpu() => DEFAULT_CPU_PROCESSES,
+        _ => 1,
+    }
+}
+
+/// See [`default_processes`].
+pub const DEFAULT_CPU_PROCESSES: usize = 3;
+
 /// The largest-batch table's file name in the output folder.
 pub const MAX_BATCH_FILE: &str = "max_batch.csv";
 

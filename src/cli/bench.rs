@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::bench::env::Key;
@@ -16,7 +16,7 @@ use crate::bench::{
     Status, TimingPolicy,
 };
 use crate::cli::model::ComputeArgs;
-use crate::device::{DeviceSpec, Precision};
+use crate::device::Precision;
 use crate::error::input;
 
 #[derive(Debug, Args)]
@@ -160,7 +160,7 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
     let dir = args
         .output_dir
         .clone()
-        .unwrap_or_else(|| timestamped_dir(Path::new("bench-results")));
+        .unwrap_or_else(|| crate::record::timestamped_dir(Path::new("bench-results")));
     let mut config = BenchConfig::new(args.preset, &args.models, settings, &dir);
     if !args.batch_sizes.is_empty() {
         config.batch_sizes = args.batch_sizes.clone();
@@ -181,12 +181,12 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
     config.isolation = if args.in_process {
         Isolation::InProcess
     } else {
-        child_isolation()?
+        Isolation::this_binary()?
     };
     config.max_memory = max_memory;
-    config.processes = args
-        .processes
-        .unwrap_or_else(|| default_processes(&config.isolation, config.settings.device));
+    config.processes = args.processes.unwrap_or_else(|| {
+        crate::bench::run::default_processes(&config.isolation, config.settings.device)
+    });
     config.resume = args.resume;
     config.retry_failed = args.retry_failed;
     config.measure_peak = !args.no_peak;
@@ -194,25 +194,6 @@ fn config_of(args: &BenchArgs) -> Result<BenchConfig> {
     config.shard = args.shard.map(ShardChoice::resolve).transpose()?;
     config.validate()?;
     Ok(config)
-}
-
-/// Processes per cell unless told: three child processes on the CPU (so intervals include
-/// drift between processes), one on a GPU or in this process.
-pub(crate) fn default_processes(isolation: &Isolation, device: DeviceSpec) -> usize {
-    match isolation {
-        Isolation::Child { .. } if device.is_cpu() => DEFAULT_CPU_PROCESSES,
-        _ => 1,
-    }
-}
-
-/// See [`default_processes`].
-pub const DEFAULT_CPU_PROCESSES: usize = 3;
-
-/// Each cell in a fresh child process of this binary.
-pub(crate) fn child_isolation() -> Result<Isolation> {
-    Ok(Isolation::Child {
-        exe: std::env::current_exe().context("locating the bertbench binary")?,
-    })
 }
 
 fn output_files(args: &BenchArgs, dir: &Path) -> OutputFiles {
@@ -232,18 +213,6 @@ fn output_files(args: &BenchArgs, dir: &Path) -> OutputFiles {
     place(&args.train_memory_csv_file, &mut files.train_memory);
     place(&args.env_info_csv_file, &mut files.env_info);
     files
-}
-
-/// A fresh, timestamped directory name under `base`.
-pub fn timestamped_dir(base: &Path) -> PathBuf {
-    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
-    let mut dir = base.join(&stamp);
-    let mut n = 2;
-    while dir.exists() {
-        dir = base.join(format!("{stamp}-{n}"));
-        n += 1;
-    }
-    dir
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -269,9 +238,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 }
 
 /// Runs a bench with progress bars on the terminal and prints its summary table.
+/// The progress bar of a bench (`bench`, and each of `run`'s).
+pub(crate) const BAR: &str = "{prefix} {bar:30} {pos}/{len}  elapsed {elapsed}  eta {eta}  {msg}";
+
 pub(crate) fn run_with_bars(config: &BenchConfig) -> Result<BenchOutcome> {
-    let mut bar =
-        super::Bar::new("{prefix} {bar:30} {pos}/{len}  elapsed {elapsed}  eta {eta}  {msg}");
+    let mut bar = super::Bar::new(BAR);
     let outcome = run_bench(config, &mut bar);
     bar.finish();
     let outcome = outcome?;
@@ -280,7 +251,7 @@ pub(crate) fn run_with_bars(config: &BenchConfig) -> Result<BenchOutcome> {
 }
 
 /// The bench's one-screen table on stdout: a row per planned cell that has a result.
-fn print_summary(results: &ResultsFile, plan: &[Cell]) {
+pub(crate) fn print_summary(results: &ResultsFile, plan: &[Cell]) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::model::ModelArgs;
 use crate::answer::EvalConfig;
-use crate::eval::EvalJob;
+use crate::eval::{EvalJob, EvalOutcome};
 use crate::squad::{DecodeConfig, FeatureConfig};
 
 /// How questions become windows and windows answers: the tokenizer, the windowing and the
@@ -61,20 +61,28 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         output_dir: args
             .output_dir
             .clone()
-            .unwrap_or_else(|| super::bench::timestamped_dir(Path::new("eval-results"))),
+            .unwrap_or_else(|| crate::record::timestamped_dir(Path::new("eval-results"))),
         overwrite: args.overwrite,
     };
     args.model.compute.use_threads()?;
     evaluate(&job)
 }
 
+/// The progress bar of an evaluation (`eval`, and each of `run`'s).
+pub(crate) const BAR: &str = "{prefix} {bar:30} {pos}/{len}  {per_sec}  eta {eta}";
+
 /// Runs `job` with a progress bar and prints what it found (the compute pool is sized
-/// before); `run` evaluates its checkpoints through this too.
-pub(crate) fn evaluate(job: &EvalJob) -> Result<()> {
-    let mut bar = super::Bar::new("{prefix} {bar:30} {pos}/{len}  {per_sec}  eta {eta}");
+/// before).
+fn evaluate(job: &EvalJob) -> Result<()> {
+    let mut bar = super::Bar::new(BAR);
     let outcome = job.run(&mut bar);
     bar.finish();
-    let outcome = outcome?;
+    print_eval(job, &outcome?);
+    Ok(())
+}
+
+/// What an evaluation found, one screen (`eval`, and each of `run`'s).
+pub(crate) fn print_eval(job: &EvalJob, outcome: &EvalOutcome) {
     let r = &outcome.results.report;
     println!("{}  ({})", job.spec.model, outcome.results.model_source);
     println!(
@@ -106,5 +114,4 @@ pub(crate) fn evaluate(job: &EvalJob) -> Result<()> {
         outcome.nbest_file.display(),
         outcome.results_file.display()
     );
-    Ok(())
 }

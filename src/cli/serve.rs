@@ -338,7 +338,7 @@ impl LoadgenArgs {
             output_dir: self
                 .output_dir
                 .clone()
-                .unwrap_or_else(|| super::bench::timestamped_dir(Path::new("loadgen-results"))),
+                .unwrap_or_else(|| crate::record::timestamped_dir(Path::new("loadgen-results"))),
             overwrite: self.overwrite,
             price,
         })
