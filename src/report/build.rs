@@ -7,14 +7,14 @@ use anyhow::{Context as _, Result};
 
 use super::observe;
 use super::plot;
-use super::render::{self, Block};
+use super::render::{self, Block, Column};
 use crate::answer::{EvalResults, EVAL_RESULTS_FILE};
 use crate::bench::drift;
 use crate::bench::env::Key;
 use crate::bench::memory::to_mb;
 use crate::bench::output::{ResultsFile, RESULTS_JSON};
 use crate::bench::run::MAX_BATCH_FILE;
-use crate::bench::{fmt_time, Mode};
+use crate::bench::{fmt_time, Measurement, Mode};
 use crate::chart::{self, Chart, Point, Series};
 use crate::cost::{usd_for_seconds, usd_per_1000_questions, Price};
 use crate::device::Precision;
@@ -397,25 +397,30 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
         return Vec::new();
     }
     let price = cx.opts.price.as_ref();
-    let rows = cells
-        .iter()
-        .map(|m| {
-            let dash = || "-".to_string();
-            let mut row = vec![
-                cx.name(&m.cell.variant()),
-                m.cell.batch_size.to_string(),
-                m.cell.sequence_length.to_string(),
-            ];
-            if sweep {
-                row.push(m.cell.threads.to_string());
-            }
-            let sp = m.speed.as_ref();
-            row.extend([
-                // The point of the interval beside it (with several processes, the mean of
-                // their medians).
-                sp.map(|sp| fmt_time(sp.median_interval().0))
-                    .unwrap_or_else(dash),
-                sp.map(|sp| {
+    let dash = || "-".to_string();
+    let mut columns: Vec<Column<&Measurement>> = vec![
+        Column::new("model", |m: &&Measurement| cx.name(&m.cell.variant())),
+        Column::new("batch", |m: &&Measurement| m.cell.batch_size.to_string()),
+        Column::new("seq", |m: &&Measurement| m.cell.sequence_length.to_string()),
+    ];
+    if sweep {
+        columns.push(Column::new("threads", |m: &&Measurement| {
+            m.cell.threads.to_string()
+        }));
+    }
+    columns.extend([
+        // The point of the interval beside it (with several processes, the mean of their
+        // medians).
+        Column::new("median", move |m: &&Measurement| {
+            m.speed
+                .as_ref()
+                .map(|sp| fmt_time(sp.median_interval().0))
+                .unwrap_or_else(dash)
+        }),
+        Column::new("95% CI", move |m: &&Measurement| {
+            m.speed
+                .as_ref()
+                .map(|sp| {
                     let (_, low, high) = sp.median_interval();
                     let level = if sp.between.is_some() {
                         " (2-level)"
@@ -424,73 +429,66 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
                     };
                     format!("[{}, {}]{level}", fmt_time(low), fmt_time(high))
                 })
-                .unwrap_or_else(dash),
-                sp.map(|sp| match sp.processes() {
+                .unwrap_or_else(dash)
+        }),
+        Column::new("runs", move |m: &&Measurement| {
+            m.speed
+                .as_ref()
+                .map(|sp| match sp.processes() {
                     1 => sp.summary.n.to_string(),
                     k => format!("{} in {k} processes", sp.summary.n),
                 })
-                .unwrap_or_else(dash),
-                m.tokens_per_s()
-                    .map(|t| format!("{t:.0}"))
-                    .unwrap_or_else(dash),
-                m.gflops()
-                    .map(
-                        |g| match results.peak_gflops(m.cell.threads, m.cell.precision()) {
-                            Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
-                            None => format!("{g:.1}"),
-                        },
-                    )
-                    .unwrap_or_else(dash),
-                m.memory
-                    .as_ref()
-                    .map(|mem| format!("{:.0}", to_mb(mem.peak_rss)))
-                    .unwrap_or_else(dash),
-                m.memory
-                    .as_ref()
-                    .map(|mem| format!("{:.0}", to_mb(mem.alloc_peak)))
-                    .unwrap_or_else(dash),
-            ]);
-            if let Some(p) = price {
-                // One sequence per question: the cost of 1000 sequences of this shape.
-                row.push(
-                    m.samples_per_s()
-                        .map(|sps| {
-                            format!("{:.4}", usd_per_1000_questions(sps, 1.0, p.usd_per_hour))
-                        })
-                        .unwrap_or_else(dash),
-                );
-            }
-            row.push(observe::status_text(m));
-            row
-        })
-        .collect();
-    let mut header: Vec<String> = vec!["model".into(), "batch".into(), "seq".into()];
-    if sweep {
-        header.push("threads".into());
+                .unwrap_or_else(dash)
+        }),
+        Column::new("tokens/s", move |m: &&Measurement| {
+            m.tokens_per_s()
+                .map(|t| format!("{t:.0}"))
+                .unwrap_or_else(dash)
+        }),
+        Column::new("GFLOP/s (of peak)", move |m: &&Measurement| {
+            m.gflops()
+                .map(
+                    |g| match results.peak_gflops(m.cell.threads, m.cell.precision()) {
+                        Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
+                        None => format!("{g:.1}"),
+                    },
+                )
+                .unwrap_or_else(dash)
+        }),
+        Column::new("peak RSS MB", move |m: &&Measurement| {
+            m.memory
+                .as_ref()
+                .map(|mem| format!("{:.0}", to_mb(mem.peak_rss)))
+                .unwrap_or_else(dash)
+        }),
+        Column::new("alloc peak MB", move |m: &&Measurement| {
+            m.memory
+                .as_ref()
+                .map(|mem| format!("{:.0}", to_mb(mem.alloc_peak)))
+                .unwrap_or_else(dash)
+        }),
+    ]);
+    if let Some(p) = price {
+        // One sequence per question: the cost of 1000 sequences of this shape.
+        columns.push(Column::new(
+            "USD per 1000 sequences",
+            move |m: &&Measurement| {
+                m.samples_per_s()
+                    .map(|sps| format!("{:.4}", usd_per_1000_questions(sps, 1.0, p.usd_per_hour)))
+                    .unwrap_or_else(dash)
+            },
+        ));
     }
-    header.extend(
-        [
-            "median",
-            "95% CI",
-            "runs",
-            "tokens/s",
-            "GFLOP/s (of peak)",
-            "peak RSS MB",
-            "alloc peak MB",
-        ]
-        .map(String::from),
-    );
-    if price.is_some() {
-        header.push("USD per 1000 sequences".into());
-    }
-    header.push("status".into());
+    columns.push(Column::new("status", |m: &&Measurement| {
+        observe::status_text(m)
+    }));
     let title = match mode {
         Mode::Inference => "Inference results",
         Mode::Training => "Training results",
     };
     vec![
         Block::Heading(2, title.into()),
-        Block::Table { header, rows },
+        render::table(&cells, &columns),
     ]
 }
 

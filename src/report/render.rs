@@ -26,6 +26,33 @@ pub enum Block {
     },
 }
 
+/// A column of a table built from rows of one type: its header and how a row shows in it.
+pub(crate) struct Column<'a, R> {
+    header: String,
+    cell: Box<dyn Fn(&R) -> String + 'a>,
+}
+
+impl<'a, R> Column<'a, R> {
+    pub(crate) fn new(header: impl Into<String>, cell: impl Fn(&R) -> String + 'a) -> Self {
+        Self {
+            header: header.into(),
+            cell: Box::new(cell),
+        }
+    }
+}
+
+/// The table of `rows` in `columns`: a line per row, the header and every cell from the same
+/// list, so they cannot fall out of step (a column left out is left out of both).
+pub(crate) fn table<R>(rows: &[R], columns: &[Column<R>]) -> Block {
+    Block::Table {
+        header: columns.iter().map(|c| c.header.clone()).collect(),
+        rows: rows
+            .iter()
+            .map(|r| columns.iter().map(|c| (c.cell)(r)).collect())
+            .collect(),
+    }
+}
+
 fn md_cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
@@ -160,6 +187,27 @@ fn html_into(out: &mut String, blocks: &[Block]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table from typed rows: a header per column, a line per row in the columns' order,
+    /// and a column left out leaves both its header and its cells out.
+    #[test]
+    fn tables_take_header_and_cells_from_one_list() {
+        let rows = [(1, "a"), (2, "b")];
+        let mut columns = vec![Column::new("n", |r: &(i32, &str)| r.0.to_string())];
+        assert_eq!(
+            table(&rows, &columns),
+            Block::Table {
+                header: vec!["n".into()],
+                rows: vec![vec!["1".into()], vec!["2".into()]],
+            }
+        );
+        columns.push(Column::new("name", |r: &(i32, &str)| r.1.to_uppercase()));
+        let Block::Table { header, rows } = table(&rows, &columns) else {
+            panic!("not a table")
+        };
+        assert_eq!(header, ["n", "name"]);
+        assert_eq!(rows, [["1", "A"], ["2", "B"]]);
+    }
 
     #[test]
     fn both_renderings_carry_the_same_content() {

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use anyhow::Result;
 
 use super::build::{display_name, figure, Accuracy, Context};
-use super::render::Block;
+use super::render::{self, Block, Column};
 use crate::bench::env::Key;
 use crate::bench::memory::to_mb;
 use crate::bench::ratio_interval;
@@ -329,64 +329,58 @@ fn table(rows: &[Row], shape: Option<Shape>, price: Option<f64>) -> Block {
     let dash = || "-".to_string();
     let at = shape.map_or_else(dash, |s| s.label());
     let seq = shape.map_or_else(dash, |s| s.sequence.to_string());
-    let mut header = vec![
-        "model".to_string(),
-        format!("latency at {at}, ms [95% CI]"),
-        format!("sequences/s (best batch, sequence {seq})"),
-        format!("peak RSS MB at {at}"),
-        "EM".into(),
-        "F1".into(),
-        "F1 vs f32".into(),
-        "answers changed vs f32".into(),
-    ];
-    if price.is_some() {
-        header.push("USD per million questions".into());
-    }
-    let body = rows
-        .iter()
-        .map(|r| {
-            let mut row = vec![
-                r.label.clone(),
-                r.at_shape
-                    .and_then(|m| m.speed.as_ref())
-                    .map(|s| {
-                        let (mid, lo, hi) = s.median_interval();
-                        format!("{} [{}, {}]", ms(mid), ms(lo.max(0.0)), ms(hi))
-                    })
-                    .unwrap_or_else(dash),
+    let mut columns: Vec<Column<Row>> = vec![
+        Column::new("model", |r: &Row| r.label.clone()),
+        Column::new(format!("latency at {at}, ms [95% CI]"), move |r: &Row| {
+            r.at_shape
+                .and_then(|m| m.speed.as_ref())
+                .map(|s| {
+                    let (mid, lo, hi) = s.median_interval();
+                    format!("{} [{}, {}]", ms(mid), ms(lo.max(0.0)), ms(hi))
+                })
+                .unwrap_or_else(dash)
+        }),
+        Column::new(
+            format!("sequences/s (best batch, sequence {seq})"),
+            move |r: &Row| {
                 r.best
                     .map(|(v, b)| format!("{v:.1} (batch {b})"))
-                    .unwrap_or_else(dash),
-                r.peak_mb().map(|v| format!("{v:.0}")).unwrap_or_else(dash),
-                r.eval
-                    .map(|a| format!("{:.2}", a.exact_match))
-                    .unwrap_or_else(dash),
-                r.eval.map(|a| format!("{:.2}", a.f1)).unwrap_or_else(dash),
-                r.f1_change
-                    .map(|(d, ci)| match ci {
-                        Some((lo, hi)) => format!("{d:+.2} [{lo:+.2}, {hi:+.2}]"),
-                        None => format!("{d:+.2}"),
-                    })
-                    .unwrap_or_else(dash),
-                r.changed
-                    .map(|(d, n)| {
-                        format!("{:.1}% ({d} of {n})", 100.0 * d as f64 / n.max(1) as f64)
-                    })
-                    .unwrap_or_else(dash),
-            ];
-            if let Some(p) = price {
-                row.push(
-                    r.usd_per_million(p)
-                        .map(|(v, from_eval)| {
-                            format!("{v:.2}{}", if from_eval { "" } else { " *" })
-                        })
-                        .unwrap_or_else(dash),
-                );
-            }
-            row
-        })
-        .collect();
-    Block::Table { header, rows: body }
+                    .unwrap_or_else(dash)
+            },
+        ),
+        Column::new(format!("peak RSS MB at {at}"), move |r: &Row| {
+            r.peak_mb().map(|v| format!("{v:.0}")).unwrap_or_else(dash)
+        }),
+        Column::new("EM", move |r: &Row| {
+            r.eval
+                .map(|a| format!("{:.2}", a.exact_match))
+                .unwrap_or_else(dash)
+        }),
+        Column::new("F1", move |r: &Row| {
+            r.eval.map(|a| format!("{:.2}", a.f1)).unwrap_or_else(dash)
+        }),
+        Column::new("F1 vs f32", move |r: &Row| {
+            r.f1_change
+                .map(|(d, ci)| match ci {
+                    Some((lo, hi)) => format!("{d:+.2} [{lo:+.2}, {hi:+.2}]"),
+                    None => format!("{d:+.2}"),
+                })
+                .unwrap_or_else(dash)
+        }),
+        Column::new("answers changed vs f32", move |r: &Row| {
+            r.changed
+                .map(|(d, n)| format!("{:.1}% ({d} of {n})", 100.0 * d as f64 / n.max(1) as f64))
+                .unwrap_or_else(dash)
+        }),
+    ];
+    if let Some(p) = price {
+        columns.push(Column::new("USD per million questions", move |r: &Row| {
+            r.usd_per_million(p)
+                .map(|(v, from_eval)| format!("{v:.2}{}", if from_eval { "" } else { " *" }))
+                .unwrap_or_else(dash)
+        }));
+    }
+    render::table(rows, &columns)
 }
 
 fn footnote(cx: &Context, shape: Option<Shape>, price: Option<f64>) -> String {
