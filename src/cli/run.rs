@@ -71,7 +71,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         },
         models: args.models.clone(),
         output_dir: args.output_dir.clone(),
-        precisions: crate::bench::distinct(args.compute.dtype.iter().copied()),
+        precisions: args.compute.dtype.clone(),
         device: args.compute.device,
         isa: args.compute.isa,
         threads: args.compute.threads(),

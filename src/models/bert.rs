@@ -26,19 +26,8 @@ impl Embeddings {
     pub fn new(p: &Params, cfg: &ModelConfig, form: Option<Form>) -> Result<Self> {
         let std = cfg.initializer_range;
         let h = cfg.hidden_size;
-        let mut word = Table::Dense(p.get(
-            "word_embeddings.weight",
-            &[cfg.vocab_size, h],
-            Init::Embedding {
-                std,
-                padding_idx: Some(cfg.pad_token_id),
-            },
-        )?);
-        if let Some(form) = form {
-            word.prepare(form);
-        }
         Ok(Self {
-            word,
+            word: Table::word_embeddings(p, cfg, form)?,
             position: p.get(
                 "position_embeddings.weight",
                 &[cfg.max_position_embeddings, h],

@@ -40,17 +40,7 @@ impl DistilBert {
             Init::Normal { std }
         };
         // The embeddings first: at int8 their f32 table is quantized before any block loads.
-        let mut word = Table::Dense(emb.get(
-            "word_embeddings.weight",
-            &[cfg.vocab_size, h],
-            Init::Embedding {
-                std,
-                padding_idx: Some(cfg.pad_token_id),
-            },
-        )?);
-        if let Some(form) = form {
-            word.prepare(form);
-        }
+        let word = Table::word_embeddings(&emb, cfg, form)?;
         let position = emb.get(
             "position_embeddings.weight",
             &[cfg.max_position_embeddings, h],

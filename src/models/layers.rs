@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Tensor, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::config::Activation;
+use super::config::{Activation, ModelConfig};
 use super::weights::{Init, Params};
 use crate::compute::attention::{self as fused_attention, AttentionDims, AttentionScratch};
 use crate::compute::bf16::{bf16_linear, Bf16Rows, Bf16Weight};
@@ -211,6 +211,23 @@ pub enum Table {
 }
 
 impl Table {
+    /// The word embeddings of `p` (`word_embeddings.weight`, `[vocab, hidden]`, initialised
+    /// as transformers' embeddings with the padding row zeroed), prepared as `form` when given.
+    pub fn word_embeddings(p: &Params, cfg: &ModelConfig, form: Option<Form>) -> Result<Self> {
+        let mut word = Self::Dense(p.get(
+            "word_embeddings.weight",
+            &[cfg.vocab_size, cfg.hidden_size],
+            Init::Embedding {
+                std: cfg.initializer_range,
+                padding_idx: Some(cfg.pad_token_id),
+            },
+        )?);
+        if let Some(form) = form {
+            word.prepare(form);
+        }
+        Ok(word)
+    }
+
     /// Values per row.
     pub fn dim(&self) -> Result<usize> {
         Ok(match self {
