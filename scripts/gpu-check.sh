@@ -7,9 +7,11 @@
 #                                             headers from PyPI, scripts/fetch-cuda-toolkit.sh;
 #                                             CUDA_COMPUTE_CAP=90 unless set) and gather into DIR
 #                                             (default .cache/gpu-check, ignored) everything the
-#                                             other half needs: the binary, the parity fixtures,
-#                                             a slice of the dev set, the vocabulary and
-#                                             scripts/gpu_check.py. Copy DIR over whole.
+#                                             other half needs: the binary (gzipped), the
+#                                             parity fixtures, a slice of the dev set, the
+#                                             vocabulary, scripts/gpu_check.py and, for a
+#                                             machine without one, a stub libcurand
+#                                             (scripts/cuda-stubs.py). Copy DIR over whole.
 #   scripts/gpu-check.sh prepare --cpu [DIR]  the same with the CPU build, for a dry run here
 # There (the GPU machine, PyTorch and transformers installed):
 #   python3 DIR/gpu_check.py OUT [--device cuda:0] [--budget-s 480]
@@ -43,13 +45,29 @@ else
   export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
   # Its own target folder: the CUDA build does not evict the CPU one.
   export CARGO_TARGET_DIR="$root/target/cuda"
-  cargo build --release --features cuda --manifest-path "$root/Cargo.toml" --bin bertbench
+  # Link against stubs of the CUDA libraries (scripts/cuda-stubs.py): the binary records their
+  # sonames and the GPU machine's real libraries are found by them at start-up. `cargo rustc`
+  # gives the stubs' folder to the final link only, so no dependency is rebuilt for it.
+  cudarc=$(cargo metadata --format-version 1 --locked --features cuda --manifest-path "$root/Cargo.toml" |
+    python3 -c 'import json, os, sys
+print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"]
+           if p["name"] == "cudarc"))')
+  stubs=$(python3 "$root/scripts/cuda-stubs.py" "$cudarc" "$root/.cache/cuda/stubs")
+  # candle-kernels' MoE kernels link the CUDA runtime: the toolkit's real one (its soname,
+  # libcudart.so.13, is what PyTorch's nvidia-cuda-runtime wheel provides there).
+  ln -sf "$cuda/lib/libcudart.so.13" "$stubs/libcudart.so"
+  cargo rustc --release --features cuda --manifest-path "$root/Cargo.toml" --bin bertbench \
+    -- -L "native=$stubs"
   target=$CARGO_TARGET_DIR/release
 fi
 
 rm -rf "$dir"
 mkdir -p "$dir/fixtures"
-cp "$target/bertbench" "$dir/bertbench"
+# Stripped and gzipped (gpu_check.py unpacks it): the CUDA build embeds candle's kernels, 65 MB
+# stripped, beyond what travels to the GPU machine; 18 MB gzipped.
+strip -o "$dir/bertbench.tmp" "$target/bertbench"
+gzip -6 -c "$dir/bertbench.tmp" >"$dir/bertbench.gz"
+rm "$dir/bertbench.tmp"
 cp -r "$shared/fixtures/parity" "$dir/fixtures/parity"
 chmod -R u+w "$dir"  # the shared copies are read-only; a later prepare removes this folder
 # The fixtures' pytorch_model.bin duplicate their safetensors: transformers reads either.
@@ -57,6 +75,11 @@ find "$dir/fixtures/parity" -name pytorch_model.bin -delete
 cp "$shared/vocab/bert-base-uncased-vocab.txt" "$dir/vocab.txt"
 chmod u+w "$dir/vocab.txt"
 cp "$root/scripts/gpu_check.py" "$dir/gpu_check.py"
+if [ "$cpu" = 0 ]; then
+  # Put on the loader's path there only when the machine has no libcuRAND (gpu_check.py).
+  mkdir -p "$dir/curand-stub"
+  cp "$stubs/libcurand.so.10" "$dir/curand-stub/"
+fi
 python3 - "$shared/data/squad/dev-v1.1.json.gz" "$dir/dev-slice.json" "$questions" <<'EOF'
 import gzip, json, sys
 src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -27,6 +27,7 @@ usage: python3 gpu_check.py OUT [--device cuda:0] [--budget-s 480] [--quick]
 """
 import argparse
 import glob
+import gzip
 import json
 import os
 import platform
@@ -46,11 +47,25 @@ STUDY_MODELS = ("bert-base-uncased", "distilbert-base-uncased", "squeezebert/squ
 TOLERANCE = {"f32": 1e-4, "f16": 2e-2, "bf16": 5e-2}
 
 
+def unpack_binary(bundle, out):
+    """The bertbench binary: the bundle's own, or its gzipped copy (`prepare` ships it so: the
+    CUDA build's embedded kernels make it 65 MB, 18 MB gzipped) unpacked into OUT/bin."""
+    plain, packed = bundle / "bertbench", bundle / "bertbench.gz"
+    if plain.exists() or not packed.exists():
+        return plain
+    target = out / "bin" / "bertbench"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(packed, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    target.chmod(0o755)
+    return target
+
+
 class Check:
     def __init__(self, args):
         self.args = args
         self.out = args.out
-        self.bertbench = str(args.bundle / "bertbench")
+        self.bertbench = str(unpack_binary(args.bundle, args.out))
         self.start = time.monotonic()
         self.steps = []
         self.env = dict(os.environ)
@@ -129,10 +144,17 @@ def libraries(ck, d, budget):
         found["driver_libcuda"] = True
     except OSError:
         found["driver_libcuda"] = False
-    ldd = subprocess.run(["ldd", ck.bertbench], capture_output=True, text=True, timeout=30,
-                         env=ck.env)
-    (d / "ldd.txt").write_text(ldd.stdout + ldd.stderr)
-    found["ldd_not_found"] = [l.strip() for l in ldd.stdout.splitlines() if "not found" in l]
+    not_found = ldd_not_found(ck, d)
+    # No libcuRAND there: the stub prepare carried (scripts/cuda-stubs.py; bertbench draws no
+    # random numbers on a GPU, and candle only creates a generator).
+    stub = ck.args.bundle / "curand-stub"
+    found["curand"] = "real"
+    if any(l.startswith("libcurand.so") for l in not_found) and stub.is_dir():
+        ck.env["LD_LIBRARY_PATH"] = ":".join(
+            [p for p in ck.env.get("LD_LIBRARY_PATH", "").split(":") if p] + [str(stub)])
+        not_found = ldd_not_found(ck, d)
+        found["curand"] = "stub (no libcurand.so.10 on this machine)"
+    found["ldd_not_found"] = not_found
     rc, out = ck.run([ck.bertbench, "--version"], 30, d / "version.log")
     found["bertbench"] = out.strip()
     body = [f"- GPUs: {', '.join(found['gpus']) or 'none found by nvidia-smi'}",
@@ -140,11 +162,23 @@ def libraries(ck, d, budget):
             f"- CUDA wheels on the loader path: {len(dirs)} folders; missing: "
             f"{', '.join(found['missing']) or 'none'}",
             f"- `ldd` not found: {', '.join(found['ldd_not_found']) or 'none'}",
+            f"- libcurand: {found['curand']}",
             f"- {found['bertbench']}"]
     ck.sections.append(("Libraries", body))
     if ck.args.device != "cpu" and not found["driver_libcuda"]:
         found["status"] = "failed"
     return found
+
+
+def ldd_not_found(ck, d):
+    """The libraries the binary needs that the loader cannot find with `ck.env`, and the
+    symbols the libraries it finds lack (`ldd -r`: the binary was linked against stubs of
+    CUDA 13's, so an older library shows here); ldd.txt keeps the whole answer."""
+    ldd = subprocess.run(["ldd", "-r", ck.bertbench], capture_output=True, text=True,
+                         timeout=30, env=ck.env)
+    (d / "ldd.txt").write_text(ldd.stdout + ldd.stderr)
+    return [l.strip() for l in (ldd.stdout + ldd.stderr).splitlines()
+            if "not found" in l or "undefined symbol" in l]
 
 
 def torch_qa(model_dir, device, dtype):
@@ -241,6 +275,40 @@ def bench_median_ms(results_json):
     return out
 
 
+def bench_energy_j_per_1k(results_json):
+    """Joules per 1,000 sequences of each timed cell, where bench recorded its GPU's energy
+    (NVML), with how it was measured ("counter" or "power_times_time")."""
+    r = json.loads(Path(results_json).read_text())
+    out = {}
+    for m in r["measurements"]:
+        c, e = m["cell"], (m.get("speed") or {}).get("energy")
+        if m["status"] == "ok" and e and e["sequences"] > 0:
+            key = (c["model"], c["batch_size"], c["sequence_length"], c.get("dtype") or "f32")
+            out[key] = (1000.0 * e["joules"] / e["sequences"], e["source"])
+    return out
+
+
+class TorchEnergy:
+    """PyTorch's side of the energy figure: NVML's energy counter read around a timed region
+    through pynvml, where it is installed and the driver has the counter; else nothing."""
+
+    def __init__(self, device):
+        self.handle = None
+        if not device.startswith("cuda"):
+            return
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(int(device.split(":")[1]))
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+        except Exception:  # no pynvml, no driver, or no counter on this GPU
+            self.handle = None
+
+    def read_mj(self):
+        return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) if self.handle else None
+
+
 def seed(ck, d, budget):
     """The study's three experiments, at f16 and f32 (f32 only on a quick CPU run)."""
     dtypes = ["f32"] if ck.args.device == "cpu" else ["f16", "f32"]
@@ -262,13 +330,19 @@ def seed(ck, d, budget):
     return {"done": done, "failed": failed, "status": "ok" if not failed else "failed"}
 
 
-def torch_time_ms(fn, device, min_runs=5, min_s=0.5):
-    """Median ms of `fn()`, synchronising the device around each run, after warm-up."""
-    import torch
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+def torch_time_ms(fn, device, min_runs=5, min_s=0.5, energy=None):
+    """Median ms of `fn()`, synchronising the device around each run, after warm-up; with
+    `energy` (a TorchEnergy), also the millijoules the timed runs used and how many ran."""
+    if device.startswith("cuda"):
+        import torch
+        sync = torch.cuda.synchronize
+    else:
+        def sync():
+            pass
     for _ in range(3):
         fn()
     sync()
+    start_mj = energy.read_mj() if energy else None
     times, began = [], time.perf_counter()
     while len(times) < min_runs or time.perf_counter() - began < min_s:
         t0 = time.perf_counter()
@@ -277,6 +351,9 @@ def torch_time_ms(fn, device, min_runs=5, min_s=0.5):
         times.append((time.perf_counter() - t0) * 1e3)
         if len(times) >= 200:
             break
+    used_mj = energy.read_mj() - start_mj if start_mj is not None else None
+    if energy is not None:
+        return statistics.median(times), used_mj, len(times)
     return statistics.median(times)
 
 
@@ -297,8 +374,11 @@ def torch_model(name_or_dir, device, dtype):
 
 
 def vs_torch(ck, d, budget):
-    """bertbench against PyTorch eager at the seed-time shapes (batch 256, sequence 8-512)."""
+    """bertbench against PyTorch eager at the seed-time shapes (batch 256, sequence 8-512),
+    and against `torch.compile` at sequence 128 where the step's time allows (a compile takes
+    tens of seconds; not on a quick CPU run)."""
     import torch
+    step_end = time.monotonic() + budget
     models, grid = models_and_grid(ck, "seed-time")
     dtypes = ["f32"] if ck.args.device == "cpu" else ["f16", "f32"]
     out = d / "bertbench"
@@ -307,6 +387,8 @@ def vs_torch(ck, d, budget):
            "--no-memory", "--no-peak", "--output-dir", str(out)]
     rc, _ = ck.run(cmd, budget / 2, d / "bertbench.log")
     ours = bench_median_ms(out / "results.json") if rc == 0 else {}
+    our_energy = bench_energy_j_per_1k(out / "results.json") if rc == 0 else {}
+    meter = TorchEnergy(ck.args.device)
     rows, built = [], {}
     for (model, b, s, dtype), ms in sorted(ours.items()):
         if ck.left() < 10:
@@ -320,14 +402,46 @@ def vs_torch(ck, d, budget):
         vocab = m.config.vocab_size
         ids = torch.randint(0, vocab, (b, s), device=torch_device(ck.args.device))
         with torch.inference_mode():
-            t = torch_time_ms(lambda: m(input_ids=ids), ck.args.device)
+            t, mj, runs = torch_time_ms(lambda: m(input_ids=ids), ck.args.device, energy=meter)
+        ours_j = our_energy.get((model, b, s, dtype))
         rows.append({"model": model, "batch": b, "seq": s, "dtype": dtype, "bertbench_ms": ms,
-                     "torch_eager_ms": t, "torch_over_bertbench": t / ms})
-    body = ["| model | batch x seq | dtype | bertbench ms | PyTorch eager ms | PyTorch / bertbench |",
-            "|---|---|---|---:|---:|---:|"]
+                     "torch_eager_ms": t, "torch_over_bertbench": t / ms,
+                     "bertbench_j_per_1k_seq": ours_j[0] if ours_j else None,
+                     "bertbench_energy_source": ours_j[1] if ours_j else None,
+                     "torch_j_per_1k_seq": mj / runs / b if mj is not None else None})
+
+    built.clear()
+    for r in rows:
+        # Each compile needs about 40 s of the step left; the shapes nearest 128 only.
+        if ck.args.quick or r["seq"] != 128 or time.monotonic() > step_end - 40:
+            continue
+        try:
+            compiled = torch.compile(torch_model(r["model"], ck.args.device, r["dtype"]))
+            ids = torch.randint(0, compiled.config.vocab_size, (r["batch"], r["seq"]),
+                                device=torch_device(ck.args.device))
+            with torch.inference_mode():  # the warm-up runs compile
+                r["torch_compile_ms"] = torch_time_ms(lambda: compiled(input_ids=ids),
+                                                      ck.args.device)
+        except Exception as e:  # a compile that fails is a finding, not the step's end
+            r["torch_compile_error"] = f"{type(e).__name__}: {e}"[:300]
+        compiled = None  # the next compile's memory
+
+    def joules(x):
+        return "-" if x is None else f"{x:.1f}"
+
+    def compiled_ms(r):
+        return f"{r['torch_compile_ms']:.3f}" if "torch_compile_ms" in r else "-"
+    body = ["| model | batch x seq | dtype | bertbench ms | PyTorch eager ms | PyTorch / bertbench "
+            "| torch.compile ms | bertbench J/1k seq | PyTorch J/1k seq |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     body += [f"| {Path(r['model']).name} | {r['batch']}x{r['seq']} | {r['dtype']} | "
-             f"{r['bertbench_ms']:.3f} | {r['torch_eager_ms']:.3f} | {r['torch_over_bertbench']:.2f} |"
+             f"{r['bertbench_ms']:.3f} | {r['torch_eager_ms']:.3f} | {r['torch_over_bertbench']:.2f} "
+             f"| {compiled_ms(r)} | {joules(r['bertbench_j_per_1k_seq'])} "
+             f"| {joules(r['torch_j_per_1k_seq'])} |"
              for r in rows]
+    body += ["", "Energy: NVML's counter over the timed runs, the whole GPU's (bertbench's "
+             "`power_times_time` where the driver has no counter; PyTorch's through pynvml, `-` "
+             "where it is not installed)."]
     ck.sections.append(("bertbench against PyTorch eager", body))
     return {"rows": rows, "status": "ok" if rc == 0 and rows else "failed"}
 

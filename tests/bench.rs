@@ -33,17 +33,6 @@ fn bench(out: &Path, extra: &[&str]) -> std::process::Command {
     cmd
 }
 
-fn csv_rows(path: &Path) -> Vec<Vec<String>> {
-    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
-    let mut rows = vec![header];
-    rows.extend(
-        r.records()
-            .map(|rec| rec.unwrap().iter().map(str::to_string).collect()),
-    );
-    rows
-}
-
 fn results(dir: &Path) -> serde_json::Value {
     read_json(&dir.join("results.json"))
 }
@@ -144,6 +133,8 @@ fn csv_layouts_and_failures_as_rows() {
             assert!((tokens - batch * 16.0 / median).abs() / tokens < 1e-9);
             assert!(row[col("flops_per_step")].parse::<u64>().unwrap() > 0);
             assert!(row[col("peak_rss_mb")].parse::<f64>().unwrap() > 0.0);
+            // Energy is a GPU's (NVML): none on the CPU.
+            assert_eq!(row[col("energy_j_per_1k_seq")], "");
         }
     }
 

@@ -83,6 +83,40 @@ class Results(unittest.TestCase):
             got = gc.bench_median_ms(path)
             self.assertEqual(got, {("m", 2, 8, "f16"): 2.0, ("m", 2, 8, "f32"): 4.0})
 
+    def test_bench_energy_is_read_back_per_thousand_sequences(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "results.json"
+            cell = {"model": "m", "batch_size": 2, "sequence_length": 8, "dtype": "f16"}
+            energy = {"joules": 3.0, "sequences": 600, "seconds": 0.5, "source": "counter"}
+            path.write_text(json.dumps({"measurements": [
+                {"cell": cell, "status": "ok", "speed": {"energy": energy}},
+                {"cell": {**cell, "dtype": "f32"}, "status": "ok", "speed": {}},
+                {"cell": {**cell, "batch_size": 4}, "status": "oom", "speed": None},
+            ]}))
+            self.assertEqual(gc.bench_energy_j_per_1k(path), {("m", 2, 8, "f16"): (5.0, "counter")})
+
+    def test_torch_energy_is_nothing_on_a_cpu(self):
+        meter = gc.TorchEnergy("cpu")
+        self.assertIsNone(meter.read_mj())
+        ms, mj, runs = gc.torch_time_ms(lambda: None, "cpu", min_runs=2, min_s=0.0, energy=meter)
+        self.assertIsNone(mj)
+        self.assertGreaterEqual(runs, 2)
+
+    def test_a_gzipped_binary_is_unpacked_into_the_output_folder(self):
+        import gzip
+        import os
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle, out = Path(tmp) / "bundle", Path(tmp) / "out"
+            bundle.mkdir()
+            with gzip.open(bundle / "bertbench.gz", "wb") as f:
+                f.write(b"#!/bin/sh\necho bertbench 0\n")
+            path = gc.unpack_binary(bundle, out)
+            self.assertEqual(path, out / "bin" / "bertbench")
+            self.assertTrue(os.access(path, os.X_OK))
+            self.assertEqual(path.read_bytes(), b"#!/bin/sh\necho bertbench 0\n")
+            (bundle / "bertbench").write_text("plain")
+            self.assertEqual(gc.unpack_binary(bundle, out), bundle / "bertbench")
+
     def test_differences_are_the_largest_over_rows(self):
         self.assertEqual(gc.max_diff([[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.5], [3.0, 3.0]]), 1.0)
 

@@ -175,7 +175,7 @@ pub fn run_cell(
         None
     };
     let (speed, reason) = if settings.speed {
-        let (speed, reason) = measure_speed(&mut stepper, settings, progress)?;
+        let (speed, reason) = measure_speed(&mut stepper, cell, settings, progress)?;
         (Some(speed), reason)
     } else {
         (None, None)
@@ -293,17 +293,28 @@ fn measure_memory(
 }
 
 /// The step timed under the settings' policy, and the reason to record when the process's
-/// own timings were noisy.
+/// own timings were noisy. On a GPU, the energy it used meanwhile (NVML), where the driver
+/// reports it: a GPU without an energy counter or power reading times as well, with none.
 fn measure_speed(
     stepper: &mut Stepper,
+    cell: &Cell,
     settings: &CellSettings,
     progress: &mut dyn FnMut(Phase, usize, Duration),
 ) -> Result<(Speed, Option<String>)> {
+    let meter = settings
+        .device
+        .cuda_ordinal()
+        .and_then(|ordinal| super::gpu::EnergyMeter::start(ordinal).ok());
+    let mut steps = 0u64;
     let timings = timer::measure(
         &settings.timing,
-        || stepper.step(),
+        || {
+            steps += 1;
+            stepper.step()
+        },
         |runs, elapsed| progress(Phase::Timing, runs, elapsed),
     )?;
+    let energy = meter.and_then(|m| m.finish(steps * cell.batch_size as u64).ok());
     let summary = Summary::of(&timings.samples).context("no valid timings")?;
     let reason = summary.is_noisy().then(|| {
         format!(
@@ -317,6 +328,7 @@ fn measure_speed(
             timings,
             summary,
             between: None,
+            energy,
         },
         reason,
     ))

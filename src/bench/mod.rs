@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{DeviceSpec, Precision};
 use crate::stats::{self, Summary};
+pub use gpu::{Energy, EnergySource};
 pub use run::{run_bench, BenchConfig, BenchOutcome};
 pub use timer::{TimingPolicy, Timings};
 
@@ -159,6 +160,10 @@ pub struct Speed {
     /// two-level interval they give; absent for one process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub between: Option<stats::Between>,
+    /// On a GPU: the energy the device used while the cell was timed (warm-up included),
+    /// summed over the processes; absent on the CPU and where the driver reports none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<Energy>,
 }
 
 impl Speed {
@@ -324,6 +329,10 @@ impl Measurement {
                     s.summary = pooled;
                 }
                 s.between = stats::Between::of(&medians);
+                s.energy = match (s.energy, n.energy) {
+                    (Some(a), Some(b)) => Some(a.plus(b)),
+                    (a, b) => a.or(b),
+                };
                 Some(s)
             }
             (s, n) => s.or(n),
@@ -400,6 +409,66 @@ mod tests {
     use super::*;
     use crate::stats::Between;
 
+    /// Two processes' timings of one GPU cell: their energies add up (an estimate in either
+    /// makes the sum one), and a process without a reading leaves the other's.
+    #[test]
+    fn merged_processes_add_their_energy() {
+        let settings = CellSettings {
+            dtype: Precision::F16,
+            device: DeviceSpec::Cuda(0),
+            threads: 1,
+            isa: Default::default(),
+            seed: 0,
+            speed: true,
+            memory: false,
+            load_weights: false,
+            offline: true,
+            timing: TimingPolicy::default(),
+        };
+        let cell = Cell {
+            model: "m".into(),
+            mode: Mode::Inference,
+            batch_size: 8,
+            sequence_length: 128,
+            threads: 1,
+            dtype: Some(Precision::F16),
+        };
+        let timed = |joules: Option<f64>, source: EnergySource| {
+            let samples = vec![0.01; 5];
+            Measurement {
+                status: Status::Ok,
+                reason: None,
+                speed: Some(Speed {
+                    timings: Timings {
+                        warmup: vec![],
+                        samples: samples.clone(),
+                    },
+                    summary: Summary::of(&samples).unwrap(),
+                    between: None,
+                    energy: joules.map(|joules| Energy {
+                        joules,
+                        sequences: 400,
+                        seconds: 0.1,
+                        source,
+                    }),
+                }),
+                ..Measurement::failed(cell.clone(), Status::Ok, String::new(), 0, 0, &settings)
+            }
+        };
+        let energy = |m: Measurement| m.speed.unwrap().energy;
+        let both = timed(Some(20.0), EnergySource::Counter)
+            .merged(timed(Some(60.0), EnergySource::PowerTimesTime));
+        let e = energy(both).unwrap();
+        assert_eq!((e.joules, e.sequences), (80.0, 800));
+        assert_eq!(e.per_1k_sequences(), Some(100.0));
+        assert_eq!(e.source, EnergySource::PowerTimesTime);
+        let one =
+            timed(None, EnergySource::Counter).merged(timed(Some(8.0), EnergySource::Counter));
+        assert_eq!(energy(one).unwrap().joules, 8.0);
+        let none = timed(None, EnergySource::Counter).merged(timed(None, EnergySource::Counter));
+        assert!(energy(none).is_none());
+    }
+
     #[test]
     fn distinct_keeps_first_seen_order() {
         assert_eq!(distinct([3, 1, 3, 2, 1]), vec![3, 1, 2]);
@@ -422,6 +491,7 @@ mod tests {
             },
             summary: Summary::of(&[v; 6]).unwrap(),
             between,
+            energy: None,
         };
         assert_eq!(
             ratio_interval(&speed(2.0, None), &speed(1.0, None)),

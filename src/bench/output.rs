@@ -146,6 +146,12 @@ impl ResultsFile {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A value of the environment file read as its type (a count, megabytes, a device);
+    /// `None` where the run did not record it or it does not read as one.
+    pub fn env_parsed<T: std::str::FromStr>(&self, key: Key) -> Option<T> {
+        self.env(key)?.trim().parse().ok()
+    }
+
     /// Measurement of a cell, the latest if several.
     pub fn find(&self, cell: &Cell) -> Option<&Measurement> {
         self.measurements.iter().rev().find(|m| &m.cell == cell)
@@ -306,7 +312,7 @@ fn hf_csv(r: &ResultsFile, mode: Mode, metric: Metric) -> Result<Vec<u8>> {
 }
 
 /// Column names of the tidy results file.
-pub const TIDY_COLUMNS: [&str; 48] = [
+pub const TIDY_COLUMNS: [&str; 50] = [
     "model",
     "mode",
     "batch_size",
@@ -345,6 +351,8 @@ pub const TIDY_COLUMNS: [&str; 48] = [
     "alloc_peak_mb",
     "gpu_process_peak_mb",
     "gpu_device_peak_mb",
+    "energy_j_per_1k_seq",
+    "energy_source",
     "estimated_mb",
     "dtype",
     "device",
@@ -368,6 +376,7 @@ fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
         let s = m.speed.as_ref().map(|s| &s.summary);
         let between = m.speed.as_ref().and_then(|s| s.between.as_ref());
         let mem = m.memory.as_ref();
+        let energy = m.speed.as_ref().and_then(|s| s.energy.as_ref());
         let row: Vec<String> = vec![
             m.cell.model.clone(),
             m.cell.mode.as_str().into(),
@@ -414,6 +423,8 @@ fn tidy_csv(r: &ResultsFile) -> Result<Vec<u8>> {
             mb(mem.map(|m| m.alloc_peak)),
             mb(mem.and_then(|m| m.gpu_process_peak)),
             mb(mem.and_then(|m| m.gpu_device_peak)),
+            f(energy.and_then(|e| e.per_1k_sequences())),
+            energy.map(|e| e.source.as_str()).unwrap_or_default().into(),
             format!("{:.2}", to_mb(m.estimated_bytes)),
             m.settings.dtype.as_str().into(),
             m.settings.device.to_string(),

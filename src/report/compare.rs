@@ -398,6 +398,7 @@ mod tests {
             reason: None,
             speed: Some(Speed {
                 between: None,
+                energy: None,
                 timings: Timings {
                     warmup: vec![],
                     samples,

@@ -153,3 +153,15 @@ pub fn measurement_of<'a>(
         })
         .unwrap_or_else(|| panic!("no measurement for {model} b{batch} s{seq}"))
 }
+
+/// A CSV file as rows of text, its header first.
+pub fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
+    let mut rows = vec![header];
+    rows.extend(
+        r.records()
+            .map(|rec| rec.unwrap().iter().map(str::to_string).collect()),
+    );
+    rows
+}

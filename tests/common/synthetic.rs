@@ -51,6 +51,7 @@ pub fn measured(cell: Cell, samples: Vec<f64>) -> Measurement {
     Measurement {
         speed: Some(Speed {
             between: None,
+            energy: None,
             summary: Summary::of(&samples).unwrap(),
             timings: Timings {
                 warmup: vec![samples[0] * 1.5],
