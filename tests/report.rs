@@ -676,3 +676,76 @@ fn drift_samples_are_plotted_and_slow_cells_flagged() {
     assert!(tmp.path().join("plots/drift.png").is_file());
     assert!(files.plots.iter().any(|p| p.ends_with("plots/drift.png")));
 }
+
+/// A GPU run's device memory and energy (NVML) reach the results table and results.csv, an
+/// estimate from power x time labelled as one; a CPU run has neither column.
+#[test]
+fn gpu_memory_and_energy_show_where_measured() {
+    use bertbench::bench::output::{OutputFiles, ResultsWriter};
+    use bertbench::bench::{Energy, EnergySource};
+    let tmp = tempfile::tempdir().unwrap();
+    let gpu = |batch: usize, joules: f64, source: EnergySource| {
+        let mut m = exact(
+            cell_at("small", Mode::Inference, batch, 128),
+            0.01,
+            100 << 20,
+            0,
+        );
+        m.settings.device = bertbench::device::DeviceSpec::Cuda(0);
+        let mem = m.memory.as_mut().unwrap();
+        mem.gpu_process_peak = Some(300 << 20);
+        mem.gpu_device_peak = Some(900 << 20);
+        m.speed.as_mut().unwrap().energy = Some(Energy {
+            joules,
+            sequences: 600,
+            seconds: 0.5,
+            source,
+        });
+        m
+    };
+    let results = ResultsFile {
+        bertbench_version: "test".into(),
+        settings: Some(settings()),
+        plan: vec![],
+        measurements: vec![
+            gpu(1, 30.0, EnergySource::Counter),
+            gpu(4, 60.0, EnergySource::PowerTimesTime),
+        ],
+        ..Default::default()
+    };
+    let results = ResultsFile {
+        plan: results
+            .measurements
+            .iter()
+            .map(|m| m.cell.clone())
+            .collect(),
+        ..results
+    };
+    ResultsWriter::new(OutputFiles::in_dir(tmp.path()), results).unwrap();
+    let tidy = csv_rows(&tmp.path().join("results.csv"));
+    let col = |name: &str| tidy[0].iter().position(|c| c == name).unwrap();
+    assert_eq!(tidy[1][col("energy_j_per_1k_seq")], "50");
+    assert_eq!(tidy[1][col("energy_source")], "counter");
+    assert_eq!(tidy[2][col("energy_j_per_1k_seq")], "100");
+    assert_eq!(tidy[2][col("energy_source")], "power x time");
+    assert_eq!(tidy[1][col("gpu_process_peak_mb")], "300.00");
+
+    let (code, _, stderr) = run(bin().arg("report").arg(tmp.path()));
+    assert_eq!(code, 0, "{stderr}");
+    let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
+    let header = md
+        .lines()
+        .find(|l| l.starts_with("| model") && l.contains("J per 1000 seq"))
+        .unwrap_or_else(|| panic!("no energy column:\n{md}"));
+    assert!(header.contains("GPU peak MB"), "{header}");
+    assert!(md.contains("| 50.0 |"), "{md}");
+    assert!(md.contains("| 100.0 (power x time) |"), "{md}");
+    assert!(md.contains("| 300 |"), "{md}");
+
+    // The CPU run: neither column.
+    let cpu = tmp.path().join("cpu");
+    synthetic_run(&cpu);
+    run(bin().arg("report").arg(&cpu));
+    let md = std::fs::read_to_string(cpu.join("report.md")).unwrap();
+    assert!(!md.contains("J per 1000 seq") && !md.contains("GPU peak MB"));
+}

@@ -160,8 +160,9 @@ pub const MACHINE_KEYS: [Key; 5] = [
 pub fn machine_difference(a: &ResultsFile, b: &ResultsFile) -> Option<String> {
     for key in MACHINE_KEYS {
         let (va, vb) = (a.env(key).unwrap_or(""), b.env(key).unwrap_or(""));
-        let same = match (key, va.parse::<f64>(), vb.parse::<f64>()) {
-            (Key::CpuRamMb, Ok(x), Ok(y)) => (x - y).abs() <= 0.05 * x.max(y),
+        let ram = |r: &ResultsFile| r.env_parsed::<f64>(Key::CpuRamMb);
+        let same = match (key, ram(a), ram(b)) {
+            (Key::CpuRamMb, Some(x), Some(y)) => (x - y).abs() <= 0.05 * x.max(y),
             _ => va == vb,
         };
         if !same {

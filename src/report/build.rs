@@ -7,14 +7,14 @@ use anyhow::{Context as _, Result};
 
 use super::observe;
 use super::plot;
-use super::render::{self, Block, Column};
+use super::render::{self, dash, Block, Column};
 use crate::answer::{EvalResults, EVAL_RESULTS_FILE};
 use crate::bench::drift;
 use crate::bench::env::Key;
 use crate::bench::memory::to_mb;
 use crate::bench::output::{ResultsFile, RESULTS_JSON};
 use crate::bench::run::MAX_BATCH_FILE;
-use crate::bench::{fmt_time, Measurement, Mode};
+use crate::bench::{fmt_time, EnergySource, Measurement, Mode};
 use crate::chart::{self, Chart, Point, Series};
 use crate::cost::{usd_for_seconds, usd_per_1000_questions, Price};
 use crate::device::Precision;
@@ -386,7 +386,6 @@ fn summary_section(cx: &Context) -> Vec<Block> {
 /// One table per mode: speed, share of peak, memory, cost and status of every cell.
 fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
     let results = cx.results;
-    let sweep = results.thread_counts().len() > 1;
     let cells: Vec<_> = results
         .plan
         .iter()
@@ -396,79 +395,19 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
     if cells.is_empty() {
         return Vec::new();
     }
-    let price = cx.opts.price.as_ref();
-    let dash = || "-".to_string();
     let mut columns: Vec<Column<&Measurement>> = vec![
         Column::new("model", |m: &&Measurement| cx.name(&m.cell.variant())),
         Column::new("batch", |m: &&Measurement| m.cell.batch_size.to_string()),
         Column::new("seq", |m: &&Measurement| m.cell.sequence_length.to_string()),
     ];
-    if sweep {
+    if results.thread_counts().len() > 1 {
         columns.push(Column::new("threads", |m: &&Measurement| {
             m.cell.threads.to_string()
         }));
     }
-    columns.extend([
-        // The point of the interval beside it (with several processes, the mean of their
-        // medians).
-        Column::new("median", move |m: &&Measurement| {
-            m.speed
-                .as_ref()
-                .map(|sp| fmt_time(sp.median_interval().0))
-                .unwrap_or_else(dash)
-        }),
-        Column::new("95% CI", move |m: &&Measurement| {
-            m.speed
-                .as_ref()
-                .map(|sp| {
-                    let (_, low, high) = sp.median_interval();
-                    let level = if sp.between.is_some() {
-                        " (2-level)"
-                    } else {
-                        ""
-                    };
-                    format!("[{}, {}]{level}", fmt_time(low), fmt_time(high))
-                })
-                .unwrap_or_else(dash)
-        }),
-        Column::new("runs", move |m: &&Measurement| {
-            m.speed
-                .as_ref()
-                .map(|sp| match sp.processes() {
-                    1 => sp.summary.n.to_string(),
-                    k => format!("{} in {k} processes", sp.summary.n),
-                })
-                .unwrap_or_else(dash)
-        }),
-        Column::new("tokens/s", move |m: &&Measurement| {
-            m.tokens_per_s()
-                .map(|t| format!("{t:.0}"))
-                .unwrap_or_else(dash)
-        }),
-        Column::new("GFLOP/s (of peak)", move |m: &&Measurement| {
-            m.gflops()
-                .map(
-                    |g| match results.peak_gflops(m.cell.threads, m.cell.precision()) {
-                        Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
-                        None => format!("{g:.1}"),
-                    },
-                )
-                .unwrap_or_else(dash)
-        }),
-        Column::new("peak RSS MB", move |m: &&Measurement| {
-            m.memory
-                .as_ref()
-                .map(|mem| format!("{:.0}", to_mb(mem.peak_rss)))
-                .unwrap_or_else(dash)
-        }),
-        Column::new("alloc peak MB", move |m: &&Measurement| {
-            m.memory
-                .as_ref()
-                .map(|mem| format!("{:.0}", to_mb(mem.alloc_peak)))
-                .unwrap_or_else(dash)
-        }),
-    ]);
-    if let Some(p) = price {
+    columns.extend(speed_columns(results));
+    columns.extend(memory_and_energy_columns(&cells));
+    if let Some(p) = cx.opts.price.as_ref() {
         // One sequence per question: the cost of 1000 sequences of this shape.
         columns.push(Column::new(
             "USD per 1000 sequences",
@@ -490,6 +429,107 @@ fn results_section(cx: &Context, mode: Mode) -> Vec<Block> {
         Block::Heading(2, title.into()),
         render::table(&cells, &columns),
     ]
+}
+
+/// The results table's timing columns: the median with its interval, the runs behind it,
+/// throughput and the share of the matmul peak.
+fn speed_columns<'a>(results: &'a ResultsFile) -> Vec<Column<'a, &'a Measurement>> {
+    vec![
+        // The point of the interval beside it (with several processes, the mean of their
+        // medians).
+        Column::new("median", |m: &&Measurement| {
+            m.speed
+                .as_ref()
+                .map(|sp| fmt_time(sp.median_interval().0))
+                .unwrap_or_else(dash)
+        }),
+        Column::new("95% CI", |m: &&Measurement| {
+            m.speed
+                .as_ref()
+                .map(|sp| {
+                    let (_, low, high) = sp.median_interval();
+                    let level = if sp.between.is_some() {
+                        " (2-level)"
+                    } else {
+                        ""
+                    };
+                    format!("[{}, {}]{level}", fmt_time(low), fmt_time(high))
+                })
+                .unwrap_or_else(dash)
+        }),
+        Column::new("runs", |m: &&Measurement| {
+            m.speed
+                .as_ref()
+                .map(|sp| match sp.processes() {
+                    1 => sp.summary.n.to_string(),
+                    k => format!("{} in {k} processes", sp.summary.n),
+                })
+                .unwrap_or_else(dash)
+        }),
+        Column::new("tokens/s", |m: &&Measurement| {
+            m.tokens_per_s()
+                .map(|t| format!("{t:.0}"))
+                .unwrap_or_else(dash)
+        }),
+        Column::new("GFLOP/s (of peak)", move |m: &&Measurement| {
+            m.gflops()
+                .map(
+                    |g| match results.peak_gflops(m.cell.threads, m.cell.precision()) {
+                        Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
+                        None => format!("{g:.1}"),
+                    },
+                )
+                .unwrap_or_else(dash)
+        }),
+    ]
+}
+
+/// The results table's memory columns, and on a GPU its device memory and energy (only where
+/// some cell has them).
+fn memory_and_energy_columns<'a>(cells: &[&Measurement]) -> Vec<Column<'a, &'a Measurement>> {
+    let mut columns: Vec<Column<&Measurement>> = vec![
+        Column::new("peak RSS MB", |m: &&Measurement| {
+            m.memory
+                .as_ref()
+                .map(|mem| format!("{:.0}", to_mb(mem.peak_rss)))
+                .unwrap_or_else(dash)
+        }),
+        Column::new("alloc peak MB", |m: &&Measurement| {
+            m.memory
+                .as_ref()
+                .map(|mem| format!("{:.0}", to_mb(mem.alloc_peak)))
+                .unwrap_or_else(dash)
+        }),
+    ];
+    if cells.iter().any(|m| gpu_peak(m).is_some()) {
+        columns.push(Column::new("GPU peak MB", |m: &&Measurement| {
+            gpu_peak(m)
+                .map(|b| format!("{:.0}", to_mb(b)))
+                .unwrap_or_else(dash)
+        }));
+    }
+    let energy = |m: &Measurement| m.speed.as_ref().and_then(|sp| sp.energy);
+    if cells.iter().any(|m| energy(m).is_some()) {
+        columns.push(Column::new("J per 1000 seq", move |m: &&Measurement| {
+            energy(m)
+                .and_then(|e| {
+                    let how = match e.source {
+                        EnergySource::Counter => "",
+                        EnergySource::PowerTimesTime => " (power x time)",
+                    };
+                    e.per_1k_sequences().map(|j| format!("{j:.1}{how}"))
+                })
+                .unwrap_or_else(dash)
+        }));
+    }
+    columns
+}
+
+/// A GPU cell's peak device memory: the process's own where NVML reports it, else the whole
+/// device's.
+fn gpu_peak(m: &Measurement) -> Option<u64> {
+    let mem = m.memory.as_ref()?;
+    mem.gpu_process_peak.or(mem.gpu_device_peak)
 }
 
 /// The largest batch that fits, when `bench --find-max-batch` searched it; a file that does not
@@ -548,7 +588,7 @@ fn accuracy_section(cx: &Context, evals: &[Accuracy]) -> Vec<Block> {
                             )
                         )
                     })
-                    .unwrap_or_else(|| "-".into()),
+                    .unwrap_or_else(dash),
                 cx.relative(&a.source),
             ]
         })
@@ -663,42 +703,7 @@ fn serving_section(
     if found.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let f2 = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
-    let rows = found
-        .iter()
-        .map(|(path, r)| {
-            let model = display_name(&r.setup.model);
-            let first = &r.runs[0];
-            let queries: usize = r.runs.iter().map(|x| x.queries).sum();
-            let under_load = r
-                .accuracy
-                .as_ref()
-                .map(|a| format!("{:.2} / {:.2} ({} q)", a.exact_match, a.f1, a.questions))
-                .unwrap_or_else(|| "-".into());
-            let offline = evals
-                .iter()
-                .find(|e| e.model == model)
-                .map(|e| format!("{:.2} / {:.2} ({} q)", e.exact_match, e.f1, e.questions))
-                .unwrap_or_else(|| "-".into());
-            let cost = match (&cx.opts.price, r.qps()) {
-                (Some(p), Some(qps)) => Some(usd_for_seconds(1e6 / qps, p.usd_per_hour)),
-                _ => r.cost.as_ref().map(|c| c.usd_per_million_questions),
-            };
-            vec![
-                model,
-                r.scenario.name().to_string(),
-                r.metric_name.clone(),
-                f2(r.metric),
-                format!("{} run(s), {queries} queries", r.runs.len()),
-                f2(first.latency.p50_ms),
-                f2(first.latency.p99_ms),
-                under_load,
-                offline,
-                f2(cost),
-                cx.relative(path),
-            ]
-        })
-        .collect();
+    let columns = serving_columns(cx, evals);
     let mut blocks = vec![
         Block::Heading(2, "Serving under load".into()),
         Block::Paragraph(
@@ -709,24 +714,7 @@ fn serving_section(
              (EM / F1 over the questions answered)."
                 .into(),
         ),
-        Block::Table {
-            header: [
-                "model",
-                "scenario",
-                "figure",
-                "value",
-                "rests on",
-                "p50 ms",
-                "p99 ms",
-                "EM / F1 under load",
-                "EM / F1 by eval",
-                "USD per million questions",
-                "source",
-            ]
-            .map(String::from)
-            .to_vec(),
-            rows,
-        },
+        render::table(&found, &columns),
     ];
     let mut files = Vec::new();
     let plots_dir = cx.out.join("plots");
@@ -741,6 +729,49 @@ fn serving_section(
         files.push(png);
     }
     Ok((blocks, files))
+}
+
+/// The serving table's columns, a row per `loadgen.json` (with the path it was read from).
+fn serving_columns<'a>(
+    cx: &'a Context,
+    evals: &'a [Accuracy],
+) -> Vec<Column<'a, (PathBuf, LoadgenResults)>> {
+    type Row = (PathBuf, LoadgenResults);
+    let f2 = |v: Option<f64>| v.map_or_else(dash, |v| format!("{v:.2}"));
+    let scores = |em: f64, f1: f64, questions: u64| format!("{em:.2} / {f1:.2} ({questions} q)");
+    vec![
+        Column::new("model", |(_, r): &Row| display_name(&r.setup.model)),
+        Column::new("scenario", |(_, r): &Row| r.scenario.name().to_string()),
+        Column::new("figure", |(_, r): &Row| r.metric_name.clone()),
+        Column::new("value", move |(_, r): &Row| f2(r.metric)),
+        Column::new("rests on", |(_, r): &Row| {
+            let queries: usize = r.runs.iter().map(|x| x.queries).sum();
+            format!("{} run(s), {queries} queries", r.runs.len())
+        }),
+        Column::new("p50 ms", move |(_, r): &Row| f2(r.runs[0].latency.p50_ms)),
+        Column::new("p99 ms", move |(_, r): &Row| f2(r.runs[0].latency.p99_ms)),
+        Column::new("EM / F1 under load", move |(_, r): &Row| {
+            r.accuracy
+                .as_ref()
+                .map(|a| scores(a.exact_match, a.f1, a.questions as u64))
+                .unwrap_or_else(dash)
+        }),
+        Column::new("EM / F1 by eval", move |(_, r): &Row| {
+            let model = display_name(&r.setup.model);
+            evals
+                .iter()
+                .find(|e| e.model == model)
+                .map(|e| scores(e.exact_match, e.f1, e.questions))
+                .unwrap_or_else(dash)
+        }),
+        Column::new("USD per million questions", move |(_, r): &Row| {
+            f2(match (&cx.opts.price, r.qps()) {
+                (Some(p), Some(qps)) => Some(usd_for_seconds(1e6 / qps, p.usd_per_hour)),
+                _ => r.cost.as_ref().map(|c| c.usd_per_million_questions),
+            })
+        }),
+        Column::new("source", |(path, _): &Row| cx.relative(path)),
+    ]
 }
 
 /// Fine-tuning runs found in the folder: time and cost to each evaluated F1.
@@ -763,7 +794,7 @@ fn training_section(cx: &Context, trainings: &[Training]) -> Vec<Block> {
             ),
             "-".into(),
             format!("{:.0}", t.state.elapsed_s),
-            usd(t.state.elapsed_s).unwrap_or_else(|| "-".into()),
+            usd(t.state.elapsed_s).unwrap_or_else(dash),
         ]);
         for e in t.state.log_history.iter().filter(|e| e.eval_f1.is_some()) {
             let f1 = e.eval_f1.unwrap_or(0.0);

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use super::build::{display_name, figure, files_named, ReportFiles};
 use super::plot;
-use super::render::Block;
+use super::render::{self, dash, Block, Column};
 use crate::bench::env::Key;
 use crate::bench::memory::to_mb;
 use crate::bench::output::ResultsFile;
@@ -65,8 +65,7 @@ impl MachinePrices {
 pub fn machine_label(results: &ResultsFile) -> String {
     let gpu = results.env(Key::Gpu).unwrap_or("");
     let on_gpu = results
-        .env(Key::Device)
-        .and_then(|d| d.parse::<DeviceSpec>().ok())
+        .env_parsed::<DeviceSpec>(Key::Device)
         .is_some_and(|d| !d.is_cpu());
     if on_gpu && !gpu.is_empty() && !gpu.starts_with("N/A") {
         return gpu.to_string();
@@ -84,10 +83,10 @@ pub fn machine_label(results: &ResultsFile) -> String {
     } else {
         cpu
     };
-    if let Ok(n) = results.env(Key::LogicalCpus).unwrap_or("").parse::<usize>() {
+    if let Some(n) = results.env_parsed::<usize>(Key::LogicalCpus) {
         label.push_str(&format!(", {n} CPUs"));
     }
-    if let Ok(mb) = results.env(Key::CpuRamMb).unwrap_or("").parse::<f64>() {
+    if let Some(mb) = results.env_parsed::<f64>(Key::CpuRamMb) {
         label.push_str(&format!(", {:.0} GB", mb / 1024.0));
     }
     label
@@ -436,18 +435,14 @@ fn time_row(
     row.extend(
         cells
             .iter()
-            .map(|c| c.and_then(time_with_interval).unwrap_or_else(|| "-".into())),
+            .map(|c| c.and_then(time_with_interval).unwrap_or_else(dash)),
     );
     let fastest = cells
         .iter()
         .zip(machines)
         .filter_map(|(c, m)| Some((point_time((*c)?)?, &m.name)))
         .min_by(|a, b| a.0.total_cmp(&b.0));
-    row.push(
-        fastest
-            .map(|(_, n)| n.clone())
-            .unwrap_or_else(|| "-".into()),
-    );
+    row.push(fastest.map(|(_, n)| n.clone()).unwrap_or_else(dash));
     row
 }
 
@@ -473,7 +468,7 @@ fn ratio_row(
                 }
                 format!("{r:.2} [{lo:.2}, {hi:.2}]")
             }
-            _ => "-".into(),
+            _ => dash(),
         });
     }
     row
@@ -490,64 +485,55 @@ fn memory_row(mut row: Vec<String>, cells: &[Option<&Measurement>]) -> Option<Ve
     }
     row.extend(
         mems.iter()
-            .map(|v| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())),
+            .map(|v| v.map(|v| format!("{v:.0}")).unwrap_or_else(dash)),
     );
     Some(row)
 }
 
 /// The machines' facts, one row each.
 fn machines_section(machines: &[Machine]) -> Vec<Block> {
-    let header = [
-        "machine",
-        "folder",
-        "CPU",
-        "CPUs",
-        "RAM MB",
-        "GPU",
-        "kernels",
-        "L2 KiB",
-        "threads compared",
-        "processes per cell",
-        "measured",
-        "bertbench",
-        "USD/hour",
-    ]
-    .map(String::from)
-    .to_vec();
-    let rows = machines
-        .iter()
-        .map(|m| {
-            let r = &m.results;
-            let e = |k: Key| r.env(k).unwrap_or("").to_string();
-            let processes = r
+    let env = |k: Key| move |m: &Machine| m.results.env(k).unwrap_or("").to_string();
+    let columns: Vec<Column<Machine>> = vec![
+        Column::new("machine", |m: &Machine| m.name.clone()),
+        Column::new("folder", |m: &Machine| m.dir.display().to_string()),
+        Column::new("CPU", env(Key::Cpu)),
+        Column::new("CPUs", env(Key::LogicalCpus)),
+        Column::new("RAM MB", env(Key::CpuRamMb)),
+        Column::new("GPU", env(Key::Gpu)),
+        Column::new("kernels", env(Key::Isa)),
+        Column::new("L2 KiB", env(Key::L2CacheKib)),
+        Column::new("threads compared", |m: &Machine| {
+            compared_threads(m).to_string()
+        }),
+        Column::new("processes per cell", |m: &Machine| {
+            m.results
                 .measurements
                 .iter()
                 .filter_map(|x| x.speed.as_ref().map(|s| s.processes()))
                 .max()
-                .unwrap_or(0);
-            vec![
-                m.name.clone(),
-                m.dir.display().to_string(),
-                e(Key::Cpu),
-                e(Key::LogicalCpus),
-                e(Key::CpuRamMb),
-                e(Key::Gpu),
-                e(Key::Isa),
-                e(Key::L2CacheKib),
-                compared_threads(m).to_string(),
-                processes.to_string(),
-                format!("{} {} UTC", e(Key::Date), e(Key::Time)),
-                format!("{} ({})", e(Key::BertbenchVersion), e(Key::GitCommit)),
-                m.price
-                    .as_ref()
-                    .map(|p| format!("{}", p.usd_per_hour))
-                    .unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
+                .unwrap_or(0)
+                .to_string()
+        }),
+        Column::new("measured", move |m: &Machine| {
+            format!("{} {} UTC", env(Key::Date)(m), env(Key::Time)(m))
+        }),
+        Column::new("bertbench", move |m: &Machine| {
+            format!(
+                "{} ({})",
+                env(Key::BertbenchVersion)(m),
+                env(Key::GitCommit)(m)
+            )
+        }),
+        Column::new("USD/hour", |m: &Machine| {
+            m.price
+                .as_ref()
+                .map(|p| format!("{}", p.usd_per_hour))
+                .unwrap_or_else(dash)
+        }),
+    ];
     vec![
         Block::Heading(2, "Machines".into()),
-        Block::Table { header, rows },
+        render::table(machines, &columns),
     ]
 }
 
@@ -586,12 +572,13 @@ fn cost_section(
                 .collect();
             ranked.sort_by(|a, b| a.1 .0.total_cmp(&b.1 .0));
             let mut row = vec![name(model), shape.1.to_string(), shape.2.to_string()];
-            row.extend(priced.iter().map(|p| {
-                p.map(|(c, ..)| format!("{c:.5}"))
-                    .unwrap_or_else(|| "-".into())
-            }));
+            row.extend(
+                priced
+                    .iter()
+                    .map(|p| p.map(|(c, ..)| format!("{c:.5}")).unwrap_or_else(dash)),
+            );
             row.push(match ranked.as_slice() {
-                [] => "-".into(),
+                [] => dash(),
                 [(i, _)] => machines[*i].name.clone(),
                 [(i, (_, best, best_price)), (j, (_, next, next_price)), ..] => {
                     let (_, lo, _) = cost_ratio(next, next_price, best, best_price);
@@ -675,40 +662,24 @@ fn serving_section(
             .iter()
             .map(|(_, r)| (r.setup.model.clone(), r.scenario, r.metric_name.clone())),
     );
-    let mut header = vec!["model".to_string(), "scenario".into(), "metric".into()];
-    header.extend(machines.iter().map(|m| m.name.clone()));
-    if priced {
-        header.extend(
-            machines
-                .iter()
-                .map(|m| format!("{} USD per million", m.name)),
-        );
-        header.push("cheapest".into());
-    }
-    let mut rows = Vec::new();
-    for (model, scenario, metric) in keys {
-        let per: Vec<Option<&LoadgenResults>> = (0..machines.len())
-            .map(|i| {
-                found
-                    .iter()
-                    .rev()
-                    .find(|(j, r)| {
-                        *j == i
-                            && r.setup.model == model
-                            && r.scenario == scenario
-                            && r.metric_name == metric
-                    })
-                    .map(|(_, r)| r)
-            })
-            .collect();
-        let mut row = vec![name(&model), scenario.name().to_string(), metric.clone()];
-        row.extend(per.iter().map(|r| {
-            r.and_then(|r| r.metric)
-                .map(|v| format!("{v:.2}"))
-                .unwrap_or_else(|| "-".into())
-        }));
-        if priced {
-            let usd: Vec<Option<f64>> = per
+    let rows: Vec<ServingRow> = keys
+        .into_iter()
+        .map(|(model, scenario, metric)| {
+            let per: Vec<Option<&LoadgenResults>> = (0..machines.len())
+                .map(|i| {
+                    found
+                        .iter()
+                        .rev()
+                        .find(|(j, r)| {
+                            *j == i
+                                && r.setup.model == model
+                                && r.scenario == scenario
+                                && r.metric_name == metric
+                        })
+                        .map(|(_, r)| r)
+                })
+                .collect();
+            let usd = per
                 .iter()
                 .zip(machines)
                 .map(|(r, m)| {
@@ -716,28 +687,51 @@ fn serving_section(
                     Some(usd_for_seconds(1e6 / qps, m.price.as_ref()?.usd_per_hour))
                 })
                 .collect();
-            row.extend(
-                usd.iter()
-                    .map(|u| u.map(|u| format!("{u:.2}")).unwrap_or_else(|| "-".into())),
-            );
-            let cheapest = usd
-                .iter()
-                .zip(machines)
-                .filter_map(|(u, m)| Some(((*u)?, &m.name)))
-                .min_by(|a, b| a.0.total_cmp(&b.0));
-            if let (Some((u, n)), Scenario::Server) = (cheapest, scenario) {
+            ServingRow {
+                model,
+                scenario,
+                metric,
+                per,
+                usd,
+            }
+        })
+        .collect();
+    if priced {
+        for row in rows.iter().filter(|r| r.scenario == Scenario::Server) {
+            if let Some((u, i)) = row.cheapest() {
                 observations.push(format!(
-                    "{} served within its latency bound: cheapest on {n}, {u:.2} USD per million questions.",
-                    name(&model)
+                    "{} served within its latency bound: cheapest on {}, {u:.2} USD per million questions.",
+                    name(&row.model),
+                    machines[i].name
                 ));
             }
-            row.push(
-                cheapest
-                    .map(|(_, n)| n.clone())
-                    .unwrap_or_else(|| "-".into()),
-            );
         }
-        rows.push(row);
+    }
+    let mut columns: Vec<Column<ServingRow>> = vec![
+        Column::new("model", |r: &ServingRow| name(&r.model)),
+        Column::new("scenario", |r: &ServingRow| r.scenario.name().to_string()),
+        Column::new("metric", |r: &ServingRow| r.metric.clone()),
+    ];
+    for (i, m) in machines.iter().enumerate() {
+        columns.push(Column::new(m.name.clone(), move |r: &ServingRow| {
+            r.per[i]
+                .and_then(|r| r.metric)
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(dash)
+        }));
+    }
+    if priced {
+        for (i, m) in machines.iter().enumerate() {
+            columns.push(Column::new(
+                format!("{} USD per million", m.name),
+                move |r: &ServingRow| r.usd[i].map(|u| format!("{u:.2}")).unwrap_or_else(dash),
+            ));
+        }
+        columns.push(Column::new("cheapest", |r: &ServingRow| {
+            r.cheapest()
+                .map(|(_, i)| machines[i].name.clone())
+                .unwrap_or_else(dash)
+        }));
     }
     vec![
         Block::Heading(2, "Serving under load".into()),
@@ -748,8 +742,30 @@ fn serving_section(
              busy at that rate all the time it is paid for."
                 .into(),
         ),
-        Block::Table { header, rows },
+        render::table(&rows, &columns),
     ]
+}
+
+/// A row of the serving table: one model, scenario and figure on every machine.
+struct ServingRow<'a> {
+    model: String,
+    scenario: Scenario,
+    metric: String,
+    /// Each machine's latest result, in the machines' order.
+    per: Vec<Option<&'a LoadgenResults>>,
+    /// Each machine's USD per million questions at its rate, where it has a price.
+    usd: Vec<Option<f64>>,
+}
+
+impl ServingRow<'_> {
+    /// The cheapest machine's cost and index.
+    fn cheapest(&self) -> Option<(f64, usize)> {
+        self.usd
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| Some(((*u)?, i)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    }
 }
 
 /// Time and memory against sequence length and batch size, one line per machine x model (x

@@ -41,6 +41,11 @@ impl<'a, R> Column<'a, R> {
     }
 }
 
+/// A table cell with nothing to show.
+pub(crate) fn dash() -> String {
+    "-".to_string()
+}
+
 /// The table of `rows` in `columns`: a line per row, the header and every cell from the same
 /// list, so they cannot fall out of step (a column left out is left out of both).
 pub(crate) fn table<R>(rows: &[R], columns: &[Column<R>]) -> Block {

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use anyhow::Result;
 
 use super::build::{display_name, figure, Accuracy, Context};
-use super::render::{self, Block, Column};
+use super::render::{self, dash, Block, Column};
 use crate::bench::env::Key;
 use crate::bench::memory::to_mb;
 use crate::bench::ratio_interval;
@@ -326,7 +326,6 @@ pub(super) fn section(cx: &Context, evals: &[Accuracy]) -> Result<(Vec<Block>, V
 }
 
 fn table(rows: &[Row], shape: Option<Shape>, price: Option<f64>) -> Block {
-    let dash = || "-".to_string();
     let at = shape.map_or_else(dash, |s| s.label());
     let seq = shape.map_or_else(dash, |s| s.sequence.to_string());
     let mut columns: Vec<Column<Row>> = vec![
