@@ -148,7 +148,8 @@ def libraries(ck, d, budget):
     # No libcuRAND there: the stub prepare carried (scripts/cuda-stubs.py; bertbench draws no
     # random numbers on a GPU, and candle only creates a generator).
     stub = ck.args.bundle / "curand-stub"
-    found["curand"] = "real"
+    linked = "libcurand.so" in (d / "ldd.txt").read_text()
+    found["curand"] = "real" if linked else "not linked (a CPU build)"
     if any(l.startswith("libcurand.so") for l in not_found) and stub.is_dir():
         ck.env["LD_LIBRARY_PATH"] = ":".join(
             [p for p in ck.env.get("LD_LIBRARY_PATH", "").split(":") if p] + [str(stub)])

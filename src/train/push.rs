@@ -6,6 +6,7 @@
 //!
 //! The `hf-hub` crate only downloads, so this is written here on `ureq`.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -132,24 +133,64 @@ pub fn push_folder(
     let token = token(hub)?;
     let auth = format!("Bearer {token}");
     let b64 = base64::engine::general_purpose::STANDARD;
-    let (org, name) = repo_id.split_once('/').expect("checked above");
-
-    // 1. Create the repository; 409 means it exists already, which is fine.
-    match ureq::post(&format!("{}/api/repos/create", hub.endpoint))
-        .header("Authorization", &auth)
-        .send_json(json!({"type": "model", "name": name, "organization": org, "private": private}))
-    {
-        Ok(_) | Err(ureq::Error::StatusCode(409)) => {}
-        Err(e) => return Err(http_error("creating the repository", hub, e)),
-    }
-
-    // 2. Which files go through LFS.
+    create_repo(hub, repo_id, &auth, private)?;
     let files = files_to_push(dir)?;
     if files.is_empty() {
         return Err(input(format!("{}: nothing to push", dir.display())));
     }
-    let mut described = Vec::new();
+    let lfs = lfs_paths(hub, repo_id, &auth, &files)?;
+
+    // LFS uploads (basic transfer), then one commit with every file.
+    let mut lines = vec![
+        json!({"key": "header", "value": {"summary": message, "description": ""}}).to_string(),
+    ];
+    let mut report = PushReport {
+        repo_id: repo_id.into(),
+        commit_url: None,
+        regular: Vec::new(),
+        lfs: Vec::new(),
+    };
     for (rel, path) in &files {
+        if lfs.contains(rel) {
+            let (oid, size) = sha256_file(path)?;
+            upload_lfs(hub, repo_id, &auth, path, &oid, size)?;
+            lines.push(json!({"key": "lfsFile", "value": {"path": rel, "algo": "sha256", "oid": oid, "size": size}}).to_string());
+            report.lfs.push(rel.clone());
+        } else {
+            let content = std::fs::read(path)?;
+            lines.push(json!({"key": "file", "value": {"content": b64.encode(&content), "path": rel, "encoding": "base64"}}).to_string());
+            report.regular.push(rel.clone());
+        }
+    }
+    report.commit_url = commit(hub, repo_id, &auth, &lines)?;
+    Ok(report)
+}
+
+/// Creates the repository; 409 means it exists already, which is fine.
+fn create_repo(hub: &HubConfig, repo_id: &str, auth: &str, private: bool) -> Result<()> {
+    let (org, name) = repo_id
+        .split_once('/')
+        .ok_or_else(|| input(format!("`{repo_id}`: expected `user/name` or `org/name`")))?;
+    match ureq::post(&format!("{}/api/repos/create", hub.endpoint))
+        .header("Authorization", auth)
+        .send_json(json!({"type": "model", "name": name, "organization": org, "private": private}))
+    {
+        Ok(_) | Err(ureq::Error::StatusCode(409)) => Ok(()),
+        Err(e) => Err(http_error("creating the repository", hub, e)),
+    }
+}
+
+/// The files (by their path in the repository) the Hub wants through LFS: its preupload
+/// answer to each file's size and first 512 bytes.
+fn lfs_paths(
+    hub: &HubConfig,
+    repo_id: &str,
+    auth: &str,
+    files: &[(String, PathBuf)],
+) -> Result<HashSet<String>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut described = Vec::new();
+    for (rel, path) in files {
         let mut sample = vec![0u8; 512];
         let n = std::fs::File::open(path)?.read(&mut sample)?;
         sample.truncate(n);
@@ -169,48 +210,30 @@ pub fn push_folder(
         "{}/api/models/{repo_id}/preupload/main",
         hub.endpoint
     ))
-    .header("Authorization", &auth)
+    .header("Authorization", auth)
     .send_json(json!({"files": described}))
     .map_err(|e| http_error("asking which files need LFS", hub, e))?;
     let modes: Preupload = resp
         .body_mut()
         .read_json()
         .context("reading the preupload answer")?;
-    let is_lfs = |rel: &str| {
-        modes
-            .files
-            .iter()
-            .any(|m| m.path == rel && m.upload_mode == "lfs")
-    };
+    Ok(modes
+        .files
+        .into_iter()
+        .filter(|m| m.upload_mode == "lfs")
+        .map(|m| m.path)
+        .collect())
+}
 
-    // 3. LFS uploads (basic transfer), then 4. one commit with every file.
-    let mut lines = vec![
-        json!({"key": "header", "value": {"summary": message, "description": ""}}).to_string(),
-    ];
-    let mut report = PushReport {
-        repo_id: repo_id.into(),
-        commit_url: None,
-        regular: Vec::new(),
-        lfs: Vec::new(),
-    };
-    for (rel, path) in &files {
-        if is_lfs(rel) {
-            let (oid, size) = sha256_file(path)?;
-            upload_lfs(hub, repo_id, &auth, path, &oid, size)?;
-            lines.push(json!({"key": "lfsFile", "value": {"path": rel, "algo": "sha256", "oid": oid, "size": size}}).to_string());
-            report.lfs.push(rel.clone());
-        } else {
-            let content = std::fs::read(path)?;
-            lines.push(json!({"key": "file", "value": {"content": b64.encode(&content), "path": rel, "encoding": "base64"}}).to_string());
-            report.regular.push(rel.clone());
-        }
-    }
+/// One commit of `lines` (the NDJSON header and files); the commit's URL where the Hub
+/// answers with one.
+fn commit(hub: &HubConfig, repo_id: &str, auth: &str, lines: &[String]) -> Result<Option<String>> {
     let body = lines.join("\n") + "\n";
     let mut resp = ureq::post(&format!(
         "{}/api/models/{repo_id}/commit/main",
         hub.endpoint
     ))
-    .header("Authorization", &auth)
+    .header("Authorization", auth)
     .header("Content-Type", "application/x-ndjson")
     .send(body.as_bytes())
     .map_err(|e| http_error("committing the files", hub, e))?;
@@ -218,11 +241,10 @@ pub fn push_folder(
         .body_mut()
         .read_json()
         .unwrap_or(serde_json::Value::Null);
-    report.commit_url = answer
+    Ok(answer
         .get("commitUrl")
         .and_then(|u| u.as_str())
-        .map(str::to_string);
-    Ok(report)
+        .map(str::to_string))
 }
 
 fn upload_lfs(
