@@ -3,7 +3,7 @@
 use anyhow::Result;
 use candle_core::{DType, Device};
 
-use crate::error::input;
+use crate::error::{input, unavailable};
 
 /// Floating-point precision of weights and activations.
 #[derive(
@@ -137,13 +137,15 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(ordinal) => {
+                // Unavailable (exit 4), like a model that cannot be fetched: the request is
+                // well-formed, this build or machine cannot serve it.
                 if !cfg!(feature = "cuda") {
-                    return Err(input(format!(
+                    return Err(unavailable(format!(
                         "device `{self}`: this bertbench was built without CUDA support; rebuild with `cargo build --release --features cuda`"
                     )));
                 }
                 Device::new_cuda(ordinal).map_err(|e| {
-                    input(format!(
+                    unavailable(format!(
                         "device `{self}`: cannot open CUDA device {ordinal}: {e}"
                     ))
                 })

@@ -12,7 +12,8 @@ pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code for bad input: a file or value the user gave is missing, malformed or inconsistent.
 pub const EXIT_BAD_INPUT: i32 = 3;
-/// Exit code for a model that could not be found or fetched (offline, Hub unreachable, 404).
+/// Exit code for a model that could not be found or fetched (offline, Hub unreachable, 404), or
+/// a device this build or machine cannot open (CUDA on a CPU-only build, no driver).
 pub const EXIT_UNAVAILABLE: i32 = 4;
 /// Exit code of `compare` when at least one cell got slower beyond the threshold, significantly.
 /// Not an error: the comparison ran and printed its table; CI uses the code to fail a build.
@@ -24,7 +25,8 @@ pub enum Error {
     /// Something the user provided is wrong: the message names the file, field and expectation.
     #[error("{0}")]
     Input(String),
-    /// A model or file could not be found locally and could not be fetched.
+    /// A model or file could not be found locally and could not be fetched, or a device
+    /// could not be opened.
     #[error("{0}")]
     Unavailable(String),
 }

@@ -342,3 +342,55 @@ fn info_counts_parameters() {
         "{stdout}"
     );
 }
+
+/// A CUDA device asked of a CPU-only build: every command that opens a device refuses it before
+/// any work, with exit 4 (unavailable) and the command that builds one with CUDA.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_cuda_device_on_a_cpu_build_names_the_rebuild() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = parity_dir("bert");
+    let inputs = model.join("expected.json");
+    let dataset = shared().join("data/squad/dev-v1.1.json.gz");
+    let commands: Vec<Vec<std::ffi::OsString>> = vec![
+        vec![
+            "logits".into(),
+            "--model".into(),
+            model.clone().into(),
+            "--inputs".into(),
+            inputs.into(),
+        ],
+        vec![
+            "bench".into(),
+            "--models".into(),
+            model.clone().into(),
+            "--batch-sizes".into(),
+            "1".into(),
+            "--sequence-lengths".into(),
+            "8".into(),
+            "--output-dir".into(),
+            tmp.path().join("bench").into(),
+        ],
+        vec![
+            "eval".into(),
+            "--model".into(),
+            model.into(),
+            "--dataset".into(),
+            dataset.into(),
+            "--limit".into(),
+            "2".into(),
+            "--output-dir".into(),
+            tmp.path().join("eval").into(),
+        ],
+    ];
+    for args in commands {
+        let (code, _, stderr) = run(bin().args(&args).args(["--device", "cuda:0"]));
+        assert_eq!(code, 4, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("built without CUDA support")
+                && stderr.contains("cargo build --release --features cuda"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!tmp.path().join("bench/results.json").exists());
+}
