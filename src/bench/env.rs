@@ -149,14 +149,30 @@ pub fn logical_cpus() -> usize {
 /// Collects the environment for a run with `settings`; `multiprocess` says whether cells ran in
 /// child processes, `peak_gflops` is the machine's measured matmul rate if known.
 pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<f64>) -> EnvInfo {
-    let now = chrono::Utc::now();
-    let mb = |b: Option<u64>| {
-        b.map(|b| format!("{:.0}", memory::to_mb(b)))
-            .unwrap_or_else(|| "N/A".into())
-    };
-    let use_gpu = !settings.device.is_cpu();
-    let caches = crate::compute::cache::CacheSizes::detect();
-    let mut info: EnvInfo = vec![
+    let mut info = software();
+    info.extend(machine(settings.threads));
+    info.extend(run(settings, multiprocess, peak_gflops));
+    info.extend(gpu(settings));
+    info.into_iter()
+        .map(|(k, v)| (k.name().to_string(), v))
+        .collect()
+}
+
+/// Megabytes as the file writes them, `N/A` where unknown.
+fn mb(bytes: Option<u64>) -> String {
+    bytes
+        .map(|b| format!("{:.0}", memory::to_mb(b)))
+        .unwrap_or_else(|| "N/A".into())
+}
+
+/// Hugging Face's `True`/`False`.
+fn py_bool(b: bool) -> String {
+    if b { "True" } else { "False" }.into()
+}
+
+/// bertbench's and its framework's versions (and Hugging Face's keys for them).
+fn software() -> Vec<(Key, String)> {
+    vec![
         (Key::BertbenchVersion, VERSION.to_string()),
         (Key::GitCommit, GIT_COMMIT.to_string()),
         (Key::TransformersVersion, "N/A (bertbench)".into()),
@@ -165,7 +181,15 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
         (Key::CandleVersion, CANDLE_VERSION.to_string()),
         (Key::RustcVersion, RUSTC_VERSION.to_string()),
         (Key::PythonVersion, "N/A".into()),
-        (Key::UseTorchscript, "False".into()),
+        (Key::UseTorchscript, py_bool(false)),
+    ]
+}
+
+/// The machine: OS, CPU and the threads used of it, the kernel tier and kernels, caches and
+/// how the products' blocks were sized, memory.
+fn machine(threads: usize) -> Vec<(Key, String)> {
+    let caches = crate::compute::cache::CacheSizes::detect();
+    vec![
         (Key::System, os_name()),
         (Key::Os, std::env::consts::OS.to_string()),
         (Key::Kernel, kernel()),
@@ -173,7 +197,7 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
         (Key::Cpu, cpu_model()),
         (Key::Architecture, std::env::consts::ARCH.to_string()),
         (Key::LogicalCpus, logical_cpus().to_string()),
-        (Key::Threads, settings.threads.to_string()),
+        (Key::Threads, threads.to_string()),
         (Key::Isa, crate::compute::Isa::current().name().to_string()),
         (Key::IsaAvailable, crate::compute::Isa::available_names()),
         (
@@ -197,6 +221,19 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
         (Key::Blocking, blocking()),
         (Key::CpuRamMb, mb(memory::total_memory())),
         (Key::AvailableRamMbAtStart, mb(memory::available_memory())),
+    ]
+}
+
+/// The run: when, at what precision on which device, the weights, and the timing policy.
+fn run(
+    settings: &CellSettings,
+    multiprocess: bool,
+    peak_gflops: Option<f64>,
+) -> Vec<(Key, String)> {
+    let now = chrono::Utc::now();
+    let use_gpu = !settings.device.is_cpu();
+    let timing = &settings.timing;
+    vec![
         (Key::Date, now.format("%Y-%m-%d").to_string()),
         (Key::Time, now.format("%H:%M:%S").to_string()),
         (Key::Timezone, "UTC".into()),
@@ -206,11 +243,8 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
             (settings.dtype == crate::device::Precision::F16).to_string(),
         ),
         (Key::Device, settings.device.to_string()),
-        (
-            Key::UseMultiprocessing,
-            if multiprocess { "True" } else { "False" }.into(),
-        ),
-        (Key::OnlyPretrainModel, "False".into()),
+        (Key::UseMultiprocessing, py_bool(multiprocess)),
+        (Key::OnlyPretrainModel, py_bool(false)),
         (
             Key::Weights,
             if settings.load_weights {
@@ -221,23 +255,14 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
             .into(),
         ),
         (Key::Seed, settings.seed.to_string()),
-        (Key::UseGpu, if use_gpu { "True" } else { "False" }.into()),
+        (Key::UseGpu, py_bool(use_gpu)),
         (Key::NumGpus, if use_gpu { "1" } else { "0" }.into()),
-        (Key::UseTpu, "False".into()),
-        (Key::MinRuns, settings.timing.min_runs.to_string()),
-        (
-            Key::MinTimeS,
-            settings.timing.min_time.as_secs_f64().to_string(),
-        ),
-        (Key::MaxRuns, settings.timing.max_runs.to_string()),
-        (
-            Key::MaxTimeS,
-            settings.timing.max_time.as_secs_f64().to_string(),
-        ),
-        (
-            Key::WarmupMaxRuns,
-            settings.timing.warmup_max_runs.to_string(),
-        ),
+        (Key::UseTpu, py_bool(false)),
+        (Key::MinRuns, timing.min_runs.to_string()),
+        (Key::MinTimeS, timing.min_time.as_secs_f64().to_string()),
+        (Key::MaxRuns, timing.max_runs.to_string()),
+        (Key::MaxTimeS, timing.max_time.as_secs_f64().to_string()),
+        (Key::WarmupMaxRuns, timing.warmup_max_runs.to_string()),
         (
             Key::PeakMatmulGflops,
             peak_gflops
@@ -245,50 +270,31 @@ pub fn collect(settings: &CellSettings, multiprocess: bool, peak_gflops: Option<
                 .unwrap_or_else(|| "N/A".into()),
         ),
     ]
-    .into_iter()
-    .map(|(k, v): (Key, String)| (k.name().to_string(), v))
-    .collect();
-    let gpu = settings.device.cuda_ordinal().map(super::gpu::info);
-    let gpu_keys: [(Key, String); 5] = match gpu {
+}
+
+/// The GPU's facts (NVML) on a CUDA run, `N/A` (with the reason where NVML failed) otherwise.
+fn gpu(settings: &CellSettings) -> Vec<(Key, String)> {
+    const KEYS: [Key; 5] = [
+        Key::Gpu,
+        Key::GpuDriver,
+        Key::GpuRamMb,
+        Key::GpuPowerWatts,
+        Key::GpuPerformanceState,
+    ];
+    let values: [String; 5] = match settings.device.cuda_ordinal().map(super::gpu::info) {
         Some(Ok(g)) => [
-            (Key::Gpu, g.name),
-            (Key::GpuDriver, g.driver),
-            (
-                Key::GpuRamMb,
-                format!("{:.0}", memory::to_mb(g.memory_total)),
-            ),
-            (
-                Key::GpuPowerWatts,
-                g.power_watts
-                    .map(|w| format!("{w:.0}"))
-                    .unwrap_or_else(|| "N/A".into()),
-            ),
-            (
-                Key::GpuPerformanceState,
-                g.performance_state.unwrap_or_else(|| "N/A".into()),
-            ),
+            g.name,
+            g.driver,
+            format!("{:.0}", memory::to_mb(g.memory_total)),
+            g.power_watts
+                .map(|w| format!("{w:.0}"))
+                .unwrap_or_else(|| "N/A".into()),
+            g.performance_state.unwrap_or_else(|| "N/A".into()),
         ],
-        Some(Err(e)) => {
-            let na = format!("N/A ({e:#})");
-            [
-                (Key::Gpu, na.clone()),
-                (Key::GpuDriver, na.clone()),
-                (Key::GpuRamMb, na.clone()),
-                (Key::GpuPowerWatts, na.clone()),
-                (Key::GpuPerformanceState, na),
-            ]
-        }
-        None => [
-            Key::Gpu,
-            Key::GpuDriver,
-            Key::GpuRamMb,
-            Key::GpuPowerWatts,
-            Key::GpuPerformanceState,
-        ]
-        .map(|k| (k, "N/A".to_string())),
+        Some(Err(e)) => std::array::from_fn(|_| format!("N/A ({e:#})")),
+        None => std::array::from_fn(|_| "N/A".to_string()),
     };
-    info.extend(gpu_keys.into_iter().map(|(k, v)| (k.name().to_string(), v)));
-    info
+    KEYS.into_iter().zip(values).collect()
 }
 
 #[cfg(test)]

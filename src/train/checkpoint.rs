@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::answer::EvalReport;
 use crate::compute::optim::AdamW;
 use crate::models::ModelConfig;
 use crate::record::atomic_write;
@@ -31,6 +32,22 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// The row of an evaluation after `step`.
+    pub fn evaluation(step: usize, epoch: f64, elapsed_s: f64, report: &EvalReport) -> Self {
+        Self {
+            step,
+            epoch,
+            loss: None,
+            learning_rate: None,
+            grad_norm: None,
+            samples_per_s: None,
+            elapsed_s,
+            eval_exact_match: Some(report.exact_match),
+            eval_f1: Some(report.f1),
+            eval_questions: Some(report.questions),
+        }
+    }
+
     /// The row as a line for the person watching: a loss row or an evaluation row (`None`
     /// for a row with neither).
     pub fn line(&self) -> Option<String> {

@@ -250,6 +250,55 @@ pub fn inference_copy(config: &ModelConfig, model: &TrainableModel) -> Result<Qa
 
 /// Stacks training features into a batch with labels, at the windows' full (padded) length
 /// as the Trainer does.
+/// The training set's windows.
+fn training_windows(
+    args: &TrainingArgs,
+    setup: &TrainSetup,
+    observer: &mut dyn Observer,
+) -> Result<Vec<Feature>> {
+    observer.line("tokenising the training set...");
+    let examples: Vec<Example> = setup.train.examples().collect();
+    let features = setup.tokenizer.features(&examples, &args.windows)?;
+    if features.is_empty() {
+        bail!("the training set produced no windows");
+    }
+    Ok(features)
+}
+
+/// A checkpoint of the run so far (with the optimizer's state, so it resumes exactly) in
+/// `checkpoint-<step>/`.
+fn save_checkpoint(
+    args: &TrainingArgs,
+    files: &checkpoint::ModelFiles,
+    args_json: &serde_json::Value,
+    state: &TrainerState,
+    optimizer: &AdamW,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    let dir = checkpoint::checkpoint_dir(&args.output_dir, state.global_step);
+    checkpoint::save_run(&dir, files, args_json, state, Some(optimizer))?;
+    observer.line(&format!("saved {}", dir.display()));
+    Ok(())
+}
+
+/// One micro-batch forward and backward: its loss (refused when not finite, naming the
+/// optimizer step `step` it was for) and gradients.
+fn micro_batch(
+    model: &TrainableModel,
+    features: &[&Feature],
+    config: &ModelConfig,
+    dropout_seed: u64,
+    step: usize,
+) -> Result<(f64, Grads)> {
+    let (batch, starts, ends) = batch_of(features, config, model.model.device())?;
+    let (loss, grads) = model.loss_and_grads(&batch, &starts, &ends, dropout_seed)?;
+    let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !loss_value.is_finite() {
+        bail!("the loss became {loss_value} at step {step}; lower the learning rate");
+    }
+    Ok((loss_value, grads))
+}
+
 fn batch_of(
     features: &[&Feature],
     config: &ModelConfig,
@@ -445,15 +494,9 @@ pub fn train(
     args.validate()?;
     let config = setup.config.clone();
     let model = &setup.model;
-    let device = model.model.device().clone();
     let args_json = serde_json::to_value(args)?;
 
-    observer.line("tokenising the training set...");
-    let examples: Vec<Example> = setup.train.examples().collect();
-    let features = setup.tokenizer.features(&examples, &args.windows)?;
-    if features.is_empty() {
-        bail!("the training set produced no windows");
-    }
+    let features = training_windows(args, &setup, observer)?;
     let schedule = Schedule::new(args, features.len());
     let total_steps = schedule.total_steps;
     let mut optimizer = AdamW::new(&model.params, args.adamw())?;
@@ -491,17 +534,15 @@ pub fn train(
             }
             let step_clock = Instant::now();
             let batch_features: Vec<&Feature> = chunk.iter().map(|&i| &features[i]).collect();
-            let (batch, starts, ends) = batch_of(&batch_features, &config, &device)?;
             let dropout_seed = args.seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
                 ^ ((epoch * schedule.micro_per_epoch + micro) as u64);
-            let (loss, grads) = model.loss_and_grads(&batch, &starts, &ends, dropout_seed)?;
-            let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !loss_value.is_finite() {
-                bail!(
-                    "the loss became {loss_value} at step {}; lower the learning rate",
-                    state.global_step + 1
-                );
-            }
+            let (loss_value, grads) = micro_batch(
+                model,
+                &batch_features,
+                &config,
+                dropout_seed,
+                state.global_step + 1,
+            )?;
             since_log.losses.push(loss_value);
             since_log.samples += chunk.len();
             accumulate(&mut acc, grads)?;
@@ -538,18 +579,9 @@ pub fn train(
             if epoch_done && setup.eval.is_some() {
                 observer.line(&format!("evaluating after epoch {}...", epoch + 1));
                 if let Some(report) = evaluate_now(&config, model, &setup, args)? {
-                    let row = LogEntry {
-                        step: state.global_step,
-                        epoch: state.epoch,
-                        loss: None,
-                        learning_rate: None,
-                        grad_norm: None,
-                        samples_per_s: None,
-                        elapsed_s: base_elapsed + session.elapsed().as_secs_f64(),
-                        eval_exact_match: Some(report.exact_match),
-                        eval_f1: Some(report.f1),
-                        eval_questions: Some(report.questions),
-                    };
+                    let elapsed_s = base_elapsed + session.elapsed().as_secs_f64();
+                    let row =
+                        LogEntry::evaluation(state.global_step, state.epoch, elapsed_s, &report);
                     log_row(row, &mut state, &log_path, observer)?;
                     last_eval = Some(report);
                 }
@@ -558,9 +590,7 @@ pub fn train(
                 && state.global_step.is_multiple_of(args.save_steps)
                 && state.global_step < total_steps
             {
-                let dir = checkpoint::checkpoint_dir(&args.output_dir, state.global_step);
-                checkpoint::save_run(&dir, &files, &args_json, &state, Some(&optimizer))?;
-                observer.line(&format!("saved {}", dir.display()));
+                save_checkpoint(args, &files, &args_json, &state, &optimizer, observer)?;
             }
         }
     }
