@@ -18,7 +18,7 @@ use crate::error::input;
 use crate::serve::api::{Api, ServerWindows};
 use crate::serve::http::{bind, HttpConfig, Loaded, ModelInfo};
 use crate::serve::loadgen::{LoadgenJob, LoadgenOutcome, Questions, Target};
-use crate::serve::scenario::{RunSettings, Scenario, SearchSettings, STOP};
+use crate::serve::scenario::{ProbeSummary, RunSettings, Scenario, SearchSettings, STOP};
 use crate::serve::{BatcherConfig, QaEngine, Server};
 
 /// `bertbench serve`'s arguments.
@@ -413,49 +413,7 @@ fn print_loadgen(outcome: &LoadgenOutcome, url: Option<&str>) {
         r.scenario.name(),
     );
     for run in &r.runs {
-        let l = &run.latency;
-        let f = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1}"));
-        println!(
-            "  run {:>2}{}: {} queries ({} refused, {} failed) in {:.1} s, {:.2} answered/s; \
-             latency p50 {} p90 {} p99 {} ms; p{} {} ms (99% upper bound {}{}){}",
-            run.probe + 1,
-            run.target_qps
-                .map(|q| format!(" at {q:.2} QPS"))
-                .unwrap_or_default(),
-            run.queries,
-            run.refused,
-            run.failed,
-            run.duration_s,
-            run.achieved_qps,
-            f(l.p50_ms),
-            f(l.p90_ms),
-            f(l.p99_ms),
-            l.percentile,
-            f(l.percentile_ms),
-            f(l.percentile_upper_ms),
-            if l.estimable() {
-                String::new()
-            } else {
-                format!(": too few queries, {} needed", l.queries_needed)
-            },
-            match run.met {
-                Some(true) => "  bound met",
-                Some(false) => "  bound NOT met",
-                None => "",
-            }
-        );
-        if let Some(s) = &run.mean_stage_ms {
-            println!(
-                "          mean stages: tokenise {:.2} ms, queue {:.2} ms, model {:.2} ms, \
-                 decode {:.2} ms; {:.2} windows per query, {:.2} per batch",
-                s.tokenize_ms,
-                s.queue_ms,
-                s.model_ms,
-                s.decode_ms,
-                s.windows_per_query,
-                s.windows_per_batch
-            );
-        }
+        print_run(run);
     }
     if let Some(s) = &r.search {
         println!("  search: {}", s.verdict);
@@ -495,4 +453,52 @@ fn print_loadgen(outcome: &LoadgenOutcome, url: Option<&str>) {
         .map(|p| p.display().to_string())
         .collect();
     println!("  wrote {}", shown.join(", "));
+}
+
+/// One run of a loadgen scenario: its queries, rate, latency percentiles against the bound,
+/// and the mean time in each stage.
+fn print_run(run: &ProbeSummary) {
+    let l = &run.latency;
+    let f = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1}"));
+    println!(
+        "  run {:>2}{}: {} queries ({} refused, {} failed) in {:.1} s, {:.2} answered/s; \
+         latency p50 {} p90 {} p99 {} ms; p{} {} ms (99% upper bound {}{}){}",
+        run.probe + 1,
+        run.target_qps
+            .map(|q| format!(" at {q:.2} QPS"))
+            .unwrap_or_default(),
+        run.queries,
+        run.refused,
+        run.failed,
+        run.duration_s,
+        run.achieved_qps,
+        f(l.p50_ms),
+        f(l.p90_ms),
+        f(l.p99_ms),
+        l.percentile,
+        f(l.percentile_ms),
+        f(l.percentile_upper_ms),
+        if l.estimable() {
+            String::new()
+        } else {
+            format!(": too few queries, {} needed", l.queries_needed)
+        },
+        match run.met {
+            Some(true) => "  bound met",
+            Some(false) => "  bound NOT met",
+            None => "",
+        }
+    );
+    if let Some(s) = &run.mean_stage_ms {
+        println!(
+            "          mean stages: tokenise {:.2} ms, queue {:.2} ms, model {:.2} ms, \
+             decode {:.2} ms; {:.2} windows per query, {:.2} per batch",
+            s.tokenize_ms,
+            s.queue_ms,
+            s.model_ms,
+            s.decode_ms,
+            s.windows_per_query,
+            s.windows_per_batch
+        );
+    }
 }

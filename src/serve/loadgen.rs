@@ -384,7 +384,50 @@ impl LoadgenJob {
         if queries.is_empty() {
             return Err(input(format!("{}: no questions to send", setup.dataset)));
         }
-        let (probes, search_result) = match self.scenario {
+        let (probes, search_result) = self.probes(sut, queries, progress);
+        let runs: Vec<ProbeSummary> = probes.iter().map(|p| p.summary.clone()).collect();
+        let (metric, metric_name) = self.metric(&runs, search_result.as_ref());
+        let records: Vec<&QueryRecord> = probes.iter().flat_map(|p| &p.records).collect();
+        let accuracy = score_answers(dataset, &records);
+        let mut results = LoadgenResults {
+            scenario: self.scenario,
+            setup,
+            min_duration_s: self.run.min_duration.as_secs_f64(),
+            min_query_count: self.run.min_query_count,
+            seed: self.run.seed,
+            accuracy_mode: self.run.accuracy,
+            metric,
+            metric_name,
+            interrupted: runs.iter().any(|r| r.interrupted),
+            runs,
+            search: search_result,
+            accuracy,
+            cost: None,
+            date: chrono::Local::now().to_rfc3339(),
+            bertbench_version: crate::record::VERSION.to_string(),
+            git_commit: crate::record::GIT_COMMIT.to_string(),
+        };
+        if let (Some(price), Some(qps)) = (&self.price, results.qps()) {
+            results.cost = Some(ServingCost {
+                price: price.name.clone(),
+                usd_per_hour: price.usd_per_hour,
+                qps,
+                usd_per_million_questions: usd_for_seconds(1e6 / qps, price.usd_per_hour),
+            });
+        }
+        let files = self.write(&results, &probes)?;
+        Ok(LoadgenOutcome { results, files })
+    }
+
+    /// The scenario's runs: one, or at Server without a rate, the search's probes and what it
+    /// found.
+    fn probes(
+        &self,
+        sut: &dyn Sut,
+        queries: &[Query],
+        progress: &mut dyn FnMut(&Progress),
+    ) -> (Vec<Probe>, Option<SearchResult>) {
+        match self.scenario {
             Scenario::SingleStream => (
                 vec![single_stream(sut, queries, &self.run, 0, progress)],
                 None,
@@ -416,15 +459,22 @@ impl LoadgenJob {
                     (o.probes, Some(result))
                 }
             },
-        };
-        let runs: Vec<ProbeSummary> = probes.iter().map(|p| p.summary.clone()).collect();
-        let (metric, metric_name) = match self.scenario {
+        }
+    }
+
+    /// The scenario's figure and its name, from its runs (and the search's answer).
+    fn metric(
+        &self,
+        runs: &[ProbeSummary],
+        search: Option<&SearchResult>,
+    ) -> (Option<f64>, String) {
+        match self.scenario {
             Scenario::SingleStream => (
                 runs[0].latency.percentile_ms,
                 format!("p{} latency (ms)", self.run.percentile),
             ),
             Scenario::Offline => (Some(runs[0].achieved_qps), "samples/s".to_string()),
-            Scenario::Server => match &search_result {
+            Scenario::Server => match search {
                 Some(s) => (
                     s.max_qps,
                     format!(
@@ -440,37 +490,7 @@ impl LoadgenJob {
                     ),
                 ),
             },
-        };
-        let records: Vec<&QueryRecord> = probes.iter().flat_map(|p| &p.records).collect();
-        let accuracy = score_answers(dataset, &records);
-        let mut results = LoadgenResults {
-            scenario: self.scenario,
-            setup,
-            min_duration_s: self.run.min_duration.as_secs_f64(),
-            min_query_count: self.run.min_query_count,
-            seed: self.run.seed,
-            accuracy_mode: self.run.accuracy,
-            metric,
-            metric_name,
-            interrupted: runs.iter().any(|r| r.interrupted),
-            runs,
-            search: search_result,
-            accuracy,
-            cost: None,
-            date: chrono::Local::now().to_rfc3339(),
-            bertbench_version: crate::record::VERSION.to_string(),
-            git_commit: crate::record::GIT_COMMIT.to_string(),
-        };
-        if let (Some(price), Some(qps)) = (&self.price, results.qps()) {
-            results.cost = Some(ServingCost {
-                price: price.name.clone(),
-                usd_per_hour: price.usd_per_hour,
-                qps,
-                usd_per_million_questions: usd_for_seconds(1e6 / qps, price.usd_per_hour),
-            });
         }
-        let files = self.write(&results, &probes)?;
-        Ok(LoadgenOutcome { results, files })
     }
 
     fn write(&self, results: &LoadgenResults, probes: &[Probe]) -> Result<Vec<PathBuf>> {
