@@ -180,21 +180,57 @@ pub struct InfoArgs {
 pub fn info(args: InfoArgs) -> Result<()> {
     let hub = HubConfig::from_env(args.offline);
     let (config, source) = models::open_config(&args.model, &hub)?;
-    let specs = QaModel::param_specs(&config)?;
-    let total: usize = specs.iter().map(|s| s.numel()).sum();
-    let prefix = format!("{}.", config.model_type.base_prefix());
-    let count = |pred: &dyn Fn(&str) -> bool| -> usize {
-        specs
-            .iter()
-            .filter(|s| pred(&s.name))
-            .map(|s| s.numel())
-            .sum()
-    };
-    let embeddings = count(&|n| n.starts_with(&format!("{prefix}embeddings.")));
-    let head = count(&|n| n.starts_with("qa_outputs."));
-    let encoder = total - embeddings - head;
-    let summary = json!({
-        "model": args.model,
+    let params = ParamCounts::of(&config)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let summary = info_json(&args.model, &source, &config, &params);
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+        return Ok(());
+    }
+    writeln!(out, "{}  ({})", args.model, source)?;
+    print_info(&mut out, &config, &params)?;
+    Ok(())
+}
+
+/// A model's parameters, in all and by part.
+struct ParamCounts {
+    total: usize,
+    embeddings: usize,
+    encoder: usize,
+    head: usize,
+}
+
+impl ParamCounts {
+    fn of(config: &ModelConfig) -> Result<Self> {
+        let specs = QaModel::param_specs(config)?;
+        let total: usize = specs.iter().map(|s| s.numel()).sum();
+        let count = |prefix: &str| -> usize {
+            specs
+                .iter()
+                .filter(|s| s.name.starts_with(prefix))
+                .map(|s| s.numel())
+                .sum()
+        };
+        let embeddings = count(&format!("{}.embeddings.", config.model_type.base_prefix()));
+        let head = count("qa_outputs.");
+        Ok(Self {
+            total,
+            embeddings,
+            encoder: total - embeddings - head,
+            head,
+        })
+    }
+}
+
+/// `info --json`.
+fn info_json(
+    model: &str,
+    source: &str,
+    config: &ModelConfig,
+    params: &ParamCounts,
+) -> serde_json::Value {
+    json!({
+        "model": model,
         "source": source,
         "model_type": config.model_type.as_str(),
         "class": config.model_type.qa_class(),
@@ -202,7 +238,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
         "num_layers": config.num_layers,
         "num_heads": config.num_heads,
         "intermediate_size": config.intermediate_size,
-        "activation": format!("{:?}", config.activation).to_lowercase(),
+        "activation": activation_name(config),
         "vocab_size": config.vocab_size,
         "max_position_embeddings": config.max_position_embeddings,
         "type_vocab_size": config.type_vocab_size,
@@ -212,19 +248,21 @@ pub fn info(args: InfoArgs) -> Result<()> {
         })),
         "torch_dtype": config.torch_dtype,
         "parameters": {
-            "total": total,
-            "embeddings": embeddings,
-            "encoder": encoder,
-            "qa_head": head,
+            "total": params.total,
+            "embeddings": params.embeddings,
+            "encoder": params.encoder,
+            "qa_head": params.head,
         },
-        "f32_weight_bytes": total * 4,
-    });
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
-        return Ok(());
-    }
-    writeln!(out, "{}  ({})", args.model, source)?;
+        "f32_weight_bytes": params.total * 4,
+    })
+}
+
+fn activation_name(config: &ModelConfig) -> String {
+    format!("{:?}", config.activation).to_lowercase()
+}
+
+/// `info`'s text, after the model's name.
+fn print_info(out: &mut impl Write, config: &ModelConfig, params: &ParamCounts) -> Result<()> {
     writeln!(
         out,
         "  class               {}",
@@ -239,11 +277,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
         config.head_dim(),
         config.intermediate_size
     )?;
-    writeln!(
-        out,
-        "  activation          {}",
-        summary["activation"].as_str().unwrap_or_default()
-    )?;
+    writeln!(out, "  activation          {}", activation_name(config))?;
     writeln!(
         out,
         "  vocabulary          {} tokens, {} positions, {} token types",
@@ -256,14 +290,18 @@ pub fn info(args: InfoArgs) -> Result<()> {
             g.q, g.k, g.v, g.post_attention, g.intermediate, g.output
         )?;
     }
-    writeln!(out, "  parameters          {}", thousands(total))?;
-    writeln!(out, "    embeddings        {}", thousands(embeddings))?;
-    writeln!(out, "    encoder           {}", thousands(encoder))?;
-    writeln!(out, "    qa head           {}", thousands(head))?;
+    writeln!(out, "  parameters          {}", thousands(params.total))?;
+    writeln!(
+        out,
+        "    embeddings        {}",
+        thousands(params.embeddings)
+    )?;
+    writeln!(out, "    encoder           {}", thousands(params.encoder))?;
+    writeln!(out, "    qa head           {}", thousands(params.head))?;
     writeln!(
         out,
         "  f32 weights         {:.1} MiB",
-        (total * 4) as f64 / (1024.0 * 1024.0)
+        (params.total * 4) as f64 / (1024.0 * 1024.0)
     )?;
     Ok(())
 }
