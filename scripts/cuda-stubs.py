@@ -5,8 +5,8 @@ candle-core 0.11.1 enables cudarc's `dynamic-linking`: the binary names libcuda,
 libcublasLt, libcurand and libnvrtc at link time (as DT_NEEDED) and the loader finds the real
 ones by their sonames at start-up. The linker only needs a library of that soname that defines
 each symbol, so this writes one per library, every function cudarc binds (read from its own
-bindings, `src/<lib>/sys/mod.rs`, so the list follows the cudarc in Cargo.lock) returning an error
-code (999: CUDA_ERROR_UNKNOWN, CUBLAS/CURAND internal error, NVRTC_ERROR_INTERNAL_ERROR is 11).
+bindings, `src/<lib>/sys/mod.rs`, so the list follows the cudarc in Cargo.lock) returning its
+library's internal-error code (LIBRARIES below).
 
 The cuRAND stub is also the one the GPU check carries to a machine that has no libcurand.so.10
 (the real one is 100 MB, beyond what travels): candle creates a cuRAND generator with every CUDA

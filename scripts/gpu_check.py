@@ -332,8 +332,9 @@ def seed(ck, d, budget):
 
 
 def torch_time_ms(fn, device, min_runs=5, min_s=0.5, energy=None):
-    """Median ms of `fn()`, synchronising the device around each run, after warm-up; with
-    `energy` (a TorchEnergy), also the millijoules the timed runs used and how many ran."""
+    """(median ms of `fn()`, millijoules the timed runs used or None, runs timed), the device
+    synchronised around each run, after warm-up; the energy where `energy` (a TorchEnergy)
+    reads one."""
     if device.startswith("cuda"):
         import torch
         sync = torch.cuda.synchronize
@@ -353,9 +354,7 @@ def torch_time_ms(fn, device, min_runs=5, min_s=0.5, energy=None):
         if len(times) >= 200:
             break
     used_mj = energy.read_mj() - start_mj if start_mj is not None else None
-    if energy is not None:
-        return statistics.median(times), used_mj, len(times)
-    return statistics.median(times)
+    return statistics.median(times), used_mj, len(times)
 
 
 def torch_model(name_or_dir, device, dtype):
@@ -421,8 +420,8 @@ def vs_torch(ck, d, budget):
             ids = torch.randint(0, compiled.config.vocab_size, (r["batch"], r["seq"]),
                                 device=torch_device(ck.args.device))
             with torch.inference_mode():  # the warm-up runs compile
-                r["torch_compile_ms"] = torch_time_ms(lambda: compiled(input_ids=ids),
-                                                      ck.args.device)
+                r["torch_compile_ms"], _, _ = torch_time_ms(lambda: compiled(input_ids=ids),
+                                                            ck.args.device)
         except Exception as e:  # a compile that fails is a finding, not the step's end
             r["torch_compile_error"] = f"{type(e).__name__}: {e}"[:300]
         compiled = None  # the next compile's memory
@@ -477,7 +476,7 @@ def training(ck, d, budget):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    t = torch_time_ms(step, ck.args.device, min_runs=3, min_s=1.0)
+    t, _, _ = torch_time_ms(step, ck.args.device, min_runs=3, min_s=1.0)
     ck.sections.append(("A training step", [
         f"- {Path(model).name} {b}x{s}, {dtype}: bertbench "
         f"{'%.1f ms' % ms if ms else 'failed'}, PyTorch eager (autocast, AdamW) {t:.1f} ms"]))

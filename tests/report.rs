@@ -703,23 +703,16 @@ fn gpu_memory_and_energy_show_where_measured() {
         });
         m
     };
+    let measurements = vec![
+        gpu(1, 30.0, EnergySource::Counter),
+        gpu(4, 60.0, EnergySource::PowerTimesTime),
+    ];
     let results = ResultsFile {
         bertbench_version: "test".into(),
         settings: Some(settings()),
-        plan: vec![],
-        measurements: vec![
-            gpu(1, 30.0, EnergySource::Counter),
-            gpu(4, 60.0, EnergySource::PowerTimesTime),
-        ],
+        plan: measurements.iter().map(|m| m.cell.clone()).collect(),
+        measurements,
         ..Default::default()
-    };
-    let results = ResultsFile {
-        plan: results
-            .measurements
-            .iter()
-            .map(|m| m.cell.clone())
-            .collect(),
-        ..results
     };
     ResultsWriter::new(OutputFiles::in_dir(tmp.path()), results).unwrap();
     let tidy = csv_rows(&tmp.path().join("results.csv"));

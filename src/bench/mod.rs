@@ -416,14 +416,7 @@ mod tests {
         let settings = CellSettings {
             dtype: Precision::F16,
             device: DeviceSpec::Cuda(0),
-            threads: 1,
-            isa: Default::default(),
-            seed: 0,
-            speed: true,
-            memory: false,
-            load_weights: false,
-            offline: true,
-            timing: TimingPolicy::default(),
+            ..run::default_settings(1)
         };
         let cell = Cell {
             model: "m".into(),

@@ -514,8 +514,8 @@ fn memory_and_energy_columns<'a>(cells: &[&Measurement]) -> Vec<Column<'a, &'a M
             energy(m)
                 .and_then(|e| {
                     let how = match e.source {
-                        EnergySource::Counter => "",
-                        EnergySource::PowerTimesTime => " (power x time)",
+                        EnergySource::Counter => String::new(),
+                        estimate => format!(" ({})", estimate.as_str()),
                     };
                     e.per_1k_sequences().map(|j| format!("{j:.1}{how}"))
                 })

@@ -361,21 +361,14 @@ fn weights(load: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{CellSettings, Mode, Speed, TimingPolicy, Timings};
+    use crate::bench::{CellSettings, Mode, Speed, Timings};
     use crate::device::Precision;
 
     fn settings(threads: usize) -> CellSettings {
         CellSettings {
-            dtype: Precision::F32,
-            device: crate::device::DeviceSpec::Cpu,
-            threads,
-            isa: Default::default(),
-            seed: 0,
-            speed: true,
             memory: false,
-            load_weights: false,
             offline: true,
-            timing: TimingPolicy::default(),
+            ..crate::bench::run::default_settings(threads)
         }
     }
 
