@@ -58,6 +58,39 @@ impl MachinePrices {
             ([], None) => MachinePrices::None,
         })
     }
+
+    /// The price of the `i`th folder's machine, named `name`, read from `dir`.
+    fn price_for(&self, i: usize, name: &str, dir: &Path) -> Result<Option<Price>> {
+        Ok(match self {
+            MachinePrices::None => None,
+            MachinePrices::PerFolder(p) => {
+                let usd = p[i];
+                if !usd.is_finite() || usd < 0.0 {
+                    return Err(input(format!(
+                        "--price-per-hour must be finite numbers >= 0, got {usd}"
+                    )));
+                }
+                Some(Price {
+                    name: name.to_string(),
+                    description: None,
+                    usd_per_hour: usd,
+                    source: None,
+                    date: None,
+                })
+            }
+            MachinePrices::Table(t) => Some(
+                t.find(name)
+                    .with_context(|| {
+                        format!(
+                            "pricing machine {name:?} ({}); name the machines after the table's \
+                             entries with --machine-names",
+                            dir.display()
+                        )
+                    })?
+                    .clone(),
+            ),
+        })
+    }
 }
 
 /// A machine's name from its environment: the GPU when the run used one, else the CPU model
@@ -126,50 +159,8 @@ pub fn load_machines(
             )));
         }
         let results = ResultsFile::read(&path)?;
-        let name = match names.get(i) {
-            Some(n) if n.trim().is_empty() => {
-                return Err(input("--machine-names: a name is empty"));
-            }
-            Some(n) => {
-                if machines.iter().any(|m| m.name == *n) {
-                    return Err(input(format!("--machine-names: {n:?} is given twice")));
-                }
-                n.clone()
-            }
-            None => {
-                let base = machine_label(&results);
-                let taken = machines
-                    .iter()
-                    .filter(|m| m.name == base || m.name.starts_with(&format!("{base} #")))
-                    .count();
-                if taken == 0 {
-                    base
-                } else {
-                    format!("{base} #{}", taken + 1)
-                }
-            }
-        };
-        let price = match prices {
-            MachinePrices::None => None,
-            MachinePrices::PerFolder(p) => {
-                let usd = p[i];
-                if !usd.is_finite() || usd < 0.0 {
-                    return Err(input(format!(
-                        "--price-per-hour must be finite numbers >= 0, got {usd}"
-                    )));
-                }
-                Some(Price {
-                    name: name.clone(),
-                    description: None,
-                    usd_per_hour: usd,
-                    source: None,
-                    date: None,
-                })
-            }
-            MachinePrices::Table(t) => Some(t.find(&name).with_context(|| {
-                format!("pricing machine {name:?} ({}); name the machines after the table's entries with --machine-names", dir.display())
-            })?.clone()),
-        };
+        let name = machine_name(names.get(i), &machines, &results)?;
+        let price = prices.price_for(i, &name, dir)?;
         machines.push(Machine {
             name,
             dir: dir.clone(),
@@ -178,6 +169,34 @@ pub fn load_machines(
         });
     }
     Ok(machines)
+}
+
+/// A machine's name: the one given (not empty, not given twice), else [`machine_label`] with
+/// `#2`, `#3` after it where machines already `named` have that label.
+fn machine_name(
+    given: Option<&String>,
+    named: &[Machine],
+    results: &ResultsFile,
+) -> Result<String> {
+    match given {
+        Some(n) if n.trim().is_empty() => Err(input("--machine-names: a name is empty")),
+        Some(n) if named.iter().any(|m| m.name == *n) => {
+            Err(input(format!("--machine-names: {n:?} is given twice")))
+        }
+        Some(n) => Ok(n.clone()),
+        None => {
+            let base = machine_label(results);
+            let taken = named
+                .iter()
+                .filter(|m| m.name == base || m.name.starts_with(&format!("{base} #")))
+                .count();
+            Ok(if taken == 0 {
+                base
+            } else {
+                format!("{base} #{}", taken + 1)
+            })
+        }
+    }
 }
 
 /// The thread count a machine is compared at: its largest (a folder that swept thread counts
@@ -249,6 +268,20 @@ fn usd_per_1000(m: &Measurement, price: &Price) -> Option<f64> {
     ))
 }
 
+const TITLE: &str = "bertbench report: comparing machines";
+
+const NO_PRICES: &str = "No cost tables: give every machine a price (`--price-per-hour` once \
+     per folder, or `--prices TABLE` with an entry named after each machine).";
+
+const NO_OBSERVATION: &str =
+    "No speed ratio between machines excludes 1: no machine is faster beyond the intervals.";
+
+/// How the report's times and ratios are to be read, after its counts.
+const HOW_TO_READ: &str = "Times are medians per step with their 95% interval (2-level, across \
+     processes, where a machine timed cells in several). A speed ratio is the first machine's \
+     time over the other's (above 1: the other is faster), with the conservative interval of \
+     the two intervals.";
+
 /// Writes `report.md`, `report.html` and `plots/*.png` into `out`, comparing `machines`.
 pub fn write_machines_report(
     machines: &[Machine],
@@ -277,12 +310,9 @@ pub fn write_machines_report(
     let mut warnings = Vec::new();
     let mut observations = Vec::new();
     let mut blocks = vec![
-        Block::Heading(1, "bertbench report: comparing machines".into()),
+        Block::Heading(1, TITLE.into()),
         Block::Paragraph(format!(
-            "{} machines, {} models, {} shapes. Times are medians per step with their 95% \
-             interval (2-level, across processes, where a machine timed cells in several). A \
-             speed ratio is the first machine's time over the other's (above 1: the other is \
-             faster), with the conservative interval of the two intervals.",
+            "{} machines, {} models, {} shapes. {HOW_TO_READ}",
             machines.len(),
             models.len(),
             shapes.len()
@@ -305,11 +335,7 @@ pub fn write_machines_report(
         }
     }
     if machines.iter().any(|m| m.price.is_none()) {
-        blocks.push(Block::Paragraph(
-            "No cost tables: give every machine a price (`--price-per-hour` once per folder, \
-             or `--prices TABLE` with an entry named after each machine)."
-                .into(),
-        ));
+        blocks.push(Block::Paragraph(NO_PRICES.into()));
     }
     blocks.extend(serving_section(
         machines,
@@ -319,23 +345,105 @@ pub fn write_machines_report(
     ));
     let (plot_blocks, plots) = plots_section(machines, out, short_names)?;
     blocks.extend(plot_blocks);
+    let bullets = if observations.is_empty() {
+        vec![NO_OBSERVATION.into()]
+    } else {
+        observations.clone()
+    };
     blocks.insert(2, Block::Heading(2, "Observations".into()));
-    blocks.insert(
-        3,
-        Block::Bullets(if observations.is_empty() {
-            vec!["No speed ratio between machines excludes 1: no machine is faster beyond the intervals.".into()]
-        } else {
-            observations.clone()
-        }),
-    );
-    ReportFiles::write(
-        out,
-        "bertbench report: comparing machines",
-        &blocks,
-        plots,
-        observations,
-        warnings,
-    )
+    blocks.insert(3, Block::Bullets(bullets));
+    ReportFiles::write(out, TITLE, &blocks, plots, observations, warnings)
+}
+
+/// One model at one shape on every machine: a row of the tables across machines.
+struct ShapeRow<'a> {
+    model: String,
+    shape: (Mode, usize, usize),
+    /// Each machine's measurement ([`cell_of`]), in the machines' order.
+    cells: Vec<Option<&'a Measurement>>,
+}
+
+impl ShapeRow<'_> {
+    /// Machine `i`'s speed relative to the first machine's, with its interval.
+    fn ratio(&self, i: usize) -> Option<Ratio> {
+        let base = self.cells[0]?.speed.as_ref()?;
+        let other = self.cells[i]?.speed.as_ref()?;
+        Some(ratio_interval(base, other))
+    }
+
+    /// Machine `i`'s peak RSS in MB, where it measured it.
+    fn peak_mb(&self, i: usize) -> Option<f64> {
+        self.cells[i]?.memory.as_ref().map(|m| to_mb(m.peak_rss))
+    }
+
+    /// Machine `i`'s USD per 1,000 sequences, where it has a time and a price.
+    fn usd(&self, machines: &[Machine], i: usize) -> Option<f64> {
+        usd_per_1000(self.cells[i]?, machines[i].price.as_ref()?)
+    }
+
+    /// The fastest machine's index.
+    fn fastest(&self) -> Option<usize> {
+        self.cells
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some((point_time((*c)?)?, i)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, i)| i)
+    }
+
+    /// The cheapest machine and, where another machine is priced too, the runner-up with
+    /// whether the runner-up costs more beyond the interval of their cost ratio.
+    fn cheapest(&self, machines: &[Machine]) -> Option<(usize, Option<(usize, bool)>)> {
+        let mut ranked: Vec<(f64, usize)> = (0..machines.len())
+            .filter_map(|i| Some((self.usd(machines, i)?, i)))
+            .collect();
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (&(_, best), next) = (ranked.first()?, ranked.get(1));
+        let runner_up = next.map(|&(_, next)| {
+            let (a, b) = (&machines[next], &machines[best]);
+            let (_, lo, _) = cost_ratio(
+                self.cells[next]?,
+                a.price.as_ref()?,
+                self.cells[best]?,
+                b.price.as_ref()?,
+            );
+            Some((next, lo > 1.0))
+        });
+        Some((best, runner_up.flatten()))
+    }
+}
+
+/// The rows of one mode's tables: every model at every shape of `at` that some machine measured,
+/// models first.
+fn shape_rows<'a>(
+    machines: &'a [Machine],
+    models: &[String],
+    at: &[(Mode, usize, usize)],
+) -> Vec<ShapeRow<'a>> {
+    let mut rows = Vec::new();
+    for model in models {
+        for &shape in at {
+            let cells: Vec<Option<&Measurement>> =
+                machines.iter().map(|m| cell_of(m, model, shape)).collect();
+            if cells.iter().any(Option::is_some) {
+                rows.push(ShapeRow {
+                    model: model.clone(),
+                    shape,
+                    cells,
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// The columns every table across machines starts with: model, batch, sequence length.
+fn lead_columns<'a>(name: &'a dyn Fn(&str) -> String) -> Vec<Column<'a, ShapeRow<'a>>> {
+    vec![
+        Column::new("model", move |r: &ShapeRow| name(&r.model)),
+        Column::new("batch", |r: &ShapeRow| r.shape.1.to_string()),
+        Column::new("seq", |r: &ShapeRow| r.shape.2.to_string()),
+    ]
 }
 
 /// One mode's tables across machines: time per step with the fastest machine, speed
@@ -350,145 +458,80 @@ fn mode_section(
     observations: &mut Vec<String>,
 ) -> Vec<Block> {
     let base = &machines[0];
-    let mut blocks = Vec::new();
-    let mut time_rows = Vec::new();
-    let mut ratio_rows = Vec::new();
-    let mut memory_rows = Vec::new();
-    for model in models {
-        for &shape in at {
-            let cells: Vec<Option<&Measurement>> =
-                machines.iter().map(|m| cell_of(m, model, shape)).collect();
-            if cells.iter().all(Option::is_none) {
-                continue;
-            }
-            let lead = vec![name(model), shape.1.to_string(), shape.2.to_string()];
-            time_rows.push(time_row(lead.clone(), &cells, machines));
-            let mut say = |other: &Machine, (r, lo, hi): (f64, f64, f64)| {
-                observations.push(format!(
+    let rows = shape_rows(machines, models, at);
+    for row in &rows {
+        for (i, other) in machines.iter().enumerate().skip(1) {
+            match row.ratio(i) {
+                Some((r, lo, hi)) if lo > 1.0 || hi < 1.0 => observations.push(format!(
                     "{} {} b{} s{}: {} is {r:.2}x as fast as {} [{lo:.2}, {hi:.2}].",
-                    name(model),
+                    name(&row.model),
                     mode.as_str(),
-                    shape.1,
-                    shape.2,
+                    row.shape.1,
+                    row.shape.2,
                     other.name,
                     base.name
-                ))
-            };
-            ratio_rows.push(ratio_row(lead.clone(), &cells, machines, &mut say));
-            memory_rows.extend(memory_row(lead, &cells));
+                )),
+                _ => {}
+            }
         }
     }
     let title = match mode {
         Mode::Inference => "Inference",
         Mode::Training => "Training",
     };
-    let header = |columns: Vec<String>| {
-        let mut h = vec!["model".to_string(), "batch".into(), "seq".into()];
-        h.extend(columns);
-        h
-    };
-    let mut time_columns: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
-    time_columns.push("fastest".into());
-    blocks.push(Block::Heading(2, format!("{title}: time per step")));
-    blocks.push(Block::Table {
-        header: header(time_columns),
-        rows: time_rows,
-    });
-    let ratio_columns = machines
+    let mut time = lead_columns(name);
+    for (i, m) in machines.iter().enumerate() {
+        time.push(Column::new(m.name.clone(), move |r: &ShapeRow| {
+            r.cells[i].and_then(time_with_interval).unwrap_or_else(dash)
+        }));
+    }
+    time.push(Column::new("fastest", |r: &ShapeRow| {
+        r.fastest()
+            .map(|i| machines[i].name.clone())
+            .unwrap_or_else(dash)
+    }));
+    let mut ratio = lead_columns(name);
+    for (i, m) in machines.iter().enumerate().skip(1) {
+        ratio.push(Column::new(
+            format!("{} vs {}", m.name, base.name),
+            move |r: &ShapeRow| {
+                r.ratio(i)
+                    .map(|(r, lo, hi)| format!("{r:.2} [{lo:.2}, {hi:.2}]"))
+                    .unwrap_or_else(dash)
+            },
+        ));
+    }
+    let mut blocks = vec![
+        Block::Heading(2, format!("{title}: time per step")),
+        render::table(&rows, &time),
+        Block::Heading(3, format!("{title}: speed relative to {}", base.name)),
+        render::table(&rows, &ratio),
+    ];
+    let measured: Vec<&ShapeRow> = rows
         .iter()
-        .skip(1)
-        .map(|m| format!("{} vs {}", m.name, base.name))
+        .filter(|r| (0..machines.len()).any(|i| r.peak_mb(i).is_some()))
         .collect();
-    blocks.push(Block::Heading(
-        3,
-        format!("{title}: speed relative to {}", base.name),
-    ));
-    blocks.push(Block::Table {
-        header: header(ratio_columns),
-        rows: ratio_rows,
-    });
-    if !memory_rows.is_empty() {
-        let columns = machines
-            .iter()
-            .map(|m| format!("{} peak RSS MB", m.name))
-            .collect();
+    if !measured.is_empty() {
+        let mut memory = lead_columns(name);
+        for (i, m) in machines.iter().enumerate() {
+            memory.push(Column::new(
+                format!("{} peak RSS MB", m.name),
+                move |r: &ShapeRow| r.peak_mb(i).map(|v| format!("{v:.0}")).unwrap_or_else(dash),
+            ));
+        }
         blocks.push(Block::Heading(3, format!("{title}: peak memory")));
-        blocks.push(Block::Table {
-            header: header(columns),
-            rows: memory_rows,
-        });
+        blocks.push(render::table(measured.iter().copied(), &memory));
     }
     if machines.iter().all(|m| m.price.is_some()) {
-        let (b, o) = cost_section(machines, models, at, name, title);
+        let (b, o) = cost_section(machines, &rows, name, title);
         blocks.extend(b);
         observations.extend(o);
     }
     blocks
 }
 
-/// A shape's time on each machine (with its interval) and the fastest machine, after `lead`.
-fn time_row(
-    mut row: Vec<String>,
-    cells: &[Option<&Measurement>],
-    machines: &[Machine],
-) -> Vec<String> {
-    row.extend(
-        cells
-            .iter()
-            .map(|c| c.and_then(time_with_interval).unwrap_or_else(dash)),
-    );
-    let fastest = cells
-        .iter()
-        .zip(machines)
-        .filter_map(|(c, m)| Some((point_time((*c)?)?, &m.name)))
-        .min_by(|a, b| a.0.total_cmp(&b.0));
-    row.push(fastest.map(|(_, n)| n.clone()).unwrap_or_else(dash));
-    row
-}
-
 /// A speed ratio and its 95% interval: `(ratio, low, high)`.
 type Ratio = (f64, f64, f64);
-
-/// A shape's speed on each machine after the first relative to the first, with its
-/// interval, after `lead`; `say` hears each ratio whose interval excludes 1.
-fn ratio_row(
-    mut row: Vec<String>,
-    cells: &[Option<&Measurement>],
-    machines: &[Machine],
-    say: &mut dyn FnMut(&Machine, Ratio),
-) -> Vec<String> {
-    let base = cells[0].and_then(|b| b.speed.as_ref());
-    for (c, m) in cells.iter().zip(machines).skip(1) {
-        let other = c.and_then(|o| o.speed.as_ref());
-        row.push(match (base, other) {
-            (Some(bs), Some(os)) => {
-                let (r, lo, hi) = ratio_interval(bs, os);
-                if lo > 1.0 || hi < 1.0 {
-                    say(m, (r, lo, hi));
-                }
-                format!("{r:.2} [{lo:.2}, {hi:.2}]")
-            }
-            _ => dash(),
-        });
-    }
-    row
-}
-
-/// A shape's peak RSS on each machine after `lead`, where any machine measured it.
-fn memory_row(mut row: Vec<String>, cells: &[Option<&Measurement>]) -> Option<Vec<String>> {
-    let mems: Vec<Option<f64>> = cells
-        .iter()
-        .map(|c| c.and_then(|c| c.memory.as_ref()).map(|m| to_mb(m.peak_rss)))
-        .collect();
-    if mems.iter().all(Option::is_none) {
-        return None;
-    }
-    row.extend(
-        mems.iter()
-            .map(|v| v.map(|v| format!("{v:.0}")).unwrap_or_else(dash)),
-    );
-    Some(row)
-}
 
 /// The machines' facts, one row each.
 fn machines_section(machines: &[Machine]) -> Vec<Block> {
@@ -537,70 +580,59 @@ fn machines_section(machines: &[Machine]) -> Vec<Block> {
     ]
 }
 
-/// USD per 1,000 sequences per machine x model at each shape, and the cheapest machine.
+/// USD per 1,000 sequences per machine x model at each shape of `rows`, the cheapest machine,
+/// and an observation per model and cheapest machine.
 fn cost_section(
     machines: &[Machine],
-    models: &[String],
-    shapes: &[(Mode, usize, usize)],
+    rows: &[ShapeRow],
     name: &dyn Fn(&str) -> String,
     title: &str,
 ) -> (Vec<Block>, Vec<String>) {
-    let mut header = vec!["model".to_string(), "batch".into(), "seq".into()];
-    header.extend(machines.iter().map(|m| format!("{} USD", m.name)));
-    header.push("cheapest".into());
-    let mut rows = Vec::new();
-    let mut observations = Vec::new();
-    for model in models {
-        // (cheapest machine, whether the runner-up costs more beyond the intervals)
-        let mut wins: Vec<(String, bool)> = Vec::new();
-        for &shape in shapes {
-            let priced: Vec<Option<(f64, &Measurement, &Price)>> = machines
-                .iter()
-                .map(|m| {
-                    let cell = cell_of(m, model, shape)?;
-                    let price = m.price.as_ref()?;
-                    Some((usd_per_1000(cell, price)?, cell, price))
-                })
-                .collect();
-            if priced.iter().all(Option::is_none) {
-                continue;
-            }
-            let mut ranked: Vec<(usize, (f64, &Measurement, &Price))> = priced
-                .iter()
-                .enumerate()
-                .filter_map(|(i, p)| Some((i, (*p)?)))
-                .collect();
-            ranked.sort_by(|a, b| a.1 .0.total_cmp(&b.1 .0));
-            let mut row = vec![name(model), shape.1.to_string(), shape.2.to_string()];
-            row.extend(
-                priced
-                    .iter()
-                    .map(|p| p.map(|(c, ..)| format!("{c:.5}")).unwrap_or_else(dash)),
-            );
-            row.push(match ranked.as_slice() {
-                [] => dash(),
-                [(i, _)] => machines[*i].name.clone(),
-                [(i, (_, best, best_price)), (j, (_, next, next_price)), ..] => {
-                    let (_, lo, _) = cost_ratio(next, next_price, best, best_price);
-                    let clear = lo > 1.0;
-                    wins.push((machines[*i].name.clone(), clear));
-                    if clear {
-                        machines[*i].name.clone()
-                    } else {
-                        format!("{} (tied with {})", machines[*i].name, machines[*j].name)
-                    }
-                }
-            });
-            rows.push(row);
+    let priced: Vec<&ShapeRow> = rows
+        .iter()
+        .filter(|r| (0..machines.len()).any(|i| r.usd(machines, i).is_some()))
+        .collect();
+    let mut columns = lead_columns(name);
+    for (i, m) in machines.iter().enumerate() {
+        columns.push(Column::new(
+            format!("{} USD", m.name),
+            move |r: &ShapeRow| {
+                r.usd(machines, i)
+                    .map(|c| format!("{c:.5}"))
+                    .unwrap_or_else(dash)
+            },
+        ));
+    }
+    columns.push(Column::new("cheapest", |r: &ShapeRow| {
+        match r.cheapest(machines) {
+            None => dash(),
+            Some((best, Some((next, false)))) => format!(
+                "{} (tied with {})",
+                machines[best].name, machines[next].name
+            ),
+            Some((best, _)) => machines[best].name.clone(),
         }
-        let names: Vec<String> = wins.iter().map(|(n, _)| n.clone()).collect();
-        for m in distinct(names) {
+    }));
+    let mut observations = Vec::new();
+    let models = distinct(priced.iter().map(|r| r.model.clone()));
+    for model in models {
+        // (cheapest machine, whether the runner-up costs more beyond the intervals), at each
+        // shape where two machines are priced
+        let wins: Vec<(&str, bool)> = priced
+            .iter()
+            .filter(|r| r.model == model)
+            .filter_map(|r| match r.cheapest(machines)? {
+                (best, Some((_, clear))) => Some((machines[best].name.as_str(), clear)),
+                (_, None) => None,
+            })
+            .collect();
+        for m in distinct(wins.iter().map(|(n, _)| *n)) {
             let n = wins.iter().filter(|(w, _)| *w == m).count();
             let clear = wins.iter().filter(|(w, c)| *w == m && *c).count();
             observations.push(format!(
                 "{} ({}): {m} is the cheapest machine at {n} of {} shapes ({clear} beyond the \
                  intervals of the runner-up's cost).",
-                name(model),
+                name(&model),
                 title.to_lowercase(),
                 wins.len()
             ));
@@ -617,7 +649,7 @@ fn cost_section(
                  ratio) includes 1."
                     .into(),
             ),
-            Block::Table { header, rows },
+            render::table(priced.iter().copied(), &columns),
         ],
         observations,
     )
@@ -643,59 +675,12 @@ fn serving_section(
     warnings: &mut Vec<String>,
     observations: &mut Vec<String>,
 ) -> Vec<Block> {
-    // (machine index, results)
-    let mut found: Vec<(usize, LoadgenResults)> = Vec::new();
-    for (i, m) in machines.iter().enumerate() {
-        for p in files_named(&m.dir, loadgen::RESULTS_FILE) {
-            match LoadgenResults::read(&p) {
-                Ok(r) => found.push((i, r)),
-                Err(e) => warnings.push(format!("skipped {e:#}")),
-            }
-        }
-    }
+    let found = serving_results(machines, warnings);
     if found.is_empty() {
         return Vec::new();
     }
+    let rows = serving_rows(machines, &found);
     let priced = machines.iter().all(|m| m.price.is_some());
-    let keys = distinct(
-        found
-            .iter()
-            .map(|(_, r)| (r.setup.model.clone(), r.scenario, r.metric_name.clone())),
-    );
-    let rows: Vec<ServingRow> = keys
-        .into_iter()
-        .map(|(model, scenario, metric)| {
-            let per: Vec<Option<&LoadgenResults>> = (0..machines.len())
-                .map(|i| {
-                    found
-                        .iter()
-                        .rev()
-                        .find(|(j, r)| {
-                            *j == i
-                                && r.setup.model == model
-                                && r.scenario == scenario
-                                && r.metric_name == metric
-                        })
-                        .map(|(_, r)| r)
-                })
-                .collect();
-            let usd = per
-                .iter()
-                .zip(machines)
-                .map(|(r, m)| {
-                    let qps = r.and_then(|r| r.qps())?;
-                    Some(usd_for_seconds(1e6 / qps, m.price.as_ref()?.usd_per_hour))
-                })
-                .collect();
-            ServingRow {
-                model,
-                scenario,
-                metric,
-                per,
-                usd,
-            }
-        })
-        .collect();
     if priced {
         for row in rows.iter().filter(|r| r.scenario == Scenario::Server) {
             if let Some((u, i)) = row.cheapest() {
@@ -744,6 +729,69 @@ fn serving_section(
         ),
         render::table(&rows, &columns),
     ]
+}
+
+/// Every `loadgen` result under the machines' folders, with its machine's index; a file that
+/// cannot be read is a warning.
+fn serving_results(
+    machines: &[Machine],
+    warnings: &mut Vec<String>,
+) -> Vec<(usize, LoadgenResults)> {
+    let mut found = Vec::new();
+    for (i, m) in machines.iter().enumerate() {
+        for p in files_named(&m.dir, loadgen::RESULTS_FILE) {
+            match LoadgenResults::read(&p) {
+                Ok(r) => found.push((i, r)),
+                Err(e) => warnings.push(format!("skipped {e:#}")),
+            }
+        }
+    }
+    found
+}
+
+/// A row per model, scenario and metric found: each machine's latest result and its cost.
+fn serving_rows<'a>(
+    machines: &[Machine],
+    found: &'a [(usize, LoadgenResults)],
+) -> Vec<ServingRow<'a>> {
+    let keys = distinct(
+        found
+            .iter()
+            .map(|(_, r)| (r.setup.model.clone(), r.scenario, r.metric_name.clone())),
+    );
+    keys.into_iter()
+        .map(|(model, scenario, metric)| {
+            let per: Vec<Option<&LoadgenResults>> = (0..machines.len())
+                .map(|i| {
+                    found
+                        .iter()
+                        .rev()
+                        .find(|(j, r)| {
+                            *j == i
+                                && r.setup.model == model
+                                && r.scenario == scenario
+                                && r.metric_name == metric
+                        })
+                        .map(|(_, r)| r)
+                })
+                .collect();
+            let usd = per
+                .iter()
+                .zip(machines)
+                .map(|(r, m)| {
+                    let qps = r.and_then(|r| r.qps())?;
+                    Some(usd_for_seconds(1e6 / qps, m.price.as_ref()?.usd_per_hour))
+                })
+                .collect();
+            ServingRow {
+                model,
+                scenario,
+                metric,
+                per,
+                usd,
+            }
+        })
+        .collect()
 }
 
 /// A row of the serving table: one model, scenario and figure on every machine.

@@ -48,11 +48,14 @@ pub(crate) fn dash() -> String {
 
 /// The table of `rows` in `columns`: a line per row, the header and every cell from the same
 /// list, so they cannot fall out of step (a column left out is left out of both).
-pub(crate) fn table<R>(rows: &[R], columns: &[Column<R>]) -> Block {
+pub(crate) fn table<'r, R: 'r>(
+    rows: impl IntoIterator<Item = &'r R>,
+    columns: &[Column<R>],
+) -> Block {
     Block::Table {
         header: columns.iter().map(|c| c.header.clone()).collect(),
         rows: rows
-            .iter()
+            .into_iter()
             .map(|r| columns.iter().map(|c| (c.cell)(r)).collect())
             .collect(),
     }
