@@ -44,11 +44,12 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch, Semaphore};
 
-use super::api::{parse, Api, HfAnswer, QaResponse, ServerWindows};
+use super::api::{parse, Api, HfAnswer, Parsed, QaResponse, ServerWindows};
 use super::batcher::{BatchObserver, Completion, Rejected, Server, Submission};
 use super::metrics::{BatcherNow, Metrics, Refusal};
 
@@ -257,6 +258,8 @@ pub async fn signalled() {
 /// closed unanswered.
 const BUSY_REPLIES: usize = 64;
 
+/// Accepts connections until `stop` resolves or the model fails to load, then drains the open
+/// ones ([`drain`]).
 async fn run(
     listener: Listener,
     state: Arc<State>,
@@ -270,7 +273,7 @@ async fn run(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
         .keep_alive(true);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let busy = Arc::new(Semaphore::new(BUSY_REPLIES));
     tokio::pin!(stop);
@@ -299,47 +302,67 @@ async fn run(
             }
             _ = &mut load_failed => break,
         };
-        let _ = stream.set_nodelay(true);
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            state.metrics.refused(Refusal::Connections);
-            if let Ok(slot) = Arc::clone(&busy).try_acquire_owned() {
-                let limit = config.max_connections;
-                tokio::spawn(async move {
-                    refuse_connection(stream, limit).await;
-                    drop(slot);
-                });
-            }
-            continue;
-        };
-        let st = Arc::clone(&state);
-        let service = hyper::service::service_fn(move |req| {
-            let st = Arc::clone(&st);
-            async move { Ok::<_, Infallible>(handle(&st, req).await) }
-        });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        let st = Arc::clone(&state);
-        tokio::spawn(async move {
-            let _open = st.metrics.connection();
-            if let Err(e) = conn.await {
-                if e.is_timeout() {
-                    st.metrics.timed_out();
-                }
-            }
-            drop(permit);
-        });
+        serve_connection(stream, &state, &http, &graceful, &connections, &busy);
     }
     drop(listener);
     state.stopping.store(true, Ordering::SeqCst);
+    Ok(drain(graceful, &state).await)
+}
+
+/// Serves one accepted connection on a task of its own; over the connection limit, sends it a
+/// 503 instead (while fewer than [`BUSY_REPLIES`] are being sent; past that, closes it).
+fn serve_connection(
+    stream: tokio::net::TcpStream,
+    state: &Arc<State>,
+    http: &hyper::server::conn::http1::Builder,
+    graceful: &GracefulShutdown,
+    connections: &Arc<Semaphore>,
+    busy: &Arc<Semaphore>,
+) {
+    let _ = stream.set_nodelay(true);
+    let Ok(permit) = Arc::clone(connections).try_acquire_owned() else {
+        state.metrics.refused(Refusal::Connections);
+        if let Ok(slot) = Arc::clone(busy).try_acquire_owned() {
+            let limit = state.config.max_connections;
+            tokio::spawn(async move {
+                refuse_connection(stream, limit).await;
+                drop(slot);
+            });
+        }
+        return;
+    };
+    let st = Arc::clone(state);
+    let service = hyper::service::service_fn(move |req| {
+        let st = Arc::clone(&st);
+        async move { Ok::<_, Infallible>(handle(&st, req).await) }
+    });
+    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+    let st = Arc::clone(state);
+    tokio::spawn(async move {
+        let _open = st.metrics.connection();
+        if let Err(e) = conn.await {
+            if e.is_timeout() {
+                st.metrics.timed_out();
+            }
+        }
+        drop(permit);
+    });
+}
+
+/// Once the listener is closed: waits for the open connections to finish their requests, for
+/// at most the shutdown grace, and counts those left unanswered.
+async fn drain(graceful: GracefulShutdown, state: &State) -> Served {
+    let config = state.config;
     let in_flight = || config.max_in_flight.max(1) - state.in_flight.available_permits();
     tokio::select! {
-        _ = graceful.shutdown() => Ok(Served { abandoned: 0 }),
+        _ = graceful.shutdown() => Served { abandoned: 0 },
         _ = tokio::time::sleep(config.shutdown_grace) => {
             let abandoned = in_flight();
             eprintln!(
                 "stopping: {abandoned} requests still unanswered after {:.0} s; closing",
                 config.shutdown_grace.as_secs_f64()
             );
-            Ok(Served { abandoned })
+            Served { abandoned }
         }
     }
 }
@@ -554,53 +577,11 @@ async fn answer(st: &Arc<State>, api: Api, req: Request<Incoming>, arrival: Inst
         ));
     };
     let _counted = st.metrics.in_flight();
-    let (tx, rx) = oneshot::channel::<Result<Completion, String>>();
     let list = parsed.list;
-    let submitter = Arc::clone(st);
-    // Tokenising is CPU work: off the connection threads, on the bounded blocking pool.
-    let submitted = tokio::task::spawn_blocking(move || {
-        let server = &submitter.loaded.get().expect("loaded (checked)").server;
-        // A client that goes away drops its request (hyper drops this handler's future, and
-        // with it the receiver): the batcher drops the query if it has not run yet.
-        let tx = Arc::new(Mutex::new(Some(tx)));
-        let tx2 = Arc::clone(&tx);
-        server.send(Submission {
-            question: parsed.question.into(),
-            context: parsed.context.into(),
-            options: parsed.options,
-            arrival,
-            reply: Box::new(move |r| {
-                if let Some(tx) = tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    let _ = tx.send(r);
-                }
-            }),
-            wanted: Some(Box::new(move || {
-                tx2.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                    .is_some_and(|tx| !tx.is_closed())
-            })),
-        })
-    })
-    .await;
-    match submitted {
-        Ok(Ok(())) => {}
-        Ok(Err(Rejected::QueueFull(n))) => {
-            st.metrics.refused(Refusal::QueueFull);
-            return unavailable(format!("queue full ({n} queries waiting); retry later"));
-        }
-        Ok(Err(Rejected::Closed)) => {
-            st.metrics.refused(Refusal::ShuttingDown);
-            return unavailable("the server is shutting down");
-        }
-        Ok(Err(Rejected::Invalid(m))) => return error(StatusCode::BAD_REQUEST, m),
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("tokenising: {e}"),
-            )
-        }
-    }
+    let rx = match submit(st, parsed, arrival).await {
+        Ok(rx) => rx,
+        Err(reply) => return reply,
+    };
     let c = match rx.await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -628,6 +609,59 @@ async fn answer(st: &Arc<State>, api: Api, req: Request<Incoming>, arrival: Inst
         st.metrics.answered(stages, total);
     }
     reply
+}
+
+/// Where a query's answer arrives.
+type Answered = oneshot::Receiver<Result<Completion, String>>;
+
+/// Tokenises and queues a parsed query for the batcher, off the connection threads (on the
+/// bounded blocking pool: tokenising is CPU work); a query the batcher refuses is its reply.
+async fn submit(st: &Arc<State>, parsed: Parsed, arrival: Instant) -> Result<Answered, Reply> {
+    let (tx, rx) = oneshot::channel::<Result<Completion, String>>();
+    let submitter = Arc::clone(st);
+    let submitted = tokio::task::spawn_blocking(move || {
+        let server = &submitter.loaded.get().expect("loaded (checked)").server;
+        // A client that goes away drops its request (hyper drops this handler's future, and
+        // with it the receiver): the batcher drops the query if it has not run yet.
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let tx2 = Arc::clone(&tx);
+        server.send(Submission {
+            question: parsed.question.into(),
+            context: parsed.context.into(),
+            options: parsed.options,
+            arrival,
+            reply: Box::new(move |r| {
+                if let Some(tx) = tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = tx.send(r);
+                }
+            }),
+            wanted: Some(Box::new(move || {
+                tx2.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .is_some_and(|tx| !tx.is_closed())
+            })),
+        })
+    })
+    .await;
+    match submitted {
+        Ok(Ok(())) => Ok(rx),
+        Ok(Err(Rejected::QueueFull(n))) => {
+            st.metrics.refused(Refusal::QueueFull);
+            Err(unavailable(format!(
+                "queue full ({n} queries waiting); retry later"
+            )))
+        }
+        Ok(Err(Rejected::Closed)) => {
+            st.metrics.refused(Refusal::ShuttingDown);
+            Err(unavailable("the server is shutting down"))
+        }
+        Ok(Err(Rejected::Invalid(m))) => Err(error(StatusCode::BAD_REQUEST, m)),
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("tokenising: {e}"),
+        )),
+    }
 }
 
 fn v1_answer(c: &Completion, total: Duration) -> QaResponse {

@@ -67,6 +67,31 @@ pub struct Questions {
     pub offline: bool,
 }
 
+impl Questions {
+    /// The dataset's path (downloading the dev set where none is given) and its questions,
+    /// the first `limit` of them where a limit is given.
+    fn read(&self) -> Result<(PathBuf, Dataset)> {
+        let path = match &self.dataset {
+            Some(p) => p.clone(),
+            None => crate::squad::download::dev_set(HubConfig::from_env(self.offline).offline)?,
+        };
+        let dataset = read_dataset(&path)?;
+        let dataset = match self.limit {
+            Some(n) => dataset.first_questions(n),
+            None => dataset,
+        };
+        Ok((path, dataset))
+    }
+}
+
+/// What [`Target::open`] opened: the system under test, the in-process server behind it (to
+/// shut down after), and the result's setup.
+type Opened = (Box<dyn Sut>, Option<Arc<Server>>, Setup);
+
+/// A result's setup from what was opened: the model's source, the system, the batcher's
+/// settings and the precision the model runs at (both `None` for a URL).
+type SetupOf<'a> = dyn Fn(String, String, Option<BatcherSetup>, Option<Precision>) -> Setup + 'a;
+
 /// The system under test.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -88,6 +113,44 @@ impl Target {
             Self::Model { spec, .. } => &spec.model,
             Self::Url { name, .. } => name,
         }
+    }
+
+    /// Opens the system under test: a connection to the URL with at most
+    /// `batcher.queue_capacity` requests in flight, or the model behind a batching server
+    /// (the observer hears what loading it had to do).
+    fn open(
+        &self,
+        batcher: BatcherConfig,
+        features: FeatureConfig,
+        setup: &SetupOf,
+        observer: &mut dyn Observer,
+    ) -> Result<Opened> {
+        Ok(match self {
+            Target::Url { url, api, .. } => (
+                Box::new(HttpSut::connect(url, *api, batcher.queue_capacity)?),
+                None,
+                setup(format!("the server at {url}"), url.clone(), None, None),
+            ),
+            Target::Model {
+                spec,
+                tokenizer,
+                decode,
+            } => {
+                let opened = QaEngine::open(spec, tokenizer.as_deref(), features, *decode)?;
+                for line in opened.report.iter().flat_map(|r| r.warnings()) {
+                    observer.line(&line);
+                }
+                let precision = opened.engine.model.precision();
+                let server = Arc::new(Server::start(Arc::new(opened.engine), batcher));
+                let setup = setup(
+                    opened.source,
+                    "in-process".into(),
+                    Some(batcher.into()),
+                    Some(precision),
+                );
+                (Box::new(Arc::clone(&server)), Some(server), setup)
+            }
+        })
     }
 }
 
@@ -272,17 +335,7 @@ impl LoadgenJob {
         observer: &mut dyn Observer,
     ) -> Result<LoadgenOutcome> {
         self.check()?;
-        let path = match &questions.dataset {
-            Some(p) => p.clone(),
-            None => {
-                crate::squad::download::dev_set(HubConfig::from_env(questions.offline).offline)?
-            }
-        };
-        let dataset = read_dataset(&path)?;
-        let dataset = match questions.limit {
-            Some(n) => dataset.first_questions(n),
-            None => dataset,
-        };
+        let (path, dataset) = questions.read()?;
         let queries = queries_from(&dataset);
         if self.scenario == Scenario::Offline {
             // The offline scenario sends its whole wave at once: the queue must hold it.
@@ -293,46 +346,23 @@ impl LoadgenJob {
             };
             batcher.queue_capacity = batcher.queue_capacity.max(wave);
         }
-        let setup =
-            |model_source: String, system: String, batcher, model_at: Option<Precision>| Setup {
-                model: target.name().to_string(),
-                model_source,
-                dataset: path.display().to_string(),
-                system,
-                batcher,
-                threads,
-                isa: model_at.map(|_| Isa::current()),
-                cpu: cpu_model(),
-                dtype: model_at,
-                max_seq_length: features.max_seq_length,
-                doc_stride: features.doc_stride,
-            };
-        let (sut, local, setup): (Box<dyn Sut>, Option<Arc<Server>>, Setup) = match target {
-            Target::Url { url, api, .. } => (
-                Box::new(HttpSut::connect(url, *api, batcher.queue_capacity)?),
-                None,
-                setup(format!("the server at {url}"), url.clone(), None, None),
-            ),
-            Target::Model {
-                spec,
-                tokenizer,
-                decode,
-            } => {
-                let opened = QaEngine::open(spec, tokenizer.as_deref(), features, *decode)?;
-                for line in opened.report.iter().flat_map(|r| r.warnings()) {
-                    observer.line(&line);
-                }
-                let precision = opened.engine.model.precision();
-                let server = Arc::new(Server::start(Arc::new(opened.engine), batcher));
-                let setup = setup(
-                    opened.source,
-                    "in-process".into(),
-                    Some(batcher.into()),
-                    Some(precision),
-                );
-                (Box::new(Arc::clone(&server)), Some(server), setup)
-            }
+        let setup = |model_source: String,
+                     system: String,
+                     batcher: Option<BatcherSetup>,
+                     model_at: Option<Precision>| Setup {
+            model: target.name().to_string(),
+            model_source,
+            dataset: path.display().to_string(),
+            system,
+            batcher,
+            threads,
+            isa: model_at.map(|_| Isa::current()),
+            cpu: cpu_model(),
+            dtype: model_at,
+            max_seq_length: features.max_seq_length,
+            doc_stride: features.doc_stride,
         };
+        let (sut, local, setup) = target.open(batcher, features, &setup, observer)?;
         let mut probe = None;
         let outcome = self.run_checked(sut.as_ref(), &dataset, &queries, setup, &mut |p| {
             if probe != Some(p.probe) {
