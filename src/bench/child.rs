@@ -67,6 +67,8 @@ enum ChildEvent {
     Line(String),
 }
 
+/// Measures `cell` in a child process of `exe` (this binary): the observer hears its progress;
+/// a child that fails or dies is a `failed` or `crashed` row.
 pub(super) fn run(
     exe: &PathBuf,
     cell: &Cell,
@@ -74,23 +76,7 @@ pub(super) fn run(
     settings: &CellSettings,
     observer: &mut dyn Observer,
 ) -> Result<Measurement> {
-    let job = serde_json::to_string(&ChildJob {
-        cell: cell.clone(),
-        settings: settings.clone(),
-    })?;
-    let mut child = Command::new(exe)
-        .arg("bench-cell")
-        .env("RAYON_NUM_THREADS", settings.threads.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(job.as_bytes())?;
+    let mut child = start(exe, cell, settings)?;
     let stderr = child.stderr.take().expect("piped stderr");
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -125,35 +111,74 @@ pub(super) fn run(
     let _ = reader.join();
     let out = stdout_reader.join().unwrap_or_default();
     let status = child.wait()?;
+    let failed = |status, reason| failed_row(cell, config, settings, status, reason);
+    Ok(match ended(&status, &out, &tail) {
+        Ended::Measured(m) => *m,
+        Ended::Failed(error) => failed(Status::Failed, error),
+        Ended::Crashed(reason) => failed(Status::Crashed, reason),
+    })
+}
+
+/// Starts a `bench-cell` child of `exe` on `settings.threads` threads and sends it the job.
+fn start(exe: &PathBuf, cell: &Cell, settings: &CellSettings) -> Result<std::process::Child> {
+    let job = serde_json::to_string(&ChildJob {
+        cell: cell.clone(),
+        settings: settings.clone(),
+    })?;
+    let mut child = Command::new(exe)
+        .arg("bench-cell")
+        .env("RAYON_NUM_THREADS", settings.threads.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(job.as_bytes())?;
+    Ok(child)
+}
+
+/// How a child ended.
+#[derive(Debug)]
+enum Ended {
+    Measured(Box<Measurement>),
+    /// It ran and reported an error.
+    Failed(String),
+    /// It died, or exited without a reply: how, with its last words.
+    Crashed(String),
+}
+
+/// How a child that exited with `status` ended, from its stdout (`out`: the reply on its last
+/// line) and the last lines of its stderr (`tail`).
+fn ended(status: &std::process::ExitStatus, out: &str, tail: &[String]) -> Ended {
     if status.success() {
         if let Some(last) = out.lines().rev().find(|l| !l.trim().is_empty()) {
             match serde_json::from_str::<ChildReply>(last) {
-                Ok(ChildReply::Done(m)) => return Ok(*m),
-                Ok(ChildReply::Error { error }) => {
-                    return Ok(failed_row(cell, config, settings, Status::Failed, error))
-                }
+                Ok(ChildReply::Done(m)) => return Ended::Measured(m),
+                Ok(ChildReply::Error { error }) => return Ended::Failed(error),
                 Err(_) => {}
             }
         }
-        let reason = format!(
+        return Ended::Crashed(format!(
             "child process exited without a result; stderr: {}",
             tail.join(" | ")
-        );
-        return Ok(failed_row(cell, config, settings, Status::Crashed, reason));
+        ));
     }
-    let how = describe_exit(&status);
+    let how = describe_exit(status);
     let last = tail
         .iter()
         .rev()
         .find(|l| !l.trim().is_empty())
         .cloned()
         .unwrap_or_default();
-    let reason = if last.is_empty() {
+    Ended::Crashed(if last.is_empty() {
         how
     } else {
         format!("{how}; last message: {last}")
-    };
-    Ok(failed_row(cell, config, settings, Status::Crashed, reason))
+    })
 }
 
 fn describe_exit(status: &std::process::ExitStatus) -> String {
@@ -209,5 +234,36 @@ mod tests {
         let (p, r, e) = parse_progress(&line).unwrap();
         assert_eq!((p, r, e), (Phase::Timing, 7, Duration::from_millis(1500)));
         assert!(parse_progress("warning: something").is_none());
+    }
+
+    /// A child's end read from its exit status, stdout and stderr: its reply when it exited
+    /// cleanly with one, else a crash naming how it ended and its last words.
+    #[cfg(unix)]
+    #[test]
+    fn a_child_ends_measured_failed_or_crashed() {
+        use std::os::unix::process::ExitStatusExt;
+        let ok = std::process::ExitStatus::from_raw(0);
+        let tail = |lines: &[&str]| lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        let replied = "note\n{\"error\":\"no such model\"}\n\n";
+        assert!(matches!(ended(&ok, replied, &[]), Ended::Failed(e) if e == "no such model"));
+        let Ended::Crashed(why) = ended(&ok, "not json", &tail(&["a", "b"])) else {
+            panic!("a clean exit without a reply is a crash")
+        };
+        assert_eq!(why, "child process exited without a result; stderr: a | b");
+        // Killed by SIGKILL (a raw wait status of 9): the signal named, the last line kept.
+        let killed = std::process::ExitStatus::from_raw(9);
+        let Ended::Crashed(why) = ended(&killed, "", &tail(&["loading", "timing", " "])) else {
+            panic!("a killed child is a crash")
+        };
+        assert!(
+            why.contains("SIGKILL") && why.ends_with("; last message: timing"),
+            "{why}"
+        );
+        // Exit code 1 (a raw status of 1 << 8), silent.
+        let Ended::Crashed(why) = ended(&std::process::ExitStatus::from_raw(1 << 8), "", &[])
+        else {
+            panic!("a failing exit is a crash")
+        };
+        assert_eq!(why, "child process exited with 1");
     }
 }

@@ -329,76 +329,112 @@ pub fn find_max_batch(
         ..opts.clone()
     };
     let mut probes = Vec::new();
-    let mut probe =
-        |b: usize, observer: &mut dyn Observer| -> Result<(bool, Option<u64>, Option<String>)> {
-            let cell = Cell {
-                model: model.to_string(),
-                mode,
-                batch_size: b,
-                sequence_length,
-                threads: opts.settings.threads,
-                dtype: Some(opts.settings.dtype),
-            };
-            observer.cell_started(probes.len(), 0, &cell);
-            let m = match precheck(&config, &cell, &probe_opts) {
-                Some(row) => row,
-                None => run_one(&cell, &config, &probe_opts, observer)?,
-            };
-            let peak = m.memory.as_ref().map(|mem| mem.peak_rss);
-            let fits = m.status == Status::Ok && peak.is_some_and(|p| p <= opts.max_memory);
-            let why = if fits {
-                None
-            } else if m.status == Status::Ok {
-                Some(format!(
-                    "measured peak {:.0} MB exceeds the limit of {:.0} MB",
-                    super::memory::to_mb(peak.unwrap_or(0)),
-                    super::memory::to_mb(opts.max_memory)
-                ))
-            } else {
-                Some(format!(
-                    "{}: {}",
-                    m.status.as_str(),
-                    m.reason.clone().unwrap_or_default()
-                ))
-            };
-            observer.cell_finished(&m);
-            probes.push((b, fits));
-            Ok((fits, peak, why))
+    let mut probe = |b: usize, observer: &mut dyn Observer| -> Result<Probe> {
+        let cell = Cell {
+            model: model.to_string(),
+            mode,
+            batch_size: b,
+            sequence_length,
+            threads: opts.settings.threads,
+            dtype: Some(opts.settings.dtype),
         };
+        observer.cell_started(probes.len(), 0, &cell);
+        let m = match precheck(&config, &cell, &probe_opts) {
+            Some(row) => row,
+            None => run_one(&cell, &config, &probe_opts, observer)?,
+        };
+        let verdict = Probe::of(&m, opts.max_memory);
+        observer.cell_finished(&m);
+        probes.push((b, verdict.fits));
+        Ok(verdict)
+    };
+    let found = largest_fitting(cap, &mut |b| probe(b, observer))?;
+    Ok(MaxBatch {
+        model: model.to_string(),
+        mode,
+        sequence_length,
+        max_batch_size: (found.largest > 0).then_some(found.largest),
+        peak_rss_at_max: found.peak,
+        first_failing_batch: found.failing.as_ref().map(|(h, _)| *h),
+        failure: found.failing.map(|(_, w)| w),
+        probes,
+    })
+}
+
+/// One probe's verdict: whether the batch fits, its measured peak, and why not.
+#[derive(Debug, Clone, PartialEq)]
+struct Probe {
+    fits: bool,
+    peak: Option<u64>,
+    why: Option<String>,
+}
+
+impl Probe {
+    /// A memory-only cell fits when it ran and its measured peak is at most `limit` bytes.
+    fn of(m: &Measurement, limit: u64) -> Self {
+        let peak = m.memory.as_ref().map(|mem| mem.peak_rss);
+        let fits = m.status == Status::Ok && peak.is_some_and(|p| p <= limit);
+        let why = if fits {
+            None
+        } else if m.status == Status::Ok {
+            Some(format!(
+                "measured peak {:.0} MB exceeds the limit of {:.0} MB",
+                super::memory::to_mb(peak.unwrap_or(0)),
+                super::memory::to_mb(limit)
+            ))
+        } else {
+            Some(format!(
+                "{}: {}",
+                m.status.as_str(),
+                m.reason.clone().unwrap_or_default()
+            ))
+        };
+        Probe { fits, peak, why }
+    }
+}
+
+/// What the search for the largest batch found.
+#[derive(Debug, Clone, PartialEq)]
+struct Found {
+    /// The largest batch that fits (0: not even batch 1), and its measured peak.
+    largest: usize,
+    peak: Option<u64>,
+    /// The smallest batch found not to fit, and why; `None` when the cap was reached.
+    failing: Option<(usize, String)>,
+}
+
+/// The largest batch up to `cap` that `probe` says fits, by doubling from 1 and then
+/// bisecting between the last fit and the first failure.
+fn largest_fitting(cap: usize, probe: &mut dyn FnMut(usize) -> Result<Probe>) -> Result<Found> {
     let (mut lo, mut lo_peak) = (0usize, None);
     let mut hi: Option<(usize, String)> = None;
     let mut b = 1usize;
     while b <= cap {
-        let (fits, peak, why) = probe(b, observer)?;
-        if fits {
-            (lo, lo_peak) = (b, peak);
+        let p = probe(b)?;
+        if p.fits {
+            (lo, lo_peak) = (b, p.peak);
             b *= 2;
         } else {
-            hi = Some((b, why.unwrap_or_default()));
+            hi = Some((b, p.why.unwrap_or_default()));
             break;
         }
     }
     if let Some((mut h, mut why_h)) = hi.clone() {
         while h - lo > 1 {
             let mid = lo + (h - lo) / 2;
-            let (fits, peak, why) = probe(mid, observer)?;
-            if fits {
-                (lo, lo_peak) = (mid, peak);
+            let p = probe(mid)?;
+            if p.fits {
+                (lo, lo_peak) = (mid, p.peak);
             } else {
-                (h, why_h) = (mid, why.unwrap_or_default());
+                (h, why_h) = (mid, p.why.unwrap_or_default());
             }
         }
         hi = Some((h, why_h));
     }
-    Ok(MaxBatch {
-        model: model.to_string(),
-        mode,
-        sequence_length,
-        max_batch_size: (lo > 0).then_some(lo),
-        peak_rss_at_max: lo_peak,
-        first_failing_batch: hi.as_ref().map(|(h, _)| *h),
-        failure: hi.map(|(_, w)| w),
-        probes,
+    Ok(Found {
+        largest: lo,
+        peak: lo_peak,
+        failing: hi,
     })
 }
 
@@ -445,6 +481,52 @@ pub fn write_max_batch_csv(rows: &[MaxBatch], limit: u64, path: &std::path::Path
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The search doubles to the first failure and bisects back to the largest fit, probing
+    /// each batch once; batch 1 failing gives 0, and reaching the cap gives no failure.
+    #[test]
+    fn the_largest_batch_is_found_by_doubling_then_bisection() {
+        let search = |fits_up_to: usize, cap: usize| {
+            let mut probed = Vec::new();
+            let found = largest_fitting(cap, &mut |b| {
+                probed.push(b);
+                let fits = b <= fits_up_to;
+                Ok(Probe {
+                    fits,
+                    peak: fits.then_some(b as u64 * 10),
+                    why: (!fits).then(|| format!("{b} is too large")),
+                })
+            })
+            .unwrap();
+            (found, probed)
+        };
+        let (found, probed) = search(37, 1000);
+        assert_eq!(
+            found,
+            Found {
+                largest: 37,
+                peak: Some(370),
+                failing: Some((38, "38 is too large".into())),
+            }
+        );
+        assert_eq!(probed, [1, 2, 4, 8, 16, 32, 64, 48, 40, 36, 38, 37]);
+        let (found, probed) = search(0, 1000);
+        assert_eq!(
+            found,
+            Found {
+                largest: 0,
+                peak: None,
+                failing: Some((1, "1 is too large".into())),
+            }
+        );
+        assert_eq!(probed, [1]);
+        let (found, probed) = search(1000, 8);
+        assert_eq!((found.largest, found.failing), (8, None));
+        assert_eq!(probed, [1, 2, 4, 8]);
+        // A failing probe stops the search with its error.
+        let failed = largest_fitting(8, &mut |_| Err(anyhow::anyhow!("child died")));
+        assert_eq!(failed.unwrap_err().to_string(), "child died");
+    }
 
     /// K rounds, each cell once per round, round r starting at cell r: each cell's processes
     /// fall in every part of the run.

@@ -60,6 +60,7 @@ pub fn measure_peak(
     // `Isa::packs_weights`), and the packed product's plain-Rust tile, which it would time
     // instead, runs no encoder product there (and is far slower).
     let packed = device.is_cpu() && dtype == DType::F32 && Isa::current().packs_weights();
+    let kinds = Prepared { packed, bf16, int8 };
     let threads = rayon::current_num_threads();
     let mut shapes = Vec::new();
     for &(m, k, n) in &SHAPES {
@@ -88,48 +89,71 @@ pub fn measure_peak(
                 .to_vec1()?,
             a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
         );
-        let mut out = vec![0f32; m * n];
-        let mut time = |kernel: &str, product: &mut dyn FnMut(MatMut)| -> Result<()> {
-            let t = measure(
-                policy,
-                || {
-                    product(MatMut::new(&mut out, m, n, n));
-                    Ok(())
-                },
-                |_, _| {},
-            )?;
-            shapes.push(shape(kernel, m, k, n, threads, &t.samples));
-            Ok(())
-        };
-        if packed {
-            // The activations' rows at the stride the model's buffers give them.
-            let lda = packed::activation_stride(k);
-            let mut x = vec![0f32; m * lda];
-            for (to, from) in x.chunks_exact_mut(lda).zip(a.chunks_exact(k)) {
-                to[..k].copy_from_slice(from);
-            }
-            let w = PackedWeight::pack(&w, 1, n, k);
-            let x = MatRef::new(&x, m, k, lda);
-            time("packed", &mut |out| {
-                packed_linear(x, &w, None, None, out, threads)
-            })?;
+        shapes.extend(time_prepared(kinds, &a, &w, (m, k, n), threads, policy)?);
+    }
+    Ok(shapes)
+}
+
+/// Which prepared products, beside candle's matmul, a peak measures.
+#[derive(Debug, Clone, Copy)]
+struct Prepared {
+    packed: bool,
+    bf16: bool,
+    int8: bool,
+}
+
+/// Times the prepared products of `kinds` on `(m x k) @ (k x n)`: the f32 activations `a`
+/// (`m x k`) and the weight `w` in the Hub's `[out, in]` layout, prepared once per product.
+fn time_prepared(
+    kinds: Prepared,
+    a: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    threads: usize,
+    policy: &TimingPolicy,
+) -> Result<Vec<PeakShape>> {
+    let mut shapes = Vec::new();
+    let mut out = vec![0f32; m * n];
+    let mut time = |kernel: &str, product: &mut dyn FnMut(MatMut)| -> Result<()> {
+        let t = measure(
+            policy,
+            || {
+                product(MatMut::new(&mut out, m, n, n));
+                Ok(())
+            },
+            |_, _| {},
+        )?;
+        shapes.push(shape(kernel, m, k, n, threads, &t.samples));
+        Ok(())
+    };
+    if kinds.packed {
+        // The activations' rows at the stride the model's buffers give them.
+        let lda = packed::activation_stride(k);
+        let mut x = vec![0f32; m * lda];
+        for (to, from) in x.chunks_exact_mut(lda).zip(a.chunks_exact(k)) {
+            to[..k].copy_from_slice(from);
         }
-        if bf16 {
-            let w = Bf16Weight::convert(&w, 1, n, k);
-            let mut x = Bf16Rows::new();
-            x.convert(MatRef::new(&a, m, k, k), 1, threads);
-            time("bf16", &mut |out| {
-                bf16_linear(&x, &w, None, None, out, threads)
-            })?;
-        }
-        if int8 {
-            let w = QuantizedWeight::quantize(&w, 1, n, k);
-            let mut x = QuantizedRows::new();
-            x.quantize(MatRef::new(&a, m, k, k), 1, threads);
-            time("int8", &mut |out| {
-                int8_linear(&x, &w, None, None, out, threads)
-            })?;
-        }
+        let w = PackedWeight::pack(w, 1, n, k);
+        let x = MatRef::new(&x, m, k, lda);
+        time("packed", &mut |out| {
+            packed_linear(x, &w, None, None, out, threads)
+        })?;
+    }
+    if kinds.bf16 {
+        let w = Bf16Weight::convert(w, 1, n, k);
+        let mut x = Bf16Rows::new();
+        x.convert(MatRef::new(a, m, k, k), 1, threads);
+        time("bf16", &mut |out| {
+            bf16_linear(&x, &w, None, None, out, threads)
+        })?;
+    }
+    if kinds.int8 {
+        let w = QuantizedWeight::quantize(w, 1, n, k);
+        let mut x = QuantizedRows::new();
+        x.quantize(MatRef::new(a, m, k, k), 1, threads);
+        time("int8", &mut |out| {
+            int8_linear(&x, &w, None, None, out, threads)
+        })?;
     }
     Ok(shapes)
 }

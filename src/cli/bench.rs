@@ -12,8 +12,8 @@ use crate::bench::grid::{self, Isolation, Preset};
 use crate::bench::output::{OutputFiles, ResultsFile, ResultsWriter};
 use crate::bench::shard::{self, MergeOptions, ShardChoice};
 use crate::bench::{
-    env, fmt_time, memory, peak, run_bench, BenchConfig, BenchOutcome, Cell, CellSettings, Mode,
-    Status, TimingPolicy,
+    env, fmt_time, memory, peak, run_bench, BenchConfig, BenchOutcome, Cell, CellSettings,
+    Measurement, Mode, Status, TimingPolicy,
 };
 use crate::cli::model::ComputeArgs;
 use crate::device::Precision;
@@ -268,44 +268,8 @@ pub(crate) fn print_summary(results: &ResultsFile, plan: &[Cell]) {
         "GFLOP/s",
         "peak MB"
     );
-    for cell in plan {
-        let Some(m) = results.find(cell) else {
-            continue;
-        };
-        let opt = |x: Option<String>| x.unwrap_or_else(|| "-".into());
-        let gflops =
-            m.gflops().map(
-                |g| match results.peak_gflops(m.cell.threads, m.cell.precision()) {
-                    Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
-                    None => format!("{g:.1}"),
-                },
-            );
-        let _ = writeln!(
-            out,
-            "{:<32} {:<9} {:>5} {:>5} {:>7}  {:>11} {:>23}  {:>10} {:>10} {:>8} {:>9}  {}",
-            m.cell.variant(),
-            m.cell.mode.as_str(),
-            m.cell.batch_size,
-            m.cell.sequence_length,
-            m.cell.threads,
-            opt(m.speed.as_ref().map(|sp| fmt_time(sp.median_interval().0))),
-            opt(m.speed.as_ref().map(|sp| {
-                let (_, low, high) = sp.median_interval();
-                format!("[{}, {}]", fmt_time(low), fmt_time(high))
-            })),
-            opt(m.samples_per_s().map(|v| format!("{v:.1}"))),
-            opt(m.tokens_per_s().map(|v| format!("{v:.0}"))),
-            opt(gflops),
-            opt(m
-                .memory
-                .as_ref()
-                .map(|mem| format!("{:.0}", memory::to_mb(mem.peak_rss)))),
-            match (m.status, &m.reason) {
-                (Status::Ok, None) => "ok".to_string(),
-                (Status::Ok, Some(r)) => format!("ok, {}", r.split(';').next().unwrap_or_default()),
-                (st, r) => format!("{}: {}", st.as_str(), r.clone().unwrap_or_default()),
-            }
-        );
+    for m in plan.iter().filter_map(|cell| results.find(cell)) {
+        let _ = writeln!(out, "{}", summary_line(results, m));
     }
     let noisy = plan
         .iter()
@@ -335,6 +299,43 @@ pub(crate) fn print_summary(results: &ResultsFile, plan: &[Cell]) {
             }
         }
     }
+}
+
+/// A measurement's line of the summary, in the header's columns.
+fn summary_line(results: &ResultsFile, m: &Measurement) -> String {
+    let opt = |x: Option<String>| x.unwrap_or_else(|| "-".into());
+    let gflops =
+        m.gflops().map(
+            |g| match results.peak_gflops(m.cell.threads, m.cell.precision()) {
+                Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p),
+                None => format!("{g:.1}"),
+            },
+        );
+    format!(
+        "{:<32} {:<9} {:>5} {:>5} {:>7}  {:>11} {:>23}  {:>10} {:>10} {:>8} {:>9}  {}",
+        m.cell.variant(),
+        m.cell.mode.as_str(),
+        m.cell.batch_size,
+        m.cell.sequence_length,
+        m.cell.threads,
+        opt(m.speed.as_ref().map(|sp| fmt_time(sp.median_interval().0))),
+        opt(m.speed.as_ref().map(|sp| {
+            let (_, low, high) = sp.median_interval();
+            format!("[{}, {}]", fmt_time(low), fmt_time(high))
+        })),
+        opt(m.samples_per_s().map(|v| format!("{v:.1}"))),
+        opt(m.tokens_per_s().map(|v| format!("{v:.0}"))),
+        opt(gflops),
+        opt(m
+            .memory
+            .as_ref()
+            .map(|mem| format!("{:.0}", memory::to_mb(mem.peak_rss)))),
+        match (m.status, &m.reason) {
+            (Status::Ok, None) => "ok".to_string(),
+            (Status::Ok, Some(r)) => format!("ok, {}", r.split(';').next().unwrap_or_default()),
+            (st, r) => format!("{}: {}", st.as_str(), r.clone().unwrap_or_default()),
+        }
+    )
 }
 
 fn print_max_batch(rows: &[grid::MaxBatch], limit: u64) {

@@ -939,86 +939,116 @@ fn encode_fused(
     let inner = blocks.iter().map(|d| d.ffn_in.out_dim()).max().unwrap_or(0);
     // Rows padded where the product prefers it (see `packed::activation_stride`). Every value
     // a kernel reads is written first in this forward: what a buffer held before is not read.
-    let hs = packed::activation_stride(h);
-    let qkv_stride = packed::activation_stride(3 * h);
-    let context_stride = packed::activation_stride(h);
-    let ffn_stride = packed::activation_stride(inner);
-    let (mut hidden, mut spare) = (&mut buffers.hidden, &mut buffers.spare);
-    let (qkv, context, ffn) = (&mut buffers.qkv, &mut buffers.context, &mut buffers.ffn);
-    for (buffer, len) in [
-        (&mut *hidden, rows * hs),
-        (&mut *spare, rows * hs),
-        (&mut *qkv, rows * qkv_stride),
-        (&mut *context, rows * context_stride),
-        (&mut *ffn, rows * ffn_stride),
+    let at = Layout {
+        batch: b,
+        seq: s,
+        width: h,
+        hidden: packed::activation_stride(h),
+        qkv: packed::activation_stride(3 * h),
+        context: packed::activation_stride(h),
+        ffn: packed::activation_stride(inner),
+    };
+    for (buffer, stride) in [
+        (&mut buffers.hidden, at.hidden),
+        (&mut buffers.spare, at.hidden),
+        (&mut buffers.qkv, at.qkv),
+        (&mut buffers.context, at.context),
+        (&mut buffers.ffn, at.ffn),
     ] {
-        buffer.resize(len, 0.0);
+        buffer.resize(rows * stride, 0.0);
     }
-    for (to, from) in hidden
-        .chunks_exact_mut(hs)
+    for (to, from) in buffers
+        .hidden
+        .chunks_exact_mut(at.hidden)
         .zip(input.slice().chunks_exact(h))
     {
         to[..h].copy_from_slice(from);
     }
     for (layer, d) in layers.iter().zip(&blocks) {
-        let i = d.ffn_in.out_dim();
-        let (quantized, bf16) = (&mut buffers.quantized, &mut buffers.bf16);
-        let mut x_in = Input::new(MatRef::new(hidden, rows, h, hs), quantized, bf16);
-        let mut qkv_view = MatMut::new(qkv, rows, 3 * h, qkv_stride);
-        d.query.forward(&mut x_in, qkv_view.columns(0, h), None);
-        d.key.forward(&mut x_in, qkv_view.columns(h, h), None);
-        d.value.forward(&mut x_in, qkv_view.columns(2 * h, h), None);
-        let qkv_ref = MatRef::new(qkv, rows, 3 * h, qkv_stride);
-        fused_attention::attention(
-            qkv_ref.columns(0, h),
-            qkv_ref.columns(h, h),
-            qkv_ref.columns(2 * h, h),
-            mask_data.slice(),
-            b,
-            s,
-            layer.heads,
-            MatMut::new(context, rows, h, context_stride),
-            &mut buffers.attention,
-        );
-        d.attention_output.forward(
-            &mut Input::new(
-                MatRef::new(context, rows, h, context_stride),
-                quantized,
-                bf16,
-            ),
-            MatMut::new(spare, rows, h, hs),
-            None,
-        );
-        let [g, beta] = &d.attention_norm;
-        let eps = layer.attention_norm.eps as f32;
-        add_layer_norm(spare, Some(hidden), hs, g.slice(), beta.slice(), eps);
-        std::mem::swap(&mut hidden, &mut spare);
-
-        let act: Epilogue = match layer.activation {
-            Activation::Gelu => gelu_erf,
-            Activation::GeluTanh => gelu_tanh,
-            Activation::Relu => relu,
-        };
-        d.ffn_in.forward(
-            &mut Input::new(MatRef::new(hidden, rows, h, hs), quantized, bf16),
-            MatMut::new(ffn, rows, i, ffn_stride),
-            Some(act),
-        );
-        d.ffn_out.forward(
-            &mut Input::new(MatRef::new(ffn, rows, i, ffn_stride), quantized, bf16),
-            MatMut::new(spare, rows, h, hs),
-            None,
-        );
-        let [g, beta] = &d.output_norm;
-        let eps = layer.output_norm.eps as f32;
-        add_layer_norm(spare, Some(hidden), hs, g.slice(), beta.slice(), eps);
-        std::mem::swap(&mut hidden, &mut spare);
+        encode_block(layer, d, mask_data.slice(), at, buffers);
     }
     let mut out = Vec::with_capacity(rows * h);
-    for row in hidden.chunks_exact(hs) {
+    for row in buffers.hidden.chunks_exact(at.hidden) {
         out.extend_from_slice(&row[..h]);
     }
     Ok(Some(Tensor::from_vec(out, (b, s, h), &Device::Cpu)?))
+}
+
+/// The shape of a fused forward's activations: `batch x seq` rows of `width` values, each
+/// buffer's rows at its stride.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    batch: usize,
+    seq: usize,
+    width: usize,
+    /// The strides of the hidden states (and their spare), the query-key-value rows, the
+    /// attention's context and the feed-forward's inner activations.
+    hidden: usize,
+    qkv: usize,
+    context: usize,
+    ffn: usize,
+}
+
+/// One encoder block of the fused path, from `buffers.hidden` back into `buffers.hidden`
+/// (through `spare`, swapped twice): attention, its output projection with residual and
+/// LayerNorm, then the feed-forward with residual and LayerNorm.
+fn encode_block(
+    layer: &EncoderBlock,
+    d: &BlockData,
+    mask: &[f32],
+    at: Layout,
+    buffers: &mut Buffers,
+) {
+    let (rows, h, i) = (at.batch * at.seq, at.width, d.ffn_in.out_dim());
+    let (mut hidden, mut spare) = (&mut buffers.hidden, &mut buffers.spare);
+    let (qkv, context, ffn) = (&mut buffers.qkv, &mut buffers.context, &mut buffers.ffn);
+    let (quantized, bf16) = (&mut buffers.quantized, &mut buffers.bf16);
+    let mut x_in = Input::new(MatRef::new(hidden, rows, h, at.hidden), quantized, bf16);
+    let mut qkv_view = MatMut::new(qkv, rows, 3 * h, at.qkv);
+    d.query.forward(&mut x_in, qkv_view.columns(0, h), None);
+    d.key.forward(&mut x_in, qkv_view.columns(h, h), None);
+    d.value.forward(&mut x_in, qkv_view.columns(2 * h, h), None);
+    let qkv_ref = MatRef::new(qkv, rows, 3 * h, at.qkv);
+    fused_attention::attention(
+        qkv_ref.columns(0, h),
+        qkv_ref.columns(h, h),
+        qkv_ref.columns(2 * h, h),
+        mask,
+        at.batch,
+        at.seq,
+        layer.heads,
+        MatMut::new(context, rows, h, at.context),
+        &mut buffers.attention,
+    );
+    d.attention_output.forward(
+        &mut Input::new(MatRef::new(context, rows, h, at.context), quantized, bf16),
+        MatMut::new(spare, rows, h, at.hidden),
+        None,
+    );
+    let [g, beta] = &d.attention_norm;
+    let eps = layer.attention_norm.eps as f32;
+    add_layer_norm(spare, Some(hidden), at.hidden, g.slice(), beta.slice(), eps);
+    std::mem::swap(&mut hidden, &mut spare);
+
+    let act: Epilogue = match layer.activation {
+        Activation::Gelu => gelu_erf,
+        Activation::GeluTanh => gelu_tanh,
+        Activation::Relu => relu,
+    };
+    d.ffn_in.forward(
+        &mut Input::new(MatRef::new(hidden, rows, h, at.hidden), quantized, bf16),
+        MatMut::new(ffn, rows, i, at.ffn),
+        Some(act),
+    );
+    d.ffn_out.forward(
+        &mut Input::new(MatRef::new(ffn, rows, i, at.ffn), quantized, bf16),
+        MatMut::new(spare, rows, h, at.hidden),
+        None,
+    );
+    let [g, beta] = &d.output_norm;
+    let eps = layer.output_norm.eps as f32;
+    // Into `buffers.hidden` (`spare` since the swap): the block's output is where its input was.
+    add_layer_norm(spare, Some(hidden), at.hidden, g.slice(), beta.slice(), eps);
 }
 
 #[cfg(test)]

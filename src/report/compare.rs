@@ -258,48 +258,51 @@ pub fn compare_cell(
     } else {
         Verdict::NoChange
     };
-    // With few runs even completely separated samples cannot reach alpha: say so, rather than
-    // let "no change" read as evidence of no change.
-    let note = if verdict == Verdict::NoChange && two_level {
-        Some(format!(
-            "two-level interval over {} and {} processes: {:+.1}% to {:+.1}%",
-            base_speed.processes(),
-            new_speed.processes(),
-            100.0 * (low - 1.0),
-            100.0 * (high - 1.0)
-        ))
-    } else if verdict == Verdict::NoChange {
-        let (nb, nn) = (base_samples.len(), new_samples.len());
-        let separated: Vec<f64> = (0..nb + nn).map(|i| i as f64).collect();
-        let best = stats::mann_whitney_u(&separated[..nb], &separated[nb..]);
-        best.filter(|t| t.p_value >= opts.alpha).map(|t| {
-            format!(
-                "too few runs ({nb} vs {nn}) for any difference to reach p < {}: the smallest \
-                 possible p is {:.3}",
-                opts.alpha, t.p_value
-            )
-        })
+    let speed = SpeedChange {
+        base_median_s: base_speed.median_interval().0,
+        new_median_s: new_speed.median_interval().0,
+        base_runs: base_samples.len(),
+        new_runs: new_samples.len(),
+        base_processes: base_speed.processes(),
+        new_processes: new_speed.processes(),
+        two_level,
+        change,
+        change_low: low - 1.0,
+        change_high: high - 1.0,
+        mann_whitney_u: test.u,
+        p_value: test.p_value,
+    };
+    let note = if verdict == Verdict::NoChange {
+        no_change_note(&speed, opts.alpha)
     } else {
         None
     };
-    row(
-        verdict,
-        Some(SpeedChange {
-            base_median_s: base_speed.median_interval().0,
-            new_median_s: new_speed.median_interval().0,
-            base_runs: base_samples.len(),
-            new_runs: new_samples.len(),
-            base_processes: base_speed.processes(),
-            new_processes: new_speed.processes(),
-            two_level,
-            change,
-            change_low: low - 1.0,
-            change_high: high - 1.0,
-            mann_whitney_u: test.u,
-            p_value: test.p_value,
-        }),
-        note,
-    )
+    row(verdict, Some(speed), note)
+}
+
+/// What a "no change" rests on: the two-level interval, or, with so few runs that even
+/// completely separated samples cannot reach `alpha`, that (rather than let "no change" read
+/// as evidence of no change).
+fn no_change_note(s: &SpeedChange, alpha: f64) -> Option<String> {
+    if s.two_level {
+        return Some(format!(
+            "two-level interval over {} and {} processes: {:+.1}% to {:+.1}%",
+            s.base_processes,
+            s.new_processes,
+            100.0 * s.change_low,
+            100.0 * s.change_high
+        ));
+    }
+    let (nb, nn) = (s.base_runs, s.new_runs);
+    let separated: Vec<f64> = (0..nb + nn).map(|i| i as f64).collect();
+    let best = stats::mann_whitney_u(&separated[..nb], &separated[nb..]);
+    best.filter(|t| t.p_value >= alpha).map(|t| {
+        format!(
+            "too few runs ({nb} vs {nn}) for any difference to reach p < {alpha}: the smallest \
+             possible p is {:.3}",
+            t.p_value
+        )
+    })
 }
 
 /// The timed samples and their speed, or why there are none.

@@ -195,16 +195,7 @@ fn rows<'a>(
         let at_shape = shape
             .and_then(|s| mine.iter().find(|m| Shape::of(&m.cell) == s))
             .map(|m| **m);
-        let best = shape.and_then(|s| {
-            mine.iter()
-                .filter(|m| m.cell.sequence_length == s.sequence && m.cell.threads == s.threads)
-                .filter_map(|m| m.samples_per_s().map(|v| (v, m.cell.batch_size)))
-                // On a tie the smaller batch, which keeps fewer requests waiting.
-                .fold(None, |best: Option<(f64, usize)>, c| match best {
-                    Some(b) if b.0 > c.0 || (b.0 == c.0 && b.1 <= c.1) => Some(b),
-                    _ => Some(c),
-                })
-        });
+        let best = shape.and_then(|s| best_batch(&mine, s));
         let eval = evals.iter().find(|a| a.model == key(&variant));
         if let Some(a) = eval {
             joined.push(&a.model);
@@ -228,7 +219,26 @@ fn rows<'a>(
             changed: None,
         });
     }
-    // A precision's evaluation against the same checkpoint's at f32, on the same questions.
+    compare_precisions(&mut rows, evals, scores);
+    rows
+}
+
+/// A variant's highest throughput at the shape's sequence length and threads, over the batch
+/// sizes it measured: `(sequences per second, batch)`; on a tie the smaller batch, which keeps
+/// fewer requests waiting.
+fn best_batch(mine: &[&&Measurement], s: Shape) -> Option<(f64, usize)> {
+    mine.iter()
+        .filter(|m| m.cell.sequence_length == s.sequence && m.cell.threads == s.threads)
+        .filter_map(|m| m.samples_per_s().map(|v| (v, m.cell.batch_size)))
+        .fold(None, |best: Option<(f64, usize)>, c| match best {
+            Some(b) if b.0 > c.0 || (b.0 == c.0 && b.1 <= c.1) => Some(b),
+            _ => Some(c),
+        })
+}
+
+/// Each precision's evaluation against the same checkpoint's at f32 on the same questions: the
+/// F1 change with its paired interval, and how many answers changed.
+fn compare_precisions(rows: &mut [Row], evals: &[Accuracy], scores: &Scores) {
     for row in rows.iter_mut() {
         let Some(a) = row.eval else { continue };
         let (model, suffix) = Cell::split_variant(&a.model);
@@ -257,7 +267,6 @@ fn rows<'a>(
             row.changed = Some((differ, both.len()));
         }
     }
-    rows
 }
 
 /// The points of the Pareto front of `(x, y)` pairs (x lower is better; y higher is better when

@@ -247,6 +247,23 @@ fn commit(hub: &HubConfig, repo_id: &str, auth: &str, lines: &[String]) -> Resul
         .map(str::to_string))
 }
 
+/// An action of Git LFS's batch answer: where to send the file, with which headers.
+#[derive(Deserialize)]
+struct LfsAction {
+    href: String,
+    #[serde(default)]
+    header: std::collections::HashMap<String, String>,
+}
+
+/// What to do with one object: upload it, then verify it (no actions: the Hub has it).
+#[derive(Deserialize)]
+struct LfsActions {
+    upload: Option<LfsAction>,
+    verify: Option<LfsAction>,
+}
+
+/// Uploads one LFS file (content `oid`, `size` bytes) through Git LFS's batch API: asks where,
+/// sends it there, and has the Hub verify it.
 fn upload_lfs(
     hub: &HubConfig,
     repo_id: &str,
@@ -255,20 +272,43 @@ fn upload_lfs(
     oid: &str,
     size: u64,
 ) -> Result<()> {
-    #[derive(Deserialize)]
-    struct Action {
-        href: String,
-        #[serde(default)]
-        header: std::collections::HashMap<String, String>,
+    let Some(actions) = lfs_batch(hub, repo_id, auth, path, oid, size)? else {
+        return Ok(());
+    };
+    if let Some(upload) = actions.upload {
+        let data = std::fs::read(path)?;
+        let mut req = ureq::put(&upload.href);
+        for (k, v) in &upload.header {
+            req = req.header(k, v);
+        }
+        req.send(&data[..])
+            .map_err(|e| http_error("uploading an LFS file", hub, e))?;
     }
-    #[derive(Deserialize)]
-    struct Actions {
-        upload: Option<Action>,
-        verify: Option<Action>,
+    if let Some(verify) = actions.verify {
+        let mut req = ureq::post(&verify.href).header("Authorization", auth);
+        for (k, v) in &verify.header {
+            req = req.header(k, v);
+        }
+        req.header("Content-Type", "application/vnd.git-lfs+json")
+            .send(json!({"oid": oid, "size": size}).to_string().as_bytes())
+            .map_err(|e| http_error("verifying an LFS upload", hub, e))?;
     }
+    Ok(())
+}
+
+/// Git LFS's batch request for uploading one object: its actions, or `None` when the Hub
+/// already has this content; an object the Hub refuses is an error naming `path`.
+fn lfs_batch(
+    hub: &HubConfig,
+    repo_id: &str,
+    auth: &str,
+    path: &Path,
+    oid: &str,
+    size: u64,
+) -> Result<Option<LfsActions>> {
     #[derive(Deserialize)]
     struct Object {
-        actions: Option<Actions>,
+        actions: Option<LfsActions>,
         error: Option<serde_json::Value>,
     }
     #[derive(Deserialize)]
@@ -309,27 +349,5 @@ fn upload_lfs(
             path.display()
         )));
     }
-    // No actions: the Hub already has this content.
-    let Some(actions) = object.actions else {
-        return Ok(());
-    };
-    if let Some(upload) = actions.upload {
-        let data = std::fs::read(path)?;
-        let mut req = ureq::put(&upload.href);
-        for (k, v) in &upload.header {
-            req = req.header(k, v);
-        }
-        req.send(&data[..])
-            .map_err(|e| http_error("uploading an LFS file", hub, e))?;
-    }
-    if let Some(verify) = actions.verify {
-        let mut req = ureq::post(&verify.href).header("Authorization", auth);
-        for (k, v) in &verify.header {
-            req = req.header(k, v);
-        }
-        req.header("Content-Type", "application/vnd.git-lfs+json")
-            .send(json!({"oid": oid, "size": size}).to_string().as_bytes())
-            .map_err(|e| http_error("verifying an LFS upload", hub, e))?;
-    }
-    Ok(())
+    Ok(object.actions)
 }
