@@ -16,5 +16,8 @@ export NVCC="$cuda/bin/nvcc"
 # cudarc reads the toolkit version from `nvcc --version` and its root from these variables.
 export CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_HOME="$cuda"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+# candle-kernels compiles its kernels through cudaforge, which runs nvcc on half the CPUs
+# unless told: all of them (on 2 cores, 6.0 instead of 7.4 minutes cold, 2026-12-07).
+export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
 
 cargo check --release --features cuda "$@"
