@@ -4,7 +4,7 @@
 # (scripts/fetch-cuda-toolkit.sh, into the ignored .cache/cuda/) and targets compute capability
 # 9.0 (H100/H200) unless CUDA_COMPUTE_CAP is set. Nothing is linked, so no driver (libcuda) or
 # cuBLAS is needed; `cargo check` still runs candle-kernels' build script, which compiles its
-# kernels with nvcc: ~13 minutes the first time on 2 cores, seconds afterwards while target/ keeps
+# kernels with nvcc: minutes the first time, seconds afterwards while target/ keeps
 # its output (the toolkit path, CUDA_COMPUTE_CAP and the nvcc version are part of that cache key).
 # Extra arguments go to cargo, e.g. `scripts/check-cuda.sh --all-targets`.
 set -euo pipefail
@@ -17,7 +17,7 @@ export NVCC="$cuda/bin/nvcc"
 export CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_HOME="$cuda"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 # candle-kernels compiles its kernels through cudaforge, which runs nvcc on half the CPUs
-# unless told: all of them (on 2 cores, 6.0 instead of 7.4 minutes cold, 2026-12-07).
+# unless told: all of them (measured in docs/architecture.md).
 export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
 
 cargo check --release --features cuda "$@"

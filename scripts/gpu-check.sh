@@ -44,7 +44,7 @@ else
   export CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_HOME="$cuda"
   export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
   # candle-kernels compiles its kernels through cudaforge, which runs nvcc on half the CPUs
-  # unless told: all of them (on 2 cores, 6.0 instead of 7.4 minutes cold, 2026-12-07).
+  # unless told: all of them (measured in docs/architecture.md).
   export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
   # Its own target folder: the CUDA build does not evict the CPU one.
   export CARGO_TARGET_DIR="$root/target/cuda"
