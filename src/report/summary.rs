@@ -188,13 +188,12 @@ fn rows<'a>(
     let mut rows: Vec<Row<'a>> = Vec::new();
     let mut joined: Vec<&str> = Vec::new();
     for variant in crate::bench::distinct(cells.iter().map(|m| m.cell.variant())) {
-        let mine: Vec<&&Measurement> = cells
+        let mine: Vec<&Measurement> = cells
             .iter()
+            .copied()
             .filter(|m| m.cell.variant() == variant)
             .collect();
-        let at_shape = shape
-            .and_then(|s| mine.iter().find(|m| Shape::of(&m.cell) == s))
-            .map(|m| **m);
+        let at_shape = shape.and_then(|s| mine.iter().copied().find(|m| Shape::of(&m.cell) == s));
         let best = shape.and_then(|s| best_batch(&mine, s));
         let eval = evals.iter().find(|a| a.model == key(&variant));
         if let Some(a) = eval {
@@ -226,7 +225,7 @@ fn rows<'a>(
 /// A variant's highest throughput at the shape's sequence length and threads, over the batch
 /// sizes it measured: `(sequences per second, batch)`; on a tie the smaller batch, which keeps
 /// fewer requests waiting.
-fn best_batch(mine: &[&&Measurement], s: Shape) -> Option<(f64, usize)> {
+fn best_batch(mine: &[&Measurement], s: Shape) -> Option<(f64, usize)> {
     mine.iter()
         .filter(|m| m.cell.sequence_length == s.sequence && m.cell.threads == s.threads)
         .filter_map(|m| m.samples_per_s().map(|v| (v, m.cell.batch_size)))

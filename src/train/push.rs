@@ -153,7 +153,16 @@ pub fn push_folder(
     for (rel, path) in &files {
         if lfs.contains(rel) {
             let (oid, size) = sha256_file(path)?;
-            upload_lfs(hub, repo_id, &auth, path, &oid, size)?;
+            upload_lfs(
+                hub,
+                repo_id,
+                &auth,
+                &LfsObject {
+                    path,
+                    oid: &oid,
+                    size,
+                },
+            )?;
             lines.push(json!({"key": "lfsFile", "value": {"path": rel, "algo": "sha256", "oid": oid, "size": size}}).to_string());
             report.lfs.push(rel.clone());
         } else {
@@ -262,21 +271,22 @@ struct LfsActions {
     verify: Option<LfsAction>,
 }
 
-/// Uploads one LFS file (content `oid`, `size` bytes) through Git LFS's batch API: asks where,
-/// sends it there, and has the Hub verify it.
-fn upload_lfs(
-    hub: &HubConfig,
-    repo_id: &str,
-    auth: &str,
-    path: &Path,
-    oid: &str,
+/// A file to upload through LFS: where it is, its content's sha256 and its size in bytes.
+struct LfsObject<'a> {
+    path: &'a Path,
+    oid: &'a str,
     size: u64,
-) -> Result<()> {
-    let Some(actions) = lfs_batch(hub, repo_id, auth, path, oid, size)? else {
+}
+
+/// Uploads one LFS file through Git LFS's batch API: asks where, sends it there, and has the
+/// Hub verify it.
+fn upload_lfs(hub: &HubConfig, repo_id: &str, auth: &str, file: &LfsObject) -> Result<()> {
+    let Some(actions) = lfs_batch(hub, repo_id, auth, file)? else {
         return Ok(());
     };
+    let (oid, size) = (file.oid, file.size);
     if let Some(upload) = actions.upload {
-        let data = std::fs::read(path)?;
+        let data = std::fs::read(file.path)?;
         let mut req = ureq::put(&upload.href);
         for (k, v) in &upload.header {
             req = req.header(k, v);
@@ -297,15 +307,14 @@ fn upload_lfs(
 }
 
 /// Git LFS's batch request for uploading one object: its actions, or `None` when the Hub
-/// already has this content; an object the Hub refuses is an error naming `path`.
+/// already has this content; an object the Hub refuses is an error naming its path.
 fn lfs_batch(
     hub: &HubConfig,
     repo_id: &str,
     auth: &str,
-    path: &Path,
-    oid: &str,
-    size: u64,
+    file: &LfsObject,
 ) -> Result<Option<LfsActions>> {
+    let (oid, size) = (file.oid, file.size);
     #[derive(Deserialize)]
     struct Object {
         actions: Option<LfsActions>,
@@ -346,7 +355,7 @@ fn lfs_batch(
     if let Some(err) = object.error {
         return Err(unavailable(format!(
             "the Hub refused the LFS upload of {}: {err}",
-            path.display()
+            file.path.display()
         )));
     }
     Ok(object.actions)
